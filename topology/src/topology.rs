@@ -1,0 +1,720 @@
+//! The topology file: the source, the bounded contexts and their tables, the
+//! read models and the router's users.
+//!
+//! Loading happens in two steps: serde reads the TOML into raw structs that
+//! refuse unknown keys, then [`Topology::validate`] checks every rule and
+//! reports *all* broken ones, each with its dotted key and line.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::conn::ConnString;
+use crate::placement::{Placement, ShardKeyType, DEFAULT_BUCKETS};
+
+/// Where the router listens when the topology does not say: the port
+/// PgBouncer made familiar for a PostgreSQL-speaking proxy.
+pub const DEFAULT_ROUTER_LISTEN: &str = "127.0.0.1:6432";
+
+/// The context read models are kept in unless they name another.
+pub const DEFAULT_READ_MODEL_CONTEXT: &str = "analytics";
+
+/// A validated topology.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub path: PathBuf,
+    pub source: ConnString,
+    pub contexts: Vec<Context>,
+    pub read_models: Vec<ReadModel>,
+    pub router: RouterConfig,
+}
+
+/// A bounded context: a set of tables and where they live.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub name: String,
+    pub tables: Vec<String>,
+    pub kind: ContextKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum ContextKind {
+    /// Tables split by `shard_key` over `shards`.
+    Sharded {
+        shard_key: String,
+        placement: Placement,
+        shards: Vec<ConnString>,
+        /// Small tables copied whole to every shard.
+        reference_tables: Vec<String>,
+    },
+    /// Tables kept whole in one database.
+    Single { url: ConnString },
+}
+
+impl Context {
+    /// Every database of this context, shard order for sharded ones.
+    pub fn databases(&self) -> Vec<&ConnString> {
+        match &self.kind {
+            ContextKind::Sharded { shards, .. } => shards.iter().collect(),
+            ContextKind::Single { url } => vec![url],
+        }
+    }
+
+    pub fn is_sharded(&self) -> bool {
+        matches!(self.kind, ContextKind::Sharded { .. })
+    }
+}
+
+/// A CQRS projection: a group-by over one source table, kept in a context.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadModel {
+    pub name: String,
+    pub from: String,
+    pub filter: Option<String>,
+    pub group_by: Vec<String>,
+    pub aggregates: Vec<String>,
+    pub context: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    pub listen: SocketAddr,
+    pub users: Vec<RouterUser>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RouterUser {
+    pub name: String,
+    pub password: Secret,
+}
+
+/// A secret that never prints itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(********)")
+    }
+}
+
+/// One broken rule of a topology file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, such as `contexts.transactions.shards[2]`.
+    pub key: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopologyError {
+    #[error("cannot read topology file {path}: {cause}")]
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: {} problem{}:\n{}", problems.len(), if problems.len() == 1 { "" } else { "s" }, list(problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl TopologyError {
+    pub fn hint(&self) -> &'static str {
+        match self {
+            Self::Read { .. } => {
+                "pass --config FILE, set SHARDLINE_CONFIG, or run `shardline dev up` to write one for a local fleet"
+            }
+            Self::Syntax { .. } | Self::Invalid { .. } => "see the Topology section of the README for every key",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTopology {
+    source: Option<RawSource>,
+    #[serde(default)]
+    contexts: BTreeMap<String, RawContext>,
+    #[serde(default)]
+    read_models: Vec<RawReadModel>,
+    router: Option<RawRouter>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    url: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContext {
+    #[serde(default)]
+    tables: Vec<String>,
+    shard_key: Option<String>,
+    shard_key_type: Option<String>,
+    shards: Option<Vec<String>>,
+    url: Option<String>,
+    buckets: Option<u32>,
+    bucket_ranges: Option<Vec<String>>,
+    #[serde(default)]
+    reference_tables: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReadModel {
+    name: String,
+    from: String,
+    #[serde(rename = "where")]
+    filter: Option<String>,
+    group_by: Vec<String>,
+    aggregates: Vec<String>,
+    context: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouter {
+    listen: Option<String>,
+    #[serde(default)]
+    users: Vec<RawRouterUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouterUser {
+    name: String,
+    password: String,
+}
+
+impl Topology {
+    /// Reads and validates a topology file.
+    pub fn load(path: &Path) -> Result<Self, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| TopologyError::Read {
+            path: path.to_path_buf(),
+            cause,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates topology text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, TopologyError> {
+        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let doc = toml_edit::Document::parse(text).map_err(|e| TopologyError::Syntax {
+            path: path.to_path_buf(),
+            line: e.span().map(|s| line_of(s.start)).unwrap_or(1),
+            message: first_line(e.message()),
+        })?;
+        let raw: RawTopology =
+            toml_edit::de::from_str::<RawTopology>(text).map_err(|e| TopologyError::Syntax {
+                path: path.to_path_buf(),
+                line: e.span().map(|s| line_of(s.start)).unwrap_or(1),
+                message: first_line(e.message()),
+            })?;
+        let mut v = Validator {
+            doc: &doc,
+            line_of: &line_of,
+            problems: Vec::new(),
+        };
+        let topology = v.topology(raw, path);
+        match topology {
+            Some(t) if v.problems.is_empty() => Ok(t),
+            _ => Err(TopologyError::Invalid {
+                path: path.to_path_buf(),
+                problems: v.problems,
+            }),
+        }
+    }
+
+    pub fn context(&self, name: &str) -> Option<&Context> {
+        self.contexts.iter().find(|c| c.name == name)
+    }
+
+    /// The context a table belongs to, as listed (reference tables of a
+    /// sharded context count as belonging to it).
+    pub fn context_of_table(&self, table: &str) -> Option<&Context> {
+        self.contexts.iter().find(|c| {
+            c.tables.iter().any(|t| t == table)
+                || matches!(&c.kind, ContextKind::Sharded { reference_tables, .. } if reference_tables.iter().any(|t| t == table))
+        })
+    }
+
+    /// The sharded context, when there is exactly one.
+    pub fn sharded_context(&self) -> Option<&Context> {
+        let mut sharded = self.contexts.iter().filter(|c| c.is_sharded());
+        match (sharded.next(), sharded.next()) {
+            (Some(c), None) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().trim().to_string()
+}
+
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+struct Validator<'a> {
+    doc: &'a toml_edit::Document<&'a str>,
+    line_of: &'a dyn Fn(usize) -> usize,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, path: &[Seg], message: impl Into<String>) {
+        let mut key = String::new();
+        for seg in path {
+            match seg {
+                Seg::Key(k) if key.is_empty() => key.push_str(k),
+                Seg::Key(k) => {
+                    key.push('.');
+                    key.push_str(k);
+                }
+                Seg::Index(i) => key.push_str(&format!("[{i}]")),
+            }
+        }
+        let line = self.line(path);
+        self.problems.push(Problem {
+            key,
+            line,
+            message: message.into(),
+        });
+    }
+
+    /// The line of the deepest part of `path` present in the document.
+    fn line(&self, path: &[Seg]) -> Option<usize> {
+        self.doc.as_table().line_of_path(path, self.line_of)
+    }
+
+    fn conn(&mut self, path: &[Seg], url: &str) -> Option<ConnString> {
+        match ConnString::parse(url) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.problem(path, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn topology(&mut self, raw: RawTopology, path: &Path) -> Option<Topology> {
+        let source = match &raw.source {
+            Some(s) => self.conn(&[Seg::Key("source"), Seg::Key("url")], &s.url),
+            None => {
+                self.problem(
+                    &[Seg::Key("source")],
+                    "missing: the monolith's connection string, [source] url = \"…\"",
+                );
+                None
+            }
+        };
+        if raw.contexts.is_empty() {
+            self.problem(
+                &[Seg::Key("contexts")],
+                "no context is defined; add at least one [contexts.NAME]",
+            );
+        }
+        let mut contexts = Vec::new();
+        let mut table_owner: HashMap<String, String> = HashMap::new();
+        let mut databases: HashMap<(String, u16, String), String> = HashMap::new();
+        if let Some(s) = &source {
+            databases.insert(s.identity(), "source.url".into());
+        }
+        for (name, ctx) in raw.contexts {
+            if let Some(c) = self.context(&name, ctx, &mut table_owner, &mut databases) {
+                contexts.push(c);
+            }
+        }
+        let read_models = self.read_models(raw.read_models, &contexts);
+        let router = self.router(raw.router);
+        Some(Topology {
+            path: path.to_path_buf(),
+            source: source?,
+            contexts,
+            read_models,
+            router: router?,
+        })
+    }
+
+    fn context(
+        &mut self,
+        name: &str,
+        raw: RawContext,
+        table_owner: &mut HashMap<String, String>,
+        databases: &mut HashMap<(String, u16, String), String>,
+    ) -> Option<Context> {
+        let at = |key: &'static str| [Seg::Key("contexts"), Seg::Key(name), Seg::Key(key)];
+        let before = self.problems.len();
+        if raw.tables.is_empty() && raw.reference_tables.is_empty() {
+            self.problem(&at("tables"), "lists no table");
+        }
+        let listed = raw
+            .tables
+            .iter()
+            .map(|t| ("tables", t))
+            .chain(raw.reference_tables.iter().map(|t| ("reference_tables", t)));
+        for (i, (key, table)) in listed.enumerate() {
+            let index = if key == "tables" {
+                i
+            } else {
+                i - raw.tables.len()
+            };
+            let path = [
+                Seg::Key("contexts"),
+                Seg::Key(name),
+                Seg::Key(key),
+                Seg::Index(index),
+            ];
+            if table.trim().is_empty() {
+                self.problem(&path, "empty table name");
+            } else if let Some(owner) = table_owner.insert(table.clone(), name.to_string()) {
+                self.problem(
+                    &path,
+                    format!("table {table:?} is already listed in context {owner:?}"),
+                );
+            }
+        }
+        let mut check_db = |v: &mut Self, path: &[Seg], conn: &ConnString, label: String| {
+            if let Some(first) = databases.insert(conn.identity(), label) {
+                v.problem(path, format!("{conn} is the same database as {first}"));
+            }
+        };
+        let kind = match (raw.shards, raw.url) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    &at("url"),
+                    "a context has either `url` (one database) or `shards`, not both",
+                );
+                None
+            }
+            (None, None) => {
+                self.problem(
+                    &[Seg::Key("contexts"), Seg::Key(name)],
+                    "needs `url` (one database) or `shard_key` and `shards`",
+                );
+                None
+            }
+            (None, Some(url)) => {
+                for key in ["shard_key", "shard_key_type", "buckets", "bucket_ranges"] {
+                    let set = match key {
+                        "shard_key" => raw.shard_key.is_some(),
+                        "shard_key_type" => raw.shard_key_type.is_some(),
+                        "buckets" => raw.buckets.is_some(),
+                        _ => raw.bucket_ranges.is_some(),
+                    };
+                    if set {
+                        self.problem(
+                            &at(key),
+                            "only applies to a sharded context (one with `shards`)",
+                        );
+                    }
+                }
+                if !raw.reference_tables.is_empty() {
+                    self.problem(
+                        &at("reference_tables"),
+                        "only applies to a sharded context; list the tables in `tables`",
+                    );
+                }
+                let conn = self.conn(&at("url"), &url);
+                if let Some(c) = &conn {
+                    check_db(self, &at("url"), c, format!("contexts.{name}.url"));
+                }
+                conn.map(|url| ContextKind::Single { url })
+            }
+            (Some(shard_urls), None) => {
+                if shard_urls.is_empty() {
+                    self.problem(
+                        &at("shards"),
+                        "the shard list is empty; list at least one connection string",
+                    );
+                }
+                let mut shards = Vec::new();
+                for (i, url) in shard_urls.iter().enumerate() {
+                    let path = [
+                        Seg::Key("contexts"),
+                        Seg::Key(name),
+                        Seg::Key("shards"),
+                        Seg::Index(i),
+                    ];
+                    if let Some(c) = self.conn(&path, url) {
+                        check_db(self, &path, &c, format!("contexts.{name}.shards[{i}]"));
+                        shards.push(c);
+                    }
+                }
+                let shard_key = raw.shard_key.clone().filter(|k| !k.trim().is_empty());
+                if shard_key.is_none() {
+                    self.problem(
+                        &at("shard_key"),
+                        "missing: the column that places rows, such as \"merchant_id\"",
+                    );
+                }
+                let key_type = match raw
+                    .shard_key_type
+                    .as_deref()
+                    .unwrap_or("bigint")
+                    .parse::<ShardKeyType>()
+                {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        self.problem(&at("shard_key_type"), e);
+                        None
+                    }
+                };
+                let buckets = raw.buckets.unwrap_or(DEFAULT_BUCKETS);
+                let placement = key_type.and_then(|t| {
+                    let built = match &raw.bucket_ranges {
+                        Some(ranges) if ranges.len() != shard_urls.len() => {
+                            self.problem(
+                                &at("bucket_ranges"),
+                                format!(
+                                    "lists {} shards but `shards` has {}",
+                                    ranges.len(),
+                                    shard_urls.len()
+                                ),
+                            );
+                            return None;
+                        }
+                        Some(ranges) => Placement::from_ranges(t, buckets, ranges),
+                        None => Placement::even(t, buckets, shard_urls.len()),
+                    };
+                    built
+                        .map_err(|e| {
+                            let key = if raw.bucket_ranges.is_some() {
+                                "bucket_ranges"
+                            } else {
+                                "buckets"
+                            };
+                            self.problem(&at(key), e.to_string())
+                        })
+                        .ok()
+                });
+                match (shard_key, placement) {
+                    (Some(shard_key), Some(placement)) => Some(ContextKind::Sharded {
+                        shard_key,
+                        placement,
+                        shards,
+                        reference_tables: raw.reference_tables,
+                    }),
+                    _ => None,
+                }
+            }
+        };
+        if self.problems.len() > before {
+            return None;
+        }
+        kind.map(|kind| Context {
+            name: name.to_string(),
+            tables: raw.tables,
+            kind,
+        })
+    }
+
+    fn read_models(&mut self, raw: Vec<RawReadModel>, contexts: &[Context]) -> Vec<ReadModel> {
+        let mut names = HashMap::new();
+        let mut out = Vec::new();
+        for (i, rm) in raw.into_iter().enumerate() {
+            let at = |key: &'static str| [Seg::Key("read_models"), Seg::Index(i), Seg::Key(key)];
+            if !is_identifier(&rm.name) {
+                self.problem(
+                    &at("name"),
+                    format!(
+                        "{:?} is not a plain SQL identifier (lower case letters, digits, _)",
+                        rm.name
+                    ),
+                );
+            } else if names.insert(rm.name.clone(), i).is_some() {
+                self.problem(
+                    &at("name"),
+                    format!("read model {:?} is defined twice", rm.name),
+                );
+            }
+            if rm.from.trim().is_empty() {
+                self.problem(&at("from"), "names no source table");
+            }
+            if rm.group_by.is_empty() {
+                self.problem(&at("group_by"), "needs at least one grouping expression");
+            }
+            if rm.aggregates.is_empty() {
+                self.problem(
+                    &at("aggregates"),
+                    "needs at least one aggregate, such as \"count(*) AS payments\"",
+                );
+            }
+            let context = rm
+                .context
+                .unwrap_or_else(|| DEFAULT_READ_MODEL_CONTEXT.to_string());
+            match contexts.iter().find(|c| c.name == context) {
+                Some(c) if c.is_sharded() => self.problem(
+                    &at("context"),
+                    format!(
+                        "context {context:?} is sharded; read models live in an unsharded context"
+                    ),
+                ),
+                Some(_) => {}
+                None => self.problem(
+                    &at("context"),
+                    format!("context {context:?} is not defined"),
+                ),
+            }
+            out.push(ReadModel {
+                name: rm.name,
+                from: rm.from,
+                filter: rm.filter.filter(|f| !f.trim().is_empty()),
+                group_by: rm.group_by,
+                aggregates: rm.aggregates,
+                context,
+            });
+        }
+        out
+    }
+
+    fn router(&mut self, raw: Option<RawRouter>) -> Option<RouterConfig> {
+        let raw = raw.unwrap_or(RawRouter {
+            listen: None,
+            users: Vec::new(),
+        });
+        let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_ROUTER_LISTEN);
+        let listen = match listen_text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(
+                    &[Seg::Key("router"), Seg::Key("listen")],
+                    format!("{listen_text:?} is not an address like \"127.0.0.1:6432\""),
+                );
+                None
+            }
+        };
+        let mut users = Vec::new();
+        let mut seen = HashMap::new();
+        for (i, u) in raw.users.into_iter().enumerate() {
+            let at = |key: &'static str| {
+                [
+                    Seg::Key("router"),
+                    Seg::Key("users"),
+                    Seg::Index(i),
+                    Seg::Key(key),
+                ]
+            };
+            if u.name.trim().is_empty() {
+                self.problem(&at("name"), "empty user name");
+            } else if seen.insert(u.name.clone(), i).is_some() {
+                self.problem(&at("name"), format!("user {:?} is listed twice", u.name));
+            }
+            if u.password.is_empty() {
+                self.problem(&at("password"), "empty password; SCRAM needs one");
+            }
+            users.push(RouterUser {
+                name: u.name,
+                password: Secret::new(u.password),
+            });
+        }
+        Some(RouterConfig {
+            listen: listen?,
+            users,
+        })
+    }
+}
+
+/// Whether `s` can be used unquoted as a PostgreSQL identifier.
+pub fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && s.len() <= 63
+}
+
+/// Finding the line of a dotted key inside a parsed document, through
+/// tables, inline tables, arrays of tables and arrays.
+trait LineOf {
+    fn line_of_path(&self, path: &[Seg], line_of: &dyn Fn(usize) -> usize) -> Option<usize>;
+}
+
+impl LineOf for toml_edit::Table {
+    fn line_of_path(&self, path: &[Seg], line_of: &dyn Fn(usize) -> usize) -> Option<usize> {
+        let Some(Seg::Key(k)) = path.first() else {
+            return None;
+        };
+        let (key, item) = self.get_key_value(k)?;
+        let here = key.span().map(|s| line_of(s.start));
+        item.line_of_path(&path[1..], line_of).or(here)
+    }
+}
+
+impl LineOf for toml_edit::Item {
+    fn line_of_path(&self, path: &[Seg], line_of: &dyn Fn(usize) -> usize) -> Option<usize> {
+        match (path.first(), self) {
+            (Some(Seg::Key(_)), toml_edit::Item::Table(t)) => t.line_of_path(path, line_of),
+            (Some(Seg::Index(i)), toml_edit::Item::ArrayOfTables(a)) => {
+                let t = a.get(*i)?;
+                t.line_of_path(&path[1..], line_of)
+                    .or(t.span().map(|s| line_of(s.start)))
+            }
+            (Some(_), toml_edit::Item::Value(v)) => v.line_of_path(path, line_of),
+            _ => None,
+        }
+    }
+}
+
+impl LineOf for toml_edit::Value {
+    fn line_of_path(&self, path: &[Seg], line_of: &dyn Fn(usize) -> usize) -> Option<usize> {
+        match (path.first(), self) {
+            (Some(Seg::Key(k)), toml_edit::Value::InlineTable(t)) => {
+                let (key, item) = t.get_key_value(k)?;
+                let here = key.span().map(|s| line_of(s.start));
+                item.line_of_path(&path[1..], line_of).or(here)
+            }
+            (Some(Seg::Index(i)), toml_edit::Value::Array(a)) => {
+                let v = a.get(*i)?;
+                v.line_of_path(&path[1..], line_of)
+                    .or(v.span().map(|s| line_of(s.start)))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,161 @@
+use super::*;
+
+const GOOD: &str = r#"
+[source]
+url = "postgres://postgres:topsecret@127.0.0.1:54320/monolith"
+
+[contexts.transactions]
+tables = ["payments", "refunds"]
+shard_key = "merchant_id"
+shards = [
+  "postgres://postgres@127.0.0.1:54321/tx",
+  "host=127.0.0.1 port=54322 user=postgres dbname=tx",
+]
+reference_tables = ["currencies"]
+
+[contexts.analytics]
+url = "postgres://postgres@127.0.0.1:54326/analytics"
+tables = ["merchants"]
+
+[[read_models]]
+name = "merchant_daily_volume"
+from = "payments"
+where = "status = 'captured'"
+group_by = ["merchant_id", "currency"]
+aggregates = ["count(*) AS payments"]
+
+[router]
+listen = "127.0.0.1:7432"
+[[router.users]]
+name = "app"
+password = "app-password"
+"#;
+
+fn parse(text: &str) -> Result<Topology, TopologyError> {
+    Topology::parse(text, Path::new("shardline.toml"))
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    match parse(text) {
+        Err(TopologyError::Invalid { problems, .. }) => problems,
+        other => panic!("expected validation problems, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_good_topology_loads() {
+    let t = parse(GOOD).unwrap();
+    let tx = t.context("transactions").unwrap();
+    assert_eq!(tx.databases().len(), 2);
+    assert_eq!(
+        t.context_of_table("currencies").unwrap().name,
+        "transactions"
+    );
+    assert_eq!(t.context_of_table("merchants").unwrap().name, "analytics");
+    assert_eq!(
+        t.read_models[0].filter.as_deref(),
+        Some("status = 'captured'")
+    );
+    assert_eq!(t.read_models[0].context, "analytics");
+    assert_eq!(t.router.listen.port(), 7432);
+    assert!(!format!("{t:?}").contains("topsecret"));
+    assert!(!format!("{t:?}").contains("app-password"));
+}
+
+#[test]
+fn every_problem_is_reported_with_key_and_line() {
+    let text = GOOD
+        .replace(
+            "\"postgres://postgres@127.0.0.1:54321/tx\"",
+            "\"host=127.0.0.1 port=54322 user=postgres dbname=tx\"",
+        )
+        .replace(
+            "tables = [\"merchants\"]",
+            "tables = [\"merchants\", \"payments\"]",
+        )
+        .replace("name = \"app\"", "name = \"\"");
+    let found = problems(&text);
+    let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+    assert!(
+        keys.contains(&"contexts.transactions.shards[1]"),
+        "{found:?}"
+    );
+    assert!(keys.contains(&"router.users[0].name"), "{found:?}");
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with("contexts.") && k.contains("tables")),
+        "{found:?}"
+    );
+    let dup = found
+        .iter()
+        .find(|p| p.key == "contexts.transactions.shards[1]")
+        .unwrap();
+    assert_eq!(dup.line, Some(10), "{dup:?}");
+    assert!(dup.message.contains("same database"), "{dup:?}");
+    let user = found
+        .iter()
+        .find(|p| p.key == "router.users[0].name")
+        .unwrap();
+    assert_eq!(user.line, Some(28), "{user:?}");
+}
+
+#[test]
+fn empty_shard_list_and_missing_key_are_errors() {
+    let text = GOOD.replace("shard_key = \"merchant_id\"\n", "").replace(
+        "shards = [\n  \"postgres://postgres@127.0.0.1:54321/tx\",\n  \"host=127.0.0.1 port=54322 user=postgres dbname=tx\",\n]",
+        "shards = []",
+    );
+    let found = problems(&text);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.key == "contexts.transactions.shards" && p.message.contains("empty")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.key == "contexts.transactions.shard_key"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn unknown_keys_and_bad_toml_name_the_line() {
+    let err = parse(&GOOD.replace("reference_tables", "refrence_tables")).unwrap_err();
+    match &err {
+        TopologyError::Syntax { line, message, .. } => {
+            assert_eq!(*line, 12, "{err}");
+            assert!(message.contains("refrence_tables"), "{err}");
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+    let err = parse("[source]\nurl = \"x\n").unwrap_err();
+    assert!(
+        matches!(err, TopologyError::Syntax { line: 2, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn bucket_map_gaps_are_errors() {
+    let text = GOOD.replace(
+        "reference_tables",
+        "bucket_ranges = [\"0-500\", \"600-1023\"]\nreference_tables",
+    );
+    let found = problems(&text);
+    assert!(
+        found.iter().any(
+            |p| p.key == "contexts.transactions.bucket_ranges" && p.message.contains("501-599")
+        ),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn passwords_never_reach_messages() {
+    let text = GOOD.replace("127.0.0.1:54320/monolith", "127.0.0.1:notaport/monolith");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("source.url"), "{err}");
+    assert!(!err.contains("topsecret"), "{err}");
+}
