@@ -1,0 +1,98 @@
+//! Argument parsing and dispatch. Each subcommand lives in its own module
+//! with an `Args` struct and a `run` function that turns the arguments into
+//! a typed request, validates it before connecting anywhere, and calls one
+//! library function.
+
+pub mod exit;
+mod output;
+mod route;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use shardline_topology::Topology;
+
+pub use output::{report_error, Format};
+
+/// Move a monolithic PostgreSQL payment database onto merchant-sharded
+/// PostgreSQL without downtime, and prove nothing was lost on the way.
+#[derive(Parser, Debug)]
+#[command(name = "shardline", version, propagate_version = true)]
+#[command(after_help = "Examples:
+  shardline demo                                  # a local fleet, history, the whole migration
+  shardline dev up --shards 4 --dir .shardline    # start a local fleet and write its topology
+  shardline --config .shardline/shardline.toml route 42 1001
+
+Exit codes: 0 success, 1 differences found (verify), 2 could not run, 130 interrupted.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Topology file [default: $SHARDLINE_CONFIG, else ./shardline.toml]
+    #[arg(long, global = true, value_name = "FILE", env = "SHARDLINE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Output for people (text) or for scripts (json)
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// More log output (-v info, -vv debug, -vvv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Only errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+impl Global {
+    pub fn config_path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("shardline.toml"))
+    }
+
+    /// Loads and validates the topology; nothing is connected yet.
+    pub fn topology(&self) -> anyhow::Result<Topology> {
+        Ok(Topology::load(&self.config_path())?)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    Route(route::Args),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Route(args) => route::run(args, g).await,
+    }
+}
+
+/// Logs go to stderr; `SHARDLINE_LOG` (or `RUST_LOG`) overrides -v/-q.
+pub fn init_logging(g: &Global) {
+    let default = match (g.quiet, g.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = std::env::var("SHARDLINE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| default.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if g.format == Format::Json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
