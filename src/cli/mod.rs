@@ -3,7 +3,12 @@
 //! a typed request, validates it before connecting anywhere, and calls one
 //! library function.
 
+mod backfill;
+mod demo;
+mod dev;
 pub mod exit;
+mod export;
+mod gen;
 mod output;
 mod route;
 
@@ -63,12 +68,23 @@ impl Global {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    Demo(demo::Args),
+    #[command(subcommand)]
+    Dev(dev::DevCommand),
+    Gen(gen::Args),
+    Backfill(backfill::Args),
+    Export(export::Args),
     Route(route::Args),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let g = &cli.global;
     match cli.command {
+        Command::Demo(args) => demo::run(args, g).await,
+        Command::Dev(cmd) => dev::run(cmd, g).await,
+        Command::Gen(args) => gen::run(args, g).await,
+        Command::Backfill(args) => backfill::run(args, g).await,
+        Command::Export(args) => export::run(args, g).await,
         Command::Route(args) => route::run(args, g).await,
     }
 }
