@@ -11,6 +11,7 @@ mod export;
 mod gen;
 mod output;
 mod route;
+mod verify;
 
 use std::path::PathBuf;
 
@@ -73,6 +74,7 @@ pub enum Command {
     Dev(dev::DevCommand),
     Gen(gen::Args),
     Backfill(backfill::Args),
+    Verify(verify::Args),
     Export(export::Args),
     Route(route::Args),
 }
@@ -84,6 +86,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Dev(cmd) => dev::run(cmd, g).await,
         Command::Gen(args) => gen::run(args, g).await,
         Command::Backfill(args) => backfill::run(args, g).await,
+        Command::Verify(args) => verify::run(args, g).await,
         Command::Export(args) => export::run(args, g).await,
         Command::Route(args) => route::run(args, g).await,
     }
