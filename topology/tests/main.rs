@@ -1,0 +1,4 @@
+//! Integration tests against real PostgreSQL servers.
+
+mod connect;
+mod placement;
