@@ -1,0 +1,3 @@
+//! Integration tests against real PostgreSQL servers.
+
+mod decode;
