@@ -9,6 +9,7 @@
 //! transport, routing of changes to shards, exactly-once apply with the
 //! source LSN recorded in each target transaction, and read-model upkeep.
 
+pub mod confirm;
 pub mod lsn;
 pub mod pgoutput;
 
