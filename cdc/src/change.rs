@@ -1,0 +1,371 @@
+//! From decoded row changes to statements for each target.
+//!
+//! A [`Tables`] cache holds what the stream said about each relation and
+//! what the topology says about where its rows live. [`Tables::plan`] turns
+//! one insert, update or delete into [`Op`]s: plain statements for one
+//! target, or a move between shards when an update changed the shard key.
+
+use std::collections::HashMap;
+
+use shardline_topology::{quote_ident, ShardKey};
+
+use crate::pgoutput::{
+    ColumnValue, LogicalMessage, OldTuple, Relation, ReplicaIdentity, TupleData,
+};
+use crate::route::{Routes, TableRoute};
+use crate::sql::{self, Value};
+
+/// What to do on the targets for one row change.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Run a statement on one target.
+    Exec { target: usize, sql: String },
+    /// Move a row from one shard to another. `missing` lists columns whose
+    /// value did not change and was not sent (unchanged TOAST): they must be
+    /// read from the row on `from` before it is deleted there.
+    Move {
+        from: usize,
+        to: usize,
+        table: String,
+        columns: Vec<String>,
+        values: Vec<Option<Option<Vec<u8>>>>,
+        key: Vec<(String, Option<Vec<u8>>)>,
+    },
+}
+
+/// A change the applier cannot place.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChangeError {
+    #[error("the stream sent a change for relation {0} before describing it")]
+    UnknownRelation(u32),
+    #[error("table {table} is published but not listed in any context of the topology")]
+    Unlisted { table: String },
+    #[error("table {table}: a {op} carries no value for the shard key {column}, so its shard is unknown; run ALTER TABLE {table} REPLICA IDENTITY FULL (or make {column} part of the primary key)")]
+    NoShardKey {
+        table: String,
+        op: &'static str,
+        column: String,
+    },
+    #[error(
+        "table {table}: shard key {column} is NULL in a {op}; rows need a shard key to be placed"
+    )]
+    NullShardKey {
+        table: String,
+        op: &'static str,
+        column: String,
+    },
+    #[error(
+        "table {table}: shard key value {value:?} of column {column} is not a valid key: {why}"
+    )]
+    BadShardKey {
+        table: String,
+        column: String,
+        value: String,
+        why: String,
+    },
+    #[error("table {table}: replica identity is NOTHING, so its updates and deletes cannot be applied; run ALTER TABLE {table} REPLICA IDENTITY DEFAULT (with a primary key) or FULL")]
+    NoReplicaIdentity { table: String },
+    #[error("table {table}: column {column} is not valid UTF-8 text")]
+    NotUtf8 { table: String, column: String },
+    #[error("table {table}: the source's columns changed ({detail}); apply the same change to every target, then start cdc again")]
+    ColumnsChanged { table: String, detail: String },
+}
+
+/// One relation as the stream described it, with its route.
+#[derive(Clone, Debug)]
+pub struct Table {
+    pub relation: Relation,
+    /// `"schema"."name"`, quoted.
+    pub qualified: String,
+    pub route: TableRoute,
+    /// Column indices identifying a row: the replica identity's columns.
+    pub key: Vec<usize>,
+    pub shard_key: Option<usize>,
+}
+
+/// The relations seen so far in this session.
+#[derive(Debug, Default)]
+pub struct Tables {
+    by_id: HashMap<u32, Table>,
+    /// Column names of each table when first described, to notice DDL.
+    first_columns: HashMap<String, Vec<String>>,
+}
+
+impl Tables {
+    /// Records a Relation message. A table whose column list changed since
+    /// it was first described stops the stream (see [`ChangeError::ColumnsChanged`]).
+    pub fn describe(&mut self, relation: Relation, routes: &Routes) -> Result<(), ChangeError> {
+        let name = format!("{}.{}", relation.namespace, relation.name);
+        let route = routes
+            .route(&relation.namespace, &relation.name)
+            .cloned()
+            .ok_or_else(|| ChangeError::Unlisted {
+                table: name.clone(),
+            })?;
+        let columns: Vec<String> = relation.columns.iter().map(|c| c.name.clone()).collect();
+        let first = self
+            .first_columns
+            .entry(name.clone())
+            .or_insert_with(|| columns.clone());
+        if *first != columns {
+            let added: Vec<&String> = columns.iter().filter(|c| !first.contains(c)).collect();
+            let dropped: Vec<&String> = first.iter().filter(|c| !columns.contains(c)).collect();
+            return Err(ChangeError::ColumnsChanged {
+                table: name,
+                detail: format!("added {added:?}, dropped {dropped:?}"),
+            });
+        }
+        let shard_key = match &route {
+            TableRoute::Sharded { key_column, .. } => {
+                let missing = || ChangeError::NoShardKey {
+                    table: name.clone(),
+                    op: "change",
+                    column: key_column.clone(),
+                };
+                let index = columns
+                    .iter()
+                    .position(|c| c == key_column)
+                    .ok_or_else(missing)?;
+                // Without the shard key in the replica identity, a delete
+                // (or an update moving the row) cannot say where the row was.
+                let identity_has_key = relation.replica_identity == ReplicaIdentity::Full
+                    || relation.columns[index].is_key;
+                if !identity_has_key {
+                    return Err(ChangeError::NoShardKey {
+                        table: name,
+                        op: "delete or key-changing update",
+                        column: key_column.clone(),
+                    });
+                }
+                Some(index)
+            }
+            _ => None,
+        };
+        let key = relation
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_key)
+            .map(|(i, _)| i)
+            .collect();
+        let qualified = format!(
+            "{}.{}",
+            quote_ident(&relation.namespace),
+            quote_ident(&relation.name)
+        );
+        self.by_id.insert(
+            relation.id,
+            Table {
+                relation,
+                qualified,
+                route,
+                key,
+                shard_key,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn get(&self, id: u32) -> Result<&Table, ChangeError> {
+        self.by_id.get(&id).ok_or(ChangeError::UnknownRelation(id))
+    }
+
+    /// The statements that apply one insert, update or delete.
+    pub fn plan(&self, message: &LogicalMessage) -> Result<Vec<Op>, ChangeError> {
+        match message {
+            LogicalMessage::Insert { relation, new } => {
+                let t = self.get(*relation)?;
+                let targets = t.targets_of(new, "insert")?;
+                let columns = t.column_names();
+                let values = t.values(new)?;
+                let sql = sql::insert(
+                    &t.qualified,
+                    &columns,
+                    [values.iter().map(|v| v.unwrap_or(None)).collect()],
+                );
+                Ok(targets
+                    .into_iter()
+                    .map(|target| Op::Exec {
+                        target,
+                        sql: sql.clone(),
+                    })
+                    .collect())
+            }
+            LogicalMessage::Update { relation, old, new } => {
+                let t = self.get(*relation)?;
+                t.check_identity()?;
+                // The old key when it changed (or the whole old row under
+                // REPLICA IDENTITY FULL); else the key is in the new row.
+                let key_source = old.as_ref().map(OldTuple::data).unwrap_or(new);
+                let from = t.targets_of(key_source, "update")?;
+                let to = t.targets_of(new, "update")?;
+                let key = t.key_values(key_source)?;
+                let values = t.values(new)?;
+                if let (TableRoute::Sharded { .. }, [from], [to]) =
+                    (&t.route, from.as_slice(), to.as_slice())
+                {
+                    if from != to {
+                        return Ok(vec![Op::Move {
+                            from: *from,
+                            to: *to,
+                            table: t.qualified.clone(),
+                            columns: t.column_names().into_iter().map(String::from).collect(),
+                            values: values
+                                .iter()
+                                .map(|v| v.map(|inner| inner.map(<[u8]>::to_vec)))
+                                .collect(),
+                            key: key
+                                .iter()
+                                .map(|(c, v)| (c.to_string(), v.map(<[u8]>::to_vec)))
+                                .collect(),
+                        }]);
+                    }
+                }
+                let columns = t.column_names();
+                let set: Vec<(&str, Value)> = columns
+                    .iter()
+                    .zip(&values)
+                    .filter_map(|(c, v)| v.map(|v| (*c, v)))
+                    .collect();
+                let sql = sql::update(&t.qualified, &set, &key);
+                Ok(to
+                    .into_iter()
+                    .map(|target| Op::Exec {
+                        target,
+                        sql: sql.clone(),
+                    })
+                    .collect())
+            }
+            LogicalMessage::Delete { relation, old } => {
+                let t = self.get(*relation)?;
+                t.check_identity()?;
+                let targets = t.targets_of(old.data(), "delete")?;
+                let sql = sql::delete(&t.qualified, &t.key_values(old.data())?);
+                Ok(targets
+                    .into_iter()
+                    .map(|target| Op::Exec {
+                        target,
+                        sql: sql.clone(),
+                    })
+                    .collect())
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+impl Table {
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.relation.namespace, self.relation.name)
+    }
+
+    fn column_names(&self) -> Vec<&str> {
+        self.relation
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+
+    fn check_identity(&self) -> Result<(), ChangeError> {
+        if self.relation.replica_identity == ReplicaIdentity::Nothing || self.key.is_empty() {
+            return Err(ChangeError::NoReplicaIdentity { table: self.name() });
+        }
+        Ok(())
+    }
+
+    /// Each column's value: `None` for unchanged TOAST (keep what is there),
+    /// `Some(None)` for NULL.
+    fn values<'a>(&self, tuple: &'a TupleData) -> Result<Vec<Option<Value<'a>>>, ChangeError> {
+        tuple
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                ColumnValue::UnchangedToast => Ok(None),
+                ColumnValue::Null => Ok(Some(None)),
+                ColumnValue::Text(b) | ColumnValue::Binary(b) => {
+                    std::str::from_utf8(b).map_err(|_| ChangeError::NotUtf8 {
+                        table: self.name(),
+                        column: self
+                            .relation
+                            .columns
+                            .get(i)
+                            .map(|c| c.name.clone())
+                            .unwrap_or_default(),
+                    })?;
+                    Ok(Some(Some(&b[..])))
+                }
+            })
+            .collect()
+    }
+
+    fn key_values<'a>(
+        &'a self,
+        tuple: &'a TupleData,
+    ) -> Result<Vec<(&'a str, Value<'a>)>, ChangeError> {
+        let values = self.values(tuple)?;
+        Ok(self
+            .key
+            .iter()
+            .map(|&i| {
+                (
+                    self.relation.columns[i].name.as_str(),
+                    values.get(i).copied().flatten().flatten(),
+                )
+            })
+            .collect())
+    }
+
+    /// The targets a row image belongs on.
+    fn targets_of(&self, tuple: &TupleData, op: &'static str) -> Result<Vec<usize>, ChangeError> {
+        match &self.route {
+            TableRoute::Single(t) => Ok(vec![*t]),
+            TableRoute::Everywhere(ts) => Ok(ts.clone()),
+            TableRoute::Sharded {
+                key_column,
+                placement,
+                shards,
+            } => {
+                let column = key_column.clone();
+                let index = self.shard_key.ok_or_else(|| ChangeError::NoShardKey {
+                    table: self.name(),
+                    op,
+                    column: column.clone(),
+                })?;
+                let text = match tuple.0.get(index) {
+                    Some(ColumnValue::Text(b)) | Some(ColumnValue::Binary(b)) => {
+                        String::from_utf8_lossy(b).into_owned()
+                    }
+                    Some(ColumnValue::Null) => {
+                        return Err(ChangeError::NullShardKey {
+                            table: self.name(),
+                            op,
+                            column,
+                        })
+                    }
+                    _ => {
+                        return Err(ChangeError::NoShardKey {
+                            table: self.name(),
+                            op,
+                            column,
+                        })
+                    }
+                };
+                let key: ShardKey = placement.key_type().parse_key(&text).map_err(|e| {
+                    ChangeError::BadShardKey {
+                        table: self.name(),
+                        column: column.clone(),
+                        value: text.clone(),
+                        why: e.to_string(),
+                    }
+                })?;
+                Ok(vec![shards[placement.shard(&key)]])
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

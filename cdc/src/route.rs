@@ -1,0 +1,121 @@
+//! Where a source table's changes go: which target databases, and for a
+//! sharded table, how a row's shard key picks one of them.
+
+use std::collections::HashMap;
+
+use shardline_topology::{ConnString, ContextKind, Placement, Topology};
+
+/// How one table's rows map onto targets (indices into [`Routes::targets`]).
+#[derive(Clone, Debug)]
+pub enum TableRoute {
+    /// Each row goes to the shard its key's bucket belongs to.
+    Sharded {
+        key_column: String,
+        placement: Placement,
+        /// Target index of each shard, in shard order.
+        shards: Vec<usize>,
+    },
+    /// Every row goes to one database.
+    Single(usize),
+    /// Every row goes to every listed database (reference tables).
+    Everywhere(Vec<usize>),
+}
+
+impl TableRoute {
+    /// Every target this table can touch.
+    pub fn targets(&self) -> Vec<usize> {
+        match self {
+            Self::Sharded { shards, .. } => shards.clone(),
+            Self::Single(t) => vec![*t],
+            Self::Everywhere(ts) => ts.clone(),
+        }
+    }
+}
+
+/// The targets of a topology and each listed table's route.
+#[derive(Clone, Debug)]
+pub struct Routes {
+    pub targets: Vec<ConnString>,
+    /// The context each target belongs to.
+    pub target_context: Vec<String>,
+    tables: HashMap<String, TableRoute>,
+}
+
+impl Routes {
+    pub fn from_topology(topology: &Topology) -> Self {
+        let mut routes = Routes {
+            targets: Vec::new(),
+            target_context: Vec::new(),
+            tables: HashMap::new(),
+        };
+        for context in &topology.contexts {
+            let ids: Vec<usize> = context
+                .databases()
+                .into_iter()
+                .map(|db| routes.target_id(db, &context.name))
+                .collect();
+            match &context.kind {
+                ContextKind::Sharded {
+                    shard_key,
+                    placement,
+                    reference_tables,
+                    ..
+                } => {
+                    for table in &context.tables {
+                        let route = TableRoute::Sharded {
+                            key_column: shard_key.clone(),
+                            placement: placement.clone(),
+                            shards: ids.clone(),
+                        };
+                        routes.tables.insert(normalise(table), route);
+                    }
+                    for table in reference_tables {
+                        routes
+                            .tables
+                            .insert(normalise(table), TableRoute::Everywhere(ids.clone()));
+                    }
+                }
+                ContextKind::Single { .. } => {
+                    for table in &context.tables {
+                        routes
+                            .tables
+                            .insert(normalise(table), TableRoute::Single(ids[0]));
+                    }
+                }
+            }
+        }
+        routes
+    }
+
+    fn target_id(&mut self, db: &ConnString, context: &str) -> usize {
+        if let Some(i) = self
+            .targets
+            .iter()
+            .position(|t| t.identity() == db.identity())
+        {
+            return i;
+        }
+        self.targets.push(db.clone());
+        self.target_context.push(context.to_string());
+        self.targets.len() - 1
+    }
+
+    /// The route of `namespace.name`; tables in `public` may be listed bare.
+    pub fn route(&self, namespace: &str, name: &str) -> Option<&TableRoute> {
+        self.tables.get(&format!("{namespace}.{name}"))
+    }
+
+    /// Every listed table as `schema.name`.
+    pub fn tables(&self) -> impl Iterator<Item = (&str, &TableRoute)> {
+        self.tables.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+/// `payments` → `public.payments`; `ledger.entries` stays as it is.
+pub fn normalise(table: &str) -> String {
+    if table.contains('.') {
+        table.to_string()
+    } else {
+        format!("public.{table}")
+    }
+}

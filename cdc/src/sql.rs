@@ -1,0 +1,143 @@
+//! SQL text for applying row changes to a target.
+//!
+//! Values arrive in PostgreSQL's text output form (the replication session
+//! pins DateStyle, TimeZone, IntervalStyle and extra_float_digits so that
+//! form is unambiguous and exact). Written back as untyped string literals,
+//! each is parsed by the target column's own input function: the value
+//! round-trips exactly without the applier knowing any type. Target sessions
+//! run with `standard_conforming_strings = on`, so doubling quotes is the
+//! whole of literal escaping.
+
+use std::fmt::Write;
+
+use shardline_topology::quote_ident;
+
+/// A value to write: NULL or a text-form literal.
+pub type Value<'a> = Option<&'a [u8]>;
+
+/// Appends `'text'` (or NULL) to `out`.
+pub fn push_literal(out: &mut String, value: Value<'_>) {
+    match value {
+        None => out.push_str("NULL"),
+        Some(bytes) => {
+            out.push('\'');
+            let text = String::from_utf8_lossy(bytes);
+            for c in text.chars() {
+                if c == '\'' {
+                    out.push('\'');
+                }
+                out.push(c);
+            }
+            out.push('\'');
+        }
+    }
+}
+
+/// `INSERT INTO table (cols) VALUES (...), (...)` for rows of equal shape.
+pub fn insert<'a>(
+    table: &str,
+    columns: &[&str],
+    rows: impl IntoIterator<Item = Vec<Value<'a>>>,
+) -> String {
+    let mut sql = format!("INSERT INTO {table} ({}) VALUES ", idents(columns));
+    for (i, row) in rows.into_iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for (j, v) in row.into_iter().enumerate() {
+            if j > 0 {
+                sql.push_str(", ");
+            }
+            push_literal(&mut sql, v);
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// `UPDATE table SET c = v, … WHERE key = …`; `set` holds only the columns
+/// to write (unchanged TOASTed values are left out, so they are kept).
+pub fn update(table: &str, set: &[(&str, Value<'_>)], key: &[(&str, Value<'_>)]) -> String {
+    let mut sql = format!("UPDATE {table} SET ");
+    for (i, (column, value)) in set.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "{} = ", quote_ident(column));
+        push_literal(&mut sql, *value);
+    }
+    push_where(&mut sql, key);
+    sql
+}
+
+/// `DELETE FROM table WHERE key = …`.
+pub fn delete(table: &str, key: &[(&str, Value<'_>)]) -> String {
+    let mut sql = format!("DELETE FROM {table}");
+    push_where(&mut sql, key);
+    sql
+}
+
+fn push_where(sql: &mut String, key: &[(&str, Value<'_>)]) {
+    sql.push_str(" WHERE ");
+    for (i, (column, value)) in key.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(" AND ");
+        }
+        let _ = write!(sql, "{}", quote_ident(column));
+        match value {
+            None => sql.push_str(" IS NULL"),
+            Some(_) => {
+                sql.push_str(" = ");
+                push_literal(sql, *value);
+            }
+        }
+    }
+}
+
+fn idents(columns: &[&str]) -> String {
+    columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_double_quotes_and_keep_everything_else() {
+        let mut s = String::new();
+        push_literal(&mut s, Some("it's \\ \"x\" ☕".as_bytes()));
+        assert_eq!(s, "'it''s \\ \"x\" ☕'");
+        let mut s = String::new();
+        push_literal(&mut s, None);
+        assert_eq!(s, "NULL");
+    }
+
+    #[test]
+    fn statements_name_columns_and_keys() {
+        let t = "\"public\".\"pay\"";
+        assert_eq!(
+            insert(
+                t,
+                &["a", "b"],
+                [
+                    vec![Some(&b"1"[..]), None],
+                    vec![Some(&b"2"[..]), Some(&b"x"[..])]
+                ]
+            ),
+            "INSERT INTO \"public\".\"pay\" (\"a\", \"b\") VALUES ('1', NULL), ('2', 'x')"
+        );
+        assert_eq!(
+            update(t, &[("amount", Some(&b"1.50"[..]))], &[("merchant_id", Some(&b"7"[..])), ("id", Some(&b"1"[..]))]),
+            "UPDATE \"public\".\"pay\" SET \"amount\" = '1.50' WHERE \"merchant_id\" = '7' AND \"id\" = '1'"
+        );
+        assert_eq!(
+            delete(t, &[("k", None)]),
+            "DELETE FROM \"public\".\"pay\" WHERE \"k\" IS NULL"
+        );
+    }
+}
