@@ -9,11 +9,14 @@
 //! transport, routing of changes to shards, exactly-once apply with the
 //! source LSN recorded in each target transaction, and read-model upkeep.
 
+pub mod apply;
 pub mod change;
 pub mod confirm;
 pub mod lsn;
 pub mod pgoutput;
 pub mod route;
+pub mod run;
+pub mod source;
 pub mod sql;
 
 pub use lsn::Lsn;

@@ -1,3 +1,4 @@
 //! Integration tests against real PostgreSQL servers.
 
 mod decode;
+mod stream;

@@ -1,0 +1,216 @@
+//! One target database's applier: statements in, durable positions out.
+//!
+//! Each target has one task with one connection. It receives the statements
+//! of source transactions in commit order and commits them together with the
+//! source position they reach (`shardline.cdc_progress`), in one target
+//! transaction: after a crash the target's recorded position says exactly
+//! which source transactions it has, so none is lost or applied twice.
+//! Source transactions queued back to back are grouped into one target
+//! commit (group commit), and statements travel in batches of one round trip.
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Client;
+
+use crate::lsn::Lsn;
+
+/// The control table of CDC progress, created on every target.
+pub const PROGRESS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS shardline;
+CREATE TABLE IF NOT EXISTS shardline.cdc_progress (
+    slot_name  text PRIMARY KEY,
+    commit_lsn pg_lsn NOT NULL,
+    end_lsn    pg_lsn NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);";
+
+/// Flush a batch once it holds this much SQL: one round trip carries a lot,
+/// and the target parses it as one simple query.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Commit a group of source transactions at this size even when more are
+/// queued, so locks and the durable position do not lag far behind.
+const MAX_GROUPED_TRANSACTIONS: usize = 2_000;
+
+/// What the coordinator asks of an applier.
+#[derive(Debug)]
+pub enum Command {
+    Exec(String),
+    /// Read one row inside the open transaction (for moves between shards).
+    Fetch {
+        sql: String,
+        reply: oneshot::Sender<Result<Option<Vec<Option<String>>>, ApplyError>>,
+    },
+    /// The source transaction ending here is complete.
+    Commit {
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    #[error("target {target}: {cause}")]
+    Target { target: String, cause: String },
+}
+
+/// A target's recorded position for a slot: the commit LSN of the last
+/// source transaction it holds (zero when it has none).
+pub async fn recorded_position(client: &Client, slot: &str) -> Result<Lsn, tokio_postgres::Error> {
+    client.batch_execute(PROGRESS_DDL).await?;
+    let row = client
+        .query_opt(
+            "SELECT commit_lsn::text FROM shardline.cdc_progress WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    Ok(row
+        .and_then(|r| r.get::<_, String>(0).parse().ok())
+        .unwrap_or(Lsn::ZERO))
+}
+
+pub struct Applier {
+    pub target: usize,
+    pub name: String,
+    pub client: Client,
+    pub slot: String,
+}
+
+struct Pending {
+    batch: String,
+    in_transaction: bool,
+    grouped: usize,
+    last: Option<(Lsn, Lsn)>,
+    /// Statements of a source transaction whose commit has not arrived.
+    partial: bool,
+}
+
+impl Applier {
+    /// Runs until the command channel closes. Every completed group is
+    /// reported on `durable` as (target, end LSN); an open, unfinished
+    /// source transaction is rolled back when the channel closes.
+    pub async fn run(
+        self,
+        mut commands: mpsc::Receiver<Command>,
+        durable: mpsc::UnboundedSender<(usize, Lsn)>,
+    ) -> Result<(), ApplyError> {
+        self.client
+            .batch_execute("SET standard_conforming_strings = on; SET synchronous_commit = on")
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut p = Pending {
+            batch: String::new(),
+            in_transaction: false,
+            grouped: 0,
+            last: None,
+            partial: false,
+        };
+        while let Some(command) = commands.recv().await {
+            match command {
+                Command::Exec(sql) => {
+                    if !p.in_transaction {
+                        p.batch.push_str("BEGIN;");
+                        p.in_transaction = true;
+                    }
+                    p.batch.push_str(&sql);
+                    p.batch.push(';');
+                    p.partial = true;
+                    if p.batch.len() >= MAX_BATCH_BYTES {
+                        self.send(&mut p.batch).await?;
+                    }
+                }
+                Command::Fetch { sql, reply } => {
+                    self.send(&mut p.batch).await?;
+                    let row = self
+                        .client
+                        .query_opt(&sql, &[])
+                        .await
+                        .map_err(|e| self.error(e));
+                    let row = row.map(|r| {
+                        r.map(|r| {
+                            (0..r.len())
+                                .map(|i| r.get::<_, Option<String>>(i))
+                                .collect()
+                        })
+                    });
+                    let _ = reply.send(row);
+                }
+                Command::Commit {
+                    commit_lsn,
+                    end_lsn,
+                } => {
+                    if !p.in_transaction {
+                        p.batch.push_str("BEGIN;");
+                        p.in_transaction = true;
+                    }
+                    p.last = Some((commit_lsn, end_lsn));
+                    p.grouped += 1;
+                    p.partial = false;
+                    let more_queued = !commands.is_empty();
+                    if !more_queued
+                        || p.grouped >= MAX_GROUPED_TRANSACTIONS
+                        || p.batch.len() >= MAX_BATCH_BYTES
+                    {
+                        self.commit(&mut p, &durable).await?;
+                    }
+                }
+            }
+        }
+        // The stream ended. A group holding only complete source
+        // transactions commits; one that also holds part of an unfinished
+        // transaction rolls back whole: nothing of it was reported durable,
+        // so the slot sends it all again next time.
+        if p.grouped > 0 && !p.partial {
+            self.commit(&mut p, &durable).await?;
+        }
+        if p.in_transaction {
+            self.client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        Ok(())
+    }
+
+    async fn commit(
+        &self,
+        p: &mut Pending,
+        durable: &mpsc::UnboundedSender<(usize, Lsn)>,
+    ) -> Result<(), ApplyError> {
+        let Some((commit_lsn, end_lsn)) = p.last else {
+            return Ok(());
+        };
+        p.batch.push_str(&format!(
+            "INSERT INTO shardline.cdc_progress (slot_name, commit_lsn, end_lsn) VALUES ('{slot}', '{commit_lsn}', '{end_lsn}')
+             ON CONFLICT (slot_name) DO UPDATE SET commit_lsn = excluded.commit_lsn, end_lsn = excluded.end_lsn, updated_at = now();
+             COMMIT;",
+            slot = self.slot.replace('\'', "''"),
+        ));
+        self.send(&mut p.batch).await?;
+        p.in_transaction = false;
+        p.grouped = 0;
+        p.last = None;
+        let _ = durable.send((self.target, end_lsn));
+        Ok(())
+    }
+
+    async fn send(&self, batch: &mut String) -> Result<(), ApplyError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let sql = std::mem::take(batch);
+        self.client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    fn error(&self, e: tokio_postgres::Error) -> ApplyError {
+        let cause = match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        };
+        ApplyError::Target {
+            target: self.name.clone(),
+            cause,
+        }
+    }
+}

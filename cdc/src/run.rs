@@ -1,0 +1,474 @@
+//! `cdc run`: the stream from the source slot to every target.
+//!
+//! The coordinator reads the replication stream in order, plans each row
+//! change into per-target statements ([`crate::change`]) and hands them to one
+//! [`Applier`] per target over bounded channels, so targets apply in parallel
+//! while each sees its statements in source commit order. Targets report the
+//! source position they made durable; [`Confirmations`] turns those reports
+//! into the position confirmed to the slot.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use shardline_topology::{ConnString, ConnectError, Topology};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::apply::{self, Applier, ApplyError, Command};
+use crate::change::{ChangeError, Op, Tables};
+use crate::confirm::Confirmations;
+use crate::lsn::Lsn;
+use crate::pgoutput::{self, DecodeError, LogicalMessage};
+use crate::route::Routes;
+use crate::source::{self, SourceError};
+use crate::sql;
+
+/// The prefix of heartbeat messages written into the source's WAL.
+pub const HEARTBEAT_PREFIX: &str = "shardline.heartbeat";
+
+/// Session settings that make every value's text form unambiguous and exact.
+const STREAM_OPTIONS: &str =
+    "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres -c extra_float_digits=3";
+
+/// Commands queued per target before the stream waits for it: enough to
+/// keep a target busy, small enough to bound memory on huge transactions.
+const TARGET_QUEUE: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub slot: String,
+    pub publication: String,
+    /// How often to write a heartbeat into the source's WAL, so an idle
+    /// source still lets the slot advance.
+    pub heartbeat: Duration,
+    /// Warn when the slot holds back more WAL than this many bytes.
+    pub max_retained_wal: u64,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            slot: "shardline".into(),
+            publication: "shardline".into(),
+            heartbeat: Duration::from_secs(10),
+            max_retained_wal: 1 << 30,
+        }
+    }
+}
+
+/// What a run did, for the final summary and for tests.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunReport {
+    pub transactions: u64,
+    pub changes: u64,
+    /// Source transactions a target skipped because it already had them.
+    pub skipped: u64,
+    pub confirmed_lsn: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CdcError {
+    #[error("cannot start cdc: {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Setup(Vec<SourceError>),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("replication stream from the source failed: {0}")]
+    Stream(String),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Change(#[from] ChangeError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("query on {target} failed: {cause}")]
+    Query { target: String, cause: String },
+}
+
+struct Target {
+    name: String,
+    recorded: Lsn,
+    queue: mpsc::Sender<Command>,
+}
+
+struct Txn {
+    commit_lsn: Lsn,
+    touched: BTreeSet<usize>,
+}
+
+/// Streams until `stop` turns true or the stream fails.
+pub async fn run(
+    topology: &Topology,
+    options: &RunOptions,
+    mut stop: watch::Receiver<bool>,
+) -> Result<RunReport, CdcError> {
+    let started = Instant::now();
+    let routes = Routes::from_topology(topology);
+    let source = topology.source.connect().await?;
+    let problems = source::check(&source, &routes, &options.slot)
+        .await
+        .map_err(|e| query_error(&topology.source, e))?;
+    if !problems.is_empty() {
+        return Err(CdcError::Setup(problems));
+    }
+    source::ensure_publication(&source, &options.publication, &routes).await?;
+    let slot = source::ensure_slot(&source, &options.slot).await?;
+    if slot.created_now {
+        tracing::warn!(slot = %options.slot, lsn = %slot.confirmed_flush, "created the slot now: only changes from here on are streamed; run `shardline backfill` first to copy what came before");
+    }
+
+    let (durable_tx, mut durable_rx) = mpsc::unbounded_channel();
+    let mut targets = Vec::new();
+    let mut appliers: Vec<JoinHandle<Result<(), ApplyError>>> = Vec::new();
+    for (i, conn) in routes.targets.iter().enumerate() {
+        let client = conn.connect().await?;
+        let recorded = apply::recorded_position(&client, &options.slot)
+            .await
+            .map_err(|e| query_error(conn, e))?;
+        let (tx, rx) = mpsc::channel(TARGET_QUEUE);
+        let applier = Applier {
+            target: i,
+            name: conn.to_string(),
+            client,
+            slot: options.slot.clone(),
+        };
+        appliers.push(tokio::spawn(applier.run(rx, durable_tx.clone())));
+        targets.push(Target {
+            name: conn.to_string(),
+            recorded,
+            queue: tx,
+        });
+    }
+    drop(durable_tx);
+
+    let config = replication_config(&topology.source, options, slot.confirmed_flush);
+    let mut stream = ReplicationClient::connect(config)
+        .await
+        .map_err(|e| CdcError::Stream(e.to_string()))?;
+    tracing::info!(slot = %options.slot, from = %slot.confirmed_flush, targets = targets.len(), "streaming");
+
+    let mut confirmations = Confirmations::new(slot.confirmed_flush);
+    let mut tables = Tables::default();
+    let mut txn: Option<Txn> = None;
+    let mut report = RunReport::default();
+    let mut heartbeat = tokio::time::interval(options.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let outcome: Result<(), CdcError> = async {
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => {
+                    if *stop.borrow() { return Ok(()); }
+                }
+                Some((target, lsn)) = durable_rx.recv() => {
+                    confirmations.durable(target, lsn);
+                    stream.update_applied_lsn(pgwire_replication::Lsn(confirmations.confirmed().0));
+                }
+                event = stream.recv() => {
+                    let event = event.map_err(|e| CdcError::Stream(e.to_string()))?;
+                    let Some(event) = event else {
+                        return Err(CdcError::Stream("the source ended the stream".into()));
+                    };
+                    match event {
+                        ReplicationEvent::Begin { final_lsn, .. } => {
+                            txn = Some(Txn { commit_lsn: Lsn(final_lsn.0), touched: BTreeSet::new() });
+                        }
+                        ReplicationEvent::XLogData { data, .. } => {
+                            let Some(t) = txn.as_mut() else { continue };
+                            handle(data, t, &mut tables, &routes, &targets, &topology.source, &mut report).await?;
+                        }
+                        ReplicationEvent::Commit { lsn, end_lsn, .. } => {
+                            let Some(t) = txn.take() else { continue };
+                            for &target in &t.touched {
+                                send(&targets[target], Command::Commit { commit_lsn: Lsn(lsn.0), end_lsn: Lsn(end_lsn.0) }).await?;
+                            }
+                            report.transactions += 1;
+                            confirmations.dispatched(Lsn(end_lsn.0), t.touched);
+                            stream.update_applied_lsn(pgwire_replication::Lsn(confirmations.confirmed().0));
+                        }
+                        ReplicationEvent::Message { transactional: false, lsn, prefix, .. } if prefix == HEARTBEAT_PREFIX => {
+                            if txn.is_none() {
+                                confirmations.idle_at(Lsn(lsn.0));
+                                stream.update_applied_lsn(pgwire_replication::Lsn(confirmations.confirmed().0));
+                            }
+                        }
+                        ReplicationEvent::Message { .. } | ReplicationEvent::KeepAlive { .. } => {}
+                        ReplicationEvent::StoppedAt { .. } => return Ok(()),
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    beat(&source, options).await.map_err(|e| query_error(&topology.source, e))?;
+                }
+            }
+        }
+    }
+    .await;
+
+    // Close the queues: appliers commit complete groups, roll back the rest.
+    drop(targets);
+    let mut apply_error = None;
+    for applier in appliers {
+        match applier.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => apply_error = apply_error.or(Some(e)),
+            Err(e) => {
+                apply_error = apply_error.or(Some(ApplyError::Target {
+                    target: "applier".into(),
+                    cause: e.to_string(),
+                }))
+            }
+        }
+    }
+    while let Ok((target, lsn)) = durable_rx.try_recv() {
+        confirmations.durable(target, lsn);
+    }
+    stream.update_applied_lsn(pgwire_replication::Lsn(confirmations.confirmed().0));
+    let _ = stream.shutdown().await;
+    report.confirmed_lsn = confirmations.confirmed().to_string();
+    report.seconds = started.elapsed().as_secs_f64();
+    outcome?;
+    if let Some(e) = apply_error {
+        return Err(e.into());
+    }
+    Ok(report)
+}
+
+/// Plans one decoded message of a transaction and queues its statements.
+async fn handle(
+    data: Bytes,
+    txn: &mut Txn,
+    tables: &mut Tables,
+    routes: &Routes,
+    targets: &[Target],
+    source: &ConnString,
+    report: &mut RunReport,
+) -> Result<(), CdcError> {
+    let message = pgoutput::decode(data)?;
+    let wanted = |target: usize| txn.commit_lsn > targets[target].recorded;
+    match &message {
+        LogicalMessage::Relation(r) => tables.describe(r.clone(), routes)?,
+        LogicalMessage::Insert { .. }
+        | LogicalMessage::Update { .. }
+        | LogicalMessage::Delete { .. } => {
+            report.changes += 1;
+            for op in tables.plan(&message)? {
+                match op {
+                    Op::Exec { target, sql } => {
+                        if wanted(target) {
+                            txn.touched.insert(target);
+                            send(&targets[target], Command::Exec(sql)).await?;
+                        } else {
+                            report.skipped += 1;
+                        }
+                    }
+                    Op::Move {
+                        from,
+                        to,
+                        table,
+                        columns,
+                        values,
+                        key,
+                    } => {
+                        let filled = fill_unchanged(
+                            &targets[from],
+                            wanted(from),
+                            source,
+                            &table,
+                            &columns,
+                            values,
+                            &key,
+                        )
+                        .await?;
+                        let key_ref: Vec<(&str, sql::Value)> = key
+                            .iter()
+                            .map(|(c, v)| (c.as_str(), v.as_deref()))
+                            .collect();
+                        if wanted(from) {
+                            txn.touched.insert(from);
+                            send(&targets[from], Command::Exec(sql::delete(&table, &key_ref)))
+                                .await?;
+                        }
+                        if let (true, Some(row)) = (wanted(to), filled) {
+                            let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
+                            txn.touched.insert(to);
+                            let insert = sql::insert(
+                                &table,
+                                &cols,
+                                [row.iter().map(|v| v.as_deref()).collect()],
+                            );
+                            send(&targets[to], Command::Exec(insert)).await?;
+                        }
+                    }
+                }
+            }
+        }
+        LogicalMessage::Truncate { relations, .. } => {
+            for id in relations {
+                let table = tables.get(*id)?;
+                for target in table.route.targets() {
+                    if wanted(target) {
+                        txn.touched.insert(target);
+                        send(
+                            &targets[target],
+                            Command::Exec(format!("TRUNCATE {}", table.qualified)),
+                        )
+                        .await?;
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The full new row of a moved row. Values the source did not send (unchanged
+/// TOAST) are read from the row on the old shard inside its open transaction;
+/// if the old shard no longer has it (it applied this transaction before a
+/// crash), from the source, whose later changes will follow in the stream.
+/// `None` when the row exists nowhere any more: a later delete removes it.
+async fn fill_unchanged(
+    from: &Target,
+    from_open: bool,
+    source: &ConnString,
+    table: &str,
+    columns: &[String],
+    values: Vec<Option<Option<Vec<u8>>>>,
+    key: &[(String, Option<Vec<u8>>)],
+) -> Result<Option<Vec<Option<Vec<u8>>>>, CdcError> {
+    let missing: Vec<usize> = values
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_none())
+        .map(|(i, _)| i)
+        .collect();
+    if missing.is_empty() {
+        return Ok(Some(values.into_iter().map(|v| v.flatten()).collect()));
+    }
+    let select: Vec<String> = missing
+        .iter()
+        .map(|&i| format!("{}::text", shardline_topology::quote_ident(&columns[i])))
+        .collect();
+    let key_ref: Vec<(&str, sql::Value)> = key
+        .iter()
+        .map(|(c, v)| (c.as_str(), v.as_deref()))
+        .collect();
+    let fetch = sql::delete(table, &key_ref).replacen(
+        "DELETE FROM",
+        &format!("SELECT {} FROM", select.join(", ")),
+        1,
+    );
+    let mut found = None;
+    if from_open {
+        let (reply, answer) = oneshot::channel();
+        send(
+            from,
+            Command::Fetch {
+                sql: fetch.clone(),
+                reply,
+            },
+        )
+        .await?;
+        found = answer
+            .await
+            .map_err(|_| CdcError::Stream(format!("applier for {} stopped", from.name)))??;
+    }
+    if found.is_none() {
+        let client = source.connect().await?;
+        let row = client
+            .query_opt(&fetch, &[])
+            .await
+            .map_err(|e| query_error(source, e))?;
+        found = row.map(|r| {
+            (0..r.len())
+                .map(|i| r.get::<_, Option<String>>(i))
+                .collect()
+        });
+    }
+    let Some(found) = found else {
+        tracing::warn!(%table, "a moved row exists neither on its old shard nor on the source; a later delete in the stream removes it");
+        return Ok(None);
+    };
+    let mut fetched = found.into_iter();
+    Ok(Some(
+        values
+            .into_iter()
+            .map(|v| match v {
+                Some(value) => value,
+                None => fetched.next().flatten().map(String::into_bytes),
+            })
+            .collect(),
+    ))
+}
+
+async fn send(target: &Target, command: Command) -> Result<(), CdcError> {
+    target.queue.send(command).await.map_err(|_| {
+        CdcError::Stream(format!(
+            "the applier for {} stopped; see its error",
+            target.name
+        ))
+    })
+}
+
+async fn beat(
+    source: &tokio_postgres::Client,
+    options: &RunOptions,
+) -> Result<(), tokio_postgres::Error> {
+    source
+        .execute(
+            "SELECT pg_logical_emit_message(false, $1, now()::text)",
+            &[&HEARTBEAT_PREFIX],
+        )
+        .await?;
+    let row = source
+        .query_opt(
+            "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+            &[&options.slot],
+        )
+        .await?;
+    if let Some(retained) = row.and_then(|r| r.get::<_, Option<i64>>(0)) {
+        if retained as u64 > options.max_retained_wal {
+            tracing::warn!(slot = %options.slot, retained_bytes = retained, "the slot holds back more WAL than the threshold; is a target slow or down?");
+        }
+    }
+    Ok(())
+}
+
+fn replication_config(source: &ConnString, options: &RunOptions, start: Lsn) -> ReplicationConfig {
+    let password = source
+        .config()
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    ReplicationConfig::new(
+        source.host(),
+        source.user(),
+        password,
+        source.dbname(),
+        options.slot.clone(),
+        options.publication.clone(),
+    )
+    .with_port(source.port())
+    .with_tls(TlsConfig::disabled())
+    .with_start_lsn(pgwire_replication::Lsn(start.0))
+    .with_status_interval(Duration::from_secs(1))
+    .with_wakeup_interval(Duration::from_secs(1))
+    .with_options(STREAM_OPTIONS)
+    .with_application_name("shardline-cdc")
+}
+
+fn query_error(conn: &ConnString, e: tokio_postgres::Error) -> CdcError {
+    CdcError::Query {
+        target: conn.to_string(),
+        cause: e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string()),
+    }
+}

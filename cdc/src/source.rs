@@ -1,0 +1,226 @@
+//! The source side: set-up checks, the publication and the slot.
+//!
+//! Every check names what is wrong and the exact statement that fixes it,
+//! and all of them run before anything is created.
+
+use tokio_postgres::Client;
+
+use crate::lsn::Lsn;
+use crate::route::{Routes, TableRoute};
+
+/// A set-up problem on the source, with its fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    #[error("the source runs with wal_level = {0}; logical replication needs wal_level = logical (fix: ALTER SYSTEM SET wal_level = logical; then restart the server)")]
+    WalLevel(String),
+    #[error("the source has no free replication slot ({used} of max_replication_slots = {max} in use) (fix: raise max_replication_slots and restart, or drop an unused slot)")]
+    NoFreeSlot { used: i64, max: i64 },
+    #[error("role {0} may not stream changes (fix: ALTER ROLE {0} REPLICATION; or connect as a superuser)")]
+    NoReplicationPrivilege(String),
+    #[error("table {0} does not exist on the source (fix the topology's table list)")]
+    MissingTable(String),
+    #[error("table {table}: replica identity {identity} does not carry the shard key {column}, so deletes cannot be routed (fix: ALTER TABLE {table} REPLICA IDENTITY FULL;)")]
+    IdentityWithoutShardKey {
+        table: String,
+        identity: String,
+        column: String,
+    },
+    #[error("table {table} has replica identity NOTHING (fix: ALTER TABLE {table} REPLICA IDENTITY FULL; or give it a primary key)")]
+    NoIdentity { table: String },
+    #[error("table {table} has no primary key, so its updates and deletes carry no row identity (fix: ALTER TABLE {table} REPLICA IDENTITY FULL; or add a primary key)")]
+    NoPrimaryKey { table: String },
+    #[error("slot {slot} exists but uses plugin {plugin} on database {database}; shardline needs a pgoutput slot on this database (fix: SELECT pg_drop_replication_slot('{slot}'); or choose another --slot)")]
+    WrongSlot {
+        slot: String,
+        plugin: String,
+        database: String,
+    },
+    #[error("slot {slot} is in use by process {pid} (another `shardline cdc run`?)")]
+    SlotInUse { slot: String, pid: i32 },
+    #[error("source query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+/// Runs every set-up check; returns all problems found.
+pub async fn check(
+    client: &Client,
+    routes: &Routes,
+    slot: &str,
+) -> Result<Vec<SourceError>, tokio_postgres::Error> {
+    let mut problems = Vec::new();
+    let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
+    if wal_level != "logical" {
+        problems.push(SourceError::WalLevel(wal_level));
+    }
+    let row = client
+        .query_one(
+            "SELECT current_setting('max_replication_slots')::bigint,
+                    (SELECT count(*) FROM pg_replication_slots),
+                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&slot],
+        )
+        .await?;
+    let (max, used, exists): (i64, i64, bool) = (row.get(0), row.get(1), row.get(2));
+    if !exists && used >= max {
+        problems.push(SourceError::NoFreeSlot { used, max });
+    }
+    let row = client
+        .query_one("SELECT current_user::text, rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user", &[])
+        .await?;
+    if !row.get::<_, bool>(1) {
+        problems.push(SourceError::NoReplicationPrivilege(row.get(0)));
+    }
+    let mut tables: Vec<(&str, &TableRoute)> = routes.tables().collect();
+    tables.sort_by_key(|(name, _)| *name);
+    for (table, route) in tables {
+        let row = client
+            .query_opt(
+                "SELECT c.relreplident::text,
+                        coalesce((SELECT array_agg(a.attname::text)
+                                    FROM pg_index i JOIN pg_attribute a
+                                      ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                                   WHERE i.indrelid = c.oid
+                                     AND ((c.relreplident = 'd' AND i.indisprimary)
+                                       OR (c.relreplident = 'i' AND i.indisreplident))), '{}')
+                   FROM pg_class c WHERE c.oid = to_regclass($1)",
+                &[&table],
+            )
+            .await?;
+        let Some(row) = row else {
+            problems.push(SourceError::MissingTable(table.to_string()));
+            continue;
+        };
+        let identity: String = row.get(0);
+        let columns: Vec<String> = row.get(1);
+        let name = table.to_string();
+        match identity.as_str() {
+            "n" => problems.push(SourceError::NoIdentity { table: name }),
+            "f" => {}
+            _ if columns.is_empty() => problems.push(SourceError::NoPrimaryKey { table: name }),
+            _ => {
+                if let TableRoute::Sharded { key_column, .. } = route {
+                    if !columns.contains(key_column) {
+                        problems.push(SourceError::IdentityWithoutShardKey {
+                            table: name,
+                            identity: if identity == "d" {
+                                "DEFAULT (the primary key)".into()
+                            } else {
+                                "USING INDEX".into()
+                            },
+                            column: key_column.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// Creates the publication for the listed tables, or adds tables missing
+/// from an existing one.
+pub async fn ensure_publication(
+    client: &Client,
+    name: &str,
+    routes: &Routes,
+) -> Result<(), SourceError> {
+    let mut wanted: Vec<String> = routes.tables().map(|(t, _)| t.to_string()).collect();
+    wanted.sort();
+    let quoted = |t: &str| shardline_topology::quote_table(t);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        let list: Vec<String> = wanted.iter().map(|t| quoted(t)).collect();
+        client
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                shardline_topology::quote_ident(name),
+                list.join(", ")
+            ))
+            .await?;
+        return Ok(());
+    }
+    let have: Vec<String> = client
+        .query(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
+            &[&name],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|t| !have.contains(t))
+        .map(|t| quoted(t))
+        .collect();
+    if !missing.is_empty() {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {} ADD TABLE {}",
+                shardline_topology::quote_ident(name),
+                missing.join(", ")
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Where a slot stands.
+#[derive(Debug, Clone)]
+pub struct SlotState {
+    pub confirmed_flush: Lsn,
+    pub created_now: bool,
+}
+
+/// Checks the slot, creating it when missing. A slot created here starts
+/// at the current WAL position: only changes after it are streamed.
+pub async fn ensure_slot(client: &Client, slot: &str) -> Result<SlotState, SourceError> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, coalesce(database::text, ''), active_pid, confirmed_flush_lsn::text,
+                    current_database()::text
+               FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    match row {
+        Some(row) => {
+            let plugin: String = row.get(0);
+            let database: String = row.get(1);
+            if plugin != "pgoutput" || database != row.get::<_, String>(4) {
+                return Err(SourceError::WrongSlot {
+                    slot: slot.to_string(),
+                    plugin,
+                    database,
+                });
+            }
+            if let Some(pid) = row.get::<_, Option<i32>>(2) {
+                return Err(SourceError::SlotInUse {
+                    slot: slot.to_string(),
+                    pid,
+                });
+            }
+            let confirmed: Option<String> = row.get(3);
+            Ok(SlotState {
+                confirmed_flush: confirmed.and_then(|l| l.parse().ok()).unwrap_or_default(),
+                created_now: false,
+            })
+        }
+        None => {
+            let row = client
+                .query_one(
+                    "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[&slot],
+                )
+                .await?;
+            Ok(SlotState {
+                confirmed_flush: row.get::<_, String>(0).parse().unwrap_or_default(),
+                created_now: true,
+            })
+        }
+    }
+}

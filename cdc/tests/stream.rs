@@ -1,0 +1,195 @@
+//! End to end: a source, two shards and an unsharded target, all real
+//! servers; changes made on the source arrive exactly once where they belong.
+
+use std::path::Path;
+use std::time::Duration;
+
+use shardline_cdc::run::{run, RunOptions};
+use shardline_testkit::PgServer;
+use shardline_topology::{ConnString, ContextKind, Topology};
+use tokio::sync::watch;
+
+const SCHEMA: &str = "
+CREATE TABLE payments (merchant_id bigint, id bigint, amount numeric(18,2), note text, meta jsonb,
+                       PRIMARY KEY (merchant_id, id));
+ALTER TABLE payments ALTER note SET STORAGE EXTERNAL;
+CREATE TABLE payouts (id bigint PRIMARY KEY, merchant_id bigint, amount numeric(18,2));";
+
+pub struct Fleet {
+    pub source: PgServer,
+    pub shards: Vec<PgServer>,
+    pub settlements: PgServer,
+    pub topology: Topology,
+}
+
+pub fn fleet() -> Fleet {
+    let source = PgServer::start().unwrap();
+    let shards = vec![PgServer::start().unwrap(), PgServer::start().unwrap()];
+    let settlements = PgServer::start().unwrap();
+    for s in std::iter::once(&source)
+        .chain(&shards)
+        .chain([&settlements])
+    {
+        s.psql("postgres", SCHEMA).unwrap();
+    }
+    let text = format!(
+        "[source]\nurl = \"{}\"\n[contexts.transactions]\ntables = [\"payments\"]\nshard_key = \"merchant_id\"\nshards = [\"{}\", \"{}\"]\n[contexts.settlements]\ntables = [\"payouts\"]\nurl = \"{}\"\n",
+        source.url("postgres"),
+        shards[0].url("postgres"),
+        shards[1].url("postgres"),
+        settlements.url("postgres")
+    );
+    let topology = Topology::parse(&text, Path::new("test.toml")).unwrap();
+    Fleet {
+        source,
+        shards,
+        settlements,
+        topology,
+    }
+}
+
+/// The rows of `table` on `server` that belong to shard `shard` (or all rows),
+/// as one comparable text.
+pub fn rows(server: &PgServer, table: &str, filter: &str) -> String {
+    server
+        .psql("postgres", &format!("SELECT coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '') FROM {table} t WHERE {filter}"))
+        .unwrap()
+}
+
+pub fn assert_converged(f: &Fleet) {
+    let ContextKind::Sharded { placement, .. } = &f.topology.context("transactions").unwrap().kind
+    else {
+        unreachable!()
+    };
+    for (i, shard) in f.shards.iter().enumerate() {
+        let owned = placement.owned_by_shard_sql("merchant_id", i);
+        assert_eq!(
+            rows(shard, "payments", "true"),
+            rows(&f.source, "payments", &owned),
+            "shard {i}"
+        );
+    }
+    assert_eq!(
+        rows(&f.settlements, "payouts", "true"),
+        rows(&f.source, "payouts", "true")
+    );
+}
+
+/// Waits until the slot confirms a position at or past the source's
+/// current WAL position (heartbeats carry it there once targets caught up).
+pub async fn wait_caught_up(source: &PgServer, slot: &str) {
+    let target = source
+        .psql("postgres", "SELECT pg_current_wal_lsn()")
+        .unwrap();
+    for _ in 0..300 {
+        let done = source
+            .psql("postgres", &format!("SELECT confirmed_flush_lsn >= '{}' FROM pg_replication_slots WHERE slot_name = '{slot}'", target.trim()))
+            .unwrap();
+        if done.trim() == "t" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("cdc did not catch up to {target}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_their_shard_once_including_moves_toast_and_truncate() {
+    let f = fleet();
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let topology = f.topology.clone();
+    let opts = options.clone();
+    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    // Wait for the slot, so the workload below is streamed.
+    for _ in 0..100 {
+        if f.source
+            .psql(
+                "postgres",
+                "SELECT count(*) FROM pg_replication_slots WHERE active",
+            )
+            .unwrap()
+            .trim()
+            == "1"
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let big = "é".repeat(4000);
+    let client = ConnString::parse(&f.source.url("postgres"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let statements = [
+        format!("INSERT INTO payments SELECT m, i, i * 1.25, CASE WHEN i % 10 = 0 THEN '{big}' END, jsonb_build_object('i', i) FROM generate_series(1, 40) m, generate_series(1, 25) i"),
+        "INSERT INTO payouts SELECT i, i % 40, i * 2 FROM generate_series(1, 100) i".into(),
+        "UPDATE payments SET amount = amount + 1 WHERE id % 10 = 0".into(),
+        "UPDATE payments SET merchant_id = merchant_id + 1000 WHERE id = 10".into(),
+        "UPDATE payments SET merchant_id = merchant_id + 2000, amount = 0 WHERE id = 20 AND merchant_id < 20".into(),
+        "DELETE FROM payments WHERE id = 3".into(),
+        "UPDATE payments SET meta = NULL, note = '' WHERE id = 5".into(),
+        "DELETE FROM payouts WHERE id > 90".into(),
+        "BEGIN; INSERT INTO payments VALUES (77, 999, 1, NULL, NULL); UPDATE payouts SET amount = -1 WHERE id = 1; COMMIT".into(),
+        "TRUNCATE payouts".into(),
+        "INSERT INTO payouts VALUES (5, 5, 5.55)".into(),
+    ];
+    for sql in &statements {
+        client.batch_execute(sql).await.unwrap();
+    }
+    wait_caught_up(&f.source, &options.slot).await;
+    stop_tx.send(true).unwrap();
+    let report = cdc.await.unwrap().unwrap();
+    assert_converged(&f);
+    assert_eq!(
+        f.source
+            .psql(
+                "postgres",
+                "SELECT count(*) FROM payments WHERE merchant_id > 1000"
+            )
+            .unwrap()
+            .trim(),
+        "59"
+    );
+    assert!(report.transactions >= statements.len() as u64, "{report:?}");
+
+    // A second run resumes: nothing is applied twice, new changes arrive.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let topology = f.topology.clone();
+    let opts = options.clone();
+    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    client
+        .batch_execute("UPDATE payments SET amount = 42 WHERE id = 7")
+        .await
+        .unwrap();
+    wait_caught_up(&f.source, &options.slot).await;
+    stop_tx.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+    assert_converged(&f);
+}
+
+#[tokio::test]
+async fn a_table_whose_identity_lacks_the_shard_key_is_refused_with_the_fix() {
+    let f = fleet();
+    f.source
+        .psql("postgres", "DELETE FROM payments; ALTER TABLE payments DROP CONSTRAINT payments_pkey; ALTER TABLE payments ADD PRIMARY KEY (id)")
+        .unwrap();
+    let (_stop, stop_rx) = watch::channel(false);
+    let err = run(&f.topology, &RunOptions::default(), stop_rx)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ALTER TABLE public.payments REPLICA IDENTITY FULL"),
+        "{err}"
+    );
+    let slots = f
+        .source
+        .psql("postgres", "SELECT count(*) FROM pg_replication_slots")
+        .unwrap();
+    assert_eq!(slots.trim(), "0", "nothing is created when a check fails");
+}
