@@ -19,6 +19,8 @@ CREATE TABLE IF NOT EXISTS shardline.cdc_progress (
     slot_name  text PRIMARY KEY,
     commit_lsn pg_lsn NOT NULL,
     end_lsn    pg_lsn NOT NULL,
+    -- when the source committed the last transaction applied here
+    commit_time timestamptz,
     updated_at timestamptz NOT NULL DEFAULT now()
 );";
 
@@ -42,6 +44,8 @@ pub enum Command {
     Commit {
         commit_lsn: Lsn,
         end_lsn: Lsn,
+        /// Microseconds since 2000-01-01, as the source stamped the commit.
+        commit_time: i64,
     },
 }
 
@@ -78,7 +82,7 @@ struct Pending {
     batch: String,
     in_transaction: bool,
     grouped: usize,
-    last: Option<(Lsn, Lsn)>,
+    last: Option<(Lsn, Lsn, i64)>,
     /// Statements of a source transaction whose commit has not arrived.
     partial: bool,
 }
@@ -136,12 +140,13 @@ impl Applier {
                 Command::Commit {
                     commit_lsn,
                     end_lsn,
+                    commit_time,
                 } => {
                     if !p.in_transaction {
                         p.batch.push_str("BEGIN;");
                         p.in_transaction = true;
                     }
-                    p.last = Some((commit_lsn, end_lsn));
+                    p.last = Some((commit_lsn, end_lsn, commit_time));
                     p.grouped += 1;
                     p.partial = false;
                     let more_queued = !commands.is_empty();
@@ -175,12 +180,14 @@ impl Applier {
         p: &mut Pending,
         durable: &mpsc::UnboundedSender<(usize, Lsn)>,
     ) -> Result<(), ApplyError> {
-        let Some((commit_lsn, end_lsn)) = p.last else {
+        let Some((commit_lsn, end_lsn, commit_time)) = p.last else {
             return Ok(());
         };
         p.batch.push_str(&format!(
-            "INSERT INTO shardline.cdc_progress (slot_name, commit_lsn, end_lsn) VALUES ('{slot}', '{commit_lsn}', '{end_lsn}')
-             ON CONFLICT (slot_name) DO UPDATE SET commit_lsn = excluded.commit_lsn, end_lsn = excluded.end_lsn, updated_at = now();
+            "INSERT INTO shardline.cdc_progress (slot_name, commit_lsn, end_lsn, commit_time)
+             VALUES ('{slot}', '{commit_lsn}', '{end_lsn}', timestamptz '2000-01-01 00:00:00+00' + {commit_time} * interval '1 microsecond')
+             ON CONFLICT (slot_name) DO UPDATE SET commit_lsn = excluded.commit_lsn, end_lsn = excluded.end_lsn,
+                 commit_time = excluded.commit_time, updated_at = now();
              COMMIT;",
             slot = self.slot.replace('\'', "''"),
         ));

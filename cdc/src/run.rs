@@ -86,6 +86,12 @@ pub enum CdcError {
     Change(#[from] ChangeError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    #[error("slot {slot} does not exist, but {target} has applied changes up to {lsn} from an earlier slot of that name: changes since were not streamed (fix: run `shardline backfill --restart` to copy the tables again, or `shardline cdc drop` to forget the old progress if you know the targets are complete)")]
+    LostSlot {
+        slot: String,
+        target: String,
+        lsn: Lsn,
+    },
     #[error("query on {target} failed: {cause}")]
     Query { target: String, cause: String },
 }
@@ -116,12 +122,6 @@ pub async fn run(
     if !problems.is_empty() {
         return Err(CdcError::Setup(problems));
     }
-    source::ensure_publication(&source, &options.publication, &routes).await?;
-    let slot = source::ensure_slot(&source, &options.slot).await?;
-    if slot.created_now {
-        tracing::warn!(slot = %options.slot, lsn = %slot.confirmed_flush, "created the slot now: only changes from here on are streamed; run `shardline backfill` first to copy what came before");
-    }
-
     let (durable_tx, mut durable_rx) = mpsc::unbounded_channel();
     let mut targets = Vec::new();
     let mut appliers: Vec<JoinHandle<Result<(), ApplyError>>> = Vec::new();
@@ -145,6 +145,24 @@ pub async fn run(
         });
     }
     drop(durable_tx);
+
+    // A target that holds progress of this slot while the slot is gone
+    // missed every change between: resuming would silently skip them
+    // (supabase/etl 935). Refuse before creating anything.
+    if !source::slot_exists(&source, &options.slot).await? {
+        if let Some(t) = targets.iter().find(|t| t.recorded > Lsn::ZERO) {
+            return Err(CdcError::LostSlot {
+                slot: options.slot.clone(),
+                target: t.name.clone(),
+                lsn: t.recorded,
+            });
+        }
+    }
+    source::ensure_publication(&source, &options.publication, &routes).await?;
+    let slot = source::ensure_slot(&source, &options.slot).await?;
+    if slot.created_now {
+        tracing::warn!(slot = %options.slot, lsn = %slot.confirmed_flush, "created the slot now: only changes from here on are streamed; run `shardline backfill` first to copy what came before");
+    }
 
     let config = replication_config(&topology.source, options, slot.confirmed_flush);
     let mut stream = ReplicationClient::connect(config)
@@ -183,10 +201,11 @@ pub async fn run(
                             let Some(t) = txn.as_mut() else { continue };
                             handle(data, t, &mut tables, &routes, &targets, &topology.source, &mut report).await?;
                         }
-                        ReplicationEvent::Commit { lsn, end_lsn, .. } => {
+                        ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
                             let Some(t) = txn.take() else { continue };
                             for &target in &t.touched {
-                                send(&targets[target], Command::Commit { commit_lsn: Lsn(lsn.0), end_lsn: Lsn(end_lsn.0) }).await?;
+                                let commit = Command::Commit { commit_lsn: Lsn(lsn.0), end_lsn: Lsn(end_lsn.0), commit_time: commit_time_micros };
+                                send(&targets[target], commit).await?;
                             }
                             report.transactions += 1;
                             confirmations.dispatched(Lsn(end_lsn.0), t.touched);

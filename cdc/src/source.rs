@@ -169,6 +169,16 @@ pub async fn ensure_publication(
     Ok(())
 }
 
+pub async fn slot_exists(client: &Client, slot: &str) -> Result<bool, SourceError> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?
+        .is_some())
+}
+
 /// Where a slot stands.
 #[derive(Debug, Clone)]
 pub struct SlotState {

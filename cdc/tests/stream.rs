@@ -75,11 +75,32 @@ pub fn assert_converged(f: &Fleet) {
     );
 }
 
+/// Waits until a walsender streams the slot, so what is written next is
+/// streamed. (A slot being created shows as active too, before its
+/// consistent point: writes then are not part of its stream.)
+pub async fn wait_streaming(source: &PgServer) {
+    for _ in 0..300 {
+        let n = source
+            .psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'shardline-cdc'",
+            )
+            .unwrap();
+        if n.trim() == "1" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("cdc did not start streaming");
+}
+
 /// Waits until the slot confirms a position at or past the source's
 /// current WAL position (heartbeats carry it there once targets caught up).
 pub async fn wait_caught_up(source: &PgServer, slot: &str) {
+    // The insert position: with synchronous_commit off (test servers) the
+    // write position lags behind commits.
     let target = source
-        .psql("postgres", "SELECT pg_current_wal_lsn()")
+        .psql("postgres", "SELECT pg_current_wal_insert_lsn()")
         .unwrap();
     for _ in 0..300 {
         let done = source
@@ -104,21 +125,7 @@ async fn changes_reach_their_shard_once_including_moves_toast_and_truncate() {
     let topology = f.topology.clone();
     let opts = options.clone();
     let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
-    // Wait for the slot, so the workload below is streamed.
-    for _ in 0..100 {
-        if f.source
-            .psql(
-                "postgres",
-                "SELECT count(*) FROM pg_replication_slots WHERE active",
-            )
-            .unwrap()
-            .trim()
-            == "1"
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_streaming(&f.source).await;
     let big = "é".repeat(4000);
     let client = ConnString::parse(&f.source.url("postgres"))
         .unwrap()
@@ -192,4 +199,46 @@ async fn a_table_whose_identity_lacks_the_shard_key_is_refused_with_the_fix() {
         .psql("postgres", "SELECT count(*) FROM pg_replication_slots")
         .unwrap();
     assert_eq!(slots.trim(), "0", "nothing is created when a check fails");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_slot_is_not_silently_replaced_supabase_etl_935() {
+    let f = fleet();
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (topology, opts) = (f.topology.clone(), options.clone());
+    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    wait_streaming(&f.source).await;
+    f.source
+        .psql("postgres", "INSERT INTO payouts VALUES (1, 1, 1)")
+        .unwrap();
+    wait_caught_up(&f.source, &options.slot).await;
+    stop_tx.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+    assert_eq!(rows(&f.settlements, "payouts", "true").trim(), "(1,1,1.00)");
+
+    f.source
+        .psql("postgres", "SELECT pg_drop_replication_slot('shardline')")
+        .unwrap();
+    f.source
+        .psql("postgres", "INSERT INTO payouts VALUES (2, 2, 2)")
+        .unwrap();
+    let (_stop, stop_rx) = watch::channel(false);
+    let err = tokio::time::timeout(Duration::from_secs(30), run(&f.topology, &options, stop_rx))
+        .await
+        .expect("a lost slot stops cdc at once")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("slot shardline does not exist") && err.contains("backfill --restart"),
+        "{err}"
+    );
+    let slots = f
+        .source
+        .psql("postgres", "SELECT count(*) FROM pg_replication_slots")
+        .unwrap();
+    assert_eq!(slots.trim(), "0");
 }
