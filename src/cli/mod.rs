@@ -10,6 +10,7 @@ pub mod exit;
 mod export;
 mod gen;
 mod output;
+mod progress;
 mod route;
 mod verify;
 

@@ -9,14 +9,17 @@
 //! never leaves a postgres behind.
 //!
 //! [`PgServerBuilder::persistent`] keeps a server's directory and process
-//! past the handle: `shardline dev up` builds the local fleet from those.
+//! past the handle; a [`Fleet`] is a set of such servers under one
+//! directory, which `shardline dev up` builds.
 //!
 //! PostgreSQL refuses to run as root; when this process is root the server
 //! runs as the `postgres` OS user.
 
+mod fleet;
 mod install;
 mod server;
 
+pub use fleet::{Fleet, Member, MemberSpec, MemberStatus};
 pub use install::{find_bindir, Bindir};
 pub use server::{PgServer, PgServerBuilder};
 
@@ -36,6 +39,16 @@ pub enum TestkitError {
     },
     #[error("port {port} on 127.0.0.1 is already in use by another process")]
     PortInUse { port: u16 },
+    #[error("the fleet in {dir} has the servers [{have}], not [{want}]")]
+    FleetMismatch {
+        dir: std::path::PathBuf,
+        have: String,
+        want: String,
+    },
+    #[error(
+        "the postgres OS user cannot reach {dir}: a parent directory is closed to other users"
+    )]
+    Unreachable { dir: std::path::PathBuf },
     #[error("{context}: {cause}")]
     Io {
         context: String,
@@ -49,6 +62,8 @@ impl TestkitError {
             Self::PostgresNotFound => "run scripts/setup (it installs the Debian package postgresql), or set SHARDLINE_PG_BINDIR",
             Self::NoPostgresUser => "create one (useradd --system postgres) or run as an ordinary user",
             Self::PortInUse { .. } => "stop what uses the port, or choose other ports (shardline dev up --base-port N)",
+            Self::Unreachable { .. } => "choose a directory others can enter (e.g. under /var/tmp), or chmod o+x its parents",
+            Self::FleetMismatch { .. } => "use the same --shards as before, another --dir, or `shardline dev down --purge` first",
             Self::Command { .. } | Self::Io { .. } => "see the server log in the data directory",
         }
     }

@@ -108,6 +108,7 @@ impl PgServerBuilder {
             std::fs::create_dir_all(&root)
                 .map_err(TestkitError::io(format!("creating {}", root.display())))?;
             owner.chown(&root)?;
+            owner.check_reachable(&root)?;
             if self.password.is_some() || self.persistent {
                 init_cluster(&bindir, &owner, &root, &data, self.password.as_deref())?;
             } else {
@@ -171,6 +172,20 @@ impl PgServer {
 
     pub fn builder() -> PgServerBuilder {
         PgServerBuilder::default()
+    }
+
+    /// A handle on a persistent server kept under `dir`, running or not,
+    /// without starting it.
+    pub fn attach(dir: &Path, port: u16) -> Result<Self, TestkitError> {
+        Ok(PgServer {
+            bindir: find_bindir()?,
+            root: dir.to_path_buf(),
+            port,
+            password: None,
+            persistent: true,
+            watcher: None,
+            stopped: false,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -388,6 +403,29 @@ impl ServerOwner {
         cmd
     }
 
+    /// The server's owner must be able to enter and write `dir`; a parent
+    /// directory closed to others (a 0700 home or temporary directory) stops
+    /// it long before initdb would say why.
+    fn check_reachable(&self, dir: &Path) -> Result<(), TestkitError> {
+        if self.ids.is_none() {
+            return Ok(());
+        }
+        let reachable = self
+            .command("test")
+            .arg("-w")
+            .arg(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if reachable {
+            Ok(())
+        } else {
+            Err(TestkitError::Unreachable {
+                dir: dir.to_path_buf(),
+            })
+        }
+    }
+
     fn chown(&self, path: &Path) -> Result<(), TestkitError> {
         if let Some((uid, gid)) = self.ids {
             std::os::unix::fs::chown(path, Some(uid), Some(gid))
@@ -478,8 +516,13 @@ rm -rf "$3""#;
         .map_err(TestkitError::io("starting the server watcher"))
 }
 
+/// pg_ctl refuses to run as root, so it runs as the server's owner.
 fn is_running(bindir: &Bindir, data: &Path) -> bool {
-    Command::new(bindir.program("pg_ctl"))
+    let Ok(owner) = ServerOwner::current() else {
+        return false;
+    };
+    owner
+        .command(bindir.program("pg_ctl"))
         .arg("-D")
         .arg(data)
         .arg("status")

@@ -1,0 +1,85 @@
+//! Progress for people: an indicatif bar when stderr is a terminal, plain
+//! periodic lines otherwise (logs, CI), nothing with --quiet.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// How often plain-line progress is printed.
+const LINE_INTERVAL: Duration = Duration::from_secs(5);
+
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    lines: Option<Mutex<Lines>>,
+}
+
+struct Lines {
+    label: String,
+    total: u64,
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    /// A progress display over `total` units called `unit`.
+    pub fn new(label: &str, total: u64, unit: &str, quiet: bool) -> Self {
+        if quiet {
+            return Self {
+                bar: None,
+                lines: None,
+            };
+        }
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(total);
+            let template = format!("{{prefix:>12}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit} ({{per_sec}}, ETA {{eta}})");
+            bar.set_style(
+                ProgressStyle::with_template(&template)
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(label.to_string());
+            return Self {
+                bar: Some(bar),
+                lines: None,
+            };
+        }
+        let now = Instant::now();
+        Self {
+            bar: None,
+            lines: Some(Mutex::new(Lines {
+                label: label.to_string(),
+                total,
+                started: now,
+                last: now,
+            })),
+        }
+    }
+
+    pub fn set(&self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+        if let Some(lines) = &self.lines {
+            let mut l = lines.lock().expect("progress lock");
+            if l.last.elapsed() >= LINE_INTERVAL {
+                l.last = Instant::now();
+                let secs = l.started.elapsed().as_secs_f64().max(1e-9);
+                eprintln!(
+                    "{}: {done}/{} ({:.0}%, {:.0}/s)",
+                    l.label,
+                    l.total,
+                    done as f64 * 100.0 / l.total.max(1) as f64,
+                    done as f64 / secs
+                );
+            }
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
