@@ -28,17 +28,23 @@ fn shardline(args: &[&str]) -> Output {
 fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A run of `n` free loopback ports, found by binding each.
+/// A run of `n` free loopback ports, found by binding each. Tests of one
+/// process search from different places so they never pick the same run.
 fn free_ports(n: u16) -> u16 {
-    let seed = std::process::id() as u16;
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = (std::process::id() as u16)
+        .wrapping_mul(31)
+        .wrapping_add(call.wrapping_mul(4099));
     (0..200u16)
-        .map(|i| 20_000 + (seed.wrapping_mul(7).wrapping_add(i * 97)) % 40_000)
+        .map(|i| 20_000 + seed.wrapping_add(i.wrapping_mul(97)) % 40_000)
         .find(|&base| (0..n).all(|k| TcpListener::bind(("127.0.0.1", base + k)).is_ok()))
         .expect("a free run of ports")
 }

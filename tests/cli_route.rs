@@ -103,25 +103,41 @@ fn bad_keys_and_bad_topologies_exit_2_with_a_hint() {
     assert!(!error.contains("s3cret"), "{error}");
 }
 
-#[test]
-fn every_subcommand_help_carries_an_example() {
-    let out = shardline(&["--help"]);
-    let help = String::from_utf8_lossy(&out.stdout).to_string();
-    let commands: Vec<String> = help
-        .lines()
+/// The subcommands a `--help` text lists.
+fn commands_of(help: &str) -> Vec<String> {
+    help.lines()
         .skip_while(|l| !l.starts_with("Commands:"))
         .skip(1)
         .take_while(|l| l.starts_with("  "))
         .map(|l| l.split_whitespace().next().unwrap().to_string())
         .filter(|c| c != "help")
-        .collect();
-    assert!(commands.len() >= 5, "{help}");
-    for command in commands {
-        let out = shardline(&[&command, "--help"]);
-        let text = String::from_utf8_lossy(&out.stdout);
+        .collect()
+}
+
+#[test]
+fn every_subcommand_help_carries_an_example() {
+    let top = String::from_utf8_lossy(&shardline(&["--help"]).stdout).to_string();
+    let mut todo: Vec<Vec<String>> = commands_of(&top).into_iter().map(|c| vec![c]).collect();
+    assert!(todo.len() >= 4, "{top}");
+    let mut checked = 0;
+    while let Some(path) = todo.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let text = String::from_utf8_lossy(&shardline(&args).stdout).to_string();
         assert!(
             text.contains("Examples:") && text.contains("shardline "),
-            "`shardline {command} --help` has no example:\n{text}"
+            "`shardline {}` has no example:\n{text}",
+            args.join(" ")
         );
+        for sub in commands_of(&text) {
+            let mut deeper = path.clone();
+            deeper.push(sub);
+            todo.push(deeper);
+        }
+        checked += 1;
     }
+    assert!(
+        checked >= 7,
+        "dev's subcommands are checked too ({checked})"
+    );
 }

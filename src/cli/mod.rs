@@ -3,16 +3,13 @@
 //! a typed request, validates it before connecting anywhere, and calls one
 //! library function.
 
-mod backfill;
 mod demo;
 mod dev;
 pub mod exit;
-mod export;
 mod gen;
 mod output;
 mod progress;
 mod route;
-mod verify;
 
 use std::path::PathBuf;
 
@@ -71,12 +68,13 @@ impl Global {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     Demo(demo::Args),
-    #[command(subcommand)]
+    /// A local fleet of PostgreSQL servers: up, status, down
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  shardline dev up --shards 4 --dir .shardline\n  shardline dev status\n  shardline dev down --purge"
+    )]
     Dev(dev::DevCommand),
     Gen(gen::Args),
-    Backfill(backfill::Args),
-    Verify(verify::Args),
-    Export(export::Args),
     Route(route::Args),
 }
 
@@ -86,9 +84,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Demo(args) => demo::run(args, g).await,
         Command::Dev(cmd) => dev::run(cmd, g).await,
         Command::Gen(args) => gen::run(args, g).await,
-        Command::Backfill(args) => backfill::run(args, g).await,
-        Command::Verify(args) => verify::run(args, g).await,
-        Command::Export(args) => export::run(args, g).await,
         Command::Route(args) => route::run(args, g).await,
     }
 }
