@@ -310,6 +310,11 @@ impl CopyWriter {
         self.buf.extend_from_slice(tuple.raw());
     }
 
+    /// Appends bytes of whole tuples taken from another stream.
+    pub fn extend(&mut self, tuples: &[u8]) {
+        self.buf.extend_from_slice(tuples);
+    }
+
     /// Starts a tuple of `fields` fields; follow with exactly that many
     /// `field`/`null`/`put_*` calls.
     pub fn begin(&mut self, fields: u16) {

@@ -1,0 +1,302 @@
+//! Backfill against real servers: a source, shards and an unsharded target.
+
+use std::path::Path;
+use std::time::Duration;
+
+use shardline_backfill::{dry_run, prepare, run, BackfillError, BackfillRequest, Event};
+use shardline_testkit::PgServer;
+use shardline_topology::{ContextKind, Topology};
+use tokio::sync::watch;
+
+/// Every common type, a sharded table and an unsharded one.
+const SCHEMA: &str = "
+CREATE TYPE mood AS ENUM ('calm', 'ok', 'élan');
+CREATE TABLE ledger (
+    merchant_id bigint NOT NULL,
+    id          bigint NOT NULL,
+    amount      numeric(18,2) NOT NULL,
+    rate        numeric(12,6),
+    big         numeric,
+    at          timestamptz,
+    day         date,
+    meta        jsonb,
+    token       uuid,
+    raw         bytea,
+    tags        text[],
+    scores      int[],
+    feeling     mood,
+    note        text,
+    code        char(3),
+    flag        boolean,
+    ratio       double precision,
+    PRIMARY KEY (merchant_id, id)
+);
+CREATE INDEX ledger_at ON ledger (merchant_id, at);
+CREATE TABLE accounts (id bigint PRIMARY KEY, name text NOT NULL);";
+
+fn fill(source: &PgServer, from: i64, to: i64) {
+    source
+        .psql(
+            "postgres",
+            &format!(
+                "INSERT INTO ledger SELECT i % 97, i, i * 1.01, i / 7.0, CASE WHEN i % 5 = 0 THEN 1e30 + i END,
+                        '2024-03-31 23:59:59.123456+02'::timestamptz + i * interval '1 minute', date '1999-12-31' + i::int,
+                        CASE WHEN i % 50 = 0 THEN jsonb_build_object('big', repeat(md5(i::text), 100)) WHEN i % 3 = 0 THEN NULL
+                             ELSE jsonb_build_object('k', i, 'ü', 'ñ') END,
+                        md5(i::text)::uuid, CASE WHEN i % 4 = 0 THEN '\\x00ff00'::bytea END,
+                        ARRAY['a', NULL, 'Zürich'], ARRAY[i, -i], (ARRAY['calm', 'ok', 'élan']::mood[])[1 + i % 3],
+                        CASE WHEN i % 6 = 0 THEN '' WHEN i % 7 = 0 THEN NULL ELSE '東京 ' || i END, 'EUR', i % 2 = 0, -0.0 + i / 3.0
+                   FROM generate_series({from}, {to}) i;
+                 INSERT INTO accounts SELECT i, 'acct ' || i FROM generate_series({from}, {to}) i;"
+            ),
+        )
+        .unwrap();
+}
+
+struct Fleet {
+    source: PgServer,
+    shards: Vec<PgServer>,
+    single: PgServer,
+    topology: Topology,
+}
+
+fn fleet(rows: i64) -> Fleet {
+    let source = PgServer::start().unwrap();
+    source.psql("postgres", SCHEMA).unwrap();
+    fill(&source, 1, rows);
+    source.psql("postgres", "ANALYZE").unwrap();
+    let shards = vec![
+        PgServer::start().unwrap(),
+        PgServer::start().unwrap(),
+        PgServer::start().unwrap(),
+    ];
+    let single = PgServer::start().unwrap();
+    let text = format!(
+        "[source]\nurl = \"{}\"\n[contexts.tx]\ntables = [\"ledger\"]\nshard_key = \"merchant_id\"\nshards = [\"{}\", \"{}\", \"{}\"]\n[contexts.other]\ntables = [\"accounts\"]\nurl = \"{}\"\n",
+        source.url("postgres"),
+        shards[0].url("postgres"),
+        shards[1].url("postgres"),
+        shards[2].url("postgres"),
+        single.url("postgres")
+    );
+    let topology = Topology::parse(&text, Path::new("t.toml")).unwrap();
+    Fleet {
+        source,
+        shards,
+        single,
+        topology,
+    }
+}
+
+fn rows(server: &PgServer, table: &str, filter: &str) -> String {
+    server
+        .psql(
+            "postgres",
+            &format!("SET TimeZone = 'UTC'; SELECT count(*) || ' ' || coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') FROM {table} t WHERE {filter}"),
+        )
+        .unwrap()
+}
+
+fn assert_equal(f: &Fleet) {
+    let ContextKind::Sharded { placement, .. } = &f.topology.context("tx").unwrap().kind else {
+        unreachable!()
+    };
+    for (i, shard) in f.shards.iter().enumerate() {
+        let owned = placement.owned_by_shard_sql("merchant_id", i);
+        assert_eq!(
+            rows(shard, "ledger", "true"),
+            rows(&f.source, "ledger", &owned),
+            "shard {i}"
+        );
+        let misplaced = shard
+            .psql(
+                "postgres",
+                &format!("SELECT count(*) FROM ledger WHERE NOT {owned}"),
+            )
+            .unwrap();
+        assert_eq!(misplaced.trim(), "0", "rows on the wrong shard {i}");
+    }
+    assert_eq!(
+        rows(&f.single, "accounts", "true"),
+        rows(&f.source, "accounts", "true")
+    );
+}
+
+fn request(chunk_rows: u64) -> BackfillRequest {
+    BackfillRequest {
+        chunk_rows,
+        ..BackfillRequest::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_arrives_exactly_on_the_right_shard_and_tables_are_created() {
+    let f = fleet(5_000);
+    let req = request(800);
+    let prepared = prepare(&f.topology, &req).await.unwrap();
+    let plan = dry_run(&prepared, &req).await.unwrap();
+    let ledger = plan.iter().find(|p| p.table == "public.ledger").unwrap();
+    assert!(ledger.chunks >= 4, "{plan:?}");
+    assert_eq!(ledger.create, 3);
+    assert_eq!(
+        f.shards[0]
+            .psql("postgres", "SELECT to_regclass('ledger') IS NULL")
+            .unwrap()
+            .trim(),
+        "t",
+        "a dry run writes nothing"
+    );
+
+    let (_stop, stop_rx) = watch::channel(false);
+    let report = run(prepared, &req, stop_rx, |_| {}).await.unwrap();
+    assert!(report.complete);
+    assert_eq!(
+        report
+            .tables
+            .iter()
+            .find(|t| t.table == "public.ledger")
+            .unwrap()
+            .rows,
+        5_000
+    );
+    assert_equal(&f);
+    // Created from the source's definition: enum type, primary key, index.
+    let shape = f.shards[1].psql("postgres", "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'ledger'::regclass AND attname = 'feeling'").unwrap();
+    assert_eq!(shape.trim(), "mood");
+    assert_eq!(
+        f.shards[1]
+            .psql(
+                "postgres",
+                "SELECT count(*) FROM pg_indexes WHERE tablename = 'ledger'"
+            )
+            .unwrap()
+            .trim(),
+        "2"
+    );
+    // The slot CDC will stream from exists, at the recorded point.
+    let slot = f.source.psql("postgres", "SELECT count(*) FROM pg_replication_slots s JOIN shardline.backfill_job j ON j.slot_name = s.slot_name AND j.consistent_lsn = s.confirmed_flush_lsn").unwrap();
+    assert_eq!(slot.trim(), "1");
+
+    // Running again does nothing more.
+    let prepared = prepare(&f.topology, &req).await.unwrap();
+    let (_stop, stop_rx) = watch::channel(false);
+    let again = run(prepared, &req, stop_rx, |_| {}).await.unwrap();
+    assert!(again.complete);
+    assert_eq!(again.tables.iter().map(|t| t.rows).sum::<u64>(), 0);
+    assert_equal(&f);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_different_target_table_stops_everything_before_copying() {
+    let f = fleet(100);
+    f.shards[2].psql("postgres", "CREATE TABLE ledger (merchant_id bigint NOT NULL, id bigint NOT NULL, amount numeric(12,2) NOT NULL, PRIMARY KEY (id))").unwrap();
+    let err = prepare(&f.topology, &request(1000))
+        .await
+        .err()
+        .expect("differences are an error");
+    let BackfillError::Differences(list) = &err else {
+        panic!("{err}")
+    };
+    let text = list.join("\n");
+    assert!(
+        text.contains("column amount is numeric(18,2) on the source but numeric(12,2)"),
+        "{text}"
+    );
+    assert!(text.contains("column rate is missing"), "{text}");
+    assert!(
+        text.contains("primary key is (merchant_id, id) on the source but (id)"),
+        "{text}"
+    );
+    assert_eq!(
+        f.source
+            .psql("postgres", "SELECT count(*) FROM pg_replication_slots")
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    assert_eq!(
+        f.shards[0]
+            .psql("postgres", "SELECT to_regclass('ledger') IS NULL")
+            .unwrap()
+            .trim(),
+        "t"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_killed_mid_copy_resumes_to_exactly_the_source() {
+    let f = fleet(6_000);
+    let req = BackfillRequest {
+        workers: 2,
+        ..request(300)
+    };
+    for kill_after in [2u64, 5, 9] {
+        let prepared = prepare(&f.topology, &req).await.unwrap();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        let job = tokio::spawn(async move {
+            run(prepared, &request(300), stop_rx, move |e| {
+                if let Event::ChunkDone { .. } = e {
+                    let _ = done_tx.send(());
+                }
+            })
+            .await
+        });
+        for _ in 0..kill_after {
+            if done_rx.recv().await.is_none() {
+                break;
+            }
+        }
+        // Dropping the job mid-copy: connections close without a word, the
+        // snapshot's holder dies, chunks in flight never commit.
+        job.abort();
+        let _ = job.await;
+        drop(stop_tx);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let prepared = prepare(&f.topology, &req).await.unwrap();
+    let (_stop, stop_rx) = watch::channel(false);
+    let report = run(prepared, &req, stop_rx, |_| {}).await.unwrap();
+    assert!(report.complete);
+    assert!(
+        report.generation > 1,
+        "the snapshot died, so a new generation copied the rest"
+    );
+    assert_equal(&f);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_job() {
+    let f = fleet(4_000);
+    let req = BackfillRequest {
+        workers: 1,
+        max_rows_per_sec: Some(20_000),
+        ..request(250)
+    };
+    let (_stop, stop_rx) = watch::channel(false);
+    let (planned_tx, mut planned_rx) = tokio::sync::mpsc::unbounded_channel();
+    let prepared = prepare(&f.topology, &req).await.unwrap();
+    let (r1, s1) = (req.clone(), stop_rx.clone());
+    let leader = tokio::spawn(async move {
+        run(prepared, &r1, s1, move |e| {
+            if let Event::Planned { .. } = e {
+                let _ = planned_tx.send(());
+            }
+        })
+        .await
+    });
+    planned_rx.recv().await.unwrap();
+    let prepared = prepare(&f.topology, &req).await.unwrap();
+    let joiner = run(prepared, &req, stop_rx, |_| {}).await.unwrap();
+    let leader = leader.await.unwrap().unwrap();
+    assert!(leader.complete);
+    assert!(
+        !joiner.complete,
+        "only the snapshot's holder closes the job"
+    );
+    let chunks =
+        |r: &shardline_backfill::BackfillReport| r.tables.iter().map(|t| t.chunks).sum::<u32>();
+    assert!(chunks(&joiner) > 0, "the second process copied some chunks");
+    assert!(chunks(&leader) > 0);
+    assert_equal(&f);
+}
