@@ -150,6 +150,7 @@ pub async fn prepare(
             &targets,
             &target_clients,
             request.create,
+            true,
             &mut to_create,
             &mut differences,
         )
@@ -184,6 +185,7 @@ pub async fn prepare(
             &targets,
             &target_clients,
             request.create,
+            false,
             &mut to_create,
             &mut differences,
         )
@@ -212,6 +214,7 @@ async fn check_targets(
     targets: &[ConnString],
     clients: &[Client],
     create: bool,
+    strict_nulls: bool,
     to_create: &mut Vec<(usize, TableDef)>,
     differences: &mut Vec<String>,
 ) -> Result<(), BackfillError> {
@@ -228,7 +231,7 @@ async fn check_targets(
                     target: name,
                 })
             }
-            Some(existing) => differences.extend(catalog::differences(def, &existing, &name)),
+            Some(existing) => differences.extend(catalog::differences(def, &existing, &name, strict_nulls)),
         }
     }
     Ok(())
@@ -430,6 +433,24 @@ pub async fn run(
     })
 }
 
+/// Empties a target table. TRUNCATE refuses a table other tables reference
+/// by foreign key; then the rows are deleted with foreign key checks off
+/// (the referencing rows are emptied or copied again by the same job).
+async fn empty_table(client: &Client, quoted: &str) -> Result<(), tokio_postgres::Error> {
+    if client.batch_execute(&format!("TRUNCATE {quoted}")).await.is_ok() {
+        return Ok(());
+    }
+    let deleted = client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL session_replication_role = replica; DELETE FROM {quoted}; COMMIT"
+        ))
+        .await;
+    if deleted.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    deleted
+}
+
 async fn restart(
     source: &Client,
     source_name: &str,
@@ -461,8 +482,7 @@ async fn restart(
             {
                 continue;
             }
-            targets[i]
-                .batch_execute(&format!("TRUNCATE {}", t.def.quoted()))
+            empty_table(&targets[i], &t.def.quoted())
                 .await
                 .map_err(|e| query_error(&prepared.targets[i].to_string(), e))?;
         }
@@ -601,15 +621,15 @@ async fn establish(
             }
             if row.is_some() || !fresh_tables {
                 for &i in &t.targets {
+                    let name = prepared.targets[i].to_string();
+                    empty_table(&targets[i], &t.def.quoted()).await.map_err(|e| query_error(&name, e))?;
                     targets[i]
-                        .batch_execute(&format!(
-                            "TRUNCATE {}; DELETE FROM shardline.backfill_done WHERE job_name = '{}' AND table_name = '{}'",
-                            t.def.quoted(),
-                            job.name.replace('\'', "''"),
-                            t.def.name.replace('\'', "''")
-                        ))
+                        .execute(
+                            "DELETE FROM shardline.backfill_done WHERE job_name = $1 AND table_name = $2",
+                            &[&job.name, &t.def.name],
+                        )
                         .await
-                        .map_err(|e| query_error(&prepared.targets[i].to_string(), e))?;
+                        .map_err(|e| query_error(&name, e))?;
                 }
             }
             let chunks = if t.query.is_some() {
@@ -929,6 +949,13 @@ async fn copy_once(
                         target: shared.prepared_targets[i].to_string(),
                         cause: e.to_string(),
                     })?;
+            // Like PostgreSQL's own apply workers: no triggers and no foreign
+            // key checks for rows that were valid on the source, so tables
+            // can be copied in any order. Needs superuser; without it the
+            // copy still works, and a foreign key violation is retried.
+            if let Err(e) = client.batch_execute("SET session_replication_role = replica").await {
+                tracing::debug!(error = %e, "target keeps triggers and foreign key checks");
+            }
             clients.insert(i, client);
         }
         let name = shared.prepared_targets[i].to_string();

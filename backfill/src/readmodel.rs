@@ -66,7 +66,7 @@ pub async fn shape(source: &Client, db: &str, rm: &ReadModel) -> Result<TableDef
     let rows = source
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
-               FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 ORDER BY a.attnum",
+               FROM pg_attribute a WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 ORDER BY a.attnum",
             &[&format!("pg_temp.{probe}")],
         )
         .await;

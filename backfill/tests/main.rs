@@ -72,7 +72,7 @@ fn fleet(rows: i64) -> Fleet {
     ];
     let single = PgServer::start().unwrap();
     let text = format!(
-        "[source]\nurl = \"{}\"\n[contexts.tx]\ntables = [\"ledger\"]\nshard_key = \"merchant_id\"\nshards = [\"{}\", \"{}\", \"{}\"]\n[contexts.other]\ntables = [\"accounts\"]\nurl = \"{}\"\n",
+        "[source]\nurl = \"{}\"\n[contexts.tx]\ntables = [\"ledger\"]\nshard_key = \"merchant_id\"\nshards = [\"{}\", \"{}\", \"{}\"]\n[contexts.other]\ntables = [\"accounts\"]\nurl = \"{}\"\n[[read_models]]\nname = \"daily\"\nfrom = \"ledger\"\nwhere = \"flag\"\ngroup_by = [\"merchant_id\", \"date_trunc('day', at) AS day\", \"code\"]\naggregates = [\"count(*) AS n\", \"sum(amount) AS volume\", \"max(note) AS last_note\"]\ncontext = \"other\"\n",
         source.url("postgres"),
         shards[0].url("postgres"),
         shards[1].url("postgres"),

@@ -3,6 +3,7 @@
 //! a typed request, validates it before connecting anywhere, and calls one
 //! library function.
 
+mod backfill;
 mod demo;
 mod dev;
 pub mod exit;
@@ -10,6 +11,7 @@ mod gen;
 mod output;
 mod progress;
 mod route;
+mod signals;
 
 use std::path::PathBuf;
 
@@ -75,6 +77,7 @@ pub enum Command {
     )]
     Dev(dev::DevCommand),
     Gen(gen::Args),
+    Backfill(backfill::Args),
     Route(route::Args),
 }
 
@@ -84,6 +87,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Demo(args) => demo::run(args, g).await,
         Command::Dev(cmd) => dev::run(cmd, g).await,
         Command::Gen(args) => gen::run(args, g).await,
+        Command::Backfill(args) => backfill::run(args, g).await,
         Command::Route(args) => route::run(args, g).await,
     }
 }
@@ -103,6 +107,7 @@ pub fn init_logging(g: &Global) {
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if g.format == Format::Json {
