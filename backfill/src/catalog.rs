@@ -211,7 +211,12 @@ pub fn normalise(table: &str) -> String {
 /// Without `strict_nulls`, a NOT NULL target column may take a column the
 /// source calls nullable (an aggregate that never yields NULL in practice:
 /// the copy itself fails, naming the column, if one does).
-pub fn differences(source: &TableDef, target: &TableDef, where_: &str, strict_nulls: bool) -> Vec<String> {
+pub fn differences(
+    source: &TableDef,
+    target: &TableDef,
+    where_: &str,
+    strict_nulls: bool,
+) -> Vec<String> {
     let t = &source.name;
     let mut out = Vec::new();
     for c in &source.columns {
@@ -224,12 +229,14 @@ pub fn differences(source: &TableDef, target: &TableDef, where_: &str, strict_nu
                 "table {t}: column {} is {} on the source but {} on {where_}",
                 c.name, c.sql_type, x.sql_type
             )),
-            Some(x) if x.not_null != c.not_null && (strict_nulls || c.not_null) => out.push(format!(
-                "table {t}: column {} is {} on the source but {} on {where_}",
-                c.name,
-                if c.not_null { "NOT NULL" } else { "nullable" },
-                if x.not_null { "NOT NULL" } else { "nullable" }
-            )),
+            Some(x) if x.not_null != c.not_null && (strict_nulls || c.not_null) => {
+                out.push(format!(
+                    "table {t}: column {} is {} on the source but {} on {where_}",
+                    c.name,
+                    if c.not_null { "NOT NULL" } else { "nullable" },
+                    if x.not_null { "NOT NULL" } else { "nullable" }
+                ))
+            }
             Some(_) => {}
         }
     }

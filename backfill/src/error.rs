@@ -13,6 +13,8 @@ pub enum BackfillError {
     TargetMissing { table: String, target: String },
     #[error("table {table} on {target} already holds rows that no backfill job wrote")]
     TargetNotEmpty { table: String, target: String },
+    #[error("the source is not ready for change data capture:\n  {}", .0.join("\n  "))]
+    SourceSetup(Vec<String>),
     #[error("targets differ from the source, nothing was copied:\n  {}", .0.join("\n  "))]
     Differences(Vec<String>),
     #[error("table {table} has no column {column}, the shard key of its context")]
@@ -47,6 +49,7 @@ impl BackfillError {
             Self::MissingTable { .. } => "fix the table lists in the topology".into(),
             Self::TargetMissing { .. } => "create it, or run without --no-create to create it from the source".into(),
             Self::TargetNotEmpty { .. } => "empty it, or run with --restart to empty every target table of the job".into(),
+            Self::SourceSetup(_) => "apply the fixes shown, then run backfill again".into(),
             Self::Differences(_) => "make the targets' tables match the source (or drop them to let backfill create them)".into(),
             Self::NoShardKeyColumn { .. } => "move the table to an unsharded context or to reference_tables".into(),
             Self::NullShardKey { .. } => "give those rows a shard key on the source, or list the table in an unsharded context".into(),

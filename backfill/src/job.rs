@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shardline_cdc::route::Routes;
 use shardline_topology::{ConnString, ContextKind, Topology};
 use tokio::sync::watch;
 use tokio_postgres::Client;
@@ -30,6 +31,8 @@ pub struct Prepared {
     pub tables: Vec<Arc<TableCopy>>,
     /// Tables to create on targets: (target, table definition).
     pub to_create: Vec<(usize, TableDef)>,
+    /// Where CDC sends each table's changes: the publication covers them.
+    pub routes: Routes,
 }
 
 /// Connects everywhere, reads every definition, and collects every
@@ -40,6 +43,17 @@ pub async fn prepare(
 ) -> Result<Prepared, BackfillError> {
     let source = topology.source.connect().await?;
     let source_name = topology.source.to_string();
+    // What CDC will need of the source is checked now: a copy that CDC
+    // cannot continue would be wasted.
+    let routes = Routes::from_topology(topology);
+    let problems = shardline_cdc::source::check(&source, &routes, &request.job)
+        .await
+        .map_err(|e| query_error(&source_name, e))?;
+    if !problems.is_empty() {
+        return Err(BackfillError::SourceSetup(
+            problems.iter().map(|p| p.to_string()).collect(),
+        ));
+    }
     let mut targets: Vec<ConnString> = Vec::new();
     let mut target_clients: Vec<Client> = Vec::new();
     let mut tables = Vec::new();
@@ -205,6 +219,7 @@ pub async fn prepare(
         targets,
         tables,
         to_create,
+        routes,
     })
 }
 
@@ -231,7 +246,9 @@ async fn check_targets(
                     target: name,
                 })
             }
-            Some(existing) => differences.extend(catalog::differences(def, &existing, &name, strict_nulls)),
+            Some(existing) => {
+                differences.extend(catalog::differences(def, &existing, &name, strict_nulls))
+            }
         }
     }
     Ok(())
@@ -437,7 +454,11 @@ pub async fn run(
 /// by foreign key; then the rows are deleted with foreign key checks off
 /// (the referencing rows are emptied or copied again by the same job).
 async fn empty_table(client: &Client, quoted: &str) -> Result<(), tokio_postgres::Error> {
-    if client.batch_execute(&format!("TRUNCATE {quoted}")).await.is_ok() {
+    if client
+        .batch_execute(&format!("TRUNCATE {quoted}"))
+        .await
+        .is_ok()
+    {
         return Ok(());
     }
     let deleted = client
@@ -551,6 +572,11 @@ async fn establish(
                     request.job
                 )));
             }
+            // The publication must exist before the slot: pgoutput reads
+            // publications as of each change's position in the WAL.
+            shardline_cdc::source::ensure_publication(source, &request.job, &prepared.routes)
+                .await
+                .map_err(|e| BackfillError::Snapshot(e.to_string()))?;
             let holder = snapshot::export(&prepared.source, &request.job, false).await?;
             source
                 .execute(
@@ -622,7 +648,9 @@ async fn establish(
             if row.is_some() || !fresh_tables {
                 for &i in &t.targets {
                     let name = prepared.targets[i].to_string();
-                    empty_table(&targets[i], &t.def.quoted()).await.map_err(|e| query_error(&name, e))?;
+                    empty_table(&targets[i], &t.def.quoted())
+                        .await
+                        .map_err(|e| query_error(&name, e))?;
                     targets[i]
                         .execute(
                             "DELETE FROM shardline.backfill_done WHERE job_name = $1 AND table_name = $2",
@@ -953,7 +981,10 @@ async fn copy_once(
             // key checks for rows that were valid on the source, so tables
             // can be copied in any order. Needs superuser; without it the
             // copy still works, and a foreign key violation is retried.
-            if let Err(e) = client.batch_execute("SET session_replication_role = replica").await {
+            if let Err(e) = client
+                .batch_execute("SET session_replication_role = replica")
+                .await
+            {
                 tracing::debug!(error = %e, "target keeps triggers and foreign key checks");
             }
             clients.insert(i, client);

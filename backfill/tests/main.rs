@@ -300,3 +300,89 @@ async fn two_processes_share_one_job() {
     assert!(chunks(&leader) > 0);
     assert_equal(&f);
 }
+
+/// Streams changes with CDC from the backfill's slot until the targets have
+/// everything the source has.
+async fn follow_with_cdc(f: &Fleet) {
+    let options = shardline_cdc::run::RunOptions {
+        heartbeat: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (topology, opts) = (f.topology.clone(), options.clone());
+    let cdc = tokio::spawn(async move { shardline_cdc::run::run(&topology, &opts, stop_rx).await });
+    let target = f
+        .source
+        .psql("postgres", "SELECT pg_current_wal_insert_lsn()")
+        .unwrap();
+    for _ in 0..600 {
+        let done = f
+            .source
+            .psql("postgres", &format!("SELECT confirmed_flush_lsn >= '{}' FROM pg_replication_slots WHERE slot_name = 'shardline'", target.trim()))
+            .unwrap();
+        if done.trim() == "t" || cdc.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop_tx.send(true);
+    cdc.await.unwrap().unwrap();
+}
+
+fn churn(source: &PgServer, round: i64) {
+    source
+        .psql(
+            "postgres",
+            &format!(
+                "UPDATE ledger SET amount = amount + {round}, note = 'round {round}' WHERE id % 11 = {r};
+                 DELETE FROM ledger WHERE id % 13 = {r};
+                 INSERT INTO ledger (merchant_id, id, amount) SELECT i % 97, 100000 * {round} + i, i FROM generate_series(1, 50) i;
+                 UPDATE ledger SET merchant_id = merchant_id + 1000 WHERE id % 17 = {r};
+                 UPDATE accounts SET name = name || '!' WHERE id % 5 = {r};",
+                r = round % 11
+            ),
+        )
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_during_and_after_a_resumed_backfill_arrive_once_through_cdc() {
+    let f = fleet(6_000);
+    let slow = BackfillRequest {
+        workers: 1,
+        max_rows_per_sec: Some(6_000),
+        ..request(500)
+    };
+    // First attempt: copy part, change the source, die.
+    let prepared = prepare(&f.topology, &slow).await.unwrap();
+    let (_stop, stop_rx) = watch::channel(false);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let r = slow.clone();
+    let job = tokio::spawn(async move {
+        run(prepared, &r, stop_rx, move |e| {
+            if let Event::ChunkDone { .. } = e {
+                let _ = done_tx.send(());
+            }
+        })
+        .await
+    });
+    done_rx.recv().await.unwrap();
+    churn(&f.source, 1);
+    done_rx.recv().await.unwrap();
+    job.abort();
+    let _ = job.await;
+    churn(&f.source, 2);
+
+    // The resumed run copies from a new snapshot while the source changes.
+    let prepared = prepare(&f.topology, &slow).await.unwrap();
+    let (_stop, stop_rx) = watch::channel(false);
+    let r = slow.clone();
+    let job = tokio::spawn(async move { run(prepared, &r, stop_rx, |_| {}).await });
+    churn(&f.source, 3);
+    let report = job.await.unwrap().unwrap();
+    assert!(report.complete && report.generation == 2, "{report:?}");
+    churn(&f.source, 4);
+
+    follow_with_cdc(&f).await;
+    assert_equal(&f);
+}

@@ -102,7 +102,11 @@ impl Applier {
             .map_err(|e| self.error(e))?;
         // As PostgreSQL's apply workers do: the source already checked
         // foreign keys and ran triggers. Needs superuser; optional.
-        if let Err(e) = self.client.batch_execute("SET session_replication_role = replica").await {
+        if let Err(e) = self
+            .client
+            .batch_execute("SET session_replication_role = replica")
+            .await
+        {
             tracing::debug!(target = %self.name, error = %e, "target keeps triggers and foreign key checks");
         }
         let mut p = Pending {

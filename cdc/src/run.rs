@@ -7,7 +7,7 @@
 //! source position they made durable; [`Confirmations`] turns those reports
 //! into the position confirmed to the slot.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -164,6 +164,7 @@ pub async fn run(
         tracing::warn!(slot = %options.slot, lsn = %slot.confirmed_flush, "created the slot now: only changes from here on are streamed; run `shardline backfill` first to copy what came before");
     }
 
+    let copied_at = source::backfill_points(&source, &options.slot).await?;
     let config = replication_config(&topology.source, options, slot.confirmed_flush);
     let mut stream = ReplicationClient::connect(config)
         .await
@@ -199,7 +200,7 @@ pub async fn run(
                         }
                         ReplicationEvent::XLogData { data, .. } => {
                             let Some(t) = txn.as_mut() else { continue };
-                            handle(data, t, &mut tables, &routes, &targets, &topology.source, &mut report).await?;
+                            handle(data, t, &mut tables, &routes, &targets, &topology.source, &copied_at, &mut report).await?;
                         }
                         ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
                             let Some(t) = txn.take() else { continue };
@@ -266,16 +267,30 @@ async fn handle(
     routes: &Routes,
     targets: &[Target],
     source: &ConnString,
+    copied_at: &HashMap<String, Lsn>,
     report: &mut RunReport,
 ) -> Result<(), CdcError> {
     let message = pgoutput::decode(data)?;
     let wanted = |target: usize| txn.commit_lsn > targets[target].recorded;
+    // A table that backfill copied from a later snapshot than the slot's
+    // start (a resumed job) already holds the changes up to that point.
+    let already_copied = |tables: &Tables, relation: u32| {
+        tables
+            .get(relation)
+            .ok()
+            .and_then(|t| copied_at.get(&t.name()))
+            .is_some_and(|lsn| txn.commit_lsn <= *lsn)
+    };
     match &message {
         LogicalMessage::Relation(r) => tables.describe(r.clone(), routes)?,
-        LogicalMessage::Insert { .. }
-        | LogicalMessage::Update { .. }
-        | LogicalMessage::Delete { .. } => {
+        LogicalMessage::Insert { relation, .. }
+        | LogicalMessage::Update { relation, .. }
+        | LogicalMessage::Delete { relation, .. } => {
             report.changes += 1;
+            if already_copied(tables, *relation) {
+                report.skipped += 1;
+                return Ok(());
+            }
             for op in tables.plan(&message)? {
                 match op {
                     Op::Exec { target, sql } => {
@@ -329,6 +344,9 @@ async fn handle(
         }
         LogicalMessage::Truncate { relations, .. } => {
             for id in relations {
+                if already_copied(tables, *id) {
+                    continue;
+                }
                 let table = tables.get(*id)?;
                 for target in table.route.targets() {
                     if wanted(target) {

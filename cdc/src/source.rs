@@ -3,6 +3,8 @@
 //! Every check names what is wrong and the exact statement that fixes it,
 //! and all of them run before anything is created.
 
+use std::collections::HashMap;
+
 use tokio_postgres::Client;
 
 use crate::lsn::Lsn;
@@ -177,6 +179,34 @@ pub async fn slot_exists(client: &Client, slot: &str) -> Result<bool, SourceErro
         )
         .await?
         .is_some())
+}
+
+/// Where backfill copied each table, for tables a resumed backfill copied
+/// from a later snapshot than the slot's start (see the backfill crate).
+pub async fn backfill_points(
+    client: &Client,
+    slot: &str,
+) -> Result<HashMap<String, Lsn>, SourceError> {
+    let has_table: bool = client
+        .query_one(
+            "SELECT to_regclass('shardline.backfill_table') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !has_table {
+        return Ok(HashMap::new());
+    }
+    let rows = client
+        .query(
+            "SELECT table_name, snapshot_lsn::text FROM shardline.backfill_table WHERE job_name = $1",
+            &[&slot],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| Some((r.get::<_, String>(0), r.get::<_, String>(1).parse().ok()?)))
+        .collect())
 }
 
 /// Where a slot stands.
