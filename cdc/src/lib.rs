@@ -5,9 +5,15 @@
 //! [`pgoutput::LogicalMessage`] (pure code over bytes, no server needed).
 //! Positions in the stream are [`Lsn`]s.
 //!
-//! Still to come in this crate (see the CDC issue): the replication
-//! transport, routing of changes to shards, exactly-once apply with the
-//! source LSN recorded in each target transaction, and read-model upkeep.
+//! [`run::run`] streams the slot: [`source`] checks the source and sets up
+//! the publication and slot, [`route`] and [`change`] turn each row change
+//! into statements for the targets it belongs on, one [`apply::Applier`]
+//! per target commits them with the source position they reach, and
+//! [`confirm::Confirmations`] decides what the slot may be told. [`status`]
+//! reports where the slot and every target stand.
+//!
+//! Not yet here: incremental read-model upkeep, per-context apply
+//! intervals, a JSON-lines sink and Prometheus metrics.
 
 pub mod apply;
 pub mod change;
@@ -18,5 +24,6 @@ pub mod route;
 pub mod run;
 pub mod source;
 pub mod sql;
+pub mod status;
 
 pub use lsn::Lsn;

@@ -92,6 +92,8 @@ pub enum CdcError {
         target: String,
         lsn: Lsn,
     },
+    #[error("slot {slot} exists but publication {publication} does not: changes since the slot was created cannot be decoded (fix: shardline backfill --restart, which creates both in order)")]
+    PublicationAfterSlot { slot: String, publication: String },
     #[error("query on {target} failed: {cause}")]
     Query { target: String, cause: String },
 }
@@ -157,6 +159,16 @@ pub async fn run(
                 lsn: t.recorded,
             });
         }
+    }
+    if source::slot_exists(&source, &options.slot).await?
+        && !source::publication_exists(&source, &options.publication).await?
+    {
+        // pgoutput reads publications as of each change's WAL position: one
+        // created after the slot cannot decode the changes before it.
+        return Err(CdcError::PublicationAfterSlot {
+            slot: options.slot.clone(),
+            publication: options.publication.clone(),
+        });
     }
     source::ensure_publication(&source, &options.publication, &routes).await?;
     let slot = source::ensure_slot(&source, &options.slot).await?;

@@ -181,6 +181,13 @@ pub async fn slot_exists(client: &Client, slot: &str) -> Result<bool, SourceErro
         .is_some())
 }
 
+pub async fn publication_exists(client: &Client, name: &str) -> Result<bool, SourceError> {
+    Ok(client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await?
+        .is_some())
+}
+
 /// Where backfill copied each table, for tables a resumed backfill copied
 /// from a later snapshot than the slot's start (see the backfill crate).
 pub async fn backfill_points(

@@ -54,7 +54,10 @@ pub struct Args {
 
 pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     if args.chunk_rows == 0 {
-        return Err(Hint::new("--chunk-rows must be at least 1", "shardline backfill --chunk-rows 200000"));
+        return Err(Hint::new(
+            "--chunk-rows must be at least 1",
+            "shardline backfill --chunk-rows 200000",
+        ));
     }
     let topology = g.topology()?;
     let request = BackfillRequest {
@@ -67,9 +70,13 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
         create: !args.no_create,
         defer_indexes: args.defer_indexes,
     };
-    let prepared = shardline_backfill::prepare(&topology, &request).await.map_err(hinted)?;
+    let prepared = shardline_backfill::prepare(&topology, &request)
+        .await
+        .map_err(hinted)?;
     if args.dry_run {
-        let plan = shardline_backfill::dry_run(&prepared, &request).await.map_err(hinted)?;
+        let plan = shardline_backfill::dry_run(&prepared, &request)
+            .await
+            .map_err(hinted)?;
         match g.format {
             Format::Json => print_json(&plan)?,
             Format::Text => {
@@ -81,7 +88,11 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
                         t.chunks,
                         t.est_rows,
                         t.est_bytes as f64 / 1e6,
-                        if t.create > 0 { format!(", created on {} targets", t.create) } else { String::new() }
+                        if t.create > 0 {
+                            format!(", created on {} targets", t.create)
+                        } else {
+                            String::new()
+                        }
                     );
                     for (target, rows) in &t.targets {
                         println!("    ~{rows:>10} rows -> {target}");
@@ -100,7 +111,10 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
         let mut bars = events.lock().expect("progress lock");
         match e {
             Event::Planned { table, est_rows } => {
-                bars.insert(table.clone(), (Progress::new(&short(&table), est_rows, "rows", quiet), 0));
+                bars.insert(
+                    table.clone(),
+                    (Progress::new(&short(&table), est_rows, "rows", quiet), 0),
+                );
             }
             Event::ChunkDone { table, rows, .. } => {
                 if let Some((bar, done)) = bars.get_mut(&table) {
@@ -122,9 +136,20 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
         Format::Json => print_json(&report)?,
         Format::Text => {
             for t in &report.tables {
-                println!("{:<32} {:>12} rows {:>10.1} MB  {:>4} chunks -> {} targets", t.table, t.rows, t.bytes as f64 / 1e6, t.chunks, t.targets);
+                println!(
+                    "{:<32} {:>12} rows {:>10.1} MB  {:>4} chunks -> {} targets",
+                    t.table,
+                    t.rows,
+                    t.bytes as f64 / 1e6,
+                    t.chunks,
+                    t.targets
+                );
             }
-            let state = if report.complete { "complete" } else { "this process's share done; the job's first process completes it" };
+            let state = if report.complete {
+                "complete"
+            } else {
+                "this process's share done; the job's first process completes it"
+            };
             println!(
                 "job {} {state}: {:.1} s, {:.0} rows/s; slot {} at {} (next: shardline cdc run)",
                 report.job, report.seconds, report.rows_per_sec, report.slot, report.consistent_lsn

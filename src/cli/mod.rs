@@ -4,6 +4,7 @@
 //! library function.
 
 mod backfill;
+mod cdc;
 mod demo;
 mod dev;
 pub mod exit;
@@ -78,6 +79,12 @@ pub enum Command {
     Dev(dev::DevCommand),
     Gen(gen::Args),
     Backfill(backfill::Args),
+    /// Change data capture: stream every monolith change to the targets
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  shardline cdc run\n  shardline cdc status\n  shardline cdc drop"
+    )]
+    Cdc(cdc::CdcCommand),
     Route(route::Args),
 }
 
@@ -88,6 +95,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Dev(cmd) => dev::run(cmd, g).await,
         Command::Gen(args) => gen::run(args, g).await,
         Command::Backfill(args) => backfill::run(args, g).await,
+        Command::Cdc(cmd) => cdc::run(cmd, g).await,
         Command::Route(args) => route::run(args, g).await,
     }
 }

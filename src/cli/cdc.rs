@@ -1,0 +1,159 @@
+//! `shardline cdc`: stream the monolith's changes to the shards.
+
+use std::time::Duration;
+
+use shardline_cdc::run::{CdcError, RunOptions};
+
+use super::output::{print_json, Hint};
+use super::{signals, Format, Global};
+
+/// Change data capture: stream every monolith change to the targets
+#[derive(clap::Subcommand, Debug)]
+pub enum CdcCommand {
+    Run(RunArgs),
+    Status(StatusArgs),
+    Drop(DropArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SlotArgs {
+    /// Replication slot (backfill creates it under its job name)
+    #[arg(long, default_value = "shardline")]
+    slot: String,
+}
+
+/// Stream changes from the slot to every target until stopped (SIGINT/SIGTERM)
+///
+/// Each target applies each source transaction once, together with the
+/// source position it reached; after a crash or a stop, the next run skips
+/// what each target already has. Run `shardline backfill` first: it creates
+/// the slot at the point its copy ends.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  shardline cdc run
+  shardline cdc run --heartbeat-secs 5
+  shardline -v cdc run --slot shardline")]
+pub struct RunArgs {
+    #[command(flatten)]
+    slot: SlotArgs,
+    /// Publication listing the topology's tables (created when missing)
+    #[arg(long, default_value = "shardline")]
+    publication: String,
+    /// Seconds between heartbeats written to the source, so an idle source lets the slot advance
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    heartbeat_secs: u64,
+    /// Warn when the slot holds back more WAL than this many megabytes
+    #[arg(long, default_value_t = 1024)]
+    max_retained_wal_mb: u64,
+}
+
+/// Show the slot and each target's applied position and lag
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  shardline cdc status
+  shardline --format json cdc status")]
+pub struct StatusArgs {
+    #[command(flatten)]
+    slot: SlotArgs,
+}
+
+/// Remove the slot, the publication and the targets' progress
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  shardline cdc drop
+  shardline cdc drop --slot shardline --publication shardline")]
+pub struct DropArgs {
+    #[command(flatten)]
+    slot: SlotArgs,
+    /// Publication to drop
+    #[arg(long, default_value = "shardline")]
+    publication: String,
+}
+
+pub async fn run(cmd: CdcCommand, g: &Global) -> anyhow::Result<u8> {
+    let topology = g.topology()?;
+    match cmd {
+        CdcCommand::Run(args) => {
+            let options = RunOptions {
+                slot: args.slot.slot,
+                publication: args.publication,
+                heartbeat: Duration::from_secs(args.heartbeat_secs),
+                max_retained_wal: args.max_retained_wal_mb << 20,
+            };
+            let report = shardline_cdc::run::run(&topology, &options, signals::stop_on_signal())
+                .await
+                .map_err(hinted)?;
+            match g.format {
+                Format::Json => print_json(&report)?,
+                Format::Text => println!(
+                    "stopped: {} transactions, {} changes ({} already applied, skipped) in {:.1} s; slot confirmed at {}",
+                    report.transactions, report.changes, report.skipped, report.seconds, report.confirmed_lsn
+                ),
+            }
+        }
+        CdcCommand::Status(args) => {
+            let status = shardline_cdc::status::status(&topology, &args.slot.slot)
+                .await
+                .map_err(hinted)?;
+            match g.format {
+                Format::Json => print_json(&status)?,
+                Format::Text => {
+                    let s = &status.slot;
+                    if s.exists {
+                        println!(
+                            "slot {}: {}, confirmed {}, lag {} bytes, WAL retained {} bytes (source at {})",
+                            s.name,
+                            if s.active { "streaming" } else { "idle" },
+                            s.confirmed_lsn.as_deref().unwrap_or("-"),
+                            s.lag_bytes.unwrap_or(0),
+                            s.retained_bytes.unwrap_or(0),
+                            status.source_lsn
+                        );
+                    } else {
+                        println!("slot {} does not exist (run shardline backfill, then shardline cdc run)", s.name);
+                    }
+                    for t in &status.targets {
+                        match (&t.error, &t.applied_lsn) {
+                            (Some(e), _) => println!("  {:<14} {:<40} unreachable: {e}", t.context, t.target),
+                            (None, None) => println!("  {:<14} {:<40} nothing applied yet", t.context, t.target),
+                            (None, Some(lsn)) => println!(
+                                "  {:<14} {:<40} applied {lsn}, {} bytes behind, last source commit {:.1} s ago",
+                                t.context,
+                                t.target,
+                                t.lag_bytes.unwrap_or(0),
+                                t.lag_seconds.unwrap_or(0.0)
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+        CdcCommand::Drop(args) => {
+            shardline_cdc::status::drop_all(&topology, &args.slot.slot, &args.publication)
+                .await
+                .map_err(hinted)?;
+            if g.format == Format::Text {
+                println!(
+                    "dropped slot {} and publication {}, cleared the targets' progress",
+                    args.slot.slot, args.publication
+                );
+            }
+        }
+    }
+    Ok(super::exit::OK)
+}
+
+fn hinted(e: CdcError) -> anyhow::Error {
+    let hint = match &e {
+        CdcError::Connect(c) => c.hint(),
+        CdcError::Setup(_) => "apply the fixes shown, then start cdc again".into(),
+        CdcError::Source(shardline_cdc::source::SourceError::SlotInUse { .. }) => {
+            "stop the running `shardline cdc run` first".into()
+        }
+        CdcError::Apply(_) | CdcError::Stream(_) => {
+            "start `shardline cdc run` again: it resumes where each target stopped".into()
+        }
+        _ => return e.into(),
+    };
+    Hint::new(e.to_string(), hint)
+}
