@@ -104,30 +104,7 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     }
 
     let quiet = g.quiet || g.format == Format::Json;
-    let bars: Arc<Mutex<HashMap<String, (Progress, u64)>>> = Arc::default();
-    let events = Arc::clone(&bars);
-    let stop = signals::stop_on_signal();
-    let report = shardline_backfill::run(prepared, &request, stop, move |e| {
-        let mut bars = events.lock().expect("progress lock");
-        match e {
-            Event::Planned { table, est_rows } => {
-                bars.insert(
-                    table.clone(),
-                    (Progress::new(&short(&table), est_rows, "rows", quiet), 0),
-                );
-            }
-            Event::ChunkDone { table, rows, .. } => {
-                if let Some((bar, done)) = bars.get_mut(&table) {
-                    *done += rows;
-                    bar.set(*done);
-                }
-            }
-        }
-    })
-    .await;
-    for (bar, _) in bars.lock().expect("progress lock").values() {
-        bar.finish();
-    }
+    let report = copy_with_progress(prepared, &request, signals::stop_on_signal(), quiet).await;
     let report = match report {
         Err(BackfillError::Interrupted) => return Err(Interrupted.into()),
         other => other.map_err(hinted)?,
@@ -157,6 +134,39 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
         }
     }
     Ok(super::exit::OK)
+}
+
+/// Runs the job with a progress bar (or plain lines) per table.
+pub(super) async fn copy_with_progress(
+    prepared: shardline_backfill::Prepared,
+    request: &BackfillRequest,
+    stop: tokio::sync::watch::Receiver<bool>,
+    quiet: bool,
+) -> Result<shardline_backfill::BackfillReport, BackfillError> {
+    let bars: Arc<Mutex<HashMap<String, (Progress, u64)>>> = Arc::default();
+    let events = Arc::clone(&bars);
+    let report = shardline_backfill::run(prepared, request, stop, move |e| {
+        let mut bars = events.lock().expect("progress lock");
+        match e {
+            Event::Planned { table, est_rows } => {
+                bars.insert(
+                    table.clone(),
+                    (Progress::new(&short(&table), est_rows, "rows", quiet), 0),
+                );
+            }
+            Event::ChunkDone { table, rows, .. } => {
+                if let Some((bar, done)) = bars.get_mut(&table) {
+                    *done += rows;
+                    bar.set(*done);
+                }
+            }
+        }
+    })
+    .await;
+    for (bar, _) in bars.lock().expect("progress lock").values() {
+        bar.finish();
+    }
+    report
 }
 
 fn short(table: &str) -> String {

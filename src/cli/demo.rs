@@ -5,8 +5,13 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use std::time::Duration;
+
+use shardline_backfill::BackfillRequest;
+use shardline_cdc::run::RunOptions;
 use shardline_gen::GenRequest;
 use shardline_topology::{ContextKind, ShardKey, Topology};
+use tokio::sync::watch;
 
 use super::dev::{self, DirArgs, UpArgs};
 use super::progress::Progress;
@@ -56,8 +61,24 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     step(2, "generate the monolith's history");
     generate(&topology, args.rows, g).await?;
 
-    step(3, "where merchants live");
+    step(
+        3,
+        "backfill the history into the shards, settlements and analytics",
+    );
+    backfill(&topology, g).await?;
+
+    step(
+        4,
+        "stream live changes with CDC while the monolith takes payments",
+    );
+    follow_live_load(&topology).await?;
+
+    step(
+        5,
+        "where merchants live, and whether every shard holds exactly its rows",
+    );
     placement(&topology)?;
+    counts(&topology).await?;
 
     println!(
         "\ndone in {:.0} s. Try:\n   export SHARDLINE_CONFIG={}\n   shardline route 1001 1002\n   shardline dev status --dir {}\n   shardline dev down --dir {} --purge",
@@ -94,6 +115,155 @@ async fn generate(topology: &Topology, rows: u64, g: &Global) -> anyhow::Result<
         "   {:.1} s, {:.0} rows/s",
         report.seconds, report.rows_per_sec
     );
+    Ok(())
+}
+
+async fn backfill(topology: &Topology, g: &Global) -> anyhow::Result<()> {
+    let request = BackfillRequest {
+        restart: true,
+        ..BackfillRequest::default()
+    };
+    let prepared = shardline_backfill::prepare(topology, &request).await?;
+    let report =
+        super::backfill::copy_with_progress(prepared, &request, watch::channel(false).1, g.quiet)
+            .await?;
+    for t in &report.tables {
+        println!(
+            "   {:<30} {:>10} rows -> {} targets",
+            t.table, t.rows, t.targets
+        );
+    }
+    println!(
+        "   {:.1} s, {:.0} rows/s; CDC slot {} starts at {}",
+        report.seconds, report.rows_per_sec, report.slot, report.consistent_lsn
+    );
+    Ok(())
+}
+
+/// Runs CDC while a payment load writes to the monolith, then waits until
+/// every change has been applied.
+async fn follow_live_load(topology: &Topology) -> anyhow::Result<()> {
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(500),
+        ..RunOptions::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let cdc_topology = topology.clone();
+    let cdc_options = options.clone();
+    let cdc =
+        tokio::spawn(
+            async move { shardline_cdc::run::run(&cdc_topology, &cdc_options, stop_rx).await },
+        );
+    let source = topology.source.connect().await?;
+    let started = std::time::Instant::now();
+    let mut statements = 0u64;
+    let first_new: i64 = source
+        .query_one("SELECT coalesce(max(payment_id), 0) + 1 FROM payments", &[])
+        .await?
+        .get(0);
+    let mut next = first_new;
+    while started.elapsed() < Duration::from_secs(5) {
+        if cdc.is_finished() {
+            break;
+        }
+        // New payments for the biggest merchants, captures, a refund, and
+        // a merchant correction that moves a payment between shards.
+        source
+            .batch_execute(&format!(
+                "INSERT INTO payments (merchant_id, payment_id, idempotency_key, amount, currency, status, method, created_at, updated_at)
+                 SELECT 1000 + (g % 20) + 1, {next} + g, md5(({next} + g)::text)::uuid, 10 + g, 'EUR', 'authorized', 'card', now(), now()
+                   FROM generate_series(0, 49) g;
+                 UPDATE payments SET status = 'captured', captured_at = now(), updated_at = now()
+                  WHERE payment_id BETWEEN {next} AND {next} + 39 AND merchant_id = merchant_id;
+                 UPDATE payments SET merchant_id = 1001 WHERE payment_id = {next} + 49;"
+            ))
+            .await?;
+        next += 50;
+        statements += 3;
+    }
+    let target: String = source
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await?
+        .get(0);
+    for _ in 0..600 {
+        let caught_up: bool = source
+            .query_one(
+                "SELECT coalesce((SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2), false)",
+                &[&target, &options.slot],
+            )
+            .await?
+            .get(0);
+        if caught_up || cdc.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop_tx.send(true);
+    let report = cdc.await??;
+    println!(
+        "   wrote {} payments in {statements} statements over {:.1} s; CDC applied {} transactions ({} changes), slot confirmed at {}",
+        next - first_new,
+        started.elapsed().as_secs_f64(),
+        report.transactions,
+        report.changes,
+        report.confirmed_lsn
+    );
+    Ok(())
+}
+
+/// Rows per shard against the source's rows that belong there.
+async fn counts(topology: &Topology) -> anyhow::Result<()> {
+    let Some(context) = topology.sharded_context() else {
+        return Ok(());
+    };
+    let ContextKind::Sharded {
+        placement,
+        shards,
+        shard_key,
+        ..
+    } = &context.kind
+    else {
+        return Ok(());
+    };
+    let source = topology.source.connect().await?;
+    for table in &context.tables {
+        let mut line = format!("   {table:<15}");
+        let mut all_equal = true;
+        for (i, shard) in shards.iter().enumerate() {
+            let expected: i64 = source
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FROM {} WHERE {}",
+                        shardline_topology::quote_table(table),
+                        placement
+                            .owned_by_shard_sql(&shardline_topology::quote_ident(shard_key), i)
+                    ),
+                    &[],
+                )
+                .await?
+                .get(0);
+            let actual: i64 = shard
+                .connect()
+                .await?
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FROM {}",
+                        shardline_topology::quote_table(table)
+                    ),
+                    &[],
+                )
+                .await?
+                .get(0);
+            all_equal &= expected == actual;
+            line.push_str(&format!(" shard{i}: {actual:>8}"));
+        }
+        line.push_str(if all_equal {
+            "   (= source)"
+        } else {
+            "   (DIFFERS from source)"
+        });
+        println!("{line}");
+    }
     Ok(())
 }
 
