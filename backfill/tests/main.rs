@@ -386,3 +386,107 @@ async fn changes_during_and_after_a_resumed_backfill_arrive_once_through_cdc() {
     follow_with_cdc(&f).await;
     assert_equal(&f);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_shard_keys_stop_the_job_with_the_table_and_count() {
+    let f = fleet(50);
+    f.source
+        .psql("postgres", "ALTER TABLE ledger DROP CONSTRAINT ledger_pkey; ALTER TABLE ledger ALTER merchant_id DROP NOT NULL; ALTER TABLE ledger REPLICA IDENTITY FULL; UPDATE ledger SET merchant_id = NULL WHERE id <= 3")
+        .unwrap();
+    let err = prepare(&f.topology, &request(1000))
+        .await
+        .err()
+        .expect("NULL keys are refused");
+    assert!(
+        matches!(&err, BackfillError::NullShardKey { count: 3, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("public.ledger") && err.to_string().contains("merchant_id"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_request_rolls_back_in_flight_chunks_and_the_next_run_finishes() {
+    let f = fleet(4_000);
+    let slow = BackfillRequest {
+        max_rows_per_sec: Some(4_000),
+        ..request(400)
+    };
+    let prepared = prepare(&f.topology, &slow).await.unwrap();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let r = slow.clone();
+    let job = tokio::spawn(async move {
+        run(prepared, &r, stop_rx, move |e| {
+            if let Event::ChunkDone { .. } = e {
+                let _ = done_tx.send(());
+            }
+        })
+        .await
+    });
+    done_rx.recv().await.unwrap();
+    stop_tx.send(true).unwrap();
+    let err = job
+        .await
+        .unwrap()
+        .err()
+        .expect("a stopped job is not a success");
+    assert!(matches!(err, BackfillError::Interrupted), "{err}");
+    let prepared = prepare(&f.topology, &request(400)).await.unwrap();
+    let (_stop, stop_rx) = watch::channel(false);
+    assert!(
+        run(prepared, &request(400), stop_rx, |_| {})
+            .await
+            .unwrap()
+            .complete
+    );
+    assert_equal(&f);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_lost_mid_run_is_named_and_the_job_resumes_after_it_returns() {
+    let mut f = fleet(6_000);
+    let slow = BackfillRequest {
+        workers: 1,
+        max_rows_per_sec: Some(6_000),
+        ..request(300)
+    };
+    let prepared = prepare(&f.topology, &slow).await.unwrap();
+    let (_stop, stop_rx) = watch::channel(false);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let r = slow.clone();
+    let job = tokio::spawn(async move {
+        run(prepared, &r, stop_rx, move |e| {
+            if let Event::ChunkDone { .. } = e {
+                let _ = done_tx.send(());
+            }
+        })
+        .await
+    });
+    done_rx.recv().await.unwrap();
+    f.shards[1].stop().unwrap();
+    let err = job
+        .await
+        .unwrap()
+        .err()
+        .expect("a lost shard stops the job");
+    let port = f.shards[1].port().to_string();
+    assert!(
+        err.to_string().contains(&port),
+        "the error names the shard: {err}"
+    );
+    assert!(err.hint().unwrap().contains("again"), "{err}");
+
+    f.shards[1].restart().unwrap();
+    let prepared = prepare(&f.topology, &request(300)).await.unwrap();
+    let (_stop, stop_rx) = watch::channel(false);
+    assert!(
+        run(prepared, &request(300), stop_rx, |_| {})
+            .await
+            .unwrap()
+            .complete
+    );
+    assert_equal(&f);
+}
