@@ -18,6 +18,8 @@ use crate::throttle::Throttle;
 /// Bytes buffered per target before they are sent: large enough for few
 /// round trips, small enough that memory stays bounded per worker.
 const FLUSH_BYTES: usize = 256 * 1024;
+/// Source bytes gathered before a batch is routed.
+const ROUTE_BYTES: usize = 256 * 1024;
 
 /// How a table's rows map onto its targets.
 #[derive(Clone, Debug)]
@@ -186,21 +188,36 @@ async fn copy_within(
     let mut buffers: Vec<CopyWriter> = targets.iter().map(|_| CopyWriter::continuation()).collect();
     let mut rows_per_target = vec![0u64; targets.len()];
     let mut copied = Copied::default();
-    while let Some(data) = stream.next().await {
+    // PostgreSQL sends one CopyData message per row: gather them into
+    // batches before routing, so the hand-off to the rayon pool (and its
+    // thread wake-ups) is paid per batch, not per row.
+    let mut gathered = bytes::BytesMut::with_capacity(ROUTE_BYTES);
+    let mut ended = false;
+    while !ended {
+        match stream.next().await {
+            Some(data) => {
+                let data = data.map_err(|e| BackfillError::Copy {
+                    table: name.clone(),
+                    chunk: chunk.number,
+                    target: "the source".into(),
+                    cause: cause(&e),
+                })?;
+                gathered.extend_from_slice(&data);
+                if gathered.len() < ROUTE_BYTES {
+                    continue;
+                }
+            }
+            None => ended = true,
+        }
         if *stop.borrow() {
             return Err(BackfillError::Interrupted);
         }
-        let data = data.map_err(|e| BackfillError::Copy {
-            table: name.clone(),
-            chunk: chunk.number,
-            target: "the source".into(),
-            cause: cause(&e),
-        })?;
-        copied.bytes += data.len() as u64;
-        let batch = framer.feed(&data).map_err(|e| BackfillError::Format {
+        copied.bytes += gathered.len() as u64;
+        let batch = framer.feed(&gathered).map_err(|e| BackfillError::Format {
             table: name.clone(),
             cause: e.to_string(),
         })?;
+        gathered.clear();
         if batch.is_empty() {
             continue;
         }
