@@ -208,7 +208,7 @@ pub async fn prepare(
             def,
             routing: Routing::Everywhere,
             targets: ids,
-            query: Some(readmodel::query(rm)),
+            query: Some(rm.query()),
         }));
     }
     if !differences.is_empty() {

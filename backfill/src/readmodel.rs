@@ -13,33 +13,6 @@ use tokio_postgres::Client;
 use crate::catalog::{query_error, ColumnDef, TableDef};
 use crate::error::BackfillError;
 
-/// The query computing a read model.
-pub fn query(rm: &ReadModel) -> String {
-    let groups: Vec<&str> = rm.group_by.iter().map(String::as_str).collect();
-    let positions: Vec<String> = (1..=groups.len()).map(|i| i.to_string()).collect();
-    let filter = rm
-        .filter
-        .as_deref()
-        .map(|f| format!(" WHERE {f}"))
-        .unwrap_or_default();
-    format!(
-        "SELECT {}, {} FROM {}{filter} GROUP BY {}",
-        groups.join(", "),
-        rm.aggregates.join(", "),
-        shardline_topology::quote_table(&rm.from),
-        positions.join(", ")
-    )
-}
-
-/// The output column name of `expr` (`x AS name` → `name`, a column → itself).
-pub fn alias(expr: &str) -> String {
-    let lower = expr.to_ascii_lowercase();
-    match lower.rfind(" as ") {
-        Some(i) => expr[i + 4..].trim().trim_matches('"').to_string(),
-        None => expr.trim().trim_matches('"').to_string(),
-    }
-}
-
 /// The read model's table as its query defines it.
 pub async fn shape(source: &Client, db: &str, rm: &ReadModel) -> Result<TableDef, BackfillError> {
     let probe = format!("shardline_probe_{}", rm.name);
@@ -47,7 +20,7 @@ pub async fn shape(source: &Client, db: &str, rm: &ReadModel) -> Result<TableDef
         .batch_execute(&format!(
             "BEGIN; CREATE TEMP TABLE {} ON COMMIT DROP AS {} LIMIT 0",
             quote_ident(&probe),
-            query(rm)
+            rm.query()
         ))
         .await;
     if let Err(e) = created {
@@ -72,7 +45,7 @@ pub async fn shape(source: &Client, db: &str, rm: &ReadModel) -> Result<TableDef
         .await;
     let _ = source.batch_execute("ROLLBACK").await;
     let rows = rows.map_err(|e| query_error(db, e))?;
-    let group_names: Vec<String> = rm.group_by.iter().map(|g| alias(g)).collect();
+    let group_names = rm.group_columns();
     let columns = rows
         .iter()
         .map(|r| {
@@ -94,31 +67,4 @@ pub async fn shape(source: &Client, db: &str, rm: &ReadModel) -> Result<TableDef
         bytes: 0,
         blocks: 0,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_query_groups_by_position_and_names_come_from_aliases() {
-        let rm = ReadModel {
-            name: "daily".into(),
-            from: "payments".into(),
-            filter: Some("status = 'captured'".into()),
-            group_by: vec![
-                "merchant_id".into(),
-                "date_trunc('day', created_at) AS day".into(),
-            ],
-            aggregates: vec!["count(*) AS n".into()],
-            context: "analytics".into(),
-        };
-        assert_eq!(
-            query(&rm),
-            "SELECT merchant_id, date_trunc('day', created_at) AS day, count(*) AS n FROM \"payments\" WHERE status = 'captured' GROUP BY 1, 2"
-        );
-        assert_eq!(alias("date_trunc('day', created_at) AS day"), "day");
-        assert_eq!(alias("sum(amount) as volume"), "volume");
-        assert_eq!(alias("merchant_id"), "merchant_id");
-    }
 }

@@ -79,6 +79,42 @@ pub struct ReadModel {
     pub context: String,
 }
 
+impl ReadModel {
+    /// The query that computes the read model from its source table:
+    /// `SELECT <group_by>, <aggregates> FROM <from> WHERE <where> GROUP BY …`.
+    pub fn query(&self) -> String {
+        let positions: Vec<String> = (1..=self.group_by.len()).map(|i| i.to_string()).collect();
+        let filter = self
+            .filter
+            .as_deref()
+            .map(|f| format!(" WHERE {f}"))
+            .unwrap_or_default();
+        format!(
+            "SELECT {}, {} FROM {}{filter} GROUP BY {}",
+            self.group_by.join(", "),
+            self.aggregates.join(", "),
+            crate::quote_table(&self.from),
+            positions.join(", ")
+        )
+    }
+
+    /// The names of the group columns (`expr AS name` → `name`): the read
+    /// model table's key.
+    pub fn group_columns(&self) -> Vec<String> {
+        self.group_by.iter().map(|g| output_name(g)).collect()
+    }
+}
+
+/// The output column name of a select-list entry: its `AS` alias, or the
+/// entry itself for a plain column.
+pub fn output_name(expr: &str) -> String {
+    let lower = expr.to_ascii_lowercase();
+    match lower.rfind(" as ") {
+        Some(i) => expr[i + 4..].trim().trim_matches('"').to_string(),
+        None => expr.trim().trim_matches('"').to_string(),
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct RouterConfig {
     pub listen: SocketAddr,

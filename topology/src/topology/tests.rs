@@ -159,3 +159,24 @@ fn passwords_never_reach_messages() {
     assert!(err.contains("source.url"), "{err}");
     assert!(!err.contains("topsecret"), "{err}");
 }
+
+#[test]
+fn read_model_query_groups_by_position_and_names_come_from_aliases() {
+    let rm = ReadModel {
+        name: "daily".into(),
+        from: "payments".into(),
+        filter: Some("status = 'captured'".into()),
+        group_by: vec![
+            "merchant_id".into(),
+            "date_trunc('day', created_at) AS day".into(),
+        ],
+        aggregates: vec!["count(*) AS n".into()],
+        context: "analytics".into(),
+    };
+    assert_eq!(
+        rm.query(),
+        "SELECT merchant_id, date_trunc('day', created_at) AS day, count(*) AS n FROM \"payments\" WHERE status = 'captured' GROUP BY 1, 2"
+    );
+    assert_eq!(rm.group_columns(), ["merchant_id", "day"]);
+    assert_eq!(output_name("sum(amount) as volume"), "volume");
+}

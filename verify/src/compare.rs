@@ -1,0 +1,426 @@
+//! Comparing one table: bucket checksums on every side, re-checks, then
+//! bisection of the buckets that stay different down to rows.
+//!
+//! Every row has a bucket on both sides. For a sharded table it is the
+//! placement bucket, so the same pass proves placement: a shard holding rows
+//! of a bucket it does not own has misplaced rows. Unsharded tables bucket
+//! by a hash of the primary key. Buckets are hashes, not key ranges, so no
+//! collation or key type can make the two sides disagree on which bucket a
+//! row is in.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use shardline_topology::{ConnString, Placement};
+use tokio_postgres::Client;
+
+use crate::checksum::{key_text, row_hash, Column};
+use crate::report::{Difference, DifferenceKind, TableReport};
+use crate::VerifyError;
+
+/// A bucket drilled into holds at most this many rows per side before its
+/// rows are fetched (key and hash only).
+const ROWS_PER_FETCH: i64 = 20_000;
+
+/// How a table's rows should be spread over its targets.
+#[derive(Clone, Debug)]
+pub enum Layout {
+    Sharded {
+        placement: Placement,
+        shard_key: String,
+    },
+    /// One target holds every row.
+    Single,
+}
+
+/// One table (or read model) to compare.
+#[derive(Clone, Debug)]
+pub struct TableSpec {
+    pub name: String,
+    /// The source side: a table, or a query in parentheses for a read model.
+    pub source_relation: String,
+    /// The target side's table.
+    pub target_relation: String,
+    pub columns: Vec<Column>,
+    /// Columns identifying a row (primary key, or a read model's groups).
+    pub key: Vec<Column>,
+    pub layout: Layout,
+    pub targets: Vec<ConnString>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Counts,
+    Checksums,
+    Rows,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub level: Level,
+    /// Re-check differing buckets this many times before reporting them.
+    pub rechecks: u32,
+    pub recheck_delay: Duration,
+    /// Rows listed per table; the rest are counted.
+    pub max_rows: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Sum {
+    rows: i64,
+    hash: i128,
+}
+
+type Buckets = BTreeMap<i64, Sum>;
+
+/// A side's connection and name.
+pub struct Side {
+    pub name: String,
+    pub client: Client,
+}
+
+impl TableSpec {
+    fn bucket_expr(&self) -> String {
+        match &self.layout {
+            Layout::Sharded {
+                placement,
+                shard_key,
+            } => placement.bucket_sql(&format!("t.{}", shardline_topology::quote_ident(shard_key))),
+            Layout::Single => format!("(hashtext({}) & 1023)", key_text(&self.key, "t")),
+        }
+    }
+
+    fn owner(&self, bucket: i64) -> usize {
+        match &self.layout {
+            Layout::Sharded { placement, .. } => placement.shard_of_bucket(bucket as u32),
+            Layout::Single => 0,
+        }
+    }
+}
+
+/// Per-bucket counts (and checksums) of one side, optionally only `only`.
+async fn buckets(
+    side: &Side,
+    spec: &TableSpec,
+    relation: &str,
+    level: Level,
+    only: Option<&BTreeSet<i64>>,
+) -> Result<Buckets, VerifyError> {
+    let hash = if level == Level::Counts {
+        "0::numeric".to_string()
+    } else {
+        format!("sum({})", row_hash(&spec.columns, "t"))
+    };
+    let filter = match only {
+        Some(set) => format!(
+            " WHERE {} IN ({})",
+            spec.bucket_expr(),
+            set.iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT ({})::int8 AS b, count(*), ({hash})::text FROM {relation} t{filter} GROUP BY 1",
+        spec.bucket_expr()
+    );
+    let rows = side
+        .client
+        .query(&sql, &[])
+        .await
+        .map_err(|e| VerifyError::query(&side.name, &spec.name, e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let hash: Option<String> = r.get(2);
+            (
+                r.get::<_, i64>(0),
+                Sum {
+                    rows: r.get(1),
+                    hash: hash.and_then(|h| h.parse().ok()).unwrap_or(0),
+                },
+            )
+        })
+        .collect())
+}
+
+/// Buckets whose rows differ between the source and the targets: on the
+/// owner, or present on a target that does not own them.
+fn differing(spec: &TableSpec, source: &Buckets, targets: &[Buckets]) -> BTreeSet<i64> {
+    let mut out = BTreeSet::new();
+    let all: BTreeSet<i64> = source
+        .keys()
+        .chain(targets.iter().flat_map(|t| t.keys()))
+        .copied()
+        .collect();
+    for b in all {
+        let owner = spec.owner(b);
+        let expected = source.get(&b).copied().unwrap_or_default();
+        let actual = targets
+            .get(owner)
+            .and_then(|t| t.get(&b))
+            .copied()
+            .unwrap_or_default();
+        let misplaced = targets
+            .iter()
+            .enumerate()
+            .any(|(i, t)| i != owner && t.get(&b).is_some_and(|s| s.rows > 0));
+        if expected != actual || misplaced {
+            out.insert(b);
+        }
+    }
+    out
+}
+
+pub async fn compare(
+    spec: &TableSpec,
+    source: &Side,
+    targets: &[Side],
+    options: &Options,
+) -> Result<TableReport, VerifyError> {
+    let src = buckets(source, spec, &spec.source_relation, options.level, None).await?;
+    let mut tgt = Vec::new();
+    for side in targets {
+        tgt.push(buckets(side, spec, &spec.target_relation, options.level, None).await?);
+    }
+    let mut report = TableReport::new(&spec.name);
+    report.source_rows = src.values().map(|s| s.rows).sum();
+    report.target_rows = tgt.iter().flat_map(|t| t.values()).map(|s| s.rows).sum();
+    report.buckets = src
+        .len()
+        .max(tgt.iter().map(|t| t.len()).max().unwrap_or(0));
+    let mut diff = differing(spec, &src, &tgt);
+    let (mut src, mut tgt) = (src, tgt);
+    // Changes in flight (CDC applying) settle: compare the differing
+    // buckets again before believing them.
+    let mut rechecks = 0;
+    while !diff.is_empty() && rechecks < options.rechecks {
+        tokio::time::sleep(options.recheck_delay).await;
+        rechecks += 1;
+        let again = buckets(
+            source,
+            spec,
+            &spec.source_relation,
+            options.level,
+            Some(&diff),
+        )
+        .await?;
+        let mut again_t = Vec::new();
+        for side in targets {
+            again_t.push(
+                buckets(
+                    side,
+                    spec,
+                    &spec.target_relation,
+                    options.level,
+                    Some(&diff),
+                )
+                .await?,
+            );
+        }
+        for b in &diff {
+            update(&mut src, *b, again.get(b));
+            for (t, a) in tgt.iter_mut().zip(&again_t) {
+                update(t, *b, a.get(b));
+            }
+        }
+        let still = differing(spec, &src, &tgt);
+        report.converged += diff.difference(&still).count();
+        diff = still;
+    }
+    report.rechecks = rechecks;
+    report.differing_buckets = diff.len();
+    if options.level == Level::Rows {
+        for b in &diff {
+            rows_of_bucket(spec, source, targets, *b, &mut report, options.max_rows).await?;
+        }
+    }
+    Ok(report)
+}
+
+fn update(buckets: &mut Buckets, b: i64, fresh: Option<&Sum>) {
+    match fresh {
+        Some(s) => {
+            buckets.insert(b, *s);
+        }
+        None => {
+            buckets.remove(&b);
+        }
+    }
+}
+
+/// Key and hash of every row of a bucket on one side (sub-divided by a
+/// further hash of the key when the bucket is large).
+async fn keyed_rows(
+    side: &Side,
+    spec: &TableSpec,
+    relation: &str,
+    bucket: i64,
+) -> Result<Vec<(String, i64)>, VerifyError> {
+    let base = format!("{} = {bucket}", spec.bucket_expr());
+    let count: i64 = side
+        .client
+        .query_one(
+            &format!("SELECT count(*) FROM {relation} t WHERE {base}"),
+            &[],
+        )
+        .await
+        .map_err(|e| VerifyError::query(&side.name, &spec.name, e))?
+        .get(0);
+    let parts = ((count / ROWS_PER_FETCH + 1) as u64)
+        .next_power_of_two()
+        .min(1 << 16) as i64;
+    let mut out = Vec::new();
+    for part in 0..parts {
+        let sub = if parts > 1 {
+            format!(
+                " AND ((hashtext({}) >> 10) & {}) = {part}",
+                key_text(&spec.key, "t"),
+                parts - 1
+            )
+        } else {
+            String::new()
+        };
+        let sql = format!(
+            "SELECT {}, {} FROM {relation} t WHERE {base}{sub}",
+            key_text(&spec.key, "t"),
+            row_hash(&spec.columns, "t")
+        );
+        let rows = side
+            .client
+            .query(&sql, &[])
+            .await
+            .map_err(|e| VerifyError::query(&side.name, &spec.name, e))?;
+        out.extend(
+            rows.iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1))),
+        );
+    }
+    Ok(out)
+}
+
+async fn rows_of_bucket(
+    spec: &TableSpec,
+    source: &Side,
+    targets: &[Side],
+    bucket: i64,
+    report: &mut TableReport,
+    max_rows: usize,
+) -> Result<(), VerifyError> {
+    let owner = spec.owner(bucket);
+    let mut expected: HashMap<String, Vec<i64>> = HashMap::new();
+    for (k, h) in keyed_rows(source, spec, &spec.source_relation, bucket).await? {
+        expected.entry(k).or_default().push(h);
+    }
+    let mut found: HashMap<String, Vec<(usize, i64)>> = HashMap::new();
+    for (i, side) in targets.iter().enumerate() {
+        for (k, h) in keyed_rows(side, spec, &spec.target_relation, bucket).await? {
+            found.entry(k).or_default().push((i, h));
+        }
+    }
+    let mut keys: Vec<&String> = expected
+        .keys()
+        .chain(found.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    keys.sort();
+    for key in keys {
+        let src = expected.get(key).cloned().unwrap_or_default();
+        let tgt = found.get(key).cloned().unwrap_or_default();
+        let on_owner: Vec<i64> = tgt
+            .iter()
+            .filter(|(i, _)| *i == owner)
+            .map(|(_, h)| *h)
+            .collect();
+        for (i, _) in tgt.iter().filter(|(i, _)| *i != owner) {
+            report.add(
+                Difference::new(DifferenceKind::Misplaced, &targets[*i].name, key),
+                max_rows,
+            );
+        }
+        if src.len() > 1 {
+            report.add(
+                Difference::new(DifferenceKind::Duplicated, &source.name, key),
+                max_rows,
+            );
+        }
+        match (src.first(), on_owner.as_slice()) {
+            (Some(_), []) if tgt.is_empty() => report.add(
+                Difference::new(DifferenceKind::Missing, &targets[owner].name, key),
+                max_rows,
+            ),
+            (Some(_), []) => {}
+            (None, [_, ..]) => report.add(
+                Difference::new(DifferenceKind::Extra, &targets[owner].name, key),
+                max_rows,
+            ),
+            (Some(h), found) => {
+                if found.len() > 1 {
+                    report.add(
+                        Difference::new(DifferenceKind::Duplicated, &targets[owner].name, key),
+                        max_rows,
+                    );
+                }
+                if found[0] != *h {
+                    let mut d = Difference::new(DifferenceKind::Changed, &targets[owner].name, key);
+                    if report.listed() < max_rows {
+                        d.columns = changed_columns(spec, source, &targets[owner], key).await?;
+                    }
+                    report.add(d, max_rows);
+                }
+            }
+            (None, []) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Which columns differ for the row with `key`, with both values.
+async fn changed_columns(
+    spec: &TableSpec,
+    source: &Side,
+    target: &Side,
+    key: &str,
+) -> Result<Vec<crate::report::ColumnChange>, VerifyError> {
+    let fetch = |relation: &str| {
+        let values: Vec<String> = spec
+            .columns
+            .iter()
+            .map(|c| format!("({})::text", crate::checksum::column_expr(c, "t")))
+            .collect();
+        format!(
+            "SELECT {} FROM {relation} t WHERE {} = $1 LIMIT 1",
+            values.join(", "),
+            key_text(&spec.key, "t")
+        )
+    };
+    let a = source
+        .client
+        .query_opt(&fetch(&spec.source_relation), &[&key])
+        .await
+        .map_err(|e| VerifyError::query(&source.name, &spec.name, e))?;
+    let b = target
+        .client
+        .query_opt(&fetch(&spec.target_relation), &[&key])
+        .await
+        .map_err(|e| VerifyError::query(&target.name, &spec.name, e))?;
+    let (Some(a), Some(b)) = (a, b) else {
+        return Ok(Vec::new());
+    };
+    Ok(spec
+        .columns
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let (x, y): (Option<String>, Option<String>) = (a.get(i), b.get(i));
+            (x != y).then(|| crate::report::ColumnChange {
+                column: c.name.clone(),
+                source: x,
+                target: y,
+            })
+        })
+        .collect())
+}

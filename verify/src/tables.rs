@@ -1,0 +1,196 @@
+//! What to compare: the topology's tables and read models as specs.
+
+use shardline_topology::{quote_table, ConnString, ContextKind, Topology};
+use tokio_postgres::Client;
+
+use crate::checksum::{Column, SESSION_SETTINGS};
+use crate::compare::{Layout, Side, TableSpec};
+use crate::VerifyError;
+
+/// A connection with the normalising session settings.
+pub async fn connect(conn: &ConnString) -> Result<Client, VerifyError> {
+    let client = conn.connect().await?;
+    client
+        .batch_execute(SESSION_SETTINGS)
+        .await
+        .map_err(|e| VerifyError::query(&conn.to_string(), "(session)", e))?;
+    Ok(client)
+}
+
+pub async fn check_exists(side: &Side, spec: &TableSpec) -> Result<(), VerifyError> {
+    let exists: bool = side
+        .client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&spec.target_relation.replace('"', "")],
+        )
+        .await
+        .map_err(|e| VerifyError::query(&side.name, &spec.name, e))?
+        .get(0);
+    if exists {
+        Ok(())
+    } else {
+        Err(VerifyError::MissingTable {
+            table: spec.name.clone(),
+            database: side.name.clone(),
+        })
+    }
+}
+
+/// Columns (in order) and primary key of a table.
+async fn shape(side: &Side, table: &str) -> Result<(Vec<Column>, Vec<Column>), VerifyError> {
+    let rows = side
+        .client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
+                    coalesce(a.attnum = ANY (i.indkey), false), array_position(i.indkey::int2[], a.attnum)
+               FROM pg_attribute a
+               LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&table],
+        )
+        .await
+        .map_err(|e| VerifyError::query(&side.name, table, e))?;
+    if rows.is_empty() {
+        return Err(VerifyError::MissingTable {
+            table: table.to_string(),
+            database: side.name.clone(),
+        });
+    }
+    let columns: Vec<Column> = rows
+        .iter()
+        .map(|r| Column {
+            name: r.get(0),
+            sql_type: r.get(1),
+        })
+        .collect();
+    let mut key: Vec<(i32, Column)> = rows
+        .iter()
+        .filter(|r| r.get::<_, bool>(2))
+        .map(|r| {
+            (
+                r.get::<_, Option<i32>>(3).unwrap_or(0),
+                Column {
+                    name: r.get(0),
+                    sql_type: r.get(1),
+                },
+            )
+        })
+        .collect();
+    key.sort_by_key(|(pos, _)| *pos);
+    Ok((columns, key.into_iter().map(|(_, c)| c).collect()))
+}
+
+pub async fn specs(
+    topology: &Topology,
+    source: &Side,
+    only: Option<&[String]>,
+) -> Result<Vec<TableSpec>, VerifyError> {
+    let wanted = |t: &str| {
+        only.is_none_or(|list| {
+            list.iter()
+                .any(|w| w == t || format!("public.{w}") == t || w == &format!("public.{t}"))
+        })
+    };
+    if let Some(list) = only {
+        for t in list {
+            let known = topology.context_of_table(t).is_some()
+                || topology.read_models.iter().any(|r| &r.name == t);
+            if !known {
+                return Err(VerifyError::Unlisted { table: t.clone() });
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for context in &topology.contexts {
+        let (tables, reference): (Vec<&String>, Vec<&String>) = match &context.kind {
+            ContextKind::Sharded {
+                reference_tables, ..
+            } => (
+                context.tables.iter().collect(),
+                reference_tables.iter().collect(),
+            ),
+            ContextKind::Single { .. } => (context.tables.iter().collect(), Vec::new()),
+        };
+        for table in tables.into_iter().filter(|t| wanted(t)) {
+            let (columns, key) = shape(source, table).await?;
+            if key.is_empty() {
+                return Err(VerifyError::NoPrimaryKey {
+                    table: table.clone(),
+                });
+            }
+            let layout = match &context.kind {
+                ContextKind::Sharded {
+                    placement,
+                    shard_key,
+                    ..
+                } => Layout::Sharded {
+                    placement: placement.clone(),
+                    shard_key: shard_key.clone(),
+                },
+                ContextKind::Single { .. } => Layout::Single,
+            };
+            out.push(TableSpec {
+                name: table.clone(),
+                source_relation: quote_table(table),
+                target_relation: quote_table(table),
+                columns,
+                key,
+                layout,
+                targets: context.databases().into_iter().cloned().collect(),
+            });
+        }
+        // A reference table is whole on every shard: one comparison each.
+        for table in reference.into_iter().filter(|t| wanted(t)) {
+            let (columns, key) = shape(source, table).await?;
+            if key.is_empty() {
+                return Err(VerifyError::NoPrimaryKey {
+                    table: table.clone(),
+                });
+            }
+            for (i, shard) in context.databases().into_iter().enumerate() {
+                out.push(TableSpec {
+                    name: format!("{table} (shard {i})"),
+                    source_relation: quote_table(table),
+                    target_relation: quote_table(table),
+                    columns: columns.clone(),
+                    key: key.clone(),
+                    layout: Layout::Single,
+                    targets: vec![shard.clone()],
+                });
+            }
+        }
+    }
+    for rm in topology
+        .read_models
+        .iter()
+        .filter(|r| only.is_none_or(|l| l.contains(&r.name)))
+    {
+        let Some(context) = topology.context(&rm.context) else {
+            continue;
+        };
+        let target = context.databases()[0].clone();
+        let side = Side {
+            name: target.to_string(),
+            client: connect(&target).await?,
+        };
+        let (columns, _) = shape(&side, &rm.name).await?;
+        let groups = rm.group_columns();
+        let key = columns
+            .iter()
+            .filter(|c| groups.contains(&c.name))
+            .cloned()
+            .collect();
+        out.push(TableSpec {
+            name: format!("{} (read model)", rm.name),
+            source_relation: format!("({})", rm.query()),
+            target_relation: quote_table(&rm.name),
+            columns,
+            key,
+            layout: Layout::Single,
+            targets: vec![target],
+        });
+    }
+    Ok(out)
+}

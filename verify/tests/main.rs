@@ -1,0 +1,312 @@
+//! Verify against real servers: equal data with awkward equality reports
+//! clean; each injected fault is found precisely.
+
+use std::path::Path;
+use std::time::Duration;
+
+use shardline_testkit::PgServer;
+use shardline_topology::{ContextKind, ShardKey, Topology};
+use shardline_verify::report::{DifferenceKind, Report};
+use shardline_verify::{verify, Level, VerifyRequest};
+use tokio::sync::watch;
+
+const SCHEMA: &str = "
+CREATE TABLE ledger (
+    merchant_id bigint NOT NULL,
+    id          bigint NOT NULL,
+    amount      numeric(18,2) NOT NULL,
+    loose       numeric,
+    ratio       double precision,
+    at          timestamptz,
+    meta        jsonb,
+    note        text,
+    PRIMARY KEY (merchant_id, id)
+);
+CREATE TABLE accounts (id bigint PRIMARY KEY, name text);";
+
+struct Fleet {
+    source: PgServer,
+    shards: Vec<PgServer>,
+    single: PgServer,
+    topology: Topology,
+}
+
+async fn fleet() -> Fleet {
+    let source = PgServer::start().unwrap();
+    source.psql("postgres", SCHEMA).unwrap();
+    source
+        .psql(
+            "postgres",
+            "INSERT INTO ledger SELECT i % 40, i, i * 1.5,
+                    CASE i % 3 WHEN 0 THEN 1.0 WHEN 1 THEN 1.00 END,
+                    CASE WHEN i % 4 = 0 THEN '-0'::float8 ELSE i / 3.0 END,
+                    now() - i * interval '1 hour',
+                    CASE WHEN i % 2 = 0 OR i % 40 = 7 THEN '{\"b\": 1, \"a\": [1, 2]}'::jsonb END,
+                    CASE i % 3 WHEN 0 THEN '' WHEN 1 THEN NULL ELSE 'Zürich ' || i END
+               FROM generate_series(1, 3000) i;
+             SET TimeZone = 'Asia/Tokyo'; INSERT INTO ledger VALUES (1, 100000, 1, NULL, NULL, '2024-01-01 09:00:00', NULL, NULL);
+             INSERT INTO accounts SELECT i, CASE WHEN i % 5 = 0 THEN '' ELSE 'acct ' || i END FROM generate_series(1, 500) i;",
+        )
+        .unwrap();
+    let shards = vec![PgServer::start().unwrap(), PgServer::start().unwrap()];
+    let single = PgServer::start().unwrap();
+    let text = format!(
+        "[source]\nurl = \"{}\"\n[contexts.tx]\ntables = [\"ledger\"]\nshard_key = \"merchant_id\"\nshards = [\"{}\", \"{}\"]\n[contexts.analytics]\ntables = [\"accounts\"]\nurl = \"{}\"\n[[read_models]]\nname = \"volume\"\nfrom = \"ledger\"\ngroup_by = [\"merchant_id\", \"date_trunc('day', at) AS day\"]\naggregates = [\"count(*) AS n\", \"sum(amount) AS total\"]\n",
+        source.url("postgres"),
+        shards[0].url("postgres"),
+        shards[1].url("postgres"),
+        single.url("postgres")
+    );
+    let topology = Topology::parse(&text, Path::new("t.toml")).unwrap();
+    let request = shardline_backfill::BackfillRequest::default();
+    let prepared = shardline_backfill::prepare(&topology, &request)
+        .await
+        .unwrap();
+    shardline_backfill::run(prepared, &request, watch::channel(false).1, |_| {})
+        .await
+        .unwrap();
+    Fleet {
+        source,
+        shards,
+        single,
+        topology,
+    }
+}
+
+fn request() -> VerifyRequest {
+    VerifyRequest {
+        recheck_delay: Duration::from_millis(50),
+        ..VerifyRequest::default()
+    }
+}
+
+async fn run(f: &Fleet) -> Report {
+    verify(&f.topology, &request(), |_| {}).await.unwrap()
+}
+
+/// The shard index a merchant's rows belong on, and another shard.
+fn shards_of(f: &Fleet, merchant: i64) -> (usize, usize) {
+    let ContextKind::Sharded { placement, .. } = &f.topology.context("tx").unwrap().kind else {
+        unreachable!()
+    };
+    let owner = placement.shard(&ShardKey::Int(merchant));
+    (owner, 1 - owner)
+}
+
+fn table<'a>(report: &'a Report, name: &str) -> &'a shardline_verify::TableReport {
+    report
+        .tables
+        .iter()
+        .find(|t| t.table == name)
+        .unwrap_or_else(|| panic!("no table {name}: {report:#?}"))
+}
+
+/// The only difference of the report, with its table.
+fn only_difference(report: &Report) -> (&str, &shardline_verify::report::Difference) {
+    let differing: Vec<_> = report.tables.iter().filter(|t| !t.equal).collect();
+    assert_eq!(differing.len(), 1, "{:#?}", report.tables);
+    let t = differing[0];
+    assert_eq!(t.counts.values().sum::<u64>(), 1, "{t:#?}");
+    (t.table.as_str(), &t.differences[0])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_data_with_awkward_equality_is_clean_and_each_fault_is_found() {
+    let f = fleet().await;
+    let report = run(&f).await;
+    assert!(report.equal, "{report:#?}");
+    assert_eq!(report.tables.len(), 3);
+    assert_eq!(table(&report, "ledger").source_rows, 3001);
+    assert_eq!(table(&report, "ledger").target_rows, 3001);
+
+    let (owner, other) = shards_of(&f, 7);
+    let on = |i: usize| &f.shards[i];
+    // Equal in value though written differently on the target.
+    on(owner)
+        .psql("postgres", "UPDATE ledger SET ratio = 0.0 WHERE ratio = '-0'::float8; UPDATE ledger SET meta = '{\"a\": [1, 2], \"b\": 1}' WHERE meta IS NOT NULL;
+                           SET TimeZone = 'America/Los_Angeles'; UPDATE ledger SET at = (at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' WHERE id = 7")
+        .unwrap();
+    assert!(
+        run(&f).await.equal,
+        "-0.0, jsonb key order and time zones are not differences"
+    );
+
+    let cases: Vec<(&str, &str, &str, DifferenceKind, Option<&str>)> = vec![
+        (
+            "DELETE FROM ledger WHERE id = 7",
+            "INSERT INTO ledger SELECT * FROM ledger_backup WHERE id = 7",
+            "(7,7)",
+            DifferenceKind::Missing,
+            None,
+        ),
+        (
+            "INSERT INTO ledger VALUES (7, 999999, 1, NULL, NULL, NULL, NULL, NULL)",
+            "DELETE FROM ledger WHERE id = 999999",
+            "(7,999999)",
+            DifferenceKind::Extra,
+            None,
+        ),
+        (
+            "UPDATE ledger SET amount = amount + 0.01 WHERE id = 7",
+            "UPDATE ledger SET amount = amount - 0.01 WHERE id = 7",
+            "(7,7)",
+            DifferenceKind::Changed,
+            Some("amount"),
+        ),
+        (
+            "UPDATE ledger SET note = 'was null' WHERE id = 7",
+            "UPDATE ledger SET note = NULL WHERE id = 7",
+            "(7,7)",
+            DifferenceKind::Changed,
+            Some("note"),
+        ),
+        (
+            "UPDATE ledger SET meta = '{\"b\": 2, \"a\": [1, 2]}' WHERE id = 47",
+            "UPDATE ledger SET meta = '{\"b\": 1, \"a\": [1, 2]}' WHERE id = 47",
+            "(7,47)",
+            DifferenceKind::Changed,
+            Some("meta"),
+        ),
+        (
+            "UPDATE ledger SET note = NULL WHERE id = 87",
+            "UPDATE ledger SET note = '' WHERE id = 87",
+            "(7,87)",
+            DifferenceKind::Changed,
+            Some("note"),
+        ),
+    ];
+    on(owner)
+        .psql(
+            "postgres",
+            "CREATE TABLE ledger_backup AS SELECT * FROM ledger",
+        )
+        .unwrap();
+    for (inject, repair, key, kind, column) in cases {
+        on(owner).psql("postgres", inject).unwrap();
+        let report = run(&f).await;
+        let (table, d) = only_difference(&report);
+        assert_eq!(
+            (table, d.kind, d.key.as_str()),
+            ("ledger", kind, key),
+            "{inject}: {d:?}"
+        );
+        assert!(d.database.contains(&on(owner).port().to_string()), "{d:?}");
+        if let Some(column) = column {
+            assert_eq!(d.columns.len(), 1, "{d:?}");
+            assert_eq!(d.columns[0].column, column);
+            assert_ne!(d.columns[0].source, d.columns[0].target);
+        }
+        on(owner).psql("postgres", repair).unwrap();
+    }
+    assert!(run(&f).await.equal, "every fault was repaired");
+
+    // A row moved to the wrong shard.
+    on(owner)
+        .psql("postgres", "DELETE FROM ledger WHERE id = 7")
+        .unwrap();
+    on(other)
+        .psql(
+            "postgres",
+            "INSERT INTO ledger VALUES (7, 7, 10.50, NULL, NULL, NULL, NULL, NULL)",
+        )
+        .unwrap();
+    let report = run(&f).await;
+    let ledger = table(&report, "ledger");
+    let kinds: Vec<DifferenceKind> = ledger.differences.iter().map(|d| d.kind).collect();
+    assert_eq!(kinds, [DifferenceKind::Misplaced], "{report:#?}");
+    assert!(ledger.differences[0]
+        .database
+        .contains(&on(other).port().to_string()));
+    on(other)
+        .psql("postgres", "DELETE FROM ledger WHERE id = 7")
+        .unwrap();
+    on(owner)
+        .psql(
+            "postgres",
+            "INSERT INTO ledger SELECT * FROM ledger_backup WHERE id = 7",
+        )
+        .unwrap();
+
+    // A duplicated row on a target whose table lost its primary key.
+    on(owner).psql("postgres", "ALTER TABLE ledger DROP CONSTRAINT ledger_pkey; INSERT INTO ledger SELECT * FROM ledger WHERE id = 7").unwrap();
+    let report = run(&f).await;
+    let (_, d) = only_difference(&report);
+    assert_eq!(
+        (d.kind, d.key.as_str()),
+        (DifferenceKind::Duplicated, "(7,7)")
+    );
+    on(owner)
+        .psql(
+            "postgres",
+            "DELETE FROM ledger WHERE ctid = (SELECT max(ctid) FROM ledger WHERE id = 7)",
+        )
+        .unwrap();
+
+    // An unsharded table, and a read-model group that drifted.
+    f.single
+        .psql("postgres", "UPDATE accounts SET name = NULL WHERE id = 5")
+        .unwrap();
+    f.single.psql("postgres", "UPDATE volume SET n = n + 1 WHERE merchant_id = 3 AND day = (SELECT min(day) FROM volume WHERE merchant_id = 3)").unwrap();
+    let report = run(&f).await;
+    let differing: Vec<&str> = report
+        .tables
+        .iter()
+        .filter(|t| !t.equal)
+        .map(|t| t.table.as_str())
+        .collect();
+    assert_eq!(
+        differing,
+        ["accounts", "volume (read model)"],
+        "{report:#?}"
+    );
+    let rm = report
+        .tables
+        .iter()
+        .find(|t| t.table.starts_with("volume"))
+        .unwrap();
+    assert_eq!(rm.differences[0].kind, DifferenceKind::Changed);
+    assert_eq!(rm.differences[0].columns[0].column, "n");
+    let accounts = report
+        .tables
+        .iter()
+        .find(|t| t.table == "accounts")
+        .unwrap();
+    assert_eq!(
+        accounts.differences[0].columns[0].source.as_deref(),
+        Some(""),
+        "empty string against NULL is a difference"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_and_checksum_levels_stop_at_buckets() {
+    let f = fleet().await;
+    let (owner, _) = shards_of(&f, 7);
+    f.shards[owner]
+        .psql("postgres", "UPDATE ledger SET amount = 0 WHERE id = 7")
+        .unwrap();
+    let checksums = verify(
+        &f.topology,
+        &VerifyRequest {
+            level: Level::Checksums,
+            ..request()
+        },
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(!checksums.equal);
+    assert_eq!(table(&checksums, "ledger").differing_buckets, 1);
+    assert!(table(&checksums, "ledger").differences.is_empty());
+    let counts = verify(
+        &f.topology,
+        &VerifyRequest {
+            level: Level::Counts,
+            ..request()
+        },
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(counts.equal, "a changed value keeps every count");
+}
