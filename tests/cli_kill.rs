@@ -182,6 +182,56 @@ fn backfill_killed_with_sigkill_resumes_to_exactly_the_source() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["complete"], true, "{report}");
     assert_equal(&f);
+
+    // verify agrees, and its exit status tells a script what it found.
+    let out = shardline(&f, &["verify"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    f.shards[0]
+        .psql(
+            "postgres",
+            "DELETE FROM payments WHERE payment_id = (SELECT min(payment_id) FROM payments)",
+        )
+        .unwrap();
+    let out = shardline(&f, &["--format", "json", "verify", "--recheck-secs", "0.1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["equal"], false);
+    let payments = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "payments")
+        .unwrap();
+    assert_eq!(payments["counts"]["missing"], 1, "{payments}");
+    assert_eq!(payments["differences"][0]["kind"], "missing");
+    let out = shardline(
+        &f,
+        &[
+            "--format",
+            "markdown",
+            "verify",
+            "--tables",
+            "payments",
+            "--recheck-secs",
+            "0.1",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| payments |"));
 }
 
 /// Writes rounds of changes of every kind; returns the number of changes.

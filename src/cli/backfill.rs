@@ -79,7 +79,7 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
             .map_err(hinted)?;
         match g.format {
             Format::Json => print_json(&plan)?,
-            Format::Text => {
+            Format::Text | Format::Markdown => {
                 for t in &plan {
                     let kind = if t.read_model { " (read model)" } else { "" };
                     println!(
@@ -111,7 +111,7 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     };
     match g.format {
         Format::Json => print_json(&report)?,
-        Format::Text => {
+        Format::Text | Format::Markdown => {
             for t in &report.tables {
                 println!(
                     "{:<32} {:>12} rows {:>10.1} MB  {:>4} chunks -> {} targets",

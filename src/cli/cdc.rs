@@ -85,7 +85,7 @@ pub async fn run(cmd: CdcCommand, g: &Global) -> anyhow::Result<u8> {
                 .map_err(hinted)?;
             match g.format {
                 Format::Json => print_json(&report)?,
-                Format::Text => println!(
+                Format::Text | Format::Markdown => println!(
                     "stopped: {} transactions, {} changes ({} already applied, skipped) in {:.1} s; slot confirmed at {}",
                     report.transactions, report.changes, report.skipped, report.seconds, report.confirmed_lsn
                 ),
@@ -97,7 +97,7 @@ pub async fn run(cmd: CdcCommand, g: &Global) -> anyhow::Result<u8> {
                 .map_err(hinted)?;
             match g.format {
                 Format::Json => print_json(&status)?,
-                Format::Text => {
+                Format::Text | Format::Markdown => {
                     let s = &status.slot;
                     if s.exists {
                         println!(

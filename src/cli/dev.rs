@@ -250,7 +250,7 @@ fn status(fleet: &Fleet, g: &Global) -> anyhow::Result<u8> {
         .collect();
     match g.format {
         Format::Json => print_json(&rows)?,
-        Format::Text => {
+        Format::Text | Format::Markdown => {
             println!(
                 "{:<12} {:<12} {:>6}  {:<8} {:>10}",
                 "server", "database", "port", "state", "size"

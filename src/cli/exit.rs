@@ -2,6 +2,8 @@
 
 /// Everything went as asked.
 pub const OK: u8 = 0;
+/// The command ran and found differences (verify).
+pub const DIFFERENCES: u8 = 1;
 /// The command could not run: bad input, unreachable server, a failed job.
 pub const ERROR: u8 = 2;
 /// Stopped by SIGINT or SIGTERM; a job stopped so can be resumed.

@@ -63,7 +63,7 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     progress.finish();
     match g.format {
         Format::Json => print_json(&report)?,
-        Format::Text => {
+        Format::Text | Format::Markdown => {
             println!("generated into {} (seed {}):", topology.source, args.seed);
             for (table, rows) in &report.tables {
                 println!("  {table:<15} {rows:>12} rows");

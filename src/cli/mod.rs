@@ -13,6 +13,7 @@ mod output;
 mod progress;
 mod route;
 mod signals;
+mod verify;
 
 use std::path::PathBuf;
 
@@ -44,7 +45,7 @@ pub struct Global {
     /// Topology file [default: $SHARDLINE_CONFIG, else ./shardline.toml]
     #[arg(long, global = true, value_name = "FILE", env = "SHARDLINE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Output for people (text) or for scripts (json)
+    /// Output for people (text), for scripts (json), or for documents (markdown: verify)
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// More log output (-v info, -vv debug, -vvv trace)
@@ -79,6 +80,7 @@ pub enum Command {
     Dev(dev::DevCommand),
     Gen(gen::Args),
     Backfill(backfill::Args),
+    Verify(verify::Args),
     /// Change data capture: stream every monolith change to the targets
     #[command(
         subcommand,
@@ -96,6 +98,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Gen(args) => gen::run(args, g).await,
         Command::Backfill(args) => backfill::run(args, g).await,
         Command::Cdc(cmd) => cdc::run(cmd, g).await,
+        Command::Verify(args) => verify::run(args, g).await,
         Command::Route(args) => route::run(args, g).await,
     }
 }

@@ -7,6 +7,8 @@ pub enum Format {
     #[default]
     Text,
     Json,
+    /// Markdown where a command writes a document (verify); text elsewhere.
+    Markdown,
 }
 
 /// Prints one JSON document on stdout.

@@ -69,7 +69,7 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     }
     match g.format {
         Format::Json => print_json(&out)?,
-        Format::Text => {
+        Format::Text | Format::Markdown => {
             let width = out.iter().map(|r| r.key.len()).max().unwrap_or(3).max(3);
             println!(
                 "{:<width$}  {:>6}  {:>5}  database",

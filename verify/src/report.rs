@@ -20,6 +20,19 @@ pub enum DifferenceKind {
     Misplaced,
 }
 
+impl DifferenceKind {
+    /// The name used in every output format.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Extra => "extra",
+            Self::Duplicated => "duplicated",
+            Self::Changed => "changed",
+            Self::Misplaced => "misplaced",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ColumnChange {
     pub column: String,
