@@ -120,6 +120,13 @@ fn assert_equal(f: &Fleet) {
         rows(&f.single, "accounts", "true"),
         rows(&f.source, "accounts", "true")
     );
+    let recomputed = "(SELECT merchant_id, date_trunc('day', at) AS day, code, count(*) AS n, sum(amount) AS volume, max(note) AS last_note
+                        FROM ledger WHERE flag GROUP BY 1, 2, 3)";
+    assert_eq!(
+        rows(&f.single, "daily", "true"),
+        rows(&f.source, recomputed, "true"),
+        "read model"
+    );
 }
 
 fn request(chunk_rows: u64) -> BackfillRequest {

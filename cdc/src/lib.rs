@@ -12,6 +12,8 @@
 //! [`confirm::Confirmations`] decides what the slot may be told. [`status`]
 //! reports where the slot and every target stand.
 //!
+//! [`readmodel`] recomputes read models whose source table changed.
+//!
 //! Not yet here: incremental read-model upkeep, per-context apply
 //! intervals, a JSON-lines sink and Prometheus metrics.
 
@@ -20,6 +22,7 @@ pub mod change;
 pub mod confirm;
 pub mod lsn;
 pub mod pgoutput;
+pub mod readmodel;
 pub mod route;
 pub mod run;
 pub mod source;

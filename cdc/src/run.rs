@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub heartbeat: Duration,
     /// Warn when the slot holds back more WAL than this many bytes.
     pub max_retained_wal: u64,
+    /// How often stale read models are recomputed (and once more at stop).
+    pub read_model_refresh: Duration,
 }
 
 impl Default for RunOptions {
@@ -54,6 +56,7 @@ impl Default for RunOptions {
             publication: "shardline".into(),
             heartbeat: Duration::from_secs(10),
             max_retained_wal: 1 << 30,
+            read_model_refresh: Duration::from_secs(10),
         }
     }
 }
@@ -65,6 +68,8 @@ pub struct RunReport {
     pub changes: u64,
     /// Source transactions a target skipped because it already had them.
     pub skipped: u64,
+    /// Read models recomputed because their source table changed.
+    pub read_model_refreshes: u64,
     pub confirmed_lsn: String,
     pub seconds: f64,
 }
@@ -187,6 +192,9 @@ pub async fn run(
     let mut tables = Tables::default();
     let mut txn: Option<Txn> = None;
     let mut report = RunReport::default();
+    let mut read_models = crate::readmodel::Refresher::new(topology);
+    let mut refresh = tokio::time::interval(options.read_model_refresh);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat = tokio::time::interval(options.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -212,7 +220,7 @@ pub async fn run(
                         }
                         ReplicationEvent::XLogData { data, .. } => {
                             let Some(t) = txn.as_mut() else { continue };
-                            handle(data, t, &mut tables, &routes, &targets, &topology.source, &copied_at, &mut report).await?;
+                            handle(data, t, &mut tables, &routes, &targets, &topology.source, &copied_at, &mut read_models, &mut report).await?;
                         }
                         ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
                             let Some(t) = txn.take() else { continue };
@@ -236,6 +244,9 @@ pub async fn run(
                 }
                 _ = heartbeat.tick() => {
                     beat(&source, options).await.map_err(|e| query_error(&topology.source, e))?;
+                }
+                _ = refresh.tick() => {
+                    report.read_model_refreshes += read_models.refresh(&topology.source).await? as u64;
                 }
             }
         }
@@ -262,6 +273,9 @@ pub async fn run(
     }
     stream.update_applied_lsn(pgwire_replication::Lsn(confirmations.confirmed().0));
     let _ = stream.shutdown().await;
+    if outcome.is_ok() && apply_error.is_none() {
+        report.read_model_refreshes += read_models.refresh(&topology.source).await? as u64;
+    }
     report.confirmed_lsn = confirmations.confirmed().to_string();
     report.seconds = started.elapsed().as_secs_f64();
     outcome?;
@@ -280,6 +294,7 @@ async fn handle(
     targets: &[Target],
     source: &ConnString,
     copied_at: &HashMap<String, Lsn>,
+    read_models: &mut crate::readmodel::Refresher,
     report: &mut RunReport,
 ) -> Result<(), CdcError> {
     let message = pgoutput::decode(data)?;
@@ -299,6 +314,7 @@ async fn handle(
         | LogicalMessage::Update { relation, .. }
         | LogicalMessage::Delete { relation, .. } => {
             report.changes += 1;
+            read_models.touch(&tables.get(*relation)?.name());
             if already_copied(tables, *relation) {
                 report.skipped += 1;
                 return Ok(());
@@ -356,6 +372,7 @@ async fn handle(
         }
         LogicalMessage::Truncate { relations, .. } => {
             for id in relations {
+                read_models.touch(&tables.get(*id)?.name());
                 if already_copied(tables, *id) {
                     continue;
                 }

@@ -19,8 +19,8 @@ pub mod topology;
 pub use conn::{ConnString, ConnStringError, ConnectError};
 pub use placement::{Placement, PlacementError, ShardKey, ShardKeyType};
 pub use topology::{
-    Context, ContextKind, Problem, ReadModel, RouterConfig, RouterUser, Secret, Topology,
-    TopologyError,
+    output_name, Context, ContextKind, Problem, ReadModel, RouterConfig, RouterUser, Secret,
+    Topology, TopologyError,
 };
 
 /// Quotes an identifier for SQL the way `quote_ident` does.
