@@ -45,6 +45,9 @@ pub struct RunArgs {
     /// Warn when the slot holds back more WAL than this many megabytes
     #[arg(long, default_value_t = 1024)]
     max_retained_wal_mb: u64,
+    /// Seconds between recomputations of read models whose source changed
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    read_model_refresh_secs: u64,
 }
 
 /// Show the slot and each target's applied position and lag
@@ -79,6 +82,7 @@ pub async fn run(cmd: CdcCommand, g: &Global) -> anyhow::Result<u8> {
                 publication: args.publication,
                 heartbeat: Duration::from_secs(args.heartbeat_secs),
                 max_retained_wal: args.max_retained_wal_mb << 20,
+                read_model_refresh: Duration::from_secs(args.read_model_refresh_secs),
             };
             let report = shardline_cdc::run::run(&topology, &options, signals::stop_on_signal())
                 .await

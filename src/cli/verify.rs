@@ -36,6 +36,9 @@ pub struct Args {
     /// Differences listed per table; the rest are counted
     #[arg(long, default_value_t = 100)]
     max_rows: usize,
+    /// Average scan rate limit per side, in rows per second (paced between tables)
+    #[arg(long, value_name = "R")]
+    max_rows_per_sec: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -57,6 +60,7 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
         rechecks: args.rechecks,
         recheck_delay: Duration::from_secs_f64(args.recheck_secs.max(0.0)),
         max_rows: args.max_rows,
+        max_rows_per_sec: args.max_rows_per_sec,
     };
     let progress = g.format == Format::Text && !g.quiet;
     let report = shardline_verify::verify(&topology, &request, |t| {

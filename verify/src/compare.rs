@@ -63,6 +63,7 @@ pub struct Options {
     pub recheck_delay: Duration,
     /// Rows listed per table; the rest are counted.
     pub max_rows: usize,
+    pub max_rows_per_sec: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -180,14 +181,28 @@ pub async fn compare(
     targets: &[Side],
     options: &Options,
 ) -> Result<TableReport, VerifyError> {
-    let src = buckets(source, spec, &spec.source_relation, options.level, None).await?;
-    let mut tgt = Vec::new();
-    for side in targets {
-        tgt.push(buckets(side, spec, &spec.target_relation, options.level, None).await?);
-    }
+    // Every side scans at once: the source and each shard are separate
+    // servers, so the comparison takes as long as the slowest scan.
+    let started = std::time::Instant::now();
+    let (src, tgt) = tokio::try_join!(
+        buckets(source, spec, &spec.source_relation, options.level, None),
+        futures_util::future::try_join_all(targets.iter().map(|side| buckets(
+            side,
+            spec,
+            &spec.target_relation,
+            options.level,
+            None
+        )))
+    )?;
     let mut report = TableReport::new(&spec.name);
     report.source_rows = src.values().map(|s| s.rows).sum();
     report.target_rows = tgt.iter().flat_map(|t| t.values()).map(|s| s.rows).sum();
+    pace(
+        report.source_rows.max(report.target_rows),
+        started.elapsed(),
+        options.max_rows_per_sec,
+    )
+    .await;
     report.buckets = src
         .len()
         .max(tgt.iter().map(|t| t.len()).max().unwrap_or(0));
@@ -238,6 +253,20 @@ pub async fn compare(
         }
     }
     Ok(report)
+}
+
+/// `--max-rows-per-sec`: after a scan of `rows` rows per side that took
+/// `took`, waits so the average rate stays within the limit. One scan is
+/// one statement and runs at full speed; the limit bounds the load over a
+/// run of many tables, not within one scan.
+async fn pace(rows: i64, took: Duration, max_rows_per_sec: Option<u64>) {
+    let Some(rate) = max_rows_per_sec.filter(|r| *r > 0) else {
+        return;
+    };
+    let due = Duration::from_secs_f64(rows.max(0) as f64 / rate as f64);
+    if let Some(wait) = due.checked_sub(took) {
+        tokio::time::sleep(wait).await;
+    }
 }
 
 fn update(buckets: &mut Buckets, b: i64, fresh: Option<&Sum>) {

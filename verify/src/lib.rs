@@ -70,6 +70,7 @@ pub struct VerifyRequest {
     pub rechecks: u32,
     pub recheck_delay: Duration,
     pub max_rows: usize,
+    pub max_rows_per_sec: Option<u64>,
 }
 
 impl Default for VerifyRequest {
@@ -80,6 +81,7 @@ impl Default for VerifyRequest {
             rechecks: 2,
             recheck_delay: Duration::from_secs(1),
             max_rows: 100,
+            max_rows_per_sec: None,
         }
     }
 }
@@ -102,6 +104,7 @@ pub async fn verify(
         rechecks: request.rechecks,
         recheck_delay: request.recheck_delay,
         max_rows: request.max_rows,
+        max_rows_per_sec: request.max_rows_per_sec,
     };
     let mut reports = Vec::new();
     for spec in &specs {
