@@ -247,10 +247,17 @@ pub async fn compare(
     }
     report.rechecks = rechecks;
     report.differing_buckets = diff.len();
-    if options.level == Level::Rows {
-        for b in &diff {
-            rows_of_bucket(spec, source, targets, *b, &mut report, options.max_rows).await?;
-        }
+    if options.level == Level::Rows && !diff.is_empty() {
+        rows_of_buckets(
+            spec,
+            source,
+            targets,
+            &diff,
+            (&src, &tgt),
+            &mut report,
+            options.max_rows,
+        )
+        .await?;
     }
     Ok(report)
 }
@@ -280,25 +287,21 @@ fn update(buckets: &mut Buckets, b: i64, fresh: Option<&Sum>) {
     }
 }
 
-/// Key and hash of every row of a bucket on one side (sub-divided by a
-/// further hash of the key when the bucket is large).
+/// Bucket, key and hash of every row of `buckets` on one side, in one scan
+/// (in slices, by a further hash of the key, when there are many rows).
 async fn keyed_rows(
     side: &Side,
     spec: &TableSpec,
     relation: &str,
-    bucket: i64,
-) -> Result<Vec<(String, i64)>, VerifyError> {
-    let base = format!("{} = {bucket}", spec.bucket_expr());
-    let count: i64 = side
-        .client
-        .query_one(
-            &format!("SELECT count(*) FROM {relation} t WHERE {base}"),
-            &[],
-        )
-        .await
-        .map_err(|e| VerifyError::query(&side.name, &spec.name, e))?
-        .get(0);
-    let parts = ((count / ROWS_PER_FETCH + 1) as u64)
+    buckets: &[i64],
+    expected_rows: i64,
+) -> Result<Vec<(i64, String, i64)>, VerifyError> {
+    if buckets.is_empty() || expected_rows == 0 {
+        return Ok(Vec::new());
+    }
+    let list: Vec<String> = buckets.iter().map(|b| b.to_string()).collect();
+    let base = format!("({})::int8 IN ({})", spec.bucket_expr(), list.join(","));
+    let parts = ((expected_rows / ROWS_PER_FETCH + 1) as u64)
         .next_power_of_two()
         .min(1 << 16) as i64;
     let mut out = Vec::new();
@@ -313,7 +316,8 @@ async fn keyed_rows(
             String::new()
         };
         let sql = format!(
-            "SELECT {}, {} FROM {relation} t WHERE {base}{sub}",
+            "SELECT ({})::int8, {}, {} FROM {relation} t WHERE {base}{sub}",
+            spec.bucket_expr(),
             key_text(&spec.key, "t"),
             row_hash(&spec.columns, "t")
         );
@@ -322,33 +326,90 @@ async fn keyed_rows(
             .query(&sql, &[])
             .await
             .map_err(|e| VerifyError::query(&side.name, &spec.name, e))?;
-        out.extend(
-            rows.iter()
-                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1))),
-        );
+        out.extend(rows.iter().map(|r| {
+            (
+                r.get::<_, i64>(0),
+                r.get::<_, String>(1),
+                r.get::<_, i64>(2),
+            )
+        }));
     }
     Ok(out)
 }
 
+/// Names every differing row of `buckets`: one scan per side for all of
+/// them, every side at once.
+async fn rows_of_buckets(
+    spec: &TableSpec,
+    source: &Side,
+    targets: &[Side],
+    buckets: &BTreeSet<i64>,
+    counts: (&Buckets, &[Buckets]),
+    report: &mut TableReport,
+    max_rows: usize,
+) -> Result<(), VerifyError> {
+    let list: Vec<i64> = buckets.iter().copied().collect();
+    let rows_in = |side: &Buckets| {
+        list.iter()
+            .filter_map(|b| side.get(b))
+            .map(|s| s.rows)
+            .sum::<i64>()
+    };
+    let (src_rows, tgt_rows) = tokio::try_join!(
+        keyed_rows(
+            source,
+            spec,
+            &spec.source_relation,
+            &list,
+            rows_in(counts.0)
+        ),
+        futures_util::future::try_join_all(
+            targets.iter().zip(counts.1).map(|(side, c)| keyed_rows(
+                side,
+                spec,
+                &spec.target_relation,
+                &list,
+                rows_in(c)
+            ))
+        )
+    )?;
+    let mut expected: HashMap<i64, HashMap<String, Vec<i64>>> = HashMap::new();
+    for (b, k, h) in src_rows {
+        expected.entry(b).or_default().entry(k).or_default().push(h);
+    }
+    let mut found: HashMap<i64, HashMap<String, Vec<(usize, i64)>>> = HashMap::new();
+    for (i, rows) in tgt_rows.into_iter().enumerate() {
+        for (b, k, h) in rows {
+            found
+                .entry(b)
+                .or_default()
+                .entry(k)
+                .or_default()
+                .push((i, h));
+        }
+    }
+    for bucket in list {
+        let (e, f) = (
+            expected.remove(&bucket).unwrap_or_default(),
+            found.remove(&bucket).unwrap_or_default(),
+        );
+        rows_of_bucket(spec, source, targets, bucket, e, f, report, max_rows).await?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn rows_of_bucket(
     spec: &TableSpec,
     source: &Side,
     targets: &[Side],
     bucket: i64,
+    expected: HashMap<String, Vec<i64>>,
+    found: HashMap<String, Vec<(usize, i64)>>,
     report: &mut TableReport,
     max_rows: usize,
 ) -> Result<(), VerifyError> {
     let owner = spec.owner(bucket);
-    let mut expected: HashMap<String, Vec<i64>> = HashMap::new();
-    for (k, h) in keyed_rows(source, spec, &spec.source_relation, bucket).await? {
-        expected.entry(k).or_default().push(h);
-    }
-    let mut found: HashMap<String, Vec<(usize, i64)>> = HashMap::new();
-    for (i, side) in targets.iter().enumerate() {
-        for (k, h) in keyed_rows(side, spec, &spec.target_relation, bucket).await? {
-            found.entry(k).or_default().push((i, h));
-        }
-    }
     let mut keys: Vec<&String> = expected
         .keys()
         .chain(found.keys())

@@ -174,6 +174,14 @@ async fn equal_data_with_awkward_equality_is_clean_and_each_fault_is_found() {
             DifferenceKind::Changed,
             Some("note"),
         ),
+        // The source stores 1.00 for id 7: 1.0 is a different value.
+        (
+            "UPDATE ledger SET loose = 1.0 WHERE id = 7",
+            "UPDATE ledger SET loose = 1.00 WHERE id = 7",
+            "(7,7)",
+            DifferenceKind::Changed,
+            Some("loose"),
+        ),
     ];
     on(owner)
         .psql(
