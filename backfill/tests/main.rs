@@ -129,6 +129,28 @@ fn assert_equal(f: &Fleet) {
     );
 }
 
+type Job = tokio::task::JoinHandle<Result<shardline_backfill::BackfillReport, BackfillError>>;
+
+/// Starts a job in the background; the receiver hears of each chunk committed.
+async fn start(
+    f: &Fleet,
+    req: &BackfillRequest,
+    stop: watch::Receiver<bool>,
+) -> (Job, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let prepared = prepare(&f.topology, req).await.unwrap();
+    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let req = req.clone();
+    let job = tokio::spawn(async move {
+        run(prepared, &req, stop, move |e| {
+            if let Event::ChunkDone { .. } = e {
+                let _ = done_tx.send(());
+            }
+        })
+        .await
+    });
+    (job, done_rx)
+}
+
 fn request(chunk_rows: u64) -> BackfillRequest {
     BackfillRequest {
         chunk_rows,
@@ -238,17 +260,8 @@ async fn a_job_killed_mid_copy_resumes_to_exactly_the_source() {
         ..request(300)
     };
     for kill_after in [2u64, 5, 9] {
-        let prepared = prepare(&f.topology, &req).await.unwrap();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-        let job = tokio::spawn(async move {
-            run(prepared, &request(300), stop_rx, move |e| {
-                if let Event::ChunkDone { .. } = e {
-                    let _ = done_tx.send(());
-                }
-            })
-            .await
-        });
+        let (job, mut done_rx) = start(&f, &req, stop_rx).await;
         for _ in 0..kill_after {
             if done_rx.recv().await.is_none() {
                 break;
@@ -361,18 +374,8 @@ async fn changes_during_and_after_a_resumed_backfill_arrive_once_through_cdc() {
         ..request(500)
     };
     // First attempt: copy part, change the source, die.
-    let prepared = prepare(&f.topology, &slow).await.unwrap();
     let (_stop, stop_rx) = watch::channel(false);
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-    let r = slow.clone();
-    let job = tokio::spawn(async move {
-        run(prepared, &r, stop_rx, move |e| {
-            if let Event::ChunkDone { .. } = e {
-                let _ = done_tx.send(());
-            }
-        })
-        .await
-    });
+    let (job, mut done_rx) = start(&f, &slow, stop_rx).await;
     done_rx.recv().await.unwrap();
     churn(&f.source, 1);
     done_rx.recv().await.unwrap();
@@ -421,18 +424,8 @@ async fn a_stop_request_rolls_back_in_flight_chunks_and_the_next_run_finishes() 
         max_rows_per_sec: Some(4_000),
         ..request(400)
     };
-    let prepared = prepare(&f.topology, &slow).await.unwrap();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-    let r = slow.clone();
-    let job = tokio::spawn(async move {
-        run(prepared, &r, stop_rx, move |e| {
-            if let Event::ChunkDone { .. } = e {
-                let _ = done_tx.send(());
-            }
-        })
-        .await
-    });
+    let (job, mut done_rx) = start(&f, &slow, stop_rx).await;
     done_rx.recv().await.unwrap();
     stop_tx.send(true).unwrap();
     let err = job
@@ -460,18 +453,8 @@ async fn a_shard_lost_mid_run_is_named_and_the_job_resumes_after_it_returns() {
         max_rows_per_sec: Some(6_000),
         ..request(300)
     };
-    let prepared = prepare(&f.topology, &slow).await.unwrap();
     let (_stop, stop_rx) = watch::channel(false);
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-    let r = slow.clone();
-    let job = tokio::spawn(async move {
-        run(prepared, &r, stop_rx, move |e| {
-            if let Event::ChunkDone { .. } = e {
-                let _ = done_tx.send(());
-            }
-        })
-        .await
-    });
+    let (job, mut done_rx) = start(&f, &slow, stop_rx).await;
     done_rx.recv().await.unwrap();
     f.shards[1].stop().unwrap();
     let err = job
