@@ -397,7 +397,8 @@ async fn handle(
 /// The full new row of a moved row. Values the source did not send (unchanged
 /// TOAST) are read from the row on the old shard inside its open transaction;
 /// if the old shard no longer has it (it applied this transaction before a
-/// crash), from the source, whose later changes will follow in the stream.
+/// crash while the new shard did not), from the source by the row's new key;
+/// any later change of the row follows in the stream.
 /// `None` when the row exists nowhere any more: a later delete removes it.
 async fn fill_unchanged(
     from: &Target,
@@ -446,9 +447,27 @@ async fn fill_unchanged(
             .map_err(|_| CdcError::Stream(format!("applier for {} stopped", from.name)))??;
     }
     if found.is_none() {
+        // On the source the row has its new key (the move already happened
+        // there): look it up by the key values of the new row image.
+        let new_key: Vec<(&str, sql::Value)> = key
+            .iter()
+            .map(|(c, _)| {
+                let value = columns
+                    .iter()
+                    .position(|name| name == c)
+                    .and_then(|i| values[i].as_ref())
+                    .and_then(|v| v.as_deref());
+                (c.as_str(), value)
+            })
+            .collect();
+        let fetch_new = sql::delete(table, &new_key).replacen(
+            "DELETE FROM",
+            &format!("SELECT {} FROM", select.join(", ")),
+            1,
+        );
         let client = source.connect().await?;
         let row = client
-            .query_opt(&fetch, &[])
+            .query_opt(&fetch_new, &[])
             .await
             .map_err(|e| query_error(source, e))?;
         found = row.map(|r| {

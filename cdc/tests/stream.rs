@@ -242,3 +242,77 @@ async fn a_lost_slot_is_not_silently_replaced_supabase_etl_935() {
         .unwrap();
     assert_eq!(slots.trim(), "0");
 }
+
+/// A crash can fall between the old shard committing a move (the delete)
+/// and the new shard committing it (the insert). Replayed, the new shard
+/// must still get the whole row, including the TOASTed value the stream
+/// did not send, though the old shard no longer has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_replayed_after_a_crash_between_shards_keeps_unchanged_toast() {
+    let f = fleet();
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let ContextKind::Sharded { placement, .. } = &f.topology.context("transactions").unwrap().kind
+    else {
+        unreachable!()
+    };
+    let on = |shard: usize| {
+        (1..)
+            .find(|m: &i64| placement.shard(&shardline_topology::ShardKey::Int(*m)) == shard)
+            .unwrap()
+    };
+    let (m0, m1) = (on(0), on(1));
+    let big = "ü".repeat(5000);
+    let run_once = |f: &Fleet| {
+        let (topology, opts) = (f.topology.clone(), options.clone());
+        async move {
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let slot = opts.slot.clone();
+            let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+            (stop_tx, cdc, slot)
+        }
+    };
+    let (stop_tx, cdc, slot) = run_once(&f).await;
+    wait_streaming(&f.source).await;
+    f.source
+        .psql(
+            "postgres",
+            &format!("INSERT INTO payments VALUES ({m0}, 1, 1, '{big}', NULL)"),
+        )
+        .unwrap();
+    wait_caught_up(&f.source, &slot).await;
+    stop_tx.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+
+    // The move, with the note unchanged (so not sent)...
+    f.source
+        .psql(
+            "postgres",
+            &format!("UPDATE payments SET merchant_id = {m1} WHERE id = 1"),
+        )
+        .unwrap();
+    let after = f
+        .source
+        .psql("postgres", "SELECT pg_current_wal_insert_lsn()")
+        .unwrap();
+    // ...already applied on the old shard before a crash, not on the new one.
+    f.shards[0]
+        .psql("postgres", &format!("DELETE FROM payments WHERE id = 1; UPDATE shardline.cdc_progress SET commit_lsn = '{}'", after.trim()))
+        .unwrap();
+    let (stop_tx, cdc, slot) = run_once(&f).await;
+    wait_streaming(&f.source).await;
+    wait_caught_up(&f.source, &slot).await;
+    stop_tx.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+    let note = f.shards[1]
+        .psql("postgres", "SELECT length(note) FROM payments WHERE id = 1")
+        .unwrap();
+    assert_eq!(
+        note.trim(),
+        "5000",
+        "the moved row arrived whole on its new shard"
+    );
+    assert_converged(&f);
+}
