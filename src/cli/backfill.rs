@@ -7,7 +7,7 @@ use shardline_backfill::{BackfillError, BackfillRequest, Event};
 
 use super::exit::Interrupted;
 use super::output::{print_json, Hint};
-use super::progress::Progress;
+use super::progress::{Bars, Progress};
 use super::{signals, Format, Global};
 
 /// Copy the monolith's history into the shards, contexts and read models
@@ -143,29 +143,28 @@ pub(super) async fn copy_with_progress(
     stop: tokio::sync::watch::Receiver<bool>,
     quiet: bool,
 ) -> Result<shardline_backfill::BackfillReport, BackfillError> {
-    let bars: Arc<Mutex<HashMap<String, (Progress, u64)>>> = Arc::default();
-    let events = Arc::clone(&bars);
-    let report = shardline_backfill::run(prepared, request, stop, move |e| {
-        let mut bars = events.lock().expect("progress lock");
-        match e {
-            Event::Planned { table, est_rows } => {
-                bars.insert(
-                    table.clone(),
-                    (Progress::new(&short(&table), est_rows, "rows", quiet), 0),
-                );
+    let bars = Arc::new(Bars::new(quiet));
+    let tables: Arc<Mutex<HashMap<String, Progress>>> = Arc::default();
+    let total = Arc::new(bars.add("all tables", 0, "rows"));
+    let (events, overall) = (Arc::clone(&tables), Arc::clone(&total));
+    let report = shardline_backfill::run(prepared, request, stop, move |e| match e {
+        Event::Planned { table, est_rows } => {
+            overall.grow(est_rows);
+            let bar = bars.add(&short(&table), est_rows, "rows");
+            events.lock().expect("progress lock").insert(table, bar);
+        }
+        Event::ChunkDone { table, rows, .. } => {
+            if let Some(bar) = events.lock().expect("progress lock").get(&table) {
+                bar.inc(rows);
             }
-            Event::ChunkDone { table, rows, .. } => {
-                if let Some((bar, done)) = bars.get_mut(&table) {
-                    *done += rows;
-                    bar.set(*done);
-                }
-            }
+            overall.inc(rows);
         }
     })
     .await;
-    for (bar, _) in bars.lock().expect("progress lock").values() {
+    for bar in tables.lock().expect("progress lock").values() {
         bar.finish();
     }
+    total.finish();
     report
 }
 

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 /// How often plain-line progress is printed.
 const LINE_INTERVAL: Duration = Duration::from_secs(5);
@@ -18,8 +18,37 @@ pub struct Progress {
 struct Lines {
     label: String,
     total: u64,
+    done: u64,
     started: Instant,
     last: Instant,
+}
+
+/// Several bars drawn together (one per table, and a total) without
+/// overwriting each other on a terminal.
+pub struct Bars {
+    multi: Option<MultiProgress>,
+    quiet: bool,
+}
+
+impl Bars {
+    pub fn new(quiet: bool) -> Self {
+        let multi = (!quiet && std::io::stderr().is_terminal()).then(MultiProgress::new);
+        Self { multi, quiet }
+    }
+
+    pub fn add(&self, label: &str, total: u64, unit: &str) -> Progress {
+        let p = Progress::new(label, total, unit, self.quiet);
+        match (&self.multi, p.bar) {
+            (Some(multi), Some(bar)) => Progress {
+                bar: Some(multi.add(bar)),
+                lines: None,
+            },
+            (_, bar) => Progress {
+                bar,
+                lines: p.lines,
+            },
+        }
+    }
 }
 
 impl Progress {
@@ -51,6 +80,7 @@ impl Progress {
             lines: Some(Mutex::new(Lines {
                 label: label.to_string(),
                 total,
+                done: 0,
                 started: now,
                 last: now,
             })),
@@ -63,6 +93,7 @@ impl Progress {
         }
         if let Some(lines) = &self.lines {
             let mut l = lines.lock().expect("progress lock");
+            l.done = done;
             if l.last.elapsed() >= LINE_INTERVAL {
                 l.last = Instant::now();
                 let secs = l.started.elapsed().as_secs_f64().max(1e-9);
@@ -75,6 +106,30 @@ impl Progress {
                 );
             }
         }
+    }
+
+    /// Raises the total (a total known piece by piece).
+    pub fn grow(&self, more: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc_length(more);
+        }
+        if let Some(lines) = &self.lines {
+            lines.lock().expect("progress lock").total += more;
+        }
+    }
+
+    pub fn inc(&self, done: u64) {
+        match &self.bar {
+            Some(bar) => bar.inc(done),
+            None => self.set(self.position() + done),
+        }
+    }
+
+    fn position(&self) -> u64 {
+        self.lines
+            .as_ref()
+            .map(|l| l.lock().expect("progress lock").done)
+            .unwrap_or(0)
     }
 
     pub fn finish(&self) {
