@@ -14,12 +14,15 @@
 //!
 //! [`readmodel`] recomputes read models whose source table changed.
 //!
+//! [`jsonl`] writes the decoded stream as JSON lines instead of applying it.
+//!
 //! Not yet here: incremental read-model upkeep, per-context apply
-//! intervals, a JSON-lines sink and Prometheus metrics.
+//! intervals and Prometheus metrics.
 
 pub mod apply;
 pub mod change;
 pub mod confirm;
+pub mod jsonl;
 pub mod lsn;
 pub mod pgoutput;
 pub mod readmodel;

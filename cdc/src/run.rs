@@ -36,7 +36,7 @@ const STREAM_OPTIONS: &str =
 /// keep a target busy, small enough to bound memory on huge transactions.
 const TARGET_QUEUE: usize = 1024;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunOptions {
     pub slot: String,
     pub publication: String,
@@ -47,6 +47,19 @@ pub struct RunOptions {
     pub max_retained_wal: u64,
     /// How often stale read models are recomputed (and once more at stop).
     pub read_model_refresh: Duration,
+    /// Write the change stream as JSON lines here instead of applying it.
+    pub jsonl: Option<crate::jsonl::Output>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .field("heartbeat", &self.heartbeat)
+            .field("jsonl", &self.jsonl.is_some())
+            .finish()
+    }
 }
 
 impl Default for RunOptions {
@@ -57,6 +70,7 @@ impl Default for RunOptions {
             heartbeat: Duration::from_secs(10),
             max_retained_wal: 1 << 30,
             read_model_refresh: Duration::from_secs(10),
+            jsonl: None,
         }
     }
 }
@@ -99,6 +113,8 @@ pub enum CdcError {
     },
     #[error("slot {slot} exists but publication {publication} does not: changes since the slot was created cannot be decoded (fix: shardline backfill --restart, which creates both in order)")]
     PublicationAfterSlot { slot: String, publication: String },
+    #[error("cannot write the JSON-lines stream: {0}")]
+    Sink(String),
     #[error("query on {target} failed: {cause}")]
     Query { target: String, cause: String },
 }
@@ -110,7 +126,7 @@ struct Target {
 }
 
 struct Txn {
-    commit_lsn: Lsn,
+    info: crate::jsonl::TxnInfo,
     touched: BTreeSet<usize>,
 }
 
@@ -132,7 +148,14 @@ pub async fn run(
     let (durable_tx, mut durable_rx) = mpsc::unbounded_channel();
     let mut targets = Vec::new();
     let mut appliers: Vec<JoinHandle<Result<(), ApplyError>>> = Vec::new();
-    for (i, conn) in routes.targets.iter().enumerate() {
+    let jsonl = options.jsonl.clone().map(crate::jsonl::JsonlSink::new);
+    // The JSON-lines sink replaces the targets: none is connected.
+    let target_list = if jsonl.is_some() {
+        &[][..]
+    } else {
+        &routes.targets[..]
+    };
+    for (i, conn) in target_list.iter().enumerate() {
         let client = conn.connect().await?;
         let recorded = apply::recorded_position(&client, &options.slot)
             .await
@@ -215,15 +238,23 @@ pub async fn run(
                         return Err(CdcError::Stream("the source ended the stream".into()));
                     };
                     match event {
-                        ReplicationEvent::Begin { final_lsn, .. } => {
-                            txn = Some(Txn { commit_lsn: Lsn(final_lsn.0), touched: BTreeSet::new() });
+                        ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
+                            let info = crate::jsonl::TxnInfo { commit_lsn: Lsn(final_lsn.0), xid, commit_time: commit_time_micros };
+                            txn = Some(Txn { info, touched: BTreeSet::new() });
                         }
                         ReplicationEvent::XLogData { data, .. } => {
                             let Some(t) = txn.as_mut() else { continue };
+                            if let Some(sink) = &jsonl {
+                                emit(data, t, &mut tables, &routes, sink, &mut report)?;
+                                continue;
+                            }
                             handle(data, t, &mut tables, &routes, &targets, &topology.source, &copied_at, &mut read_models, &mut report).await?;
                         }
                         ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
                             let Some(t) = txn.take() else { continue };
+                            if let Some(sink) = &jsonl {
+                                sink.commit().map_err(|e| CdcError::Sink(e.to_string()))?;
+                            }
                             for &target in &t.touched {
                                 let commit = Command::Commit { commit_lsn: Lsn(lsn.0), end_lsn: Lsn(end_lsn.0), commit_time: commit_time_micros };
                                 send(&targets[target], commit).await?;
@@ -285,6 +316,34 @@ pub async fn run(
     Ok(report)
 }
 
+/// Writes one decoded message of a transaction to the JSON-lines sink.
+fn emit(
+    data: Bytes,
+    txn: &mut Txn,
+    tables: &mut Tables,
+    routes: &Routes,
+    sink: &crate::jsonl::JsonlSink,
+    report: &mut RunReport,
+) -> Result<(), CdcError> {
+    let message = pgoutput::decode(data)?;
+    let relations = match &message {
+        LogicalMessage::Relation(r) => return Ok(tables.describe(r.clone(), routes)?),
+        LogicalMessage::Insert { relation, .. }
+        | LogicalMessage::Update { relation, .. }
+        | LogicalMessage::Delete { relation, .. } => {
+            vec![*relation]
+        }
+        LogicalMessage::Truncate { relations, .. } => relations.clone(),
+        _ => return Ok(()),
+    };
+    for id in relations {
+        report.changes += 1;
+        sink.change(&txn.info, tables.get(id)?, &message)
+            .map_err(|e| CdcError::Sink(e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Plans one decoded message of a transaction and queues its statements.
 async fn handle(
     data: Bytes,
@@ -298,7 +357,7 @@ async fn handle(
     report: &mut RunReport,
 ) -> Result<(), CdcError> {
     let message = pgoutput::decode(data)?;
-    let wanted = |target: usize| txn.commit_lsn > targets[target].recorded;
+    let wanted = |target: usize| txn.info.commit_lsn > targets[target].recorded;
     // A table that backfill copied from a later snapshot than the slot's
     // start (a resumed job) already holds the changes up to that point.
     let already_copied = |tables: &Tables, relation: u32| {
@@ -306,7 +365,7 @@ async fn handle(
             .get(relation)
             .ok()
             .and_then(|t| copied_at.get(&t.name()))
-            .is_some_and(|lsn| txn.commit_lsn <= *lsn)
+            .is_some_and(|lsn| txn.info.commit_lsn <= *lsn)
     };
     match &message {
         LogicalMessage::Relation(r) => tables.describe(r.clone(), routes)?,

@@ -316,3 +316,82 @@ async fn a_move_replayed_after_a_crash_between_shards_keeps_unchanged_toast() {
     );
     assert_converged(&f);
 }
+
+/// A writer the test can read back.
+#[derive(Clone, Default)]
+struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jsonl_sink_writes_one_object_per_change_and_applies_nothing() {
+    let f = fleet();
+    let buffer = Shared::default();
+    let out: Box<dyn std::io::Write + Send> = Box::new(buffer.clone());
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        jsonl: Some(std::sync::Arc::new(std::sync::Mutex::new(out))),
+        ..RunOptions::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (topology, opts) = (f.topology.clone(), options.clone());
+    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    wait_streaming(&f.source).await;
+    let big = "x".repeat(4000);
+    for sql in [
+        format!("INSERT INTO payments VALUES (7, 1, 2.50, '{big}', '{{\"a\": 1}}')"),
+        "UPDATE payments SET amount = 3.00 WHERE id = 1".to_string(),
+        "DELETE FROM payments WHERE id = 1".to_string(),
+        "INSERT INTO payouts VALUES (1, 7, NULL)".to_string(),
+        "TRUNCATE payouts".to_string(),
+    ] {
+        f.source.psql("postgres", &sql).unwrap();
+    }
+    wait_caught_up(&f.source, &options.slot).await;
+    stop_tx.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ops: Vec<&str> = lines.iter().map(|l| l["op"].as_str().unwrap()).collect();
+    assert_eq!(
+        ops,
+        ["insert", "update", "delete", "insert", "truncate"],
+        "{text}"
+    );
+    assert_eq!(lines[0]["table"], "public.payments");
+    assert_eq!(lines[0]["new"]["amount"], "2.50");
+    assert_eq!(lines[0]["key"]["merchant_id"], "7");
+    assert!(
+        lines[0]["xid"].as_u64().unwrap() > 0
+            && lines[0]["commit_time"].as_str().unwrap().ends_with('Z')
+    );
+    assert_eq!(lines[1]["new"]["amount"], "3.00");
+    assert_eq!(
+        lines[1]["unchanged"],
+        serde_json::json!(["note"]),
+        "unchanged TOAST is named, not sent as NULL"
+    );
+    assert!(lines[1]["new"].get("note").is_none());
+    assert_eq!(lines[2]["old"]["id"], "1");
+    assert_eq!(lines[3]["new"]["amount"], serde_json::Value::Null);
+    // Nothing was applied to the targets.
+    assert_eq!(
+        f.shards
+            .iter()
+            .map(|s| rows(s, "payments", "true"))
+            .collect::<String>()
+            .trim(),
+        ""
+    );
+}

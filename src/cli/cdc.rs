@@ -32,6 +32,7 @@ pub struct SlotArgs {
 #[command(after_help = "Examples:
   shardline cdc run
   shardline cdc run --heartbeat-secs 5
+  shardline cdc run --sink jsonl | kafka-console-producer --topic payments
   shardline -v cdc run --slot shardline")]
 pub struct RunArgs {
     #[command(flatten)]
@@ -45,9 +46,18 @@ pub struct RunArgs {
     /// Warn when the slot holds back more WAL than this many megabytes
     #[arg(long, default_value_t = 1024)]
     max_retained_wal_mb: u64,
+    /// Apply to the targets, or write the decoded changes to stdout as JSON lines
+    #[arg(long, value_enum, default_value = "targets")]
+    sink: Sink,
     /// Seconds between recomputations of read models whose source changed
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86400))]
     read_model_refresh_secs: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Sink {
+    Targets,
+    Jsonl,
 }
 
 /// Show the slot and each target's applied position and lag
@@ -83,13 +93,20 @@ pub async fn run(cmd: CdcCommand, g: &Global) -> anyhow::Result<u8> {
                 heartbeat: Duration::from_secs(args.heartbeat_secs),
                 max_retained_wal: args.max_retained_wal_mb << 20,
                 read_model_refresh: Duration::from_secs(args.read_model_refresh_secs),
+                jsonl: (args.sink == Sink::Jsonl).then(|| {
+                    let out: Box<dyn std::io::Write + Send> = Box::new(std::io::stdout());
+                    std::sync::Arc::new(std::sync::Mutex::new(out))
+                }),
             };
+            let to_stdout = options.jsonl.is_none();
             let report = shardline_cdc::run::run(&topology, &options, signals::stop_on_signal())
                 .await
                 .map_err(hinted)?;
             match g.format {
-                Format::Json => print_json(&report)?,
-                Format::Text | Format::Markdown => println!(
+                // With the JSON-lines sink, stdout carries the stream.
+                Format::Json if to_stdout => print_json(&report)?,
+                Format::Json => eprintln!("{}", serde_json::to_string(&report)?),
+                Format::Text | Format::Markdown => eprintln!(
                     "stopped: {} transactions, {} changes ({} already applied, skipped) in {:.1} s; slot confirmed at {}",
                     report.transactions, report.changes, report.skipped, report.seconds, report.confirmed_lsn
                 ),
