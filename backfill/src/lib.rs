@@ -28,9 +28,11 @@ pub mod copy;
 mod error;
 mod job;
 pub mod plan;
+mod prepare;
 pub mod readmodel;
 pub mod snapshot;
 mod throttle;
+mod worker;
 
 use std::sync::Arc;
 
@@ -39,7 +41,7 @@ use shardline_topology::Topology;
 use tokio::sync::watch;
 
 pub use error::BackfillError;
-pub use job::Prepared;
+pub use prepare::Prepared;
 
 /// Rows per chunk by default: a few seconds of copying, so a kill loses
 /// little and progress moves visibly.
@@ -136,7 +138,7 @@ pub async fn prepare(
     topology: &Topology,
     request: &BackfillRequest,
 ) -> Result<Prepared, BackfillError> {
-    job::prepare(topology, request).await
+    prepare::prepare(topology, request).await
 }
 
 /// The plan of a run, for `--dry-run`.
@@ -144,7 +146,7 @@ pub async fn dry_run(
     prepared: &Prepared,
     request: &BackfillRequest,
 ) -> Result<Vec<TablePlan>, BackfillError> {
-    job::dry_run(prepared, request).await
+    prepare::dry_run(prepared, request).await
 }
 
 /// Runs, resumes or joins the job until every chunk is copied, `stop`
