@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use shardline_cdc::route::Routes;
-use shardline_topology::{ConnString, ContextKind, Topology};
+use shardline_cdc::route::{Routes, TableRoute};
+use shardline_topology::{ConnString, Topology};
 use tokio_postgres::Client;
 
 use crate::catalog::{self, query_error, TableDef};
@@ -44,7 +44,6 @@ pub async fn prepare(
             problems.iter().map(|p| p.to_string()).collect(),
         ));
     }
-    let mut targets: Vec<ConnString> = Vec::new();
     let mut target_clients: Vec<Client> = Vec::new();
     let mut tables = Vec::new();
     let mut to_create = Vec::new();
@@ -67,47 +66,34 @@ pub async fn prepare(
             }
         }
     }
-    let target_id = |conn: &ConnString, targets: &mut Vec<ConnString>| -> usize {
-        match targets.iter().position(|t| t.identity() == conn.identity()) {
-            Some(i) => i,
-            None => {
-                targets.push(conn.clone());
-                targets.len() - 1
-            }
-        }
-    };
-    let mut work: Vec<(String, Routing, Vec<usize>, Option<String>)> = Vec::new();
-    for context in &topology.contexts {
-        let ids: Vec<usize> = context
-            .databases()
-            .into_iter()
-            .map(|c| target_id(c, &mut targets))
-            .collect();
-        match &context.kind {
-            ContextKind::Sharded {
-                shard_key,
+    // The same targets, numbered the same way, as CDC's routes.
+    let targets: Vec<ConnString> = routes.targets.clone();
+    let mut listed: Vec<(&str, &TableRoute)> = routes.tables().filter(|(t, _)| wanted(t)).collect();
+    listed.sort_by_key(|(t, _)| *t);
+    let work: Vec<(String, Routing, Vec<usize>, Option<String>)> = listed
+        .into_iter()
+        .map(|(table, route)| match route {
+            TableRoute::Sharded {
+                key_column,
                 placement,
-                reference_tables,
-                ..
-            } => {
-                for t in context.tables.iter().filter(|t| wanted(t)) {
-                    let routing = Routing::Sharded {
-                        key_index: usize::MAX,
-                        placement: placement.clone(),
-                    };
-                    work.push((t.clone(), routing, ids.clone(), Some(shard_key.clone())));
-                }
-                for t in reference_tables.iter().filter(|t| wanted(t)) {
-                    work.push((t.clone(), Routing::Everywhere, ids.clone(), None));
-                }
-            }
-            ContextKind::Single { .. } => {
-                for t in context.tables.iter().filter(|t| wanted(t)) {
-                    work.push((t.clone(), Routing::Everywhere, ids.clone(), None));
-                }
-            }
-        }
-    }
+                shards,
+            } => (
+                table.to_string(),
+                Routing::Sharded {
+                    key_index: usize::MAX,
+                    placement: placement.clone(),
+                },
+                shards.clone(),
+                Some(key_column.clone()),
+            ),
+            other => (
+                table.to_string(),
+                Routing::Everywhere,
+                other.targets(),
+                None,
+            ),
+        })
+        .collect();
     for conn in &targets {
         target_clients.push(conn.connect().await?);
     }
@@ -177,11 +163,8 @@ pub async fn prepare(
         let ids: Vec<usize> = ctx
             .databases()
             .into_iter()
-            .map(|c| target_id(c, &mut targets))
+            .filter_map(|c| routes.target_of(c))
             .collect();
-        while target_clients.len() < targets.len() {
-            target_clients.push(targets[target_clients.len()].connect().await?);
-        }
         let def = readmodel::shape(&source, &source_name, rm).await?;
         check_targets(
             &def,

@@ -88,16 +88,19 @@ impl Routes {
     }
 
     fn target_id(&mut self, db: &ConnString, context: &str) -> usize {
-        if let Some(i) = self
-            .targets
-            .iter()
-            .position(|t| t.identity() == db.identity())
-        {
+        if let Some(i) = self.target_of(db) {
             return i;
         }
         self.targets.push(db.clone());
         self.target_context.push(context.to_string());
         self.targets.len() - 1
+    }
+
+    /// The index of a database among the targets.
+    pub fn target_of(&self, db: &ConnString) -> Option<usize> {
+        self.targets
+            .iter()
+            .position(|t| t.identity() == db.identity())
     }
 
     /// The route of `namespace.name`; tables in `public` may be listed bare.
