@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use shardline_verify::report::Report;
-use shardline_verify::{Level, VerifyError, VerifyRequest};
+use shardline_verify::{Level, RowHash, VerifyError, VerifyRequest};
 
 use super::output::{print_json, Hint};
 use super::{exit, Format, Global};
@@ -39,6 +39,17 @@ pub struct Args {
     /// Average scan rate limit per side, in rows per second (paced between tables)
     #[arg(long, value_name = "R")]
     max_rows_per_sec: Option<u64>,
+    /// How rows are hashed: native (hash_record_extended, PostgreSQL 14+, same byte
+    /// order everywhere), md5 of the row text (any version, any machine), or auto
+    #[arg(long, value_enum, default_value = "auto")]
+    row_hash: RowHashArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum RowHashArg {
+    Auto,
+    Native,
+    Md5,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -61,6 +72,11 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
         recheck_delay: Duration::from_secs_f64(args.recheck_secs.max(0.0)),
         max_rows: args.max_rows,
         max_rows_per_sec: args.max_rows_per_sec,
+        row_hash: match args.row_hash {
+            RowHashArg::Auto => RowHash::Auto,
+            RowHashArg::Native => RowHash::Native,
+            RowHashArg::Md5 => RowHash::Md5,
+        },
     };
     let progress = g.format == Format::Text && !g.quiet;
     let report = shardline_verify::verify(&topology, &request, |t| {

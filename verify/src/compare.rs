@@ -14,7 +14,7 @@ use std::time::Duration;
 use shardline_topology::{ConnString, Placement};
 use tokio_postgres::Client;
 
-use crate::checksum::{key_text, row_hash, Column};
+use crate::checksum::{key_bucket, key_match, key_text, key_values, row_hash, Column, RowHash};
 use crate::report::{Difference, DifferenceKind, TableReport};
 use crate::VerifyError;
 
@@ -64,6 +64,8 @@ pub struct Options {
     /// Rows listed per table; the rest are counted.
     pub max_rows: usize,
     pub max_rows_per_sec: Option<u64>,
+    /// Requested; resolved per comparison from the sides' versions.
+    pub row_hash: RowHash,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -74,23 +76,21 @@ struct Sum {
 
 type Buckets = BTreeMap<i64, Sum>;
 
-/// A side's connection and name.
+/// A side's connection, name and server version (`server_version_num`).
 pub struct Side {
     pub name: String,
     pub client: Client,
+    pub version: i32,
+}
+
+/// One table's comparison: what to compare, and how rows are hashed on
+/// every side of it.
+struct Job<'a> {
+    spec: &'a TableSpec,
+    hash: RowHash,
 }
 
 impl TableSpec {
-    fn bucket_expr(&self) -> String {
-        match &self.layout {
-            Layout::Sharded {
-                placement,
-                shard_key,
-            } => placement.bucket_sql(&format!("t.{}", shardline_topology::quote_ident(shard_key))),
-            Layout::Single => format!("(hashtext({}) & 1023)", key_text(&self.key, "t")),
-        }
-    }
-
     fn owner(&self, bucket: i64) -> usize {
         match &self.layout {
             Layout::Sharded { placement, .. } => placement.shard_of_bucket(bucket as u32),
@@ -99,23 +99,40 @@ impl TableSpec {
     }
 }
 
+impl Job<'_> {
+    fn bucket_expr(&self) -> String {
+        match &self.spec.layout {
+            Layout::Sharded {
+                placement,
+                shard_key,
+            } => placement.bucket_sql(&format!("t.{}", shardline_topology::quote_ident(shard_key))),
+            Layout::Single => key_bucket(&self.spec.key, "t", self.hash),
+        }
+    }
+
+    fn row_hash(&self) -> String {
+        row_hash(&self.spec.columns, "t", self.hash)
+    }
+}
+
 /// Per-bucket counts (and checksums) of one side, optionally only `only`.
 async fn buckets(
     side: &Side,
-    spec: &TableSpec,
+    job: &Job<'_>,
     relation: &str,
     level: Level,
     only: Option<&BTreeSet<i64>>,
 ) -> Result<Buckets, VerifyError> {
+    let spec = job.spec;
     let hash = if level == Level::Counts {
         "0::numeric".to_string()
     } else {
-        format!("sum({})", row_hash(&spec.columns, "t"))
+        format!("sum({})", job.row_hash())
     };
     let filter = match only {
         Some(set) => format!(
             " WHERE {} IN ({})",
-            spec.bucket_expr(),
+            job.bucket_expr(),
             set.iter()
                 .map(|b| b.to_string())
                 .collect::<Vec<_>>()
@@ -125,7 +142,7 @@ async fn buckets(
     };
     let sql = format!(
         "SELECT ({})::int8 AS b, count(*), ({hash})::text FROM {relation} t{filter} GROUP BY 1",
-        spec.bucket_expr()
+        job.bucket_expr()
     );
     let rows = side
         .client
@@ -181,14 +198,22 @@ pub async fn compare(
     targets: &[Side],
     options: &Options,
 ) -> Result<TableReport, VerifyError> {
+    let versions: Vec<i32> = std::iter::once(source)
+        .chain(targets)
+        .map(|s| s.version)
+        .collect();
+    let job = &Job {
+        spec,
+        hash: options.row_hash.resolve(&versions),
+    };
     // Every side scans at once: the source and each shard are separate
     // servers, so the comparison takes as long as the slowest scan.
     let started = std::time::Instant::now();
     let (src, tgt) = tokio::try_join!(
-        buckets(source, spec, &spec.source_relation, options.level, None),
+        buckets(source, job, &spec.source_relation, options.level, None),
         futures_util::future::try_join_all(targets.iter().map(|side| buckets(
             side,
-            spec,
+            job,
             &spec.target_relation,
             options.level,
             None
@@ -216,7 +241,7 @@ pub async fn compare(
         rechecks += 1;
         let again = buckets(
             source,
-            spec,
+            job,
             &spec.source_relation,
             options.level,
             Some(&diff),
@@ -224,16 +249,8 @@ pub async fn compare(
         .await?;
         let mut again_t = Vec::new();
         for side in targets {
-            again_t.push(
-                buckets(
-                    side,
-                    spec,
-                    &spec.target_relation,
-                    options.level,
-                    Some(&diff),
-                )
-                .await?,
-            );
+            again_t
+                .push(buckets(side, job, &spec.target_relation, options.level, Some(&diff)).await?);
         }
         for b in &diff {
             update(&mut src, *b, again.get(b));
@@ -249,7 +266,7 @@ pub async fn compare(
     report.differing_buckets = diff.len();
     if options.level == Level::Rows && !diff.is_empty() {
         rows_of_buckets(
-            spec,
+            job,
             source,
             targets,
             &diff,
@@ -287,20 +304,31 @@ fn update(buckets: &mut Buckets, b: i64, fresh: Option<&Sum>) {
     }
 }
 
-/// Bucket, key and hash of every row of `buckets` on one side, in one scan
-/// (in slices, by a further hash of the key, when there are many rows).
+/// A row of a differing bucket as one side holds it.
+struct KeyedRow {
+    bucket: i64,
+    /// The primary key as PostgreSQL renders a row: `(1001,42)`.
+    key: String,
+    /// Each key column's text, to find the row again through its index.
+    key_values: Vec<Option<String>>,
+    hash: i64,
+}
+
+/// Every row of `buckets` on one side, in one scan (in slices, by a further
+/// hash of the key, when there are many rows).
 async fn keyed_rows(
     side: &Side,
-    spec: &TableSpec,
+    job: &Job<'_>,
     relation: &str,
     buckets: &[i64],
     expected_rows: i64,
-) -> Result<Vec<(i64, String, i64)>, VerifyError> {
+) -> Result<Vec<KeyedRow>, VerifyError> {
+    let spec = job.spec;
     if buckets.is_empty() || expected_rows == 0 {
         return Ok(Vec::new());
     }
     let list: Vec<String> = buckets.iter().map(|b| b.to_string()).collect();
-    let base = format!("({})::int8 IN ({})", spec.bucket_expr(), list.join(","));
+    let base = format!("({})::int8 IN ({})", job.bucket_expr(), list.join(","));
     let parts = ((expected_rows / ROWS_PER_FETCH + 1) as u64)
         .next_power_of_two()
         .min(1 << 16) as i64;
@@ -316,22 +344,22 @@ async fn keyed_rows(
             String::new()
         };
         let sql = format!(
-            "SELECT ({})::int8, {}, {} FROM {relation} t WHERE {base}{sub}",
-            spec.bucket_expr(),
+            "SELECT ({})::int8, {}, {}, {} FROM {relation} t WHERE {base}{sub}",
+            job.bucket_expr(),
+            job.row_hash(),
             key_text(&spec.key, "t"),
-            row_hash(&spec.columns, "t")
+            key_values(&spec.key, "t"),
         );
         let rows = side
             .client
             .query(&sql, &[])
             .await
             .map_err(|e| VerifyError::query(&side.name, &spec.name, e))?;
-        out.extend(rows.iter().map(|r| {
-            (
-                r.get::<_, i64>(0),
-                r.get::<_, String>(1),
-                r.get::<_, i64>(2),
-            )
+        out.extend(rows.iter().map(|r| KeyedRow {
+            bucket: r.get(0),
+            hash: r.get(1),
+            key: r.get(2),
+            key_values: (3..3 + spec.key.len()).map(|i| r.get(i)).collect(),
         }));
     }
     Ok(out)
@@ -340,7 +368,7 @@ async fn keyed_rows(
 /// Names every differing row of `buckets`: one scan per side for all of
 /// them, every side at once.
 async fn rows_of_buckets(
-    spec: &TableSpec,
+    job: &Job<'_>,
     source: &Side,
     targets: &[Side],
     buckets: &BTreeSet<i64>,
@@ -348,6 +376,7 @@ async fn rows_of_buckets(
     report: &mut TableReport,
     max_rows: usize,
 ) -> Result<(), VerifyError> {
+    let spec = job.spec;
     let list: Vec<i64> = buckets.iter().copied().collect();
     let rows_in = |side: &Buckets| {
         list.iter()
@@ -356,67 +385,75 @@ async fn rows_of_buckets(
             .sum::<i64>()
     };
     let (src_rows, tgt_rows) = tokio::try_join!(
-        keyed_rows(
-            source,
-            spec,
-            &spec.source_relation,
-            &list,
-            rows_in(counts.0)
-        ),
+        keyed_rows(source, job, &spec.source_relation, &list, rows_in(counts.0)),
         futures_util::future::try_join_all(
             targets.iter().zip(counts.1).map(|(side, c)| keyed_rows(
                 side,
-                spec,
+                job,
                 &spec.target_relation,
                 &list,
                 rows_in(c)
             ))
         )
     )?;
+    let mut key_values: HashMap<String, Vec<Option<String>>> = HashMap::new();
     let mut expected: HashMap<i64, HashMap<String, Vec<i64>>> = HashMap::new();
-    for (b, k, h) in src_rows {
-        expected.entry(b).or_default().entry(k).or_default().push(h);
+    for row in src_rows {
+        expected
+            .entry(row.bucket)
+            .or_default()
+            .entry(row.key.clone())
+            .or_default()
+            .push(row.hash);
+        key_values.entry(row.key).or_insert(row.key_values);
     }
     let mut found: HashMap<i64, HashMap<String, Vec<(usize, i64)>>> = HashMap::new();
     for (i, rows) in tgt_rows.into_iter().enumerate() {
-        for (b, k, h) in rows {
+        for row in rows {
             found
-                .entry(b)
+                .entry(row.bucket)
                 .or_default()
-                .entry(k)
+                .entry(row.key.clone())
                 .or_default()
-                .push((i, h));
+                .push((i, row.hash));
+            key_values.entry(row.key).or_insert(row.key_values);
         }
     }
+    let sides = Sides { source, targets };
     for bucket in list {
         let (e, f) = (
             expected.remove(&bucket).unwrap_or_default(),
             found.remove(&bucket).unwrap_or_default(),
         );
-        rows_of_bucket(spec, source, targets, bucket, e, f, report, max_rows).await?;
+        rows_of_bucket(spec, &sides, bucket, (e, f), &key_values, report, max_rows).await?;
     }
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+struct Sides<'a> {
+    source: &'a Side,
+    targets: &'a [Side],
+}
+
+/// Each side's rows of one bucket: the source's hashes by key, the targets'
+/// (target, hash) by key.
+type BucketRows = (
+    HashMap<String, Vec<i64>>,
+    HashMap<String, Vec<(usize, i64)>>,
+);
+
 async fn rows_of_bucket(
     spec: &TableSpec,
-    source: &Side,
-    targets: &[Side],
+    sides: &Sides<'_>,
     bucket: i64,
-    expected: HashMap<String, Vec<i64>>,
-    found: HashMap<String, Vec<(usize, i64)>>,
+    (expected, found): BucketRows,
+    key_values: &HashMap<String, Vec<Option<String>>>,
     report: &mut TableReport,
     max_rows: usize,
 ) -> Result<(), VerifyError> {
+    let Sides { source, targets } = *sides;
     let owner = spec.owner(bucket);
-    let mut keys: Vec<&String> = expected
-        .keys()
-        .chain(found.keys())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    keys.sort();
+    let keys: BTreeSet<&String> = expected.keys().chain(found.keys()).collect();
     for key in keys {
         let src = expected.get(key).cloned().unwrap_or_default();
         let tgt = found.get(key).cloned().unwrap_or_default();
@@ -457,7 +494,8 @@ async fn rows_of_bucket(
                 if found[0] != *h {
                     let mut d = Difference::new(DifferenceKind::Changed, &targets[owner].name, key);
                     if report.listed() < max_rows {
-                        d.columns = changed_columns(spec, source, &targets[owner], key).await?;
+                        let values = key_values.get(key).map(Vec::as_slice).unwrap_or(&[]);
+                        d.columns = changed_columns(spec, source, &targets[owner], values).await?;
                     }
                     report.add(d, max_rows);
                 }
@@ -468,12 +506,13 @@ async fn rows_of_bucket(
     Ok(())
 }
 
-/// Which columns differ for the row with `key`, with both values.
+/// Which columns differ for the row whose key columns hold `key_values`,
+/// with both values. The row is found through the primary key index.
 async fn changed_columns(
     spec: &TableSpec,
     source: &Side,
     target: &Side,
-    key: &str,
+    key_values: &[Option<String>],
 ) -> Result<Vec<crate::report::ColumnChange>, VerifyError> {
     let fetch = |relation: &str| {
         let values: Vec<String> = spec
@@ -482,19 +521,24 @@ async fn changed_columns(
             .map(|c| format!("({})::text", crate::checksum::column_expr(c, "t")))
             .collect();
         format!(
-            "SELECT {} FROM {relation} t WHERE {} = $1 LIMIT 1",
+            "SELECT {} FROM {relation} t WHERE {} LIMIT 1",
             values.join(", "),
-            key_text(&spec.key, "t")
+            key_match(&spec.key, "t", key_values)
         )
     };
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = key_values
+        .iter()
+        .flatten()
+        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
     let a = source
         .client
-        .query_opt(&fetch(&spec.source_relation), &[&key])
+        .query_opt(&fetch(&spec.source_relation), &params)
         .await
         .map_err(|e| VerifyError::query(&source.name, &spec.name, e))?;
     let b = target
         .client
-        .query_opt(&fetch(&spec.target_relation), &[&key])
+        .query_opt(&fetch(&spec.target_relation), &params)
         .await
         .map_err(|e| VerifyError::query(&target.name, &spec.name, e))?;
     let (Some(a), Some(b)) = (a, b) else {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use shardline_topology::{ConnectError, Topology};
 
+pub use checksum::RowHash;
 pub use compare::Level;
 pub use report::{Report, TableReport};
 
@@ -71,6 +72,7 @@ pub struct VerifyRequest {
     pub recheck_delay: Duration,
     pub max_rows: usize,
     pub max_rows_per_sec: Option<u64>,
+    pub row_hash: RowHash,
 }
 
 impl Default for VerifyRequest {
@@ -82,6 +84,7 @@ impl Default for VerifyRequest {
             recheck_delay: Duration::from_secs(1),
             max_rows: 100,
             max_rows_per_sec: None,
+            row_hash: RowHash::Auto,
         }
     }
 }
@@ -94,10 +97,7 @@ pub async fn verify(
     on_table: impl Fn(&TableReport),
 ) -> Result<Report, VerifyError> {
     let started = Instant::now();
-    let source = compare::Side {
-        name: topology.source.to_string(),
-        client: tables::connect(&topology.source).await?,
-    };
+    let source = tables::connect(&topology.source).await?;
     let specs = tables::specs(topology, &source, request.tables.as_deref()).await?;
     let options = compare::Options {
         level: request.level,
@@ -105,15 +105,13 @@ pub async fn verify(
         recheck_delay: request.recheck_delay,
         max_rows: request.max_rows,
         max_rows_per_sec: request.max_rows_per_sec,
+        row_hash: request.row_hash,
     };
     let mut reports = Vec::new();
     for spec in &specs {
         let mut targets = Vec::new();
         for conn in &spec.targets {
-            targets.push(compare::Side {
-                name: conn.to_string(),
-                client: tables::connect(conn).await?,
-            });
+            targets.push(tables::connect(conn).await?);
         }
         for t in &targets {
             tables::check_exists(t, spec).await?;

@@ -1,20 +1,30 @@
 //! What to compare: the topology's tables and read models as specs.
 
 use shardline_topology::{quote_table, ConnString, ContextKind, Topology};
-use tokio_postgres::Client;
 
 use crate::checksum::{Column, SESSION_SETTINGS};
 use crate::compare::{Layout, Side, TableSpec};
 use crate::VerifyError;
 
-/// A connection with the normalising session settings.
-pub async fn connect(conn: &ConnString) -> Result<Client, VerifyError> {
+/// A side: a connection with the normalising session settings, and its
+/// server's version.
+pub async fn connect(conn: &ConnString) -> Result<Side, VerifyError> {
+    let name = conn.to_string();
     let client = conn.connect().await?;
     client
         .batch_execute(SESSION_SETTINGS)
         .await
-        .map_err(|e| VerifyError::query(&conn.to_string(), "(session)", e))?;
-    Ok(client)
+        .map_err(|e| VerifyError::query(&name, "(session)", e))?;
+    let version: String = client
+        .query_one("SHOW server_version_num", &[])
+        .await
+        .map_err(|e| VerifyError::query(&name, "(session)", e))?
+        .get(0);
+    Ok(Side {
+        version: version.parse().unwrap_or(0),
+        name,
+        client,
+    })
 }
 
 pub async fn check_exists(side: &Side, spec: &TableSpec) -> Result<(), VerifyError> {
@@ -171,10 +181,7 @@ pub async fn specs(
             continue;
         };
         let target = context.databases()[0].clone();
-        let side = Side {
-            name: target.to_string(),
-            client: connect(&target).await?,
-        };
+        let side = connect(&target).await?;
         let (columns, _) = shape(&side, &rm.name).await?;
         let groups = rm.group_columns();
         let key = columns

@@ -7,10 +7,14 @@ use std::time::Duration;
 use shardline_testkit::PgServer;
 use shardline_topology::{ContextKind, ShardKey, Topology};
 use shardline_verify::report::{DifferenceKind, Report};
-use shardline_verify::{verify, Level, VerifyRequest};
+use shardline_verify::{verify, Level, RowHash, VerifyRequest};
 use tokio::sync::watch;
 
+// The composite type shifts the source's OIDs, so the enum's OID differs
+// between the source and the targets (an enum hashes by OID natively).
 const SCHEMA: &str = "
+CREATE TYPE shift AS (a int, b int);
+CREATE TYPE kind AS ENUM ('sale', 'refund');
 CREATE TABLE ledger (
     merchant_id bigint NOT NULL,
     id          bigint NOT NULL,
@@ -20,6 +24,9 @@ CREATE TABLE ledger (
     at          timestamptz,
     meta        jsonb,
     note        text,
+    kind        kind DEFAULT 'sale',
+    tags        text[] DEFAULT '{a,b}',
+    every       interval DEFAULT '1 day',
     PRIMARY KEY (merchant_id, id)
 );
 CREATE TABLE accounts (id bigint PRIMARY KEY, name text);";
@@ -80,8 +87,12 @@ fn request() -> VerifyRequest {
     }
 }
 
-async fn run(f: &Fleet) -> Report {
-    verify(&f.topology, &request(), |_| {}).await.unwrap()
+async fn run(f: &Fleet, row_hash: RowHash) -> Report {
+    let request = VerifyRequest {
+        row_hash,
+        ..request()
+    };
+    verify(&f.topology, &request, |_| {}).await.unwrap()
 }
 
 /// The shard index a merchant's rows belong on, and another shard.
@@ -111,9 +122,18 @@ fn only_difference(report: &Report) -> (&str, &shardline_verify::report::Differe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn equal_data_with_awkward_equality_is_clean_and_each_fault_is_found() {
+async fn equal_data_with_awkward_equality_is_clean_and_each_fault_is_found_native_hash() {
+    awkward_equality_and_faults(RowHash::Native).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_data_with_awkward_equality_is_clean_and_each_fault_is_found_md5_hash() {
+    awkward_equality_and_faults(RowHash::Md5).await;
+}
+
+async fn awkward_equality_and_faults(row_hash: RowHash) {
     let f = fleet().await;
-    let report = run(&f).await;
+    let report = run(&f, row_hash).await;
     assert!(report.equal, "{report:#?}");
     assert_eq!(report.tables.len(), 3);
     assert_eq!(table(&report, "ledger").source_rows, 3001);
@@ -127,7 +147,7 @@ async fn equal_data_with_awkward_equality_is_clean_and_each_fault_is_found() {
                            SET TimeZone = 'America/Los_Angeles'; UPDATE ledger SET at = (at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' WHERE id = 7")
         .unwrap();
     assert!(
-        run(&f).await.equal,
+        run(&f, row_hash).await.equal,
         "-0.0, jsonb key order and time zones are not differences"
     );
 
@@ -174,6 +194,28 @@ async fn equal_data_with_awkward_equality_is_clean_and_each_fault_is_found() {
             DifferenceKind::Changed,
             Some("note"),
         ),
+        (
+            "UPDATE ledger SET kind = 'refund' WHERE id = 7",
+            "UPDATE ledger SET kind = 'sale' WHERE id = 7",
+            "(7,7)",
+            DifferenceKind::Changed,
+            Some("kind"),
+        ),
+        (
+            "UPDATE ledger SET tags = '{a,c}' WHERE id = 7",
+            "UPDATE ledger SET tags = '{a,b}' WHERE id = 7",
+            "(7,7)",
+            DifferenceKind::Changed,
+            Some("tags"),
+        ),
+        // Equal to PostgreSQL's `=`, but not the value the source stored.
+        (
+            "UPDATE ledger SET every = '24 hours' WHERE id = 7",
+            "UPDATE ledger SET every = '1 day' WHERE id = 7",
+            "(7,7)",
+            DifferenceKind::Changed,
+            Some("every"),
+        ),
         // The source stores 1.00 for id 7: 1.0 is a different value.
         (
             "UPDATE ledger SET loose = 1.0 WHERE id = 7",
@@ -191,7 +233,7 @@ async fn equal_data_with_awkward_equality_is_clean_and_each_fault_is_found() {
         .unwrap();
     for (inject, repair, key, kind, column) in cases {
         on(owner).psql("postgres", inject).unwrap();
-        let report = run(&f).await;
+        let report = run(&f, row_hash).await;
         let (table, d) = only_difference(&report);
         assert_eq!(
             (table, d.kind, d.key.as_str()),
@@ -206,7 +248,7 @@ async fn equal_data_with_awkward_equality_is_clean_and_each_fault_is_found() {
         }
         on(owner).psql("postgres", repair).unwrap();
     }
-    assert!(run(&f).await.equal, "every fault was repaired");
+    assert!(run(&f, row_hash).await.equal, "every fault was repaired");
 
     // A row moved to the wrong shard.
     on(owner)
@@ -218,7 +260,7 @@ async fn equal_data_with_awkward_equality_is_clean_and_each_fault_is_found() {
             "INSERT INTO ledger VALUES (7, 7, 10.50, NULL, NULL, NULL, NULL, NULL)",
         )
         .unwrap();
-    let report = run(&f).await;
+    let report = run(&f, row_hash).await;
     let ledger = table(&report, "ledger");
     let kinds: Vec<DifferenceKind> = ledger.differences.iter().map(|d| d.kind).collect();
     assert_eq!(kinds, [DifferenceKind::Misplaced], "{report:#?}");
@@ -237,7 +279,7 @@ async fn equal_data_with_awkward_equality_is_clean_and_each_fault_is_found() {
 
     // A duplicated row on a target whose table lost its primary key.
     on(owner).psql("postgres", "ALTER TABLE ledger DROP CONSTRAINT ledger_pkey; INSERT INTO ledger SELECT * FROM ledger WHERE id = 7").unwrap();
-    let report = run(&f).await;
+    let report = run(&f, row_hash).await;
     let (_, d) = only_difference(&report);
     assert_eq!(
         (d.kind, d.key.as_str()),
@@ -255,7 +297,7 @@ async fn equal_data_with_awkward_equality_is_clean_and_each_fault_is_found() {
         .psql("postgres", "UPDATE accounts SET name = NULL WHERE id = 5")
         .unwrap();
     f.single.psql("postgres", "UPDATE volume SET n = n + 1 WHERE merchant_id = 3 AND day = (SELECT min(day) FROM volume WHERE merchant_id = 3)").unwrap();
-    let report = run(&f).await;
+    let report = run(&f, row_hash).await;
     let differing: Vec<&str> = report
         .tables
         .iter()
