@@ -20,7 +20,8 @@ use super::Global;
 /// Run the whole migration on a local fleet it starts itself
 ///
 /// Starts a fleet (monolith, shards, settlements, analytics), fills the
-/// monolith with generated history and shows where merchants live. Safe to
+/// monolith with generated history and shows where merchants live; ends by
+/// exporting a read model and the sharded payments to Parquet (DIR/lake). Safe to
 /// run again: it reuses the fleet and regenerates the history.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:
@@ -90,6 +91,9 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
         println!("   {line}");
     }
 
+    step(7, "export a read model and the sharded payments to Parquet");
+    export(&topology, &args.dir).await?;
+
     println!(
         "\ndone in {:.0} s. Try:\n   export SHARDLINE_CONFIG={}\n   shardline route 1001 1002\n   shardline dev status --dir {}\n   shardline dev down --dir {} --purge",
         started.elapsed().as_secs_f64(),
@@ -102,6 +106,27 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     } else {
         super::exit::DIFFERENCES
     })
+}
+
+/// A read model and a sharded table (all shards at once, by month), as a
+/// data engineer would pull them into a lakehouse.
+async fn export(topology: &Topology, dir: &std::path::Path) -> anyhow::Result<()> {
+    use shardline_export::{ExportRequest, PartitionBy, Progress, What};
+    let lake = dir.join("lake");
+    let jobs = [
+        ("merchant_daily_volume", None),
+        ("payments", Some(PartitionBy::Month("created_at".into()))),
+    ];
+    for (table, partition_by) in jobs {
+        let mut request = ExportRequest::new(What::Table(table.into()), lake.join(table));
+        request.partition_by = partition_by;
+        request.overwrite = true;
+        let summary = shardline_export::export(topology, &request, &Progress::default(), None)
+            .await
+            .map_err(|e| super::output::Hint::new(e.to_string(), e.hint()))?;
+        print!("   {table}: {}", super::export::text(&summary));
+    }
+    Ok(())
 }
 
 fn step(n: u32, what: &str) {

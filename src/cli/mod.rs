@@ -8,6 +8,7 @@ mod cdc;
 mod demo;
 mod dev;
 pub mod exit;
+mod export;
 mod gen;
 mod output;
 mod progress;
@@ -88,6 +89,7 @@ pub enum Command {
     )]
     Cdc(cdc::CdcCommand),
     Route(route::Args),
+    Export(export::Args),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -100,6 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Cdc(cmd) => cdc::run(cmd, g).await,
         Command::Verify(args) => verify::run(args, g).await,
         Command::Route(args) => route::run(args, g).await,
+        Command::Export(args) => export::run(args, g).await,
     }
 }
 
