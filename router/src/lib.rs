@@ -14,6 +14,20 @@
 //!   context, shard key and placement (PostgreSQL's hash, key → bucket →
 //!   shard, from `shardline_topology`).
 //!
+//! - [`Proxy`] is the front end: it accepts PostgreSQL clients, logs them
+//!   in with SCRAM-SHA-256 against `[[router.users]]`, routes each
+//!   statement with the [`Router`] and relays the answer.
+//!
+//! The proxy works at the level of wire messages, not on pgwire's server
+//! framework. pgwire would decode each client message into its own types
+//! and have us re-encode results from Rust values; a router must instead
+//! relay rows exactly as the backend encoded them (text or binary, every
+//! type, including ones neither crate knows) and must hand Parse, Bind and
+//! Describe to the backend that will run them, with their original bytes.
+//! So frames are read whole (`message.rs`), only the fields routing needs
+//! are decoded, and everything else is forwarded byte for byte;
+//! postgres-protocol provides the client side of backend logins.
+//!
 //! Correctness rules the core enforces (each has a test in `tests.rs`):
 //! a key list over several shards is a scatter, never one shard; a
 //! multi-row INSERT is split by shard or refused, never sent twice; a
@@ -21,13 +35,21 @@
 //! unless the table is replicated, and then goes to every shard; a scatter
 //! SELECT is accepted only when its merge is provably correct.
 
+mod backend;
 mod cache;
 mod error;
 mod merge;
+mod message;
 mod route;
 mod schema;
+mod scram;
+mod server;
+mod session;
 mod statement;
 mod tree;
+
+pub use backend::BackendError;
+pub use server::{Proxy, ProxyError, DEFAULT_POOL_SIZE};
 
 pub use cache::DEFAULT_CAPACITY;
 pub use error::RouteError;

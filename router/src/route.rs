@@ -218,6 +218,41 @@ impl Router {
         })
     }
 
+    /// The context a statement text reads or writes, without bind values:
+    /// where to prepare or describe it before it is bound.
+    pub fn home(&self, sql: &str) -> Result<Option<usize>, RouteError> {
+        let parsed = self.parsed(sql)?;
+        let mut home = None;
+        for st in &parsed.statements {
+            match st {
+                Analyzed::Rejected(e) => return Err(e.clone()),
+                Analyzed::Data(d) => {
+                    for (_, c) in &d.contexts {
+                        if home.is_some_and(|h| h != *c) {
+                            return Err(self.cross_context(d));
+                        }
+                        home = Some(*c);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(home)
+    }
+
+    fn cross_context(&self, d: &Data) -> RouteError {
+        let mut seen = Vec::new();
+        for (table, c) in &d.contexts {
+            let entry = format!("{table} ({})", self.schema.context(*c).name);
+            if !seen.contains(&entry) {
+                seen.push(entry);
+            }
+        }
+        RouteError::CrossContext {
+            tables: seen.join(", "),
+        }
+    }
+
     fn override_type(&self) -> ShardKeyType {
         self.schema
             .override_key_type()
@@ -239,18 +274,7 @@ impl Router {
         let ctx = match contexts.as_slice() {
             [] => return Ok(Target::Any),
             [one] => *one,
-            _ => {
-                let mut seen = Vec::new();
-                for (table, c) in &d.contexts {
-                    let entry = format!("{table} ({})", self.schema.context(*c).name);
-                    if !seen.contains(&entry) {
-                        seen.push(entry);
-                    }
-                }
-                return Err(RouteError::CrossContext {
-                    tables: seen.join(", "),
-                });
-            }
+            _ => return Err(self.cross_context(d)),
         };
         let info = self.schema.context(ctx);
         let context = info.name.clone();
@@ -381,12 +405,16 @@ impl Router {
         match k {
             KeyExpr::Null => Ok(None),
             KeyExpr::Literal(k) => Ok(Some(k.clone())),
-            KeyExpr::Param(i) => {
+            KeyExpr::Param(i) | KeyExpr::CastParam(i, _) => {
                 let p = params.get(*i).ok_or(RouteError::MissingParameter {
                     number: i + 1,
                     given: params.len(),
                 })?;
-                param_key(p, *i + 1, key_type)
+                let mut p = *p;
+                if let (KeyExpr::CastParam(_, oid), 0) = (k, p.type_oid) {
+                    p.type_oid = *oid;
+                }
+                param_key(&p, *i + 1, key_type)
             }
         }
     }

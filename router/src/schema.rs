@@ -102,6 +102,14 @@ impl Schema {
             || (bare.starts_with("pg_") && self.table(name).is_none())
     }
 
+    pub fn context_index(&self, name: &str) -> Option<usize> {
+        self.contexts.iter().position(|c| c.name == name)
+    }
+
+    pub fn contexts(&self) -> &[ContextInfo] {
+        &self.contexts
+    }
+
     pub fn context(&self, index: usize) -> &ContextInfo {
         &self.contexts[index]
     }

@@ -22,6 +22,9 @@ pub(crate) enum KeyExpr {
     Literal(ShardKey),
     /// A bind parameter, zero-based (`$1` is 0).
     Param(usize),
+    /// A bind parameter cast in the text (`$1::text::bigint`): PostgreSQL
+    /// infers its type from the innermost cast, given here as a type OID.
+    CastParam(usize, u32),
     /// `NULL`: equal to nothing.
     Null,
 }
@@ -488,11 +491,37 @@ fn key_expr(v: &Value, key_type: ShardKeyType) -> Result<Option<KeyExpr>, RouteE
         },
         Some(("ParamRef", p)) => Ok(Some(KeyExpr::Param((int(p, "number") - 1).max(0) as usize))),
         Some(("TypeCast", t)) => match child(t, "arg") {
-            Some(arg) => key_expr(arg, key_type),
+            Some(arg) => match node_of(arg, "ParamRef") {
+                Some(p) => {
+                    let names = child(t, "type_name")
+                        .map(|n| tree::names(list(n, "names")))
+                        .unwrap_or_default();
+                    let index = (int(p, "number") - 1).max(0) as usize;
+                    Ok(Some(match type_oid(names.last().map(String::as_str)) {
+                        Some(oid) => KeyExpr::CastParam(index, oid),
+                        // A cast to a type a key cannot be: not a key.
+                        None => return Ok(None),
+                    }))
+                }
+                None => key_expr(arg, key_type),
+            },
             None => Ok(None),
         },
         _ => Ok(None),
     }
+}
+
+/// The OID of a type a cast names, for the types a key may be bound as.
+fn type_oid(name: Option<&str>) -> Option<u32> {
+    Some(match name? {
+        "int8" | "bigint" => 20,
+        "int4" | "integer" | "int" => 23,
+        "int2" | "smallint" => 21,
+        "text" => 25,
+        "varchar" => 1043,
+        "uuid" => 2950,
+        _ => return None,
+    })
 }
 
 /// The key of each VALUES row of an INSERT into a sharded table.

@@ -606,3 +606,13 @@ fn uuid_bytes(k: &ShardKey) -> &[u8; 16] {
         other => panic!("{other:?}"),
     }
 }
+
+/// `$1::text::bigint` makes PostgreSQL type `$1` as text: an untyped
+/// binary value of 8 bytes there is text, not a bigint.
+#[test]
+fn a_cast_parameter_is_read_as_the_cast_type() {
+    let r = router();
+    let sql = "SELECT * FROM payments WHERE merchant_id = $1::text::bigint";
+    let got = r.route(sql, &[Param::binary(b"12345678", 0)], None);
+    assert_eq!(got.unwrap().target, tx(shard(&r, 12_345_678)));
+}
