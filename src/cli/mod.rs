@@ -12,6 +12,7 @@ mod gen;
 mod output;
 mod progress;
 mod route;
+mod router;
 mod signals;
 mod verify;
 
@@ -88,6 +89,7 @@ pub enum Command {
     )]
     Cdc(cdc::CdcCommand),
     Route(route::Args),
+    Router(router::Args),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -100,6 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Cdc(cmd) => cdc::run(cmd, g).await,
         Command::Verify(args) => verify::run(args, g).await,
         Command::Route(args) => route::run(args, g).await,
+        Command::Router(args) => router::run(args, g).await,
     }
 }
 
