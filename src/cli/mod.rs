@@ -13,6 +13,7 @@ mod gen;
 mod output;
 mod progress;
 mod route;
+mod router;
 mod signals;
 mod verify;
 
@@ -90,6 +91,7 @@ pub enum Command {
     Cdc(cdc::CdcCommand),
     Route(route::Args),
     Export(export::Args),
+    Router(router::Args),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -103,6 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Verify(args) => verify::run(args, g).await,
         Command::Route(args) => route::run(args, g).await,
         Command::Export(args) => export::run(args, g).await,
+        Command::Router(args) => router::run(args, g).await,
     }
 }
 

@@ -180,7 +180,7 @@ impl fmt::Display for ShardKey {
 
 /// Errors of placement: keys that cannot be hashed and bucket maps that do
 /// not cover every bucket exactly once.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
 #[non_exhaustive]
 pub enum PlacementError {
     #[error("{key:?} is not a valid {key_type} shard key: {why}")]

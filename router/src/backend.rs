@@ -1,0 +1,301 @@
+//! Connections from the router to the shards and context databases, and
+//! the per-database pools (deadpool `managed`) that hold them.
+//!
+//! A backend connection is a raw socket after startup: the router writes
+//! client frames to it and reads backend frames back, without decoding
+//! rows. It remembers which named statements it has prepared, so a client
+//! statement follows the client to whichever pooled connection serves it.
+
+use std::collections::HashMap;
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::frontend;
+use shardline_topology::ConnString;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::message::{self, read_frame, Frame, FrameError};
+
+/// Why a backend could not be reached or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    #[error("cannot reach {target}: {cause}")]
+    Unreachable { target: String, cause: String },
+    #[error("{target} refused the router: {code} {message}")]
+    Refused {
+        target: String,
+        code: String,
+        message: String,
+    },
+    #[error("{target} asks for an authentication method the router does not speak (code {code})")]
+    UnsupportedAuth { target: String, code: i32 },
+    #[error("{target} broke the protocol: {cause}")]
+    Protocol { target: String, cause: String },
+}
+
+impl BackendError {
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            Self::Unreachable { .. } => "08006",
+            Self::Refused { .. } | Self::UnsupportedAuth { .. } => "08004",
+            Self::Protocol { .. } => "08P01",
+        }
+    }
+}
+
+pub struct Backend {
+    stream: TcpStream,
+    buf: BytesMut,
+    target: String,
+    /// Named statements prepared on this connection: name → text.
+    pub prepared: HashMap<String, String>,
+    /// ParameterStatus values the server sent at startup.
+    pub parameters: Vec<(String, String)>,
+    /// Transaction status of the last ReadyForQuery: `I`, `T` or `E`.
+    pub status: u8,
+    /// Set when the connection can no longer be trusted (an i/o or
+    /// protocol error mid-exchange); such a connection is never pooled.
+    pub broken: bool,
+}
+
+impl Backend {
+    pub async fn connect(conn: &ConnString) -> Result<Self, BackendError> {
+        let target = conn.to_string();
+        let unreachable = |cause: String| BackendError::Unreachable {
+            target: target.clone(),
+            cause,
+        };
+        let stream = TcpStream::connect((conn.host().as_str(), conn.port()))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        stream.set_nodelay(true).ok();
+        let mut b = Self {
+            stream,
+            buf: BytesMut::with_capacity(8192),
+            target: target.clone(),
+            prepared: HashMap::new(),
+            parameters: Vec::new(),
+            status: b'I',
+            broken: false,
+        };
+        let mut out = BytesMut::new();
+        let params = [
+            ("user", conn.user()),
+            ("database", conn.dbname()),
+            ("application_name", "shardline-router"),
+            ("client_encoding", "UTF8"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut out)
+            .map_err(|e| unreachable(e.to_string()))?;
+        b.send(&out).await?;
+        b.authenticate(conn).await?;
+        loop {
+            let f = b.recv().await?;
+            match f.tag {
+                b'S' => {
+                    let mut body = f.body();
+                    let name = message::cstr(&mut body).unwrap_or_default();
+                    let value = message::cstr(&mut body).unwrap_or_default();
+                    b.parameters.push((name, value));
+                }
+                b'Z' => return Ok(b),
+                b'E' => return Err(b.refused(&f)),
+                _ => {}
+            }
+        }
+    }
+
+    fn refused(&self, f: &Frame) -> BackendError {
+        let (code, message) = message::error_fields(f.body());
+        BackendError::Refused {
+            target: self.target.clone(),
+            code,
+            message,
+        }
+    }
+
+    async fn authenticate(&mut self, conn: &ConnString) -> Result<(), BackendError> {
+        let password = conn.config().get_password().map(<[u8]>::to_vec);
+        let mut scram: Option<sasl::ScramSha256> = None;
+        loop {
+            let f = self.recv().await?;
+            if f.tag == b'E' {
+                return Err(self.refused(&f));
+            }
+            if f.tag != b'R' || f.body().len() < 4 {
+                return Err(self.protocol(format!(
+                    "unexpected message {:?} during authentication",
+                    f.tag as char
+                )));
+            }
+            let code = i32::from_be_bytes(f.body()[..4].try_into().unwrap_or_default());
+            let data = &f.body()[4..];
+            let mut out = BytesMut::new();
+            let need_password = || {
+                password.clone().ok_or_else(|| BackendError::Refused {
+                    target: self.target.clone(),
+                    code: "28P01".into(),
+                    message: "the server wants a password and the connection string has none"
+                        .into(),
+                })
+            };
+            match code {
+                0 => return Ok(()),
+                3 => {
+                    let mut p = need_password()?;
+                    p.push(0);
+                    frontend::password_message(&p, &mut out)
+                        .map_err(|e| self.protocol(e.to_string()))?;
+                }
+                5 => {
+                    let salt: [u8; 4] = data
+                        .try_into()
+                        .map_err(|_| self.protocol("md5 salt".into()))?;
+                    let hash = md5_hash(conn.user().as_bytes(), &need_password()?, salt);
+                    let mut p = hash.into_bytes();
+                    p.push(0);
+                    frontend::password_message(&p, &mut out)
+                        .map_err(|e| self.protocol(e.to_string()))?;
+                }
+                10 => {
+                    let s = sasl::ScramSha256::new(
+                        &need_password()?,
+                        sasl::ChannelBinding::unsupported(),
+                    );
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)
+                        .map_err(|e| self.protocol(e.to_string()))?;
+                    scram = Some(s);
+                }
+                11 => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| self.protocol("SASL continue before start".into()))?;
+                    s.update(data).map_err(|e| self.protocol(e.to_string()))?;
+                    frontend::sasl_response(s.message(), &mut out)
+                        .map_err(|e| self.protocol(e.to_string()))?;
+                }
+                12 => {
+                    let mut s = scram
+                        .take()
+                        .ok_or_else(|| self.protocol("SASL final before start".into()))?;
+                    s.finish(data).map_err(|e| self.protocol(e.to_string()))?;
+                    continue;
+                }
+                other => {
+                    return Err(BackendError::UnsupportedAuth {
+                        target: self.target.clone(),
+                        code: other,
+                    })
+                }
+            }
+            self.send(&out).await?;
+        }
+    }
+
+    fn protocol(&self, cause: String) -> BackendError {
+        BackendError::Protocol {
+            target: self.target.clone(),
+            cause,
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        if let Err(e) = self.stream.write_all(bytes).await {
+            self.broken = true;
+            return Err(BackendError::Unreachable {
+                target: self.target.clone(),
+                cause: e.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn recv(&mut self) -> Result<Frame, BackendError> {
+        let got = read_frame(&mut self.stream, &mut self.buf).await;
+        let cause = match got {
+            Ok(Some(f)) => {
+                if f.tag == b'Z' {
+                    self.status = f.body().first().copied().unwrap_or(b'I');
+                }
+                return Ok(f);
+            }
+            Ok(None) | Err(FrameError::Closed) => "the server closed the connection".to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.broken = true;
+        Err(BackendError::Unreachable {
+            target: self.target.clone(),
+            cause,
+        })
+    }
+
+    /// Runs router-made SQL to completion, discarding its results; returns
+    /// the first error's SQLSTATE and message, if any.
+    pub async fn run(&mut self, sql: &str) -> Result<Option<(String, String)>, BackendError> {
+        let mut out = BytesMut::new();
+        message::query(&mut out, sql);
+        self.send(&out).await?;
+        let mut error = None;
+        loop {
+            let f = self.recv().await?;
+            match f.tag {
+                b'E' if error.is_none() => error = Some(message::error_fields(f.body())),
+                b'Z' => return Ok(error),
+                _ => {}
+            }
+        }
+    }
+
+    /// Makes the connection fit for the next client: out of any
+    /// transaction, no session state (`DISCARD ALL` drops prepared
+    /// statements, settings, temporary tables, advisory locks).
+    pub async fn reset(&mut self) -> Result<(), BackendError> {
+        if self.status != b'I' {
+            self.run("ROLLBACK").await?;
+        }
+        if let Some((code, message)) = self.run("DISCARD ALL").await? {
+            self.broken = true;
+            return Err(BackendError::Refused {
+                target: self.target.clone(),
+                code,
+                message,
+            });
+        }
+        self.prepared.clear();
+        Ok(())
+    }
+}
+
+/// Creates connections to one database for its pool.
+pub struct Manager {
+    pub conn: ConnString,
+}
+
+impl deadpool::managed::Manager for Manager {
+    type Type = Backend;
+    type Error = BackendError;
+
+    async fn create(&self) -> Result<Backend, BackendError> {
+        Backend::connect(&self.conn).await
+    }
+
+    async fn recycle(
+        &self,
+        b: &mut Backend,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<BackendError> {
+        // Connections are reset when a client lets go of them; one that
+        // could not be is never handed out again.
+        if b.broken || b.status != b'I' {
+            return Err(deadpool::managed::RecycleError::Message(
+                "connection was not reset".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub type Pool = deadpool::managed::Pool<Manager>;
+pub type Pooled = deadpool::managed::Object<Manager>;

@@ -1,0 +1,62 @@
+//! The router: applications talk PostgreSQL to one endpoint, and each
+//! statement goes to the context and shard that hold its rows.
+//!
+//! The crate has a pure core and, around it, the wire front end:
+//!
+//! - [`Router`] turns a statement text, its bind values ([`Param`]) and the
+//!   session's `SET shardline.merchant_id` into a [`Route`]: a [`Target`]
+//!   (one database, one shard, several shards with a [`MergeShape`], every
+//!   shard for a replicated table, or a multi-row INSERT split by shard),
+//!   or a [`RouteError`] saying why no target would be correct. It parses
+//!   with PostgreSQL's own grammar (pg_query) and caches the analysis by
+//!   statement text; it never opens a socket.
+//! - [`Schema`] is the part of the topology routing reads: table →
+//!   context, shard key and placement (PostgreSQL's hash, key → bucket →
+//!   shard, from `shardline_topology`).
+//!
+//! - [`Proxy`] is the front end: it accepts PostgreSQL clients, logs them
+//!   in with SCRAM-SHA-256 against `[[router.users]]`, routes each
+//!   statement with the [`Router`] and relays the answer.
+//!
+//! The proxy works at the level of wire messages, not on pgwire's server
+//! framework. pgwire would decode each client message into its own types
+//! and have us re-encode results from Rust values; a router must instead
+//! relay rows exactly as the backend encoded them (text or binary, every
+//! type, including ones neither crate knows) and must hand Parse, Bind and
+//! Describe to the backend that will run them, with their original bytes.
+//! So frames are read whole (`message.rs`), only the fields routing needs
+//! are decoded, and everything else is forwarded byte for byte;
+//! postgres-protocol provides the client side of backend logins.
+//!
+//! Correctness rules the core enforces (each has a test in `tests.rs`):
+//! a key list over several shards is a scatter, never one shard; a
+//! multi-row INSERT is split by shard or refused, never sent twice; a
+//! statement over two contexts is refused; a write with no key is refused
+//! unless the table is replicated, and then goes to every shard; a scatter
+//! SELECT is accepted only when its merge is provably correct.
+
+mod backend;
+mod cache;
+mod error;
+mod merge;
+mod message;
+mod route;
+mod schema;
+mod scram;
+mod server;
+mod session;
+mod statement;
+mod tree;
+
+pub use backend::BackendError;
+pub use server::{Proxy, ProxyError, DEFAULT_POOL_SIZE};
+
+pub use cache::DEFAULT_CAPACITY;
+pub use error::RouteError;
+pub use merge::{Aggregate, Limit, MergeShape, SortColumn, SortKey};
+pub use route::{Format, Kind, Param, Route, Router, Target};
+pub use schema::{ContextInfo, Role, Schema};
+pub use statement::{Control, Verb, KEY_SETTING};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,301 @@
+//! What a SELECT run on several shards needs to be merged into the answer
+//! one database would have given, decided from the statement alone.
+//!
+//! Only shapes whose merge is provably correct are accepted:
+//! - plain rows: concatenated, or k-way merged when ordered by output
+//!   columns; a LIMIT runs on every shard as written and again on the
+//!   merged stream;
+//! - GROUP BY that includes the shard key: every group lives on one shard,
+//!   so grouped rows merge like plain rows;
+//! - count, sum, min and max without GROUP BY: one row per shard, combined.
+//!
+//! Everything else (DISTINCT, other GROUP BY, avg, window functions, set
+//! operations, OFFSET, ORDER BY expressions) is refused with the reason.
+
+use serde_json::Value;
+
+use crate::tree::{self, child, int, list, node, node_of, string};
+
+/// An ORDER BY column of the output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SortColumn {
+    /// By output column name, found in the RowDescription; must be unique.
+    Name(String),
+    /// By position, zero-based.
+    Position(usize),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SortKey {
+    pub column: SortColumn,
+    pub descending: bool,
+    /// PostgreSQL's default: NULLs sort as larger than every value.
+    pub nulls_first: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    Count(u64),
+    /// A bind parameter, zero-based.
+    Param(usize),
+}
+
+/// How one output column of an aggregate is combined over shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aggregate {
+    /// count: summed.
+    Count,
+    Sum,
+    Min,
+    Max,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MergeShape {
+    Rows {
+        order: Vec<SortKey>,
+        limit: Option<Limit>,
+    },
+    Aggregate(Vec<Aggregate>),
+}
+
+/// Aggregate functions of PostgreSQL; a call to one makes a query level an
+/// aggregate. User-defined aggregates are not known here: see the README.
+const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "variance",
+    "var_pop",
+    "var_samp",
+    "corr",
+    "covar_pop",
+    "covar_samp",
+    "regr_avgx",
+    "regr_avgy",
+    "regr_count",
+    "regr_intercept",
+    "regr_r2",
+    "regr_slope",
+    "regr_sxx",
+    "regr_sxy",
+    "regr_syy",
+    "percentile_cont",
+    "percentile_disc",
+    "mode",
+    "xmlagg",
+    "range_agg",
+    "range_intersect_agg",
+    "any_value",
+];
+
+/// The merge a top-level SELECT needs, or why it cannot be merged.
+pub(crate) fn shape(select: &Value, shard_key: &str) -> Result<MergeShape, String> {
+    if int(select, "op") > 1 {
+        return Err("UNION, INTERSECT and EXCEPT are not merged".into());
+    }
+    if !list(select, "distinct_clause").is_empty() {
+        return Err("DISTINCT is not merged".into());
+    }
+    let targets = list(select, "target_list");
+    if !list(select, "window_clause").is_empty() || targets.iter().any(has_window) {
+        return Err("window functions are not merged".into());
+    }
+    let groups = list(select, "group_clause");
+    let has_agg = targets.iter().any(has_aggregate)
+        || child(select, "having_clause").is_some_and(has_aggregate);
+    if !groups.is_empty() {
+        let by_key = groups.iter().any(|g| {
+            node_of(g, "ColumnRef").is_some_and(|c| {
+                tree::names(list(c, "fields")).last().map(String::as_str) == Some(shard_key)
+            })
+        });
+        if !by_key {
+            return Err(format!(
+                "GROUP BY without {shard_key} among the groups would need re-grouping"
+            ));
+        }
+    } else if has_agg || child(select, "having_clause").is_some() {
+        return aggregate(select, targets);
+    }
+    rows(select, targets)
+}
+
+fn aggregate(select: &Value, targets: &[Value]) -> Result<MergeShape, String> {
+    if child(select, "having_clause").is_some() {
+        return Err("HAVING without GROUP BY is not merged".into());
+    }
+    if !list(select, "sort_clause").is_empty()
+        || child(select, "limit_count").is_some()
+        || child(select, "limit_offset").is_some()
+    {
+        return Err("ORDER BY, LIMIT or OFFSET over aggregates is not merged".into());
+    }
+    targets
+        .iter()
+        .map(|t| {
+            let val = node_of(t, "ResTarget").and_then(|r| child(r, "val"));
+            let Some(call) = val.and_then(|v| node_of(v, "FuncCall")) else {
+                return Err("an output column that is not an aggregate call".to_string());
+            };
+            let name = tree::names(list(call, "funcname")).join(".");
+            let name = name.strip_prefix("pg_catalog.").unwrap_or(&name);
+            if tree::boolean(call, "agg_distinct") || !list(call, "agg_order").is_empty() {
+                return Err(format!(
+                    "{name}(DISTINCT …) or an ordered aggregate is not merged"
+                ));
+            }
+            if list(call, "args").iter().any(has_aggregate) {
+                return Err(format!("a nested aggregate inside {name}() is not merged"));
+            }
+            match name {
+                "count" => Ok(Aggregate::Count),
+                "sum" => Ok(Aggregate::Sum),
+                "min" => Ok(Aggregate::Min),
+                "max" => Ok(Aggregate::Max),
+                other => Err(format!("{other}() across shards is not merged")),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(MergeShape::Aggregate)
+}
+
+fn rows(select: &Value, targets: &[Value]) -> Result<MergeShape, String> {
+    if child(select, "limit_offset").is_some() {
+        return Err("OFFSET is not merged".into());
+    }
+    if int(select, "limit_option") == 3 {
+        return Err("FETCH … WITH TIES is not merged".into());
+    }
+    let limit = match child(select, "limit_count") {
+        None => None,
+        Some(l) => match node(l) {
+            Some(("AConst", c)) if tree::boolean(c, "isnull") => None,
+            Some(("AConst", c)) => match tree::constant_text(c).and_then(|t| t.parse().ok()) {
+                Some(n) => Some(Limit::Count(n)),
+                None => return Err("a LIMIT that is not a whole number".into()),
+            },
+            Some(("ParamRef", p)) => Some(Limit::Param((int(p, "number") - 1).max(0) as usize)),
+            _ => return Err("a LIMIT expression is not merged".into()),
+        },
+    };
+    let order = list(select, "sort_clause")
+        .iter()
+        .map(|s| sort_key(s, targets))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(MergeShape::Rows { order, limit })
+}
+
+fn sort_key(sort: &Value, targets: &[Value]) -> Result<SortKey, String> {
+    let s = node_of(sort, "SortBy").ok_or("an ORDER BY item")?;
+    let descending = match int(s, "sortby_dir") {
+        4 => return Err("ORDER BY … USING is not merged".into()),
+        3 => true,
+        _ => false,
+    };
+    let nulls_first = match int(s, "sortby_nulls") {
+        2 => true,
+        3 => false,
+        _ => descending,
+    };
+    let expr = child(s, "node").ok_or("an empty ORDER BY item")?;
+    let column = match node(expr) {
+        Some(("AConst", c)) => match tree::constant_text(c).and_then(|t| t.parse::<usize>().ok()) {
+            Some(n) if n >= 1 => SortColumn::Position(n - 1),
+            _ => return Err("ORDER BY a constant".into()),
+        },
+        Some(("ColumnRef", c)) => {
+            let fields = tree::names(list(c, "fields"));
+            match fields.as_slice() {
+                [name] => SortColumn::Name(name.clone()),
+                [.., last] => {
+                    // A qualified name means the input column; it is the
+                    // output column only when selected as such, unrenamed.
+                    let selected = targets.iter().any(|t| {
+                        node_of(t, "ResTarget").is_some_and(|r| {
+                            (string(r, "name").is_empty() || string(r, "name") == last)
+                                && child(r, "val")
+                                    .and_then(|v| node_of(v, "ColumnRef"))
+                                    .is_some_and(|v| tree::names(list(v, "fields")) == fields)
+                        })
+                    });
+                    if !selected {
+                        return Err(format!(
+                            "ORDER BY {} which is not an output column",
+                            fields.join(".")
+                        ));
+                    }
+                    SortColumn::Name(last.clone())
+                }
+                [] => return Err("ORDER BY an unnamed column".into()),
+            }
+        }
+        _ => return Err("ORDER BY an expression; order by an output column".into()),
+    };
+    Ok(SortKey {
+        column,
+        descending,
+        nulls_first,
+    })
+}
+
+/// Whether an expression contains a window function call.
+fn has_window(v: &Value) -> bool {
+    find(v, &|kind, f| {
+        kind == "FuncCall" && child(f, "over").is_some()
+    })
+}
+
+/// Whether an expression contains an aggregate call, not counting
+/// subqueries (their aggregates are their own).
+fn has_aggregate(v: &Value) -> bool {
+    find(v, &|kind, f| {
+        if kind != "FuncCall" || child(f, "over").is_some() {
+            return false;
+        }
+        let names = tree::names(list(f, "funcname"));
+        let name = names.last().map(String::as_str).unwrap_or("");
+        AGGREGATES.contains(&name)
+            || tree::boolean(f, "agg_star")
+            || tree::boolean(f, "agg_distinct")
+            || tree::boolean(f, "agg_within_group")
+            || !list(f, "agg_order").is_empty()
+            || child(f, "agg_filter").is_some()
+    })
+}
+
+/// Depth-first search for a node matching `pred`, not entering subqueries.
+fn find(v: &Value, pred: &dyn Fn(&str, &Value) -> bool) -> bool {
+    match v {
+        Value::Object(map) => {
+            if let Some((kind, fields)) = node(v) {
+                if kind == "SubLink" || kind == "SelectStmt" {
+                    return false;
+                }
+                if pred(kind, fields) {
+                    return true;
+                }
+            }
+            map.values().any(|c| find(c, pred))
+        }
+        Value::Array(items) => items.iter().any(|c| find(c, pred)),
+        _ => false,
+    }
+}

@@ -1,0 +1,488 @@
+//! The extended query protocol: messages are collected until Sync (or
+//! Flush), then the batch is routed by its Bind values and sent to one
+//! database, or answered by the router when it only holds transaction
+//! control and `SET shardline.merchant_id`.
+//!
+//! Client statements are kept by the session; a backend that lacks one
+//! gets the client's own Parse replayed before the Bind or Describe that
+//! needs it, and the router swallows the ParseComplete it did not owe the
+//! client. So a statement prepared once works on every pooled connection.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::BytesMut;
+
+use tokio::io::AsyncWriteExt;
+
+use super::{Db, Fatal, Session, Statement, Txn, FLUSH_AT};
+use crate::backend::{BackendError, Pooled};
+use crate::message::{self as msg, Frame};
+use crate::{Control, Format, Kind, Param, Target};
+
+impl Session {
+    // The extended protocol.
+
+    /// Handles the messages received since the last Sync (`sync`) or Flush.
+    pub(super) async fn extended(&mut self, sync: bool) -> Result<(), Fatal> {
+        let batch = std::mem::take(&mut self.batch);
+        if self.skip_until_sync {
+            self.skip_until_sync = !sync;
+            if sync {
+                self.ready();
+            }
+            return Ok(());
+        }
+        match self.plan(&batch) {
+            Err((code, message, hint)) => {
+                self.reject(code, &message, hint.as_deref());
+                if sync {
+                    self.ready();
+                } else {
+                    self.skip_until_sync = true;
+                }
+            }
+            Ok(Plan::Local(effects)) => self.answer_locally(&batch, effects, sync),
+            Ok(Plan::Forward(db, bound)) => self.forward(db, &batch, sync, bound).await,
+        }
+        Ok(())
+    }
+
+    /// Decides where a batch goes, updating the client's statements.
+    fn plan(&mut self, batch: &[Frame]) -> Result<Plan, (&'static str, String, Option<String>)> {
+        let mut target: Option<Db> = None;
+        let mut local = true;
+        let mut effects = Vec::new();
+        let mut homes: Vec<Db> = Vec::new();
+        let mut last_bind_local: Option<bool> = None;
+        let failed = matches!(self.txn, Txn::Failed(_));
+        let router = &self.shared.router;
+        for f in batch {
+            match f.tag {
+                b'P' => {
+                    let p =
+                        msg::parse_parse(f.body()).map_err(|e| ("08P01", e.to_string(), None))?;
+                    match router.home(&p.sql) {
+                        Ok(Some(c)) => homes.push((c, 0)),
+                        Ok(None) => {}
+                        Err(e) => {
+                            return Err((e.sqlstate(), e.to_string(), Some(e.hint().to_string())))
+                        }
+                    }
+                    self.statements.insert(
+                        p.name,
+                        Statement {
+                            sql: p.sql,
+                            types: p.types,
+                            parse: f.raw.clone(),
+                        },
+                    );
+                }
+                b'B' => {
+                    let bind = msg::parse_bind(f).map_err(|e| ("08P01", e.to_string(), None))?;
+                    let st = self.statements.get(&bind.statement).ok_or_else(|| {
+                        (
+                            "26000",
+                            format!("prepared statement \"{}\" does not exist", bind.statement),
+                            None,
+                        )
+                    })?;
+                    let params: Vec<Param<'_>> = bind
+                        .values
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| Param {
+                            value: v.as_deref(),
+                            format: if bind.format(i) == 1 {
+                                Format::Binary
+                            } else {
+                                Format::Text
+                            },
+                            type_oid: st.types.get(i).copied().unwrap_or(0),
+                        })
+                        .collect();
+                    let route = router
+                        .route(&st.sql, &params, self.key.as_ref())
+                        .map_err(|e| (e.sqlstate(), e.to_string(), Some(e.hint().to_string())))?;
+                    let is_local = route.kinds.len() == 1
+                        && matches!(
+                            (&route.kinds[0], &self.txn),
+                            (Kind::SetKey(_), _)
+                                | (Kind::Control(Control::Begin), Txn::Idle)
+                                | (
+                                    Kind::Control(Control::Commit | Control::Rollback),
+                                    Txn::Pending(_) | Txn::Failed(_),
+                                )
+                        );
+                    if failed && !is_local {
+                        return Err((
+                            "25P02",
+                            "current transaction is aborted, commands ignored until end of transaction block".into(),
+                            None,
+                        ));
+                    }
+                    last_bind_local = Some(is_local);
+                    if is_local {
+                        effects.push(route.kinds[0].clone());
+                        continue;
+                    }
+                    local = false;
+                    let dbs = self.target_dbs(&route.target);
+                    let single = matches!(
+                        route.target,
+                        Target::Any
+                            | Target::Database { .. }
+                            | Target::Shard { .. }
+                            | Target::AnyShard { .. }
+                    );
+                    if !single {
+                        return Err((
+                            "0A000",
+                            format!(
+                                "the statement needs {} databases; the router runs such statements through the simple protocol only, for now",
+                                dbs.len()
+                            ),
+                            Some("add the shard key to the statement".into()),
+                        ));
+                    }
+                    if matches!(route.target, Target::Any) {
+                        continue;
+                    }
+                    let db = dbs[0];
+                    if let Txn::Pinned(p) = self.txn {
+                        if p != db {
+                            return Err((
+                                "0A000",
+                                format!(
+                                    "this transaction runs on {}; the statement needs {}",
+                                    self.db_name(p),
+                                    self.db_name(db)
+                                ),
+                                Some("a transaction stays on one shard: commit it, then run the statement".into()),
+                            ));
+                        }
+                    }
+                    match target {
+                        Some(t) if t != db => {
+                            return Err((
+                                "0A000",
+                                format!(
+                                    "statements before one Sync go to {} and {}; the router sends a pipeline to one database",
+                                    self.db_name(t),
+                                    self.db_name(db)
+                                ),
+                                Some("Sync between statements for different merchants".into()),
+                            ))
+                        }
+                        _ => target = Some(db),
+                    }
+                }
+                b'C' => {
+                    local = false;
+                    if let Ok((b'S', name)) = msg::parse_target(f.body()) {
+                        self.statements.remove(&name);
+                    }
+                }
+                b'E' if last_bind_local != Some(true) => local = false,
+                b'D' => {
+                    if let Ok((b'P', _)) = msg::parse_target(f.body()) {
+                        if last_bind_local != Some(true) {
+                            local = false;
+                        }
+                    }
+                    if let Ok((b'S', name)) = msg::parse_target(f.body()) {
+                        let is_control = self
+                            .statements
+                            .get(&name)
+                            .map(|s| router.route(&s.sql, &[], None))
+                            .is_some_and(|r| {
+                                matches!(r, Ok(r) if r.kinds.len() == 1 && matches!(r.kinds[0], Kind::Control(_) | Kind::SetKey(_)))
+                            });
+                        if !is_control {
+                            local = false;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if local {
+            return Ok(Plan::Local(effects));
+        }
+        let db = target
+            .or(match self.txn {
+                Txn::Pinned(db) => Some(db),
+                _ => None,
+            })
+            .or(homes.first().copied())
+            .unwrap_or_else(|| self.default_db());
+        Ok(Plan::Forward(db, target.is_some()))
+    }
+
+    /// Answers a batch of transaction-control and `SET shardline.…`
+    /// statements without a backend.
+    fn answer_locally(&mut self, batch: &[Frame], effects: Vec<Kind>, sync: bool) {
+        let mut effects = effects.into_iter();
+        for f in batch {
+            match f.tag {
+                b'P' => msg::empty(&mut self.out, b'1'),
+                b'B' => msg::empty(&mut self.out, b'2'),
+                b'C' => msg::empty(&mut self.out, b'3'),
+                b'D' => {
+                    if let Ok((b'S', _)) = msg::parse_target(f.body()) {
+                        msg::parameter_description(&mut self.out, &[]);
+                    }
+                    msg::empty(&mut self.out, b'n');
+                }
+                b'E' => {
+                    let tag = match effects.next() {
+                        Some(Kind::SetKey(k)) => {
+                            let set = k.is_some();
+                            self.key = k;
+                            if set {
+                                "SET"
+                            } else {
+                                "RESET"
+                            }
+                        }
+                        Some(Kind::Control(Control::Begin)) => {
+                            self.txn = Txn::Pending("BEGIN".into());
+                            "BEGIN"
+                        }
+                        Some(Kind::Control(c)) => {
+                            let was_failed = matches!(self.txn, Txn::Failed(_));
+                            // A failed transaction's database still holds
+                            // it open: that connection is dropped.
+                            if let Txn::Failed(Some(db)) = self.txn {
+                                self.discard(db);
+                            }
+                            self.txn = Txn::Idle;
+                            if c == Control::Commit && !was_failed {
+                                "COMMIT"
+                            } else {
+                                "ROLLBACK"
+                            }
+                        }
+                        _ => "SELECT 0",
+                    };
+                    msg::command_complete(&mut self.out, tag);
+                }
+                _ => {}
+            }
+        }
+        if sync {
+            self.ready();
+        }
+    }
+
+    /// Sends a batch to one backend, preparing the client's statements it
+    /// lacks, and relays the answers.
+    async fn forward(&mut self, db: Db, batch: &[Frame], sync: bool, bound: bool) {
+        let pending = match &self.txn {
+            Txn::Pending(begin) if bound => Some(begin.clone()),
+            _ => None,
+        };
+        let keeps_state = !bound && matches!(self.txn, Txn::Pending(_));
+        let mut out = BytesMut::new();
+        // For ParseComplete and CloseComplete: whether the client sent the
+        // message (relay the answer) or the router did (swallow it).
+        let mut parses: VecDeque<bool> = VecDeque::new();
+        let mut closes: VecDeque<bool> = VecDeque::new();
+        let mut expected = 0usize;
+        let mut parsed_here: Vec<String> = Vec::new();
+        if let Err(e) = self.backend(db).await {
+            self.backend_failed(db, &e);
+            if sync {
+                self.ready()
+            } else {
+                self.skip_until_sync = true
+            }
+            return;
+        }
+        let b = self.backends.get_mut(&db).expect("backend");
+        for f in batch {
+            let ensure = |name: &str,
+                          b: &mut Pooled,
+                          out: &mut BytesMut,
+                          parses: &mut VecDeque<bool>,
+                          closes: &mut VecDeque<bool>,
+                          expected: &mut usize,
+                          statements: &HashMap<String, Statement>| {
+                let Some(st) = statements.get(name) else {
+                    return;
+                };
+                if b.prepared.get(name) == Some(&st.sql) {
+                    return;
+                }
+                if !name.is_empty() && b.prepared.contains_key(name) {
+                    msg::close(out, b'S', name);
+                    closes.push_back(false);
+                    *expected += 1;
+                }
+                out.extend_from_slice(&st.parse);
+                parses.push_back(false);
+                *expected += 1;
+                b.prepared.insert(name.to_string(), st.sql.clone());
+            };
+            match f.tag {
+                b'P' => {
+                    let p = msg::parse_parse(f.body()).ok();
+                    let name = p.as_ref().map(|p| p.name.clone()).unwrap_or_default();
+                    if !name.is_empty() && b.prepared.contains_key(&name) {
+                        msg::close(&mut out, b'S', &name);
+                        closes.push_back(false);
+                        expected += 1;
+                    }
+                    out.extend_from_slice(&f.raw);
+                    parses.push_back(true);
+                    expected += 1;
+                    if let Some(p) = p {
+                        b.prepared.insert(p.name.clone(), p.sql);
+                        parsed_here.push(p.name);
+                    }
+                }
+                b'B' => {
+                    if let Ok(bind) = msg::parse_bind(f) {
+                        ensure(
+                            &bind.statement,
+                            b,
+                            &mut out,
+                            &mut parses,
+                            &mut closes,
+                            &mut expected,
+                            &self.statements,
+                        );
+                    }
+                    out.extend_from_slice(&f.raw);
+                    expected += 1;
+                }
+                b'D' => {
+                    if let Ok((b'S', name)) = msg::parse_target(f.body()) {
+                        ensure(
+                            &name,
+                            b,
+                            &mut out,
+                            &mut parses,
+                            &mut closes,
+                            &mut expected,
+                            &self.statements,
+                        );
+                    }
+                    out.extend_from_slice(&f.raw);
+                    expected += 1;
+                }
+                b'C' => {
+                    if let Ok((b'S', name)) = msg::parse_target(f.body()) {
+                        b.prepared.remove(&name);
+                    }
+                    out.extend_from_slice(&f.raw);
+                    closes.push_back(true);
+                    expected += 1;
+                }
+                _ => {
+                    out.extend_from_slice(&f.raw);
+                    expected += 1;
+                }
+            }
+        }
+        msg::empty(&mut out, if sync { b'S' } else { b'H' });
+        let result = self
+            .relay_batch(db, out, pending, sync, expected, parses, closes)
+            .await;
+        match result {
+            Ok(errored) => {
+                if errored {
+                    if let Some(b) = self.backends.get_mut(&db) {
+                        for name in &parsed_here {
+                            b.prepared.remove(name);
+                        }
+                    }
+                }
+                if sync {
+                    let status = self.backends.get(&db).map(|b| b.status).unwrap_or(b'I');
+                    if !keeps_state {
+                        self.after(db, status);
+                    }
+                    self.ready();
+                } else if errored {
+                    self.skip_until_sync = false;
+                }
+            }
+            Err(e) => {
+                self.backend_failed(db, &e);
+                if sync {
+                    self.ready();
+                } else {
+                    self.skip_until_sync = true;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_batch(
+        &mut self,
+        db: Db,
+        out: BytesMut,
+        begin: Option<String>,
+        sync: bool,
+        expected: usize,
+        mut parses: VecDeque<bool>,
+        mut closes: VecDeque<bool>,
+    ) -> Result<bool, BackendError> {
+        let b = self.backends.get_mut(&db).expect("backend");
+        if let Some(begin) = begin {
+            b.run(&begin).await?;
+            self.txn = Txn::Pinned(db);
+        }
+        b.send(&out).await?;
+        let mut done = 0usize;
+        let mut errored = false;
+        loop {
+            if !sync && (done >= expected || errored) {
+                return Ok(errored);
+            }
+            let f = b.recv().await?;
+            let relay = match f.tag {
+                b'Z' => return Ok(errored),
+                b'1' => {
+                    done += 1;
+                    parses.pop_front().unwrap_or(true)
+                }
+                b'3' => {
+                    done += 1;
+                    closes.pop_front().unwrap_or(true)
+                }
+                b'E' => {
+                    errored = true;
+                    true
+                }
+                b'2' | b'T' | b'n' | b'C' | b'I' | b's' => {
+                    done += 1;
+                    true
+                }
+                _ => true,
+            };
+            if relay {
+                self.out.extend_from_slice(&f.raw);
+                if self.out.len() > FLUSH_AT {
+                    self.client
+                        .write_all(&self.out)
+                        .await
+                        .map_err(|e| BackendError::Protocol {
+                            target: "client".into(),
+                            cause: e.to_string(),
+                        })?;
+                    self.out.clear();
+                }
+            }
+        }
+    }
+}
+
+enum Plan {
+    /// Answered by the router: the effects of each bound statement.
+    Local(Vec<Kind>),
+    /// Sent to one database; `true` when a bound statement chose it (so a
+    /// pending BEGIN goes with it), `false` for preparing or describing.
+    Forward(Db, bool),
+}

@@ -1,0 +1,618 @@
+//! Table-driven routing tests from real SQL, against a four-shard topology.
+
+use std::path::Path;
+
+use shardline_topology::{ShardKey, Topology};
+
+use crate::{
+    Aggregate, Control, Kind, Limit, MergeShape, Param, RouteError, Router, SortColumn, SortKey,
+    Target,
+};
+
+const TOPOLOGY: &str = r#"
+[source]
+url = "postgres://postgres@127.0.0.1:1/monolith"
+
+[contexts.transactions]
+tables = ["payments", "payment_events", "refunds"]
+reference_tables = ["currencies"]
+shard_key = "merchant_id"
+shards = [
+  "postgres://postgres@127.0.0.1:2/tx",
+  "postgres://postgres@127.0.0.1:3/tx",
+  "postgres://postgres@127.0.0.1:4/tx",
+  "postgres://postgres@127.0.0.1:5/tx",
+]
+
+[contexts.settlements]
+tables = ["settlements", "payouts"]
+url = "postgres://postgres@127.0.0.1:6/settlements"
+
+[contexts.analytics]
+url = "postgres://postgres@127.0.0.1:7/analytics"
+tables = ["merchants"]
+"#;
+
+fn router() -> Router {
+    Router::new(&Topology::parse(TOPOLOGY, Path::new("test.toml")).unwrap())
+}
+
+fn placement(router: &Router) -> shardline_topology::Placement {
+    let ctx = router.schema().override_context().unwrap();
+    router.schema().context(ctx).sharding.clone().unwrap().1
+}
+
+fn shard(router: &Router, merchant: i64) -> usize {
+    placement(router).shard(&ShardKey::Int(merchant))
+}
+
+/// Two merchants on different shards, and one more on the first's shard.
+fn merchants(router: &Router) -> (i64, i64, i64) {
+    let a = 1;
+    let b = (2..)
+        .find(|m| shard(router, *m) != shard(router, a))
+        .unwrap();
+    let c = (b + 1..)
+        .find(|m| shard(router, *m) == shard(router, a))
+        .unwrap();
+    (a, b, c)
+}
+
+fn tx(shard: usize) -> Target {
+    Target::Shard {
+        context: "transactions".into(),
+        shard,
+    }
+}
+
+fn target(r: &Router, sql: &str) -> Result<Target, RouteError> {
+    r.route(sql, &[], None).map(|r| r.target)
+}
+
+#[test]
+fn a_key_in_the_where_clause_picks_its_shard() {
+    let r = router();
+    let (a, b, _) = merchants(&r);
+    let cases = [
+        format!("SELECT * FROM payments WHERE merchant_id = {a}"),
+        format!("SELECT * FROM payments WHERE {a} = merchant_id AND amount > 10"),
+        format!("SELECT * FROM payments p WHERE p.merchant_id = '{a}'"),
+        format!("SELECT * FROM payments WHERE merchant_id = {a}::bigint"),
+        format!("SELECT * FROM public.payments WHERE merchant_id IN ({a})"),
+        format!("UPDATE payments SET status = 'captured' WHERE id = 7 AND merchant_id = {a}"),
+        format!("DELETE FROM refunds WHERE merchant_id = {a}"),
+        format!("INSERT INTO payments (id, merchant_id, amount) VALUES (1, {a}, 10)"),
+        format!("SELECT * FROM payments WHERE merchant_id = {a} AND (merchant_id = {a} OR merchant_id = {a})"),
+        format!("SELECT * FROM payments p JOIN refunds r ON r.payment_id = p.id WHERE p.merchant_id = {a}"),
+        format!("WITH recent AS (SELECT * FROM payments WHERE merchant_id = {a}) SELECT count(*) FROM recent"),
+        format!("SELECT * FROM payments WHERE merchant_id = {a} AND id IN (SELECT payment_id FROM refunds WHERE merchant_id = {a})"),
+        format!("SELECT * FROM payments WHERE merchant_id = ANY(ARRAY[{a}])"),
+    ];
+    for sql in &cases {
+        assert_eq!(target(&r, sql), Ok(tx(shard(&r, a))), "{sql}");
+    }
+    // Contradictory keys match no row; any one shard answers that.
+    let none = format!("SELECT * FROM payments WHERE merchant_id = {a} AND merchant_id = {b}");
+    assert!(matches!(target(&r, &none), Ok(Target::Shard { .. })));
+}
+
+#[test]
+fn bind_parameters_in_text_and_binary_pick_the_same_shard() {
+    let r = router();
+    let (a, _, _) = merchants(&r);
+    let text = a.to_string();
+    let int8 = a.to_be_bytes();
+    let int4 = (a as i32).to_be_bytes();
+    let sql = "SELECT * FROM payments WHERE merchant_id = $1";
+    for params in [
+        vec![Param::text(&text)],
+        vec![Param::binary(&int8, 20)],
+        vec![Param::binary(&int4, 23)],
+        vec![Param::binary(&int8, 0)],
+        vec![Param {
+            value: Some(text.as_bytes()),
+            format: crate::Format::Text,
+            type_oid: 20,
+        }],
+    ] {
+        assert_eq!(
+            r.route(sql, &params, None).unwrap().target,
+            tx(shard(&r, a))
+        );
+    }
+    let insert = "INSERT INTO payments (id, merchant_id) VALUES ($1, $2)";
+    assert_eq!(
+        r.route(insert, &[Param::text("9"), Param::binary(&int8, 20)], None)
+            .unwrap()
+            .target,
+        tx(shard(&r, a))
+    );
+    assert_eq!(
+        r.route(sql, &[], None),
+        Err(RouteError::MissingParameter {
+            number: 1,
+            given: 0
+        })
+    );
+    assert!(matches!(
+        r.route(sql, &[Param::binary(&[1, 2, 3], 0)], None),
+        Err(RouteError::ParameterType { number: 1, .. })
+    ));
+    assert!(matches!(
+        r.route(sql, &[Param::text("abc")], None),
+        Err(RouteError::Key(_))
+    ));
+}
+
+/// PgDog #639: `IN (1, 3) GROUP BY` was sent to one shard.
+#[test]
+fn an_in_list_over_two_shards_is_a_scatter_never_one_shard() {
+    let r = router();
+    let (a, b, c) = merchants(&r);
+    let mut both = vec![shard(&r, a), shard(&r, b)];
+    both.sort();
+    let grouped = format!(
+        "SELECT merchant_id, count(*) FROM payments WHERE merchant_id IN ({a}, {b}) GROUP BY merchant_id"
+    );
+    assert_eq!(
+        target(&r, &grouped),
+        Ok(Target::Shards {
+            context: "transactions".into(),
+            shards: both.clone(),
+            merge: Some(MergeShape::Rows {
+                order: vec![],
+                limit: None
+            }),
+        })
+    );
+    // Grouped by something else, groups would need re-grouping: refused.
+    let by_status = format!(
+        "SELECT status, count(*) FROM payments WHERE merchant_id IN ({a}, {b}) GROUP BY status"
+    );
+    assert!(matches!(
+        target(&r, &by_status),
+        Err(RouteError::Unmergeable { shards, .. }) if shards == both
+    ));
+    // Two keys on one shard stay on that shard.
+    let same = format!(
+        "SELECT status, count(*) FROM payments WHERE merchant_id IN ({a}, {c}) GROUP BY status"
+    );
+    assert_eq!(target(&r, &same), Ok(tx(shard(&r, a))));
+    let or = format!("SELECT * FROM payments WHERE merchant_id = {a} OR merchant_id = {b}");
+    assert!(matches!(target(&r, &or), Ok(Target::Shards { shards, .. }) if shards == both));
+    // OR with a side that names no key could be anywhere.
+    let loose = format!("SELECT * FROM payments WHERE merchant_id = {a} OR amount > 5");
+    assert!(matches!(target(&r, &loose), Ok(Target::Shards { shards, .. }) if shards.len() == 4));
+}
+
+/// PgDog #259: a multi-row INSERT went to every shard, duplicating rows.
+#[test]
+fn a_multi_row_insert_is_split_by_shard_never_duplicated() {
+    let r = router();
+    let (a, b, c) = merchants(&r);
+    let sql = format!(
+        "INSERT INTO payments (id, merchant_id, amount) VALUES (1, {a}, 10), (2, {b}, 20), (3, {c}, 30)"
+    );
+    let Ok(Target::Split { context, parts }) = target(&r, &sql) else {
+        panic!("not split: {:?}", target(&r, &sql));
+    };
+    assert_eq!(context, "transactions");
+    assert_eq!(parts.len(), 2);
+    let part = |s: usize| &parts.iter().find(|(shard, _)| *shard == s).unwrap().1;
+    assert_eq!(
+        part(shard(&r, a)),
+        &format!(
+            "INSERT INTO payments (id, merchant_id, amount) VALUES (1, {a}, 10), (3, {c}, 30)"
+        )
+    );
+    assert_eq!(
+        part(shard(&r, b)),
+        &format!("INSERT INTO payments (id, merchant_id, amount) VALUES (2, {b}, 20)")
+    );
+    // With bind parameters the rows cannot be re-numbered: refused.
+    let (ta, tb) = (a.to_string(), b.to_string());
+    let bound = r.route(
+        "INSERT INTO payments (id, merchant_id) VALUES (1, $1), (2, $2)",
+        &[Param::text(&ta), Param::text(&tb)],
+        None,
+    );
+    assert!(matches!(bound, Err(RouteError::SplitWithParameters { .. })));
+}
+
+#[test]
+fn inserts_that_hide_the_key_are_refused() {
+    let r = router();
+    type Check = fn(&RouteError) -> bool;
+    let cases: [(&str, Check); 5] = [
+        ("INSERT INTO payments (id, amount) VALUES (1, 10)", |e| {
+            matches!(e, RouteError::InsertWithoutKey { .. })
+        }),
+        ("INSERT INTO payments VALUES (1, 42, 10)", |e| {
+            matches!(e, RouteError::InsertWithoutKey { .. })
+        }),
+        (
+            "INSERT INTO payments (id, merchant_id) VALUES (1, 40 + 2)",
+            |e| matches!(e, RouteError::InsertKeyNotConstant { row: 1, .. }),
+        ),
+        (
+            "INSERT INTO payments (id, merchant_id) VALUES (1, 4), (2, NULL)",
+            |e| matches!(e, RouteError::InsertKeyNotConstant { row: 2, .. }),
+        ),
+        (
+            "INSERT INTO payments (id, merchant_id) SELECT id, merchant_id FROM refunds",
+            |e| matches!(e, RouteError::InsertSelect { .. }),
+        ),
+    ];
+    for (sql, ok) in cases {
+        let got = target(&r, sql);
+        assert!(matches!(&got, Err(e) if ok(e)), "{sql}: {got:?}");
+    }
+}
+
+#[test]
+fn writes_without_a_key_are_refused() {
+    let r = router();
+    for sql in [
+        "UPDATE payments SET status = 'failed' WHERE amount < 0",
+        "DELETE FROM payments",
+        "DELETE FROM payments WHERE merchant_id = 1 OR id = 4",
+    ] {
+        let got = target(&r, sql);
+        assert!(
+            matches!(&got, Err(RouteError::WriteWithoutKey { table, key, .. }) if table == "payments" && key == "merchant_id"),
+            "{sql}: {got:?}"
+        );
+        assert_eq!(got.unwrap_err().sqlstate(), "0A000");
+    }
+    let got = target(
+        &r,
+        "UPDATE payments SET merchant_id = 2 WHERE merchant_id = 1",
+    );
+    assert!(matches!(got, Err(RouteError::UpdatesKey { .. })));
+}
+
+#[test]
+fn other_contexts_go_to_their_databases_and_mixing_contexts_is_refused() {
+    let r = router();
+    let db = |c: &str| Target::Database { context: c.into() };
+    assert_eq!(
+        target(&r, "SELECT * FROM settlements"),
+        Ok(db("settlements"))
+    );
+    assert_eq!(
+        target(&r, "UPDATE payouts SET paid = true WHERE id = 3"),
+        Ok(db("settlements"))
+    );
+    assert_eq!(
+        target(&r, "SELECT m.name FROM merchants m WHERE m.id = 3"),
+        Ok(db("analytics"))
+    );
+    let got = target(
+        &r,
+        "SELECT * FROM payments p JOIN merchants m ON m.id = p.merchant_id WHERE p.merchant_id = 1",
+    );
+    assert_eq!(
+        got,
+        Err(RouteError::CrossContext {
+            tables: "payments (transactions), merchants (analytics)".into()
+        })
+    );
+    let got = target(
+        &r,
+        "SELECT * FROM settlements WHERE id IN (SELECT settlement_id FROM payments WHERE merchant_id = 1)",
+    );
+    assert!(matches!(got, Err(RouteError::CrossContext { .. })));
+    let unknown = target(&r, "SELECT * FROM invoices");
+    assert_eq!(
+        unknown,
+        Err(RouteError::UnknownTable {
+            table: "invoices".into()
+        })
+    );
+    assert_eq!(unknown.unwrap_err().sqlstate(), "42P01");
+}
+
+/// PgDog #1085: a transaction pinned to one shard wrote a replicated table
+/// on that shard only. A replicated write is a broadcast, which the session
+/// refuses inside a transaction.
+#[test]
+fn replicated_tables_are_read_anywhere_and_written_everywhere() {
+    let r = router();
+    let any = Target::AnyShard {
+        context: "transactions".into(),
+    };
+    let all = Target::Broadcast {
+        context: "transactions".into(),
+    };
+    assert_eq!(target(&r, "SELECT * FROM currencies"), Ok(any));
+    assert_eq!(
+        target(&r, "INSERT INTO currencies (code) VALUES ('EUR'), ('USD')"),
+        Ok(all.clone())
+    );
+    assert_eq!(target(&r, "UPDATE currencies SET digits = 2"), Ok(all));
+    assert_eq!(
+        target(
+            &r,
+            "SELECT * FROM payments p JOIN currencies c ON c.code = p.currency WHERE p.merchant_id = 1"
+        ),
+        Ok(tx(shard(&r, 1)))
+    );
+    assert!(matches!(
+        target(
+            &r,
+            "INSERT INTO currencies SELECT DISTINCT currency FROM payments"
+        ),
+        Err(RouteError::ReplicatedWriteMixed { .. })
+    ));
+}
+
+#[test]
+fn a_subquery_without_its_own_key_is_refused() {
+    let r = router();
+    let (a, b, _) = merchants(&r);
+    // The average over every merchant is not on merchant a's shard.
+    for sql in [
+        format!("SELECT * FROM payments WHERE merchant_id = {a} AND amount > (SELECT avg(amount) FROM payments)"),
+        format!("SELECT * FROM payments WHERE merchant_id = {a} AND id IN (SELECT payment_id FROM refunds WHERE merchant_id = {b})"),
+        format!("WITH big AS (SELECT * FROM payments WHERE amount > 100) SELECT * FROM big JOIN refunds r ON r.merchant_id = {a}"),
+    ] {
+        let got = target(&r, &sql);
+        assert!(matches!(got, Err(RouteError::SubqueryAcrossShards { .. })), "{sql}: {got:?}");
+    }
+}
+
+#[test]
+fn the_session_key_routes_statements_without_one() {
+    let r = router();
+    let (a, b, _) = merchants(&r);
+    let route = r
+        .route(&format!("SET shardline.merchant_id = {a}"), &[], None)
+        .unwrap();
+    assert_eq!(route.kinds, vec![Kind::SetKey(Some(ShardKey::Int(a)))]);
+    let key = ShardKey::Int(a);
+    let got = r.route(
+        "UPDATE payments SET status = 'x' WHERE id = 4",
+        &[],
+        Some(&key),
+    );
+    assert_eq!(got.unwrap().target, tx(shard(&r, a)));
+    // A key in the statement wins over the session's.
+    let own = format!("SELECT * FROM payments WHERE merchant_id = {b}");
+    assert_eq!(
+        r.route(&own, &[], Some(&key)).unwrap().target,
+        tx(shard(&r, b))
+    );
+    let reset = r
+        .route("RESET shardline.merchant_id", &[], Some(&key))
+        .unwrap();
+    assert_eq!(reset.kinds, vec![Kind::SetKey(None)]);
+    // Set and used in one query string.
+    let both = r
+        .route(
+            &format!("SET shardline.merchant_id = {a}; DELETE FROM refunds WHERE id = 1"),
+            &[],
+            None,
+        )
+        .unwrap();
+    assert_eq!(both.target, tx(shard(&r, a)));
+}
+
+#[test]
+fn scatter_selects_are_merged_only_when_provably_correct() {
+    let r = router();
+    let all = |merge| {
+        Ok(Target::Shards {
+            context: "transactions".into(),
+            shards: vec![0, 1, 2, 3],
+            merge: Some(merge),
+        })
+    };
+    let rows = |order: Vec<SortKey>, limit| MergeShape::Rows { order, limit };
+    let asc = |c: SortColumn| SortKey {
+        column: c,
+        descending: false,
+        nulls_first: false,
+    };
+    let cases = [
+        ("SELECT * FROM payments WHERE status = 'failed'", all(rows(vec![], None))),
+        (
+            "SELECT id, created_at FROM payments ORDER BY created_at DESC LIMIT 10",
+            all(rows(
+                vec![SortKey {
+                    column: SortColumn::Name("created_at".into()),
+                    descending: true,
+                    nulls_first: true,
+                }],
+                Some(Limit::Count(10)),
+            )),
+        ),
+        (
+            "SELECT p.id, p.amount FROM payments p ORDER BY p.amount, 1 NULLS FIRST LIMIT $1",
+            all(rows(
+                vec![
+                    asc(SortColumn::Name("amount".into())),
+                    SortKey {
+                        column: SortColumn::Position(0),
+                        descending: false,
+                        nulls_first: true,
+                    },
+                ],
+                Some(Limit::Param(0)),
+            )),
+        ),
+        (
+            "SELECT count(*), sum(amount), min(created_at), max(amount) FILTER (WHERE amount > 0) FROM payments",
+            all(MergeShape::Aggregate(vec![
+                Aggregate::Count,
+                Aggregate::Sum,
+                Aggregate::Min,
+                Aggregate::Max,
+            ])),
+        ),
+    ];
+    for (sql, want) in cases {
+        let params = [Param::text("5")];
+        let got = r.route(sql, &params, None).map(|r| r.target);
+        assert_eq!(got, want, "{sql}");
+    }
+    for (sql, why) in [
+        ("SELECT avg(amount) FROM payments", "avg()"),
+        (
+            "SELECT count(DISTINCT merchant_id) FROM payments",
+            "DISTINCT",
+        ),
+        ("SELECT DISTINCT status FROM payments", "DISTINCT"),
+        (
+            "SELECT status, count(*) FROM payments GROUP BY status",
+            "GROUP BY",
+        ),
+        (
+            "SELECT id, rank() OVER (ORDER BY amount) FROM payments",
+            "window",
+        ),
+        ("SELECT * FROM payments ORDER BY amount * 2", "expression"),
+        (
+            "SELECT id FROM payments ORDER BY p.created_at",
+            "not an output column",
+        ),
+        ("SELECT * FROM payments LIMIT 5 OFFSET 10", "OFFSET"),
+        (
+            "SELECT id FROM payments UNION SELECT id FROM refunds",
+            "UNION",
+        ),
+        (
+            "SELECT sum(amount) / 100 FROM payments",
+            "not an aggregate call",
+        ),
+        (
+            "SELECT count(*) FROM payments HAVING count(*) > 1",
+            "HAVING",
+        ),
+    ] {
+        let got = target(&r, sql);
+        assert!(
+            matches!(&got, Err(RouteError::Unmergeable { reason, .. }) if reason.contains(why)),
+            "{sql}: {got:?}"
+        );
+    }
+}
+
+#[test]
+fn session_and_transaction_statements_go_anywhere() {
+    let r = router();
+    for (sql, kind) in [
+        ("BEGIN", Kind::Control(Control::Begin)),
+        (
+            "START TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            Kind::Control(Control::Begin),
+        ),
+        ("COMMIT", Kind::Control(Control::Commit)),
+        ("ROLLBACK", Kind::Control(Control::Rollback)),
+        ("SAVEPOINT a", Kind::Control(Control::Savepoint)),
+        ("SET statement_timeout = 1000", Kind::Session),
+        ("SHOW server_version", Kind::Session),
+        ("SELECT 1", Kind::Read),
+        (
+            "SELECT typname FROM pg_catalog.pg_type WHERE oid = $1",
+            Kind::Read,
+        ),
+        ("SELECT * FROM pg_class", Kind::Read),
+    ] {
+        let got = r.route(sql, &[Param::text("23")], None).unwrap();
+        assert_eq!((got.target, got.kinds), (Target::Any, vec![kind]), "{sql}");
+    }
+    for sql in [
+        "CREATE TABLE payments_2 (id bigint)",
+        "TRUNCATE payments",
+        "COPY payments FROM STDIN",
+        "PREPARE TRANSACTION 'x'",
+    ] {
+        let got = target(&r, sql);
+        assert!(
+            matches!(got, Err(RouteError::Unsupported { .. })),
+            "{sql}: {got:?}"
+        );
+    }
+    let got = target(&r, "SELEC 1");
+    assert!(matches!(&got, Err(RouteError::Syntax { .. })));
+    assert_eq!(got.unwrap_err().sqlstate(), "42601");
+}
+
+#[test]
+fn statements_of_one_text_must_share_a_target() {
+    let r = router();
+    let (a, b, _) = merchants(&r);
+    let one = format!(
+        "BEGIN; UPDATE payments SET status = 'x' WHERE merchant_id = {a}; INSERT INTO refunds (id, merchant_id) VALUES (1, {a}); COMMIT"
+    );
+    let route = r.route(&one, &[], None).unwrap();
+    assert_eq!(route.target, tx(shard(&r, a)));
+    assert_eq!(route.kinds.len(), 4);
+    let two = format!(
+        "UPDATE payments SET status = 'x' WHERE merchant_id = {a}; UPDATE payments SET status = 'x' WHERE merchant_id = {b}"
+    );
+    assert!(matches!(
+        target(&r, &two),
+        Err(RouteError::Unsupported { .. })
+    ));
+}
+
+#[test]
+fn parse_results_are_cached_by_text() {
+    let r = router();
+    for m in ["1", "2", "3"] {
+        r.route(
+            "SELECT * FROM payments WHERE merchant_id = $1",
+            &[Param::text(m)],
+            None,
+        )
+        .unwrap();
+    }
+    assert_eq!(r.cache_stats(), (2, 1, 1));
+}
+
+#[test]
+fn text_and_uuid_keys_follow_their_type() {
+    let toml = TOPOLOGY.replace(
+        "shard_key = \"merchant_id\"",
+        "shard_key = \"merchant_id\"\nshard_key_type = \"uuid\"",
+    );
+    let topology = Topology::parse(&toml, Path::new("t.toml")).unwrap();
+    let r = Router::new(&topology);
+    let placement = placement(&r);
+    let id = "6f1c1c52-9c1e-4d57-9d7a-0a3f2b2d1e11";
+    let key = shardline_topology::ShardKeyType::Uuid
+        .parse_key(id)
+        .unwrap();
+    let want = tx(placement.shard(&key));
+    let sql = format!("SELECT * FROM payments WHERE merchant_id = '{id}'");
+    assert_eq!(target(&r, &sql), Ok(want.clone()));
+    let bytes = *uuid_bytes(&key);
+    let got = r.route(
+        "SELECT * FROM payments WHERE merchant_id = $1",
+        &[Param::binary(&bytes, 2950)],
+        None,
+    );
+    assert_eq!(got.unwrap().target, want);
+    assert!(matches!(
+        target(&r, "SELECT * FROM payments WHERE merchant_id = 'nope'"),
+        Err(RouteError::Key(_))
+    ));
+}
+
+fn uuid_bytes(k: &ShardKey) -> &[u8; 16] {
+    match k {
+        ShardKey::Uuid(b) => b,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `$1::text::bigint` makes PostgreSQL type `$1` as text: an untyped
+/// binary value of 8 bytes there is text, not a bigint.
+#[test]
+fn a_cast_parameter_is_read_as_the_cast_type() {
+    let r = router();
+    let sql = "SELECT * FROM payments WHERE merchant_id = $1::text::bigint";
+    let got = r.route(sql, &[Param::binary(b"12345678", 0)], None);
+    assert_eq!(got.unwrap().target, tx(shard(&r, 12_345_678)));
+}

@@ -1,0 +1,59 @@
+//! `shardline router`: the PostgreSQL-speaking endpoint that routes each
+//! statement to its context and shard.
+
+use std::net::SocketAddr;
+
+use shardline_router::{Proxy, DEFAULT_POOL_SIZE};
+
+use super::output::{print_json, Hint};
+use super::{exit, signals, Format, Global};
+
+/// Serve PostgreSQL clients, routing each statement by merchant
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  shardline router                        # where [router] listen says, 127.0.0.1:6432
+  shardline router --listen 0.0.0.0:6432 --pool-size 64
+  psql -h 127.0.0.1 -p 6432 -U shardline -c 'SELECT * FROM payments WHERE merchant_id = 42'
+
+Clients log in with SCRAM-SHA-256 as a user of [[router.users]].")]
+pub struct Args {
+    /// Address to listen on [default: the topology's [router] listen]
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<SocketAddr>,
+    /// Backend connections per database
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_POOL_SIZE)]
+    pool_size: usize,
+}
+
+pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
+    let topology = g.topology()?;
+    if args.pool_size == 0 {
+        return Err(Hint::new(
+            "--pool-size must be at least 1",
+            "the default is 32",
+        ));
+    }
+    let proxy = Proxy::with_pool_size(&topology, args.pool_size)
+        .map_err(|e| Hint::new(e.to_string(), e.hint()))?;
+    let listen = args.listen.unwrap_or(topology.router.listen);
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        Hint::new(
+            format!("cannot listen on {listen}: {e}"),
+            "is another router or PgBouncer on that port? pass --listen HOST:PORT",
+        )
+    })?;
+    let local = listener.local_addr()?;
+    match g.format {
+        Format::Json => print_json(&serde_json::json!({ "listen": local.to_string() }))?,
+        _ => eprintln!("shardline router listening on {local}"),
+    }
+    let mut stop = signals::stop_on_signal();
+    tokio::select! {
+        served = proxy.serve(listener) => {
+            served.map_err(|e| Hint::new(format!("router stopped: {e}"), "see the log above"))?;
+            Ok(exit::OK)
+        }
+        // Stopping a server on SIGINT/SIGTERM is its normal end.
+        _ = stop.changed() => Ok(exit::OK),
+    }
+}

@@ -1,0 +1,165 @@
+//! `shardline router` through the built binary: refuses a topology without
+//! users, then serves psql and pgbench (simple, extended, prepared).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+
+use shardline_testkit::PgServer;
+
+const PASSWORD: &str = "pw-router";
+
+fn topology(dir: &std::path::Path, server: &PgServer, users: bool) -> String {
+    let users = if users {
+        format!("[[router.users]]\nname = \"app\"\npassword = \"{PASSWORD}\"\n")
+    } else {
+        String::new()
+    };
+    let body = format!(
+        "[source]\nurl = \"{}\"\n[contexts.transactions]\ntables = [\"payments\"]\nshard_key = \"merchant_id\"\nshards = [\"{}\", \"{}\"]\n{users}",
+        server.url("postgres"),
+        server.url("tx0"),
+        server.url("tx1"),
+    );
+    let path = dir.join("shardline.toml");
+    std::fs::write(&path, body).unwrap();
+    path.display().to_string()
+}
+
+fn fleet() -> PgServer {
+    let server = PgServer::start().unwrap();
+    for db in ["tx0", "tx1"] {
+        server.create_database(db).unwrap();
+        server
+            .psql(db, "CREATE TABLE payments (id bigint, merchant_id bigint, amount int, PRIMARY KEY (merchant_id, id))")
+            .unwrap();
+    }
+    server
+}
+
+#[test]
+fn router_without_users_refuses_to_start_with_a_hint() {
+    let server = fleet();
+    let dir = tempfile::tempdir().unwrap();
+    let config = topology(dir.path(), &server, false);
+    let out: Output = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(["--config", &config, "router", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("router.users") && err.contains("hint:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn psql_and_pgbench_in_every_query_mode_run_through_the_router() {
+    let server = fleet();
+    let dir = tempfile::tempdir().unwrap();
+    let config = topology(dir.path(), &server, true);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args([
+            "--config",
+            &config,
+            "--format",
+            "json",
+            "router",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _guard = Kill(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let port = loop {
+        let line = lines.next().expect("router printed its address").unwrap();
+        if let Some(addr) = line.split('"').nth(3).filter(|_| line.contains("listen")) {
+            break addr.rsplit(':').next().unwrap().to_string();
+        }
+    };
+    let client = |program: &str, args: &[&str]| {
+        Command::new(server.bindir().program(program))
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "app"])
+            .args(args)
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .unwrap()
+    };
+    let out = client(
+        "psql",
+        &[
+            "-X",
+            "-A",
+            "-t",
+            "-d",
+            "app",
+            "-c",
+            "INSERT INTO payments (id, merchant_id, amount) VALUES (1, 7, 5), (2, 8, 5), (3, 9, 5)",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = client(
+        "psql",
+        &[
+            "-X",
+            "-A",
+            "-t",
+            "-d",
+            "app",
+            "-c",
+            "SELECT count(*) FROM payments WHERE merchant_id = 7",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+
+    let script = dir.path().join("payment.sql");
+    std::fs::write(
+        &script,
+        "\\set m random(1, 1000)\n\\set id random(1, 1000000000)\nBEGIN;\nINSERT INTO payments (id, merchant_id, amount) VALUES (:id, :m, 1) ON CONFLICT DO NOTHING;\nSELECT amount FROM payments WHERE merchant_id = :m AND id = :id;\nUPDATE payments SET amount = amount + 1 WHERE merchant_id = :m AND id = :id;\nEND;\n",
+    )
+    .unwrap();
+    let script = script.display().to_string();
+    for mode in ["simple", "extended", "prepared"] {
+        let out = client(
+            "pgbench",
+            &[
+                "-n", "-c", "2", "-t", "25", "-M", mode, "-f", &script, "app",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pgbench -M {mode}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let total: u64 = ["tx0", "tx1"]
+        .iter()
+        .map(|db| {
+            server
+                .psql(db, "SELECT count(*) FROM payments")
+                .unwrap()
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(total, 3 + 3 * 50);
+}
+
+/// Stops the router when the test ends, also when it fails.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
