@@ -76,6 +76,9 @@ pub struct Applier {
     pub name: String,
     pub client: Client,
     pub slot: String,
+    /// The source's TimeZone: read-model group expressions such as
+    /// `date_trunc('day', created_at)` evaluate here as they do there.
+    pub time_zone: String,
 }
 
 struct Pending {
@@ -97,7 +100,10 @@ impl Applier {
         durable: mpsc::UnboundedSender<(usize, Lsn)>,
     ) -> Result<(), ApplyError> {
         self.client
-            .batch_execute("SET standard_conforming_strings = on; SET synchronous_commit = on")
+            .batch_execute(&format!(
+                "SET standard_conforming_strings = on; SET synchronous_commit = on; SET TimeZone = '{}'",
+                self.time_zone.replace('\'', "''")
+            ))
             .await
             .map_err(|e| self.error(e))?;
         // As PostgreSQL's apply workers do: the source already checked

@@ -22,6 +22,7 @@
 pub mod apply;
 pub mod change;
 pub mod confirm;
+pub mod delta;
 pub mod jsonl;
 pub mod lsn;
 pub mod pgoutput;

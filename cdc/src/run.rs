@@ -117,6 +117,8 @@ pub enum CdcError {
     Sink(String),
     #[error("query on {target} failed: {cause}")]
     Query { target: String, cause: String },
+    #[error("read model {read_model}: a change of {table} did not carry its whole old row, so the read model cannot be adjusted (fix: ALTER TABLE {table} REPLICA IDENTITY FULL; then `shardline backfill --restart` to copy the read model again)")]
+    IncompleteChange { read_model: String, table: String },
 }
 
 struct Target {
@@ -145,6 +147,11 @@ pub async fn run(
     if !problems.is_empty() {
         return Err(CdcError::Setup(problems));
     }
+    let time_zone: String = source
+        .query_one("SELECT current_setting('TimeZone')", &[])
+        .await
+        .map_err(|e| query_error(&topology.source, e))?
+        .get(0);
     let (durable_tx, mut durable_rx) = mpsc::unbounded_channel();
     let mut targets = Vec::new();
     let mut appliers: Vec<JoinHandle<Result<(), ApplyError>>> = Vec::new();
@@ -166,6 +173,7 @@ pub async fn run(
             name: conn.to_string(),
             client,
             slot: options.slot.clone(),
+            time_zone: time_zone.clone(),
         };
         appliers.push(tokio::spawn(applier.run(rx, durable_tx.clone())));
         targets.push(Target {
@@ -212,10 +220,19 @@ pub async fn run(
     tracing::info!(slot = %options.slot, from = %slot.confirmed_flush, targets = targets.len(), "streaming");
 
     let mut confirmations = Confirmations::new(slot.confirmed_flush);
-    let mut tables = Tables::default();
+    let primary_keys = source::primary_keys(&source, &routes).await?;
+    let mut tables = Tables::with_primary_keys(primary_keys);
+    let mut deltas = if jsonl.is_some() {
+        Vec::new()
+    } else {
+        crate::delta::prepare(&source, topology, &routes)
+            .await
+            .map_err(|e| query_error(&topology.source, e))?
+    };
     let mut txn: Option<Txn> = None;
     let mut report = RunReport::default();
-    let mut read_models = crate::readmodel::Refresher::new(topology);
+    let incremental: Vec<&str> = deltas.iter().map(|m| m.name.as_str()).collect();
+    let mut read_models = crate::readmodel::Refresher::new(topology).without(&incremental);
     let mut refresh = tokio::time::interval(options.read_model_refresh);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat = tokio::time::interval(options.heartbeat);
@@ -248,13 +265,17 @@ pub async fn run(
                                 emit(data, t, &mut tables, &routes, sink, &mut report)?;
                                 continue;
                             }
-                            handle(data, t, &mut tables, &routes, &targets, &topology.source, &copied_at, &mut read_models, &mut report).await?;
+                            let mut upkeep = Upkeep { refresher: &mut read_models, deltas: &mut deltas };
+                            let known = Known { routes: &routes, source: &topology.source, copied_at: &copied_at };
+                            handle(data, t, &mut tables, &known, &targets, &mut upkeep, &mut report).await?;
                         }
                         ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
                             let Some(t) = txn.take() else { continue };
                             if let Some(sink) = &jsonl {
                                 sink.commit().map_err(|e| CdcError::Sink(e.to_string()))?;
                             }
+                            let mut t = t;
+                            flush_deltas(&mut deltas, &mut t, &targets).await?;
                             for &target in &t.touched {
                                 let commit = Command::Commit { commit_lsn: Lsn(lsn.0), end_lsn: Lsn(end_lsn.0), commit_time: commit_time_micros };
                                 send(&targets[target], commit).await?;
@@ -349,15 +370,19 @@ async fn handle(
     data: Bytes,
     txn: &mut Txn,
     tables: &mut Tables,
-    routes: &Routes,
+    known: &Known<'_>,
     targets: &[Target],
-    source: &ConnString,
-    copied_at: &HashMap<String, Lsn>,
-    read_models: &mut crate::readmodel::Refresher,
+    upkeep: &mut Upkeep<'_>,
     report: &mut RunReport,
 ) -> Result<(), CdcError> {
     let message = pgoutput::decode(data)?;
-    let wanted = |target: usize| txn.info.commit_lsn > targets[target].recorded;
+    let Known {
+        routes,
+        source,
+        copied_at,
+    } = *known;
+    let commit_lsn = txn.info.commit_lsn;
+    let wanted = |target: usize| commit_lsn > targets[target].recorded;
     // A table that backfill copied from a later snapshot than the slot's
     // start (a resumed job) already holds the changes up to that point.
     let already_copied = |tables: &Tables, relation: u32| {
@@ -365,7 +390,7 @@ async fn handle(
             .get(relation)
             .ok()
             .and_then(|t| copied_at.get(&t.name()))
-            .is_some_and(|lsn| txn.info.commit_lsn <= *lsn)
+            .is_some_and(|lsn| commit_lsn <= *lsn)
     };
     match &message {
         LogicalMessage::Relation(r) => tables.describe(r.clone(), routes)?,
@@ -373,7 +398,25 @@ async fn handle(
         | LogicalMessage::Update { relation, .. }
         | LogicalMessage::Delete { relation, .. } => {
             report.changes += 1;
-            read_models.touch(&tables.get(*relation)?.name());
+            let table = tables.get(*relation)?;
+            upkeep.refresher.touch(&table.name());
+            for m in upkeep.deltas.iter_mut().filter(|m| m.from == table.name()) {
+                let copied = copied_at
+                    .get(&format!("public.{}", m.name))
+                    .is_some_and(|lsn| commit_lsn <= *lsn);
+                if copied || !wanted(m.target) {
+                    continue;
+                }
+                if m.record(&table.relation, &message) == crate::delta::Recorded::Incomplete {
+                    return Err(CdcError::IncompleteChange {
+                        read_model: m.name.clone(),
+                        table: table.name(),
+                    });
+                }
+                if m.pending() >= crate::delta::MAX_PENDING_ROWS {
+                    flush_delta(m, txn, targets).await?;
+                }
+            }
             if already_copied(tables, *relation) {
                 report.skipped += 1;
                 return Ok(());
@@ -431,7 +474,17 @@ async fn handle(
         }
         LogicalMessage::Truncate { relations, .. } => {
             for id in relations {
-                read_models.touch(&tables.get(*id)?.name());
+                let name = tables.get(*id)?.name();
+                upkeep.refresher.touch(&name);
+                for m in upkeep.deltas.iter_mut().filter(|m| m.from == name) {
+                    let copied = copied_at
+                        .get(&format!("public.{}", m.name))
+                        .is_some_and(|lsn| commit_lsn <= *lsn);
+                    if !copied && wanted(m.target) {
+                        txn.touched.insert(m.target);
+                        send(&targets[m.target], Command::Exec(m.truncate_sql())).await?;
+                    }
+                }
                 if already_copied(tables, *id) {
                     continue;
                 }
@@ -449,6 +502,47 @@ async fn handle(
             }
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// What the stream's changes are placed with.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    routes: &'a Routes,
+    source: &'a ConnString,
+    /// Where backfill copied each table and read model (see `source::backfill_points`).
+    copied_at: &'a HashMap<String, Lsn>,
+}
+
+/// What keeps read models current while the stream is applied.
+struct Upkeep<'a> {
+    refresher: &'a mut crate::readmodel::Refresher,
+    deltas: &'a mut Vec<crate::delta::DeltaModel>,
+}
+
+/// Sends one read model's buffered adjustments to its database, inside the
+/// open source transaction there.
+async fn flush_delta(
+    model: &mut crate::delta::DeltaModel,
+    txn: &mut Txn,
+    targets: &[Target],
+) -> Result<(), CdcError> {
+    if let Some(sql) = model.take_sql() {
+        txn.touched.insert(model.target);
+        send(&targets[model.target], Command::Exec(sql)).await?;
+    }
+    Ok(())
+}
+
+/// Sends every read model's buffered adjustments: the transaction commits.
+async fn flush_deltas(
+    deltas: &mut [crate::delta::DeltaModel],
+    txn: &mut Txn,
+    targets: &[Target],
+) -> Result<(), CdcError> {
+    for m in deltas {
+        flush_delta(m, txn, targets).await?;
     }
     Ok(())
 }
