@@ -174,6 +174,9 @@ pub async fn run(
             client,
             slot: options.slot.clone(),
             time_zone: time_zone.clone(),
+            apply_interval: topology
+                .context(&routes.target_context[i])
+                .and_then(|c| c.apply_interval),
         };
         appliers.push(tokio::spawn(applier.run(rx, durable_tx.clone())));
         targets.push(Target {

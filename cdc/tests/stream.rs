@@ -395,3 +395,74 @@ async fn the_jsonl_sink_writes_one_object_per_change_and_applies_nothing() {
         ""
     );
 }
+
+/// Polls `sql` on `server` until it prints `want`, for up to `secs`.
+async fn wait_for(server: &PgServer, sql: &str, want: &str, secs: u64) -> bool {
+    for _ in 0..secs * 10 {
+        if server.psql("postgres", sql).unwrap().trim() == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_with_an_apply_interval_commits_in_steps_and_holds_the_slot_meanwhile() {
+    let mut f = fleet();
+    let interval = Duration::from_secs(6);
+    f.topology
+        .contexts
+        .iter_mut()
+        .find(|c| c.name == "settlements")
+        .unwrap()
+        .apply_interval = Some(interval);
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (topology, opts) = (f.topology.clone(), options.clone());
+    let started = std::time::Instant::now();
+    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    wait_streaming(&f.source).await;
+    let end = f
+        .source
+        .psql("postgres", "BEGIN; INSERT INTO payments VALUES (7, 1, 1, NULL, NULL); INSERT INTO payouts VALUES (1, 7, 1); COMMIT; SELECT pg_current_wal_insert_lsn()")
+        .unwrap();
+    let on_shards = "SELECT count(*) FROM payments";
+    let shard_has_it = wait_for(&f.shards[0], on_shards, "1", 3).await
+        || wait_for(&f.shards[1], on_shards, "1", 1).await;
+    assert!(shard_has_it, "the continuous context applies at once");
+    if started.elapsed() < interval {
+        assert_eq!(
+            rows(&f.settlements, "payouts", "true").trim(),
+            "",
+            "settlements waits for its interval"
+        );
+        let confirmed_past = f
+            .source
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT confirmed_flush_lsn >= '{}' FROM pg_replication_slots",
+                    end.trim()
+                ),
+            )
+            .unwrap();
+        assert_eq!(
+            confirmed_past.trim(),
+            "f",
+            "the slot is not confirmed past what settlements holds"
+        );
+    }
+    assert!(
+        wait_for(&f.settlements, "SELECT count(*) FROM payouts", "1", 20).await,
+        "settlements applies at the end of its interval"
+    );
+    assert!(started.elapsed() >= interval);
+    wait_caught_up(&f.source, &options.slot).await;
+    stop_tx.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+    assert_converged(&f);
+}
