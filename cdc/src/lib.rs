@@ -25,6 +25,7 @@ pub mod confirm;
 pub mod delta;
 pub mod jsonl;
 pub mod lsn;
+pub mod metrics;
 pub mod pgoutput;
 pub mod readmodel;
 pub mod route;

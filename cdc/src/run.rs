@@ -49,6 +49,8 @@ pub struct RunOptions {
     pub read_model_refresh: Duration,
     /// Write the change stream as JSON lines here instead of applying it.
     pub jsonl: Option<crate::jsonl::Output>,
+    /// Serve Prometheus metrics over HTTP on this address.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -71,6 +73,7 @@ impl Default for RunOptions {
             max_retained_wal: 1 << 30,
             read_model_refresh: Duration::from_secs(10),
             jsonl: None,
+            metrics_listen: None,
         }
     }
 }
@@ -113,6 +116,11 @@ pub enum CdcError {
     },
     #[error("slot {slot} exists but publication {publication} does not: changes since the slot was created cannot be decoded (fix: shardline backfill --restart, which creates both in order)")]
     PublicationAfterSlot { slot: String, publication: String },
+    #[error("cannot serve metrics on {addr}: {cause}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        cause: String,
+    },
     #[error("cannot write the JSON-lines stream: {0}")]
     Sink(String),
     #[error("query on {target} failed: {cause}")]
@@ -162,6 +170,17 @@ pub async fn run(
     } else {
         &routes.targets[..]
     };
+    // Bound before anything is created, so a taken address changes nothing.
+    let metrics = crate::metrics::Metrics::new(target_list.iter().map(|c| c.to_string()));
+    if let Some(addr) = options.metrics_listen {
+        crate::metrics::serve(addr, metrics.clone(), stop.clone())
+            .await
+            .map_err(|e| CdcError::Metrics {
+                addr,
+                cause: e.to_string(),
+            })?;
+        tracing::info!(%addr, "serving Prometheus metrics");
+    }
     for (i, conn) in target_list.iter().enumerate() {
         let client = conn.connect().await?;
         let recorded = apply::recorded_position(&client, &options.slot)
@@ -215,6 +234,10 @@ pub async fn run(
         tracing::warn!(slot = %options.slot, lsn = %slot.confirmed_flush, "created the slot now: only changes from here on are streamed; run `shardline backfill` first to copy what came before");
     }
 
+    let mut applied: Vec<Lsn> = targets.iter().map(|t| t.recorded).collect();
+    let mut source_seen = Lsn::ZERO;
+    let mut publish = tokio::time::interval(Duration::from_secs(1));
+    publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let copied_at = source::backfill_points(&source, &options.slot).await?;
     let config = replication_config(&topology.source, options, slot.confirmed_flush);
     let mut stream = ReplicationClient::connect(config)
@@ -250,6 +273,7 @@ pub async fn run(
                 }
                 Some((target, lsn)) = durable_rx.recv() => {
                     confirmations.durable(target, lsn);
+                    applied[target] = applied[target].max(lsn);
                     stream.update_applied_lsn(pgwire_replication::Lsn(confirmations.confirmed().0));
                 }
                 event = stream.recv() => {
@@ -284,21 +308,29 @@ pub async fn run(
                                 send(&targets[target], commit).await?;
                             }
                             report.transactions += 1;
-                            confirmations.dispatched(Lsn(end_lsn.0), t.touched);
+                            source_seen = source_seen.max(Lsn(end_lsn.0));
+                            confirmations.dispatched_at(Lsn(end_lsn.0), t.touched, commit_time_micros);
                             stream.update_applied_lsn(pgwire_replication::Lsn(confirmations.confirmed().0));
                         }
                         ReplicationEvent::Message { transactional: false, lsn, prefix, .. } if prefix == HEARTBEAT_PREFIX => {
+                            source_seen = source_seen.max(Lsn(lsn.0));
                             if txn.is_none() {
                                 confirmations.idle_at(Lsn(lsn.0));
                                 stream.update_applied_lsn(pgwire_replication::Lsn(confirmations.confirmed().0));
                             }
                         }
-                        ReplicationEvent::Message { .. } | ReplicationEvent::KeepAlive { .. } => {}
+                        ReplicationEvent::KeepAlive { wal_end, .. } => {
+                            source_seen = source_seen.max(Lsn(wal_end.0));
+                        }
+                        ReplicationEvent::Message { .. } => {}
                         ReplicationEvent::StoppedAt { .. } => return Ok(()),
                     }
                 }
                 _ = heartbeat.tick() => {
                     beat(&source, options).await.map_err(|e| query_error(&topology.source, e))?;
+                }
+                _ = publish.tick() => {
+                    publish_metrics(&metrics, &mut confirmations, &applied, source_seen, &report);
                 }
                 _ = refresh.tick() => {
                     report.read_model_refreshes += read_models.refresh(&topology.source).await? as u64;
@@ -328,6 +360,9 @@ pub async fn run(
     }
     stream.update_applied_lsn(pgwire_replication::Lsn(confirmations.confirmed().0));
     let _ = stream.shutdown().await;
+    if outcome.is_err() || apply_error.is_some() {
+        metrics.error();
+    }
     if outcome.is_ok() && apply_error.is_none() {
         report.read_model_refreshes += read_models.refresh(&topology.source).await? as u64;
     }
@@ -338,6 +373,34 @@ pub async fn run(
         return Err(e.into());
     }
     Ok(report)
+}
+
+/// Brings the metrics up to date: counters, positions, per-target lag and
+/// the latencies of transactions completed since the last call.
+fn publish_metrics(
+    metrics: &crate::metrics::Metrics,
+    confirmations: &mut Confirmations,
+    applied: &[Lsn],
+    source_seen: Lsn,
+    report: &RunReport,
+) {
+    metrics.progress(report.changes, report.transactions);
+    metrics.positions(confirmations.confirmed().0, source_seen.0);
+    // Microseconds since 2000-01-01, PostgreSQL's epoch.
+    let now = chrono::Utc::now().timestamp_micros() - 946_684_800_000_000;
+    for (target, lsn) in applied.iter().enumerate() {
+        let (bytes, seconds) = match confirmations.oldest_outstanding(target) {
+            Some(committed) => (
+                source_seen.0.saturating_sub(lsn.0),
+                (now - committed).max(0) as f64 / 1e6,
+            ),
+            None => (0, 0.0),
+        };
+        metrics.target(target, lsn.0, bytes, seconds);
+    }
+    for seconds in confirmations.take_latencies() {
+        metrics.applied(seconds);
+    }
 }
 
 /// Writes one decoded message of a transaction to the JSON-lines sink.

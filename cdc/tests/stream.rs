@@ -466,3 +466,79 @@ async fn a_context_with_an_apply_interval_commits_in_steps_and_holds_the_slot_me
     cdc.await.unwrap().unwrap();
     assert_converged(&f);
 }
+
+/// One HTTP GET over a plain socket, as Prometheus scrapes.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.contains("Content-Type: text/plain; version=0.0.4"));
+    response.split("\r\n\r\n").nth(1).unwrap().to_string()
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_are_served_over_http() {
+    let f = fleet();
+    let addr = {
+        // A free port, released for cdc to bind.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        metrics_listen: Some(addr),
+        ..RunOptions::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (topology, opts) = (f.topology.clone(), options.clone());
+    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    wait_streaming(&f.source).await;
+    f.source
+        .psql("postgres", "INSERT INTO payments SELECT m, 1, 1 FROM generate_series(1, 50) m; INSERT INTO payouts VALUES (1, 1, 1)")
+        .unwrap();
+    wait_caught_up(&f.source, &options.slot).await;
+    // Metrics are published once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let text = scrape(addr).await;
+    assert_eq!(value(&text, "shardline_cdc_changes_total"), 51.0);
+    assert!(value(&text, "shardline_cdc_transactions_total") >= 1.0);
+    assert_eq!(value(&text, "shardline_cdc_errors_total"), 0.0);
+    let settlements = format!(
+        "shardline_cdc_lag_bytes{{target=\"{}\"}}",
+        f.topology.context("settlements").unwrap().databases()[0]
+    );
+    assert_eq!(value(&text, &settlements), 0.0, "caught up");
+    assert!(value(&text, "shardline_cdc_apply_latency_seconds_count") >= 1.0);
+    assert!(value(&text, "shardline_cdc_confirmed_lsn") > 0.0);
+    assert!(text.contains("# TYPE shardline_cdc_apply_latency_seconds histogram"));
+
+    // A second cdc on the same address is refused before it streams.
+    let (_stop, stop_rx2) = watch::channel(false);
+    let other = RunOptions {
+        slot: "other".into(),
+        ..options.clone()
+    };
+    let err = run(&f.topology, &other, stop_rx2)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("cannot serve metrics on {addr}")),
+        "{err}"
+    );
+
+    stop_tx.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+}
