@@ -161,6 +161,9 @@ pub async fn run(
         .map_err(|e| query_error(&topology.source, e))?
         .get(0);
     let (durable_tx, mut durable_rx) = mpsc::unbounded_channel();
+    // An applier that fails says so at once: the stream stops even when no
+    // further change is headed its way.
+    let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<()>();
     let mut targets = Vec::new();
     let mut appliers: Vec<JoinHandle<Result<(), ApplyError>>> = Vec::new();
     let jsonl = options.jsonl.clone().map(crate::jsonl::JsonlSink::new);
@@ -197,7 +200,14 @@ pub async fn run(
                 .context(&routes.target_context[i])
                 .and_then(|c| c.apply_interval),
         };
-        appliers.push(tokio::spawn(applier.run(rx, durable_tx.clone())));
+        let (durable, failed) = (durable_tx.clone(), failed_tx.clone());
+        appliers.push(tokio::spawn(async move {
+            let result = applier.run(rx, durable).await;
+            if result.is_err() {
+                let _ = failed.send(());
+            }
+            result
+        }));
         targets.push(Target {
             name: conn.to_string(),
             recorded,
@@ -271,6 +281,7 @@ pub async fn run(
                 _ = stop.changed() => {
                     if *stop.borrow() { return Ok(()); }
                 }
+                Some(()) = failed_rx.recv() => return Ok(()),
                 Some((target, lsn)) = durable_rx.recv() => {
                     confirmations.durable(target, lsn);
                     applied[target] = applied[target].max(lsn);

@@ -542,3 +542,125 @@ async fn prometheus_metrics_are_served_over_http() {
     stop_tx.send(true).unwrap();
     cdc.await.unwrap().unwrap();
 }
+
+/// Writes that never reach the publication (another table, vacuum, other
+/// databases) still grow the WAL: heartbeats must let the slot move past
+/// them, or the source keeps that WAL forever (Debezium DBZ-9641).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_publication_still_lets_the_slot_advance_debezium_dbz_9641() {
+    let f = fleet();
+    f.source
+        .psql(
+            "postgres",
+            "CREATE TABLE unpublished (id bigint, body text)",
+        )
+        .unwrap();
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (topology, opts) = (f.topology.clone(), options.clone());
+    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    wait_streaming(&f.source).await;
+    let start = f
+        .source
+        .psql("postgres", "SELECT pg_current_wal_insert_lsn()")
+        .unwrap();
+    f.source
+        .psql(
+            "postgres",
+            "INSERT INTO unpublished SELECT g, repeat('x', 200) FROM generate_series(1, 50000) g",
+        )
+        .unwrap();
+    wait_caught_up(&f.source, &options.slot).await;
+    let moved = f
+        .source
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT confirmed_flush_lsn - '{}' > 10000000 FROM pg_replication_slots",
+                start.trim()
+            ),
+        )
+        .unwrap();
+    assert_eq!(moved.trim(), "t", "the slot moved past the unpublished WAL");
+    stop_tx.send(true).unwrap();
+    let report = cdc.await.unwrap().unwrap();
+    assert_eq!(report.changes, 0);
+}
+
+/// All row changes of one source transaction share its commit LSN. When a
+/// target fails part way, the transaction is sent again on restart; every
+/// one of its changes must be applied there, and none twice on a target
+/// that already had it (Debezium dbz#1554 dropped some after a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_sharing_one_commit_lsn_all_arrive_after_a_failed_apply_debezium_dbz_1554() {
+    let f = fleet();
+    let ContextKind::Sharded { placement, .. } = &f.topology.context("transactions").unwrap().kind
+    else {
+        unreachable!()
+    };
+    let on_shard_1 = (1..)
+        .find(|m: &i64| placement.shard(&shardline_topology::ShardKey::Int(*m)) == 1)
+        .unwrap();
+    // Shard 1 refuses one row of the transaction, once.
+    f.shards[1]
+        .psql(
+            "postgres",
+            "ALTER TABLE payments ADD CONSTRAINT not_yet CHECK (id <> 999)",
+        )
+        .unwrap();
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let (topology, opts) = (f.topology.clone(), options.clone());
+    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    wait_streaming(&f.source).await;
+    f.source
+        .psql(
+            "postgres",
+            &format!("BEGIN; INSERT INTO payments SELECT m, i, i FROM generate_series(1, 40) m, generate_series(1, 25) i;
+                      INSERT INTO payouts SELECT i, i, i FROM generate_series(1, 30) i;
+                      INSERT INTO payments VALUES ({on_shard_1}, 999, 1); COMMIT"),
+        )
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(60), cdc)
+        .await
+        .expect("the failed apply stops cdc")
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not_yet"), "{err}");
+    assert_eq!(
+        rows(&f.shards[1], "payments", "true").trim(),
+        "",
+        "nothing of the transaction on the failed shard"
+    );
+
+    f.shards[1]
+        .psql("postgres", "ALTER TABLE payments DROP CONSTRAINT not_yet")
+        .unwrap();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (topology, opts) = (f.topology.clone(), options.clone());
+    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    wait_streaming(&f.source).await;
+    wait_caught_up(&f.source, &options.slot).await;
+    stop_tx.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+    assert_converged(&f);
+    assert_eq!(
+        f.shards
+            .iter()
+            .map(|s| s
+                .psql("postgres", "SELECT count(*) FROM payments")
+                .unwrap()
+                .trim()
+                .parse::<u64>()
+                .unwrap())
+            .sum::<u64>(),
+        1001
+    );
+}
