@@ -8,13 +8,6 @@
 //! Source transactions queued back to back are grouped into one target
 //! commit (group commit), and statements travel in batches of one round trip.
 //!
-//! As PostgreSQL's own subscriptions do, targets commit without waiting for
-//! their WAL flush while more changes are queued; such commits are reported
-//! durable only once a later commit made with `synchronous_commit = on`
-//! (the last of a burst, or at least every [`FLUSH_EVERY`]) has flushed the
-//! WAL past them. A target that crashes may lose unflushed commits, but the
-//! slot was never confirmed past them, so they are streamed again.
-//!
 //! A target of a context with an `apply_interval` streams its statements
 //! into one open target transaction and commits it at most once per
 //! interval: readers there see the source's changes in steps, and the slot
@@ -40,10 +33,6 @@ CREATE TABLE IF NOT EXISTS shardline.cdc_progress (
 /// Flush a batch once it holds this much SQL: one round trip carries a lot,
 /// and the target parses it as one simple query.
 const MAX_BATCH_BYTES: usize = 1 << 20;
-/// The longest a target's commits stay unconfirmed (committed without
-/// waiting for the WAL flush) while more keep coming.
-const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// Commit a group of source transactions at this size even when more are
 /// queued, so locks and the durable position do not lag far behind.
 const MAX_GROUPED_TRANSACTIONS: usize = 2_000;
@@ -107,9 +96,6 @@ struct Pending {
     last: Option<(Lsn, Lsn, i64)>,
     /// Statements of a source transaction whose commit has not arrived.
     partial: bool,
-    /// End position of committed groups whose WAL may not be flushed yet.
-    unflushed: Option<Lsn>,
-    last_flush: tokio::time::Instant,
 }
 
 impl Applier {
@@ -123,7 +109,7 @@ impl Applier {
     ) -> Result<(), ApplyError> {
         self.client
             .batch_execute(&format!(
-                "SET standard_conforming_strings = on; SET synchronous_commit = off; SET TimeZone = '{}'",
+                "SET standard_conforming_strings = on; SET synchronous_commit = on; SET TimeZone = '{}'",
                 self.time_zone.replace('\'', "''")
             ))
             .await
@@ -143,8 +129,6 @@ impl Applier {
             grouped: 0,
             last: None,
             partial: false,
-            unflushed: None,
-            last_flush: tokio::time::Instant::now(),
         };
         let mut last_commit = tokio::time::Instant::now();
         loop {
@@ -154,7 +138,7 @@ impl Applier {
                     tokio::select! {
                         c = commands.recv() => c,
                         _ = tokio::time::sleep_until(last_commit + interval) => {
-                            self.commit(&mut p, &durable, true).await?;
+                            self.commit(&mut p, &durable).await?;
                             last_commit = tokio::time::Instant::now();
                             continue;
                         }
@@ -165,12 +149,6 @@ impl Applier {
             let Some(command) = command else { break };
             match command {
                 Command::Exec(sql) => {
-                    if !p.in_transaction
-                        && p.unflushed.is_some()
-                        && p.last_flush.elapsed() >= FLUSH_EVERY
-                    {
-                        self.flush(&mut p, &durable).await?;
-                    }
                     if !p.in_transaction {
                         p.batch.push_str("BEGIN;");
                         p.in_transaction = true;
@@ -219,10 +197,7 @@ impl Applier {
                         }
                     };
                     if due {
-                        let sync = self.apply_interval.is_some()
-                            || commands.is_empty()
-                            || p.last_flush.elapsed() >= FLUSH_EVERY;
-                        self.commit(&mut p, &durable, sync).await?;
+                        self.commit(&mut p, &durable).await?;
                         last_commit = tokio::time::Instant::now();
                     }
                 }
@@ -233,7 +208,7 @@ impl Applier {
         // transaction rolls back whole: nothing of it was reported durable,
         // so the slot sends it all again next time.
         if p.grouped > 0 && !p.partial {
-            self.commit(&mut p, &durable, true).await?;
+            self.commit(&mut p, &durable).await?;
         }
         if p.in_transaction {
             self.client
@@ -241,50 +216,17 @@ impl Applier {
                 .await
                 .map_err(|e| self.error(e))?;
         }
-        if p.unflushed.is_some() {
-            self.flush(&mut p, &durable).await?;
-        }
         Ok(())
     }
 
-    /// Flushes the target's WAL past every commit made so far (a small
-    /// synchronous commit flushes all WAL before it), then reports them.
-    async fn flush(
-        &self,
-        p: &mut Pending,
-        durable: &mpsc::UnboundedSender<(usize, Lsn)>,
-    ) -> Result<(), ApplyError> {
-        let Some(end_lsn) = p.unflushed.take() else {
-            return Ok(());
-        };
-        self.client
-            .batch_execute(&format!(
-                "BEGIN; SET LOCAL synchronous_commit = on;
-                 UPDATE shardline.cdc_progress SET updated_at = now() WHERE slot_name = '{}'; COMMIT",
-                self.slot.replace('\'', "''")
-            ))
-            .await
-            .map_err(|e| self.error(e))?;
-        p.last_flush = tokio::time::Instant::now();
-        let _ = durable.send((self.target, end_lsn));
-        Ok(())
-    }
-
-    /// Commits the open group with its progress mark. `sync`: wait for the
-    /// WAL flush, and report this and every earlier commit durable; else
-    /// leave the report to a later synchronous commit.
     async fn commit(
         &self,
         p: &mut Pending,
         durable: &mpsc::UnboundedSender<(usize, Lsn)>,
-        sync: bool,
     ) -> Result<(), ApplyError> {
         let Some((commit_lsn, end_lsn, commit_time)) = p.last else {
             return Ok(());
         };
-        if sync {
-            p.batch.push_str("SET LOCAL synchronous_commit = on;");
-        }
         p.batch.push_str(&format!(
             "INSERT INTO shardline.cdc_progress (slot_name, commit_lsn, end_lsn, commit_time)
              VALUES ('{slot}', '{commit_lsn}', '{end_lsn}', timestamptz '2000-01-01 00:00:00+00' + {commit_time} * interval '1 microsecond')
@@ -297,13 +239,7 @@ impl Applier {
         p.in_transaction = false;
         p.grouped = 0;
         p.last = None;
-        if sync {
-            p.unflushed = None;
-            p.last_flush = tokio::time::Instant::now();
-            let _ = durable.send((self.target, end_lsn));
-        } else {
-            p.unflushed = Some(end_lsn);
-        }
+        let _ = durable.send((self.target, end_lsn));
         Ok(())
     }
 
