@@ -137,20 +137,8 @@ struct Target {
 
 struct Txn {
     info: crate::jsonl::TxnInfo,
-    /// Targets sent statements of this transaction.
     touched: BTreeSet<usize>,
-    /// Targets whose read models buffered adjustments of this transaction.
-    adjusted: BTreeSet<usize>,
 }
-
-/// A read-model database's commit held back while its adjustments are
-/// buffered: transactions that only adjust read models there commit in one
-/// target transaction (one `MERGE` per read model for many source
-/// transactions), at the latest every [`DELTA_FLUSH`].
-type Deferred = Vec<Option<Command>>;
-
-/// How long read-model adjustments may wait to be merged.
-const DELTA_FLUSH: Duration = Duration::from_millis(100);
 
 /// Streams until `stop` turns true or the stream fails.
 pub async fn run(
@@ -258,9 +246,6 @@ pub async fn run(
 
     let mut applied: Vec<Lsn> = targets.iter().map(|t| t.recorded).collect();
     let mut source_seen = Lsn::ZERO;
-    let mut deferred: Deferred = (0..targets.len()).map(|_| None).collect();
-    let mut merge_tick = tokio::time::interval(DELTA_FLUSH);
-    merge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut publish = tokio::time::interval(Duration::from_secs(1));
     publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let copied_at = source::backfill_points(&source, &options.slot).await?;
@@ -310,7 +295,7 @@ pub async fn run(
                     match event {
                         ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
                             let info = crate::jsonl::TxnInfo { commit_lsn: Lsn(final_lsn.0), xid, commit_time: commit_time_micros };
-                            txn = Some(Txn { info, touched: BTreeSet::new(), adjusted: BTreeSet::new() });
+                            txn = Some(Txn { info, touched: BTreeSet::new() });
                         }
                         ReplicationEvent::XLogData { data, .. } => {
                             let Some(t) = txn.as_mut() else { continue };
@@ -327,20 +312,15 @@ pub async fn run(
                             if let Some(sink) = &jsonl {
                                 sink.commit().map_err(|e| CdcError::Sink(e.to_string()))?;
                             }
-                            let commit = || Command::Commit { commit_lsn: Lsn(lsn.0), end_lsn: Lsn(end_lsn.0), commit_time: commit_time_micros };
+                            let mut t = t;
+                            flush_deltas(&mut deltas, &mut t, &targets).await?;
                             for &target in &t.touched {
-                                // Its buffered adjustments join this commit,
-                                // which also covers the commit held back there.
-                                flush_target(&mut deltas, target, &targets, &mut deferred, false).await?;
-                                send(&targets[target], commit()).await?;
-                            }
-                            for &target in t.adjusted.difference(&t.touched) {
-                                deferred[target] = Some(commit());
+                                let commit = Command::Commit { commit_lsn: Lsn(lsn.0), end_lsn: Lsn(end_lsn.0), commit_time: commit_time_micros };
+                                send(&targets[target], commit).await?;
                             }
                             report.transactions += 1;
                             source_seen = source_seen.max(Lsn(end_lsn.0));
-                            let involved: BTreeSet<usize> = t.touched.union(&t.adjusted).copied().collect();
-                            confirmations.dispatched_at(Lsn(end_lsn.0), involved, commit_time_micros);
+                            confirmations.dispatched_at(Lsn(end_lsn.0), t.touched, commit_time_micros);
                             stream.update_applied_lsn(pgwire_replication::Lsn(confirmations.confirmed().0));
                         }
                         ReplicationEvent::Message { transactional: false, lsn, prefix, .. } if prefix == HEARTBEAT_PREFIX => {
@@ -360,15 +340,6 @@ pub async fn run(
                 _ = heartbeat.tick() => {
                     beat(&source, options).await.map_err(|e| query_error(&topology.source, e))?;
                 }
-                // Between transactions only: a commit sent while one is open
-                // would commit part of it under an earlier position.
-                _ = merge_tick.tick(), if txn.is_none() => {
-                    for target in 0..targets.len() {
-                        if deferred[target].is_some() {
-                            flush_target(&mut deltas, target, &targets, &mut deferred, true).await?;
-                        }
-                    }
-                }
                 _ = publish.tick() => {
                     publish_metrics(&metrics, &mut confirmations, &applied, source_seen, &report);
                 }
@@ -380,15 +351,7 @@ pub async fn run(
     }
     .await;
 
-    // Commit what waits only for its read-model adjustments, then close the
-    // queues: appliers commit complete groups, roll back the rest.
-    if outcome.is_ok() && txn.is_none() {
-        for target in 0..targets.len() {
-            if deferred[target].is_some() {
-                let _ = flush_target(&mut deltas, target, &targets, &mut deferred, true).await;
-            }
-        }
-    }
+    // Close the queues: appliers commit complete groups, roll back the rest.
     drop(targets);
     let mut apply_error = None;
     for applier in appliers {
@@ -527,7 +490,6 @@ async fn handle(
                         table: table.name(),
                     });
                 }
-                txn.adjusted.insert(m.target);
                 if m.pending() >= crate::delta::MAX_PENDING_ROWS {
                     flush_delta(m, txn, targets).await?;
                 }
@@ -650,25 +612,14 @@ async fn flush_delta(
     Ok(())
 }
 
-/// Sends the buffered adjustments of every read model on `target`, then
-/// the commit held back for them, if any and if `commit` (else the caller
-/// sends a later commit that covers it). Only between source transactions,
-/// or right before the current one's commit.
-async fn flush_target(
+/// Sends every read model's buffered adjustments: the transaction commits.
+async fn flush_deltas(
     deltas: &mut [crate::delta::DeltaModel],
-    target: usize,
+    txn: &mut Txn,
     targets: &[Target],
-    deferred: &mut Deferred,
-    commit: bool,
 ) -> Result<(), CdcError> {
-    for m in deltas.iter_mut().filter(|m| m.target == target) {
-        if let Some(sql) = m.take_sql() {
-            send(&targets[target], Command::Exec(sql)).await?;
-        }
-    }
-    match deferred[target].take() {
-        Some(held) if commit => send(&targets[target], held).await?,
-        _ => {}
+    for m in deltas {
+        flush_delta(m, txn, targets).await?;
     }
     Ok(())
 }
