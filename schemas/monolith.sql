@@ -8,3 +8,8 @@ DO $$ BEGIN
             FOREIGN KEY (merchant_id) REFERENCES merchants;
     END IF;
 END $$;
+
+-- Updates and deletes of payments carry the whole old row, so CDC keeps the
+-- read models over payments (merchant_daily_volume) incrementally: it
+-- subtracts the old row's contribution and adds the new one's.
+ALTER TABLE payments REPLICA IDENTITY FULL;

@@ -7,6 +7,12 @@
 //! which source transactions it has, so none is lost or applied twice.
 //! Source transactions queued back to back are grouped into one target
 //! commit (group commit), and statements travel in batches of one round trip.
+//!
+//! A target of a context with an `apply_interval` streams its statements
+//! into one open target transaction and commits it at most once per
+//! interval: readers there see the source's changes in steps, and the slot
+//! is not confirmed past them until they commit. Memory stays bounded,
+//! since statements leave in batches as they come.
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
@@ -76,6 +82,11 @@ pub struct Applier {
     pub name: String,
     pub client: Client,
     pub slot: String,
+    /// The source's TimeZone: read-model group expressions such as
+    /// `date_trunc('day', created_at)` evaluate here as they do there.
+    pub time_zone: String,
+    /// Commit at most this often (`None`: as soon as the queue is empty).
+    pub apply_interval: Option<std::time::Duration>,
 }
 
 struct Pending {
@@ -97,7 +108,10 @@ impl Applier {
         durable: mpsc::UnboundedSender<(usize, Lsn)>,
     ) -> Result<(), ApplyError> {
         self.client
-            .batch_execute("SET standard_conforming_strings = on; SET synchronous_commit = on")
+            .batch_execute(&format!(
+                "SET standard_conforming_strings = on; SET synchronous_commit = on; SET TimeZone = '{}'",
+                self.time_zone.replace('\'', "''")
+            ))
             .await
             .map_err(|e| self.error(e))?;
         // As PostgreSQL's apply workers do: the source already checked
@@ -116,7 +130,23 @@ impl Applier {
             last: None,
             partial: false,
         };
-        while let Some(command) = commands.recv().await {
+        let mut last_commit = tokio::time::Instant::now();
+        loop {
+            let command = match self.apply_interval {
+                // Complete transactions wait for the interval to end.
+                Some(interval) if p.grouped > 0 && !p.partial => {
+                    tokio::select! {
+                        c = commands.recv() => c,
+                        _ = tokio::time::sleep_until(last_commit + interval) => {
+                            self.commit(&mut p, &durable).await?;
+                            last_commit = tokio::time::Instant::now();
+                            continue;
+                        }
+                    }
+                }
+                _ => commands.recv().await,
+            };
+            let Some(command) = command else { break };
             match command {
                 Command::Exec(sql) => {
                     if !p.in_transaction {
@@ -158,12 +188,17 @@ impl Applier {
                     p.last = Some((commit_lsn, end_lsn, commit_time));
                     p.grouped += 1;
                     p.partial = false;
-                    let more_queued = !commands.is_empty();
-                    if !more_queued
-                        || p.grouped >= MAX_GROUPED_TRANSACTIONS
-                        || p.batch.len() >= MAX_BATCH_BYTES
-                    {
+                    let due = match self.apply_interval {
+                        Some(interval) => last_commit.elapsed() >= interval,
+                        None => {
+                            commands.is_empty()
+                                || p.grouped >= MAX_GROUPED_TRANSACTIONS
+                                || p.batch.len() >= MAX_BATCH_BYTES
+                        }
+                    };
+                    if due {
                         self.commit(&mut p, &durable).await?;
+                        last_commit = tokio::time::Instant::now();
                     }
                 }
             }

@@ -90,9 +90,22 @@ pub struct Tables {
     by_id: HashMap<u32, Table>,
     /// Column names of each table when first described, to notice DDL.
     first_columns: HashMap<String, Vec<String>>,
+    /// Primary key columns of tables, by `schema.name`: under REPLICA
+    /// IDENTITY FULL every column is flagged as identity, but the primary
+    /// key alone finds the row on a target (by index, whatever the types).
+    primary_keys: HashMap<String, Vec<String>>,
 }
 
 impl Tables {
+    /// Known primary keys make rows of REPLICA IDENTITY FULL tables found
+    /// by their key alone.
+    pub fn with_primary_keys(primary_keys: HashMap<String, Vec<String>>) -> Self {
+        Self {
+            primary_keys,
+            ..Self::default()
+        }
+    }
+
     /// Records a Relation message. A table whose column list changed since
     /// it was first described stops the stream (see [`ChangeError::ColumnsChanged`]).
     pub fn describe(&mut self, relation: Relation, routes: &Routes) -> Result<(), ChangeError> {
@@ -142,13 +155,24 @@ impl Tables {
             }
             _ => None,
         };
-        let key = relation
-            .columns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.is_key)
-            .map(|(i, _)| i)
-            .collect();
+        let primary_key: Option<Vec<usize>> = self
+            .primary_keys
+            .get(&name)
+            .filter(|_| relation.replica_identity == ReplicaIdentity::Full)
+            .and_then(|pk| {
+                pk.iter()
+                    .map(|k| columns.iter().position(|c| c == k))
+                    .collect()
+            });
+        let key = primary_key.unwrap_or_else(|| {
+            relation
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.is_key)
+                .map(|(i, _)| i)
+                .collect()
+        });
         let qualified = format!(
             "{}.{}",
             quote_ident(&relation.namespace),

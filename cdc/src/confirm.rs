@@ -9,6 +9,7 @@
 //! transaction on a keepalive is how pgcopydb lost data (issue 1033).
 
 use std::collections::{BTreeSet, VecDeque};
+use std::time::Instant;
 
 use crate::lsn::Lsn;
 
@@ -16,6 +17,9 @@ use crate::lsn::Lsn;
 struct InFlight {
     end_lsn: Lsn,
     pending: BTreeSet<usize>,
+    /// Microseconds since 2000-01-01, as the source stamped the commit.
+    commit_time: i64,
+    dispatched_at: Instant,
 }
 
 /// The confirmed position and the transactions that hold it back.
@@ -23,6 +27,9 @@ struct InFlight {
 pub struct Confirmations {
     in_flight: VecDeque<InFlight>,
     confirmed: Lsn,
+    /// Seconds from dispatch to durable everywhere, of transactions that
+    /// completed since the last [`Confirmations::take_latencies`].
+    latencies: Vec<f64>,
 }
 
 impl Confirmations {
@@ -32,16 +39,30 @@ impl Confirmations {
         Self {
             in_flight: VecDeque::new(),
             confirmed: start,
+            latencies: Vec::new(),
         }
     }
 
     /// Records a source transaction ending at `end_lsn`, sent to `targets`.
     /// Transactions must be dispatched in commit order.
     pub fn dispatched(&mut self, end_lsn: Lsn, targets: impl IntoIterator<Item = usize>) {
+        self.dispatched_at(end_lsn, targets, 0);
+    }
+
+    /// [`Confirmations::dispatched`], with the source's commit time
+    /// (microseconds since 2000-01-01) for lag in seconds.
+    pub fn dispatched_at(
+        &mut self,
+        end_lsn: Lsn,
+        targets: impl IntoIterator<Item = usize>,
+        commit_time: i64,
+    ) {
         debug_assert!(self.in_flight.back().is_none_or(|t| t.end_lsn <= end_lsn));
         self.in_flight.push_back(InFlight {
             end_lsn,
             pending: targets.into_iter().collect(),
+            commit_time,
+            dispatched_at: Instant::now(),
         });
         self.advance();
     }
@@ -71,12 +92,30 @@ impl Confirmations {
         self.in_flight.len()
     }
 
+    /// The commit time of the oldest transaction `target` has not yet made
+    /// durable, if any.
+    pub fn oldest_outstanding(&self, target: usize) -> Option<i64> {
+        self.in_flight
+            .iter()
+            .find(|t| t.pending.contains(&target))
+            .map(|t| t.commit_time)
+    }
+
+    /// Dispatch-to-durable seconds of transactions completed since the last call.
+    pub fn take_latencies(&mut self) -> Vec<f64> {
+        std::mem::take(&mut self.latencies)
+    }
+
     fn advance(&mut self) {
         while let Some(front) = self.in_flight.front() {
             if !front.pending.is_empty() {
                 break;
             }
             self.confirmed = self.confirmed.max(front.end_lsn);
+            if self.latencies.len() < 100_000 {
+                self.latencies
+                    .push(front.dispatched_at.elapsed().as_secs_f64());
+            }
             self.in_flight.pop_front();
         }
     }

@@ -12,18 +12,22 @@
 //! [`confirm::Confirmations`] decides what the slot may be told. [`status`]
 //! reports where the slot and every target stand.
 //!
-//! [`readmodel`] recomputes read models whose source table changed.
+//! [`delta`] keeps count and sum read models current change by change, in
+//! the same target transaction as the progress mark; [`readmodel`]
+//! recomputes the others from the source. [`metrics`] serves Prometheus
+//! metrics of a run.
 //!
 //! [`jsonl`] writes the decoded stream as JSON lines instead of applying it.
 //!
-//! Not yet here: incremental read-model upkeep, per-context apply
-//! intervals and Prometheus metrics.
+//! Not yet here: recomputing only the touched groups of min/max read models.
 
 pub mod apply;
 pub mod change;
 pub mod confirm;
+pub mod delta;
 pub mod jsonl;
 pub mod lsn;
+pub mod metrics;
 pub mod pgoutput;
 pub mod readmodel;
 pub mod route;

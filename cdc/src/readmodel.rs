@@ -7,8 +7,9 @@
 //! of the refresh, so a read model is eventually consistent with the
 //! stream, and exact once the stream is quiet.
 //!
-//! Not yet incremental: count and sum could be adjusted per change, and
-//! min, max and latest value recomputed for the touched groups only.
+//! Read models of counts and sums over a table with full replica identity
+//! are kept incrementally instead ([`crate::delta`]); this recomputation is
+//! for the others (min, max, latest value, distinct counts).
 
 use std::collections::BTreeSet;
 
@@ -52,6 +53,13 @@ impl Refresher {
             models,
             dirty: BTreeSet::new(),
         }
+    }
+
+    /// Leaves the named read models to someone else (incremental upkeep).
+    pub fn without(mut self, names: &[&str]) -> Self {
+        self.models
+            .retain(|m| !names.contains(&m.read_model.name.as_str()));
+        self
     }
 
     /// A change to `table` (`schema.name`) makes the read models over it stale.

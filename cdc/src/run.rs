@@ -49,6 +49,8 @@ pub struct RunOptions {
     pub read_model_refresh: Duration,
     /// Write the change stream as JSON lines here instead of applying it.
     pub jsonl: Option<crate::jsonl::Output>,
+    /// Serve Prometheus metrics over HTTP on this address.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -71,6 +73,7 @@ impl Default for RunOptions {
             max_retained_wal: 1 << 30,
             read_model_refresh: Duration::from_secs(10),
             jsonl: None,
+            metrics_listen: None,
         }
     }
 }
@@ -113,10 +116,17 @@ pub enum CdcError {
     },
     #[error("slot {slot} exists but publication {publication} does not: changes since the slot was created cannot be decoded (fix: shardline backfill --restart, which creates both in order)")]
     PublicationAfterSlot { slot: String, publication: String },
+    #[error("cannot serve metrics on {addr}: {cause}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        cause: String,
+    },
     #[error("cannot write the JSON-lines stream: {0}")]
     Sink(String),
     #[error("query on {target} failed: {cause}")]
     Query { target: String, cause: String },
+    #[error("read model {read_model}: a change of {table} did not carry its whole old row, so the read model cannot be adjusted (fix: ALTER TABLE {table} REPLICA IDENTITY FULL; then `shardline backfill --restart` to copy the read model again)")]
+    IncompleteChange { read_model: String, table: String },
 }
 
 struct Target {
@@ -145,7 +155,15 @@ pub async fn run(
     if !problems.is_empty() {
         return Err(CdcError::Setup(problems));
     }
+    let time_zone: String = source
+        .query_one("SELECT current_setting('TimeZone')", &[])
+        .await
+        .map_err(|e| query_error(&topology.source, e))?
+        .get(0);
     let (durable_tx, mut durable_rx) = mpsc::unbounded_channel();
+    // An applier that fails says so at once: the stream stops even when no
+    // further change is headed its way.
+    let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<()>();
     let mut targets = Vec::new();
     let mut appliers: Vec<JoinHandle<Result<(), ApplyError>>> = Vec::new();
     let jsonl = options.jsonl.clone().map(crate::jsonl::JsonlSink::new);
@@ -155,6 +173,17 @@ pub async fn run(
     } else {
         &routes.targets[..]
     };
+    // Bound before anything is created, so a taken address changes nothing.
+    let metrics = crate::metrics::Metrics::new(target_list.iter().map(|c| c.to_string()));
+    if let Some(addr) = options.metrics_listen {
+        crate::metrics::serve(addr, metrics.clone(), stop.clone())
+            .await
+            .map_err(|e| CdcError::Metrics {
+                addr,
+                cause: e.to_string(),
+            })?;
+        tracing::info!(%addr, "serving Prometheus metrics");
+    }
     for (i, conn) in target_list.iter().enumerate() {
         let client = conn.connect().await?;
         let recorded = apply::recorded_position(&client, &options.slot)
@@ -166,8 +195,19 @@ pub async fn run(
             name: conn.to_string(),
             client,
             slot: options.slot.clone(),
+            time_zone: time_zone.clone(),
+            apply_interval: topology
+                .context(&routes.target_context[i])
+                .and_then(|c| c.apply_interval),
         };
-        appliers.push(tokio::spawn(applier.run(rx, durable_tx.clone())));
+        let (durable, failed) = (durable_tx.clone(), failed_tx.clone());
+        appliers.push(tokio::spawn(async move {
+            let result = applier.run(rx, durable).await;
+            if result.is_err() {
+                let _ = failed.send(());
+            }
+            result
+        }));
         targets.push(Target {
             name: conn.to_string(),
             recorded,
@@ -204,6 +244,10 @@ pub async fn run(
         tracing::warn!(slot = %options.slot, lsn = %slot.confirmed_flush, "created the slot now: only changes from here on are streamed; run `shardline backfill` first to copy what came before");
     }
 
+    let mut applied: Vec<Lsn> = targets.iter().map(|t| t.recorded).collect();
+    let mut source_seen = Lsn::ZERO;
+    let mut publish = tokio::time::interval(Duration::from_secs(1));
+    publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let copied_at = source::backfill_points(&source, &options.slot).await?;
     let config = replication_config(&topology.source, options, slot.confirmed_flush);
     let mut stream = ReplicationClient::connect(config)
@@ -212,10 +256,19 @@ pub async fn run(
     tracing::info!(slot = %options.slot, from = %slot.confirmed_flush, targets = targets.len(), "streaming");
 
     let mut confirmations = Confirmations::new(slot.confirmed_flush);
-    let mut tables = Tables::default();
+    let primary_keys = source::primary_keys(&source, &routes).await?;
+    let mut tables = Tables::with_primary_keys(primary_keys);
+    let mut deltas = if jsonl.is_some() {
+        Vec::new()
+    } else {
+        crate::delta::prepare(&source, topology, &routes)
+            .await
+            .map_err(|e| query_error(&topology.source, e))?
+    };
     let mut txn: Option<Txn> = None;
     let mut report = RunReport::default();
-    let mut read_models = crate::readmodel::Refresher::new(topology);
+    let incremental: Vec<&str> = deltas.iter().map(|m| m.name.as_str()).collect();
+    let mut read_models = crate::readmodel::Refresher::new(topology).without(&incremental);
     let mut refresh = tokio::time::interval(options.read_model_refresh);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat = tokio::time::interval(options.heartbeat);
@@ -228,8 +281,10 @@ pub async fn run(
                 _ = stop.changed() => {
                     if *stop.borrow() { return Ok(()); }
                 }
+                Some(()) = failed_rx.recv() => return Ok(()),
                 Some((target, lsn)) = durable_rx.recv() => {
                     confirmations.durable(target, lsn);
+                    applied[target] = applied[target].max(lsn);
                     stream.update_applied_lsn(pgwire_replication::Lsn(confirmations.confirmed().0));
                 }
                 event = stream.recv() => {
@@ -248,33 +303,45 @@ pub async fn run(
                                 emit(data, t, &mut tables, &routes, sink, &mut report)?;
                                 continue;
                             }
-                            handle(data, t, &mut tables, &routes, &targets, &topology.source, &copied_at, &mut read_models, &mut report).await?;
+                            let mut upkeep = Upkeep { refresher: &mut read_models, deltas: &mut deltas };
+                            let known = Known { routes: &routes, source: &topology.source, copied_at: &copied_at };
+                            handle(data, t, &mut tables, &known, &targets, &mut upkeep, &mut report).await?;
                         }
                         ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
                             let Some(t) = txn.take() else { continue };
                             if let Some(sink) = &jsonl {
                                 sink.commit().map_err(|e| CdcError::Sink(e.to_string()))?;
                             }
+                            let mut t = t;
+                            flush_deltas(&mut deltas, &mut t, &targets).await?;
                             for &target in &t.touched {
                                 let commit = Command::Commit { commit_lsn: Lsn(lsn.0), end_lsn: Lsn(end_lsn.0), commit_time: commit_time_micros };
                                 send(&targets[target], commit).await?;
                             }
                             report.transactions += 1;
-                            confirmations.dispatched(Lsn(end_lsn.0), t.touched);
+                            source_seen = source_seen.max(Lsn(end_lsn.0));
+                            confirmations.dispatched_at(Lsn(end_lsn.0), t.touched, commit_time_micros);
                             stream.update_applied_lsn(pgwire_replication::Lsn(confirmations.confirmed().0));
                         }
                         ReplicationEvent::Message { transactional: false, lsn, prefix, .. } if prefix == HEARTBEAT_PREFIX => {
+                            source_seen = source_seen.max(Lsn(lsn.0));
                             if txn.is_none() {
                                 confirmations.idle_at(Lsn(lsn.0));
                                 stream.update_applied_lsn(pgwire_replication::Lsn(confirmations.confirmed().0));
                             }
                         }
-                        ReplicationEvent::Message { .. } | ReplicationEvent::KeepAlive { .. } => {}
+                        ReplicationEvent::KeepAlive { wal_end, .. } => {
+                            source_seen = source_seen.max(Lsn(wal_end.0));
+                        }
+                        ReplicationEvent::Message { .. } => {}
                         ReplicationEvent::StoppedAt { .. } => return Ok(()),
                     }
                 }
                 _ = heartbeat.tick() => {
                     beat(&source, options).await.map_err(|e| query_error(&topology.source, e))?;
+                }
+                _ = publish.tick() => {
+                    publish_metrics(&metrics, &mut confirmations, &applied, source_seen, &report);
                 }
                 _ = refresh.tick() => {
                     report.read_model_refreshes += read_models.refresh(&topology.source).await? as u64;
@@ -304,6 +371,9 @@ pub async fn run(
     }
     stream.update_applied_lsn(pgwire_replication::Lsn(confirmations.confirmed().0));
     let _ = stream.shutdown().await;
+    if outcome.is_err() || apply_error.is_some() {
+        metrics.error();
+    }
     if outcome.is_ok() && apply_error.is_none() {
         report.read_model_refreshes += read_models.refresh(&topology.source).await? as u64;
     }
@@ -314,6 +384,34 @@ pub async fn run(
         return Err(e.into());
     }
     Ok(report)
+}
+
+/// Brings the metrics up to date: counters, positions, per-target lag and
+/// the latencies of transactions completed since the last call.
+fn publish_metrics(
+    metrics: &crate::metrics::Metrics,
+    confirmations: &mut Confirmations,
+    applied: &[Lsn],
+    source_seen: Lsn,
+    report: &RunReport,
+) {
+    metrics.progress(report.changes, report.transactions);
+    metrics.positions(confirmations.confirmed().0, source_seen.0);
+    // Microseconds since 2000-01-01, PostgreSQL's epoch.
+    let now = chrono::Utc::now().timestamp_micros() - 946_684_800_000_000;
+    for (target, lsn) in applied.iter().enumerate() {
+        let (bytes, seconds) = match confirmations.oldest_outstanding(target) {
+            Some(committed) => (
+                source_seen.0.saturating_sub(lsn.0),
+                (now - committed).max(0) as f64 / 1e6,
+            ),
+            None => (0, 0.0),
+        };
+        metrics.target(target, lsn.0, bytes, seconds);
+    }
+    for seconds in confirmations.take_latencies() {
+        metrics.applied(seconds);
+    }
 }
 
 /// Writes one decoded message of a transaction to the JSON-lines sink.
@@ -349,15 +447,19 @@ async fn handle(
     data: Bytes,
     txn: &mut Txn,
     tables: &mut Tables,
-    routes: &Routes,
+    known: &Known<'_>,
     targets: &[Target],
-    source: &ConnString,
-    copied_at: &HashMap<String, Lsn>,
-    read_models: &mut crate::readmodel::Refresher,
+    upkeep: &mut Upkeep<'_>,
     report: &mut RunReport,
 ) -> Result<(), CdcError> {
     let message = pgoutput::decode(data)?;
-    let wanted = |target: usize| txn.info.commit_lsn > targets[target].recorded;
+    let Known {
+        routes,
+        source,
+        copied_at,
+    } = *known;
+    let commit_lsn = txn.info.commit_lsn;
+    let wanted = |target: usize| commit_lsn > targets[target].recorded;
     // A table that backfill copied from a later snapshot than the slot's
     // start (a resumed job) already holds the changes up to that point.
     let already_copied = |tables: &Tables, relation: u32| {
@@ -365,7 +467,7 @@ async fn handle(
             .get(relation)
             .ok()
             .and_then(|t| copied_at.get(&t.name()))
-            .is_some_and(|lsn| txn.info.commit_lsn <= *lsn)
+            .is_some_and(|lsn| commit_lsn <= *lsn)
     };
     match &message {
         LogicalMessage::Relation(r) => tables.describe(r.clone(), routes)?,
@@ -373,7 +475,25 @@ async fn handle(
         | LogicalMessage::Update { relation, .. }
         | LogicalMessage::Delete { relation, .. } => {
             report.changes += 1;
-            read_models.touch(&tables.get(*relation)?.name());
+            let table = tables.get(*relation)?;
+            upkeep.refresher.touch(&table.name());
+            for m in upkeep.deltas.iter_mut().filter(|m| m.from == table.name()) {
+                let copied = copied_at
+                    .get(&format!("public.{}", m.name))
+                    .is_some_and(|lsn| commit_lsn <= *lsn);
+                if copied || !wanted(m.target) {
+                    continue;
+                }
+                if m.record(&table.relation, &message) == crate::delta::Recorded::Incomplete {
+                    return Err(CdcError::IncompleteChange {
+                        read_model: m.name.clone(),
+                        table: table.name(),
+                    });
+                }
+                if m.pending() >= crate::delta::MAX_PENDING_ROWS {
+                    flush_delta(m, txn, targets).await?;
+                }
+            }
             if already_copied(tables, *relation) {
                 report.skipped += 1;
                 return Ok(());
@@ -431,7 +551,17 @@ async fn handle(
         }
         LogicalMessage::Truncate { relations, .. } => {
             for id in relations {
-                read_models.touch(&tables.get(*id)?.name());
+                let name = tables.get(*id)?.name();
+                upkeep.refresher.touch(&name);
+                for m in upkeep.deltas.iter_mut().filter(|m| m.from == name) {
+                    let copied = copied_at
+                        .get(&format!("public.{}", m.name))
+                        .is_some_and(|lsn| commit_lsn <= *lsn);
+                    if !copied && wanted(m.target) {
+                        txn.touched.insert(m.target);
+                        send(&targets[m.target], Command::Exec(m.truncate_sql())).await?;
+                    }
+                }
                 if already_copied(tables, *id) {
                     continue;
                 }
@@ -449,6 +579,47 @@ async fn handle(
             }
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// What the stream's changes are placed with.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    routes: &'a Routes,
+    source: &'a ConnString,
+    /// Where backfill copied each table and read model (see `source::backfill_points`).
+    copied_at: &'a HashMap<String, Lsn>,
+}
+
+/// What keeps read models current while the stream is applied.
+struct Upkeep<'a> {
+    refresher: &'a mut crate::readmodel::Refresher,
+    deltas: &'a mut Vec<crate::delta::DeltaModel>,
+}
+
+/// Sends one read model's buffered adjustments to its database, inside the
+/// open source transaction there.
+async fn flush_delta(
+    model: &mut crate::delta::DeltaModel,
+    txn: &mut Txn,
+    targets: &[Target],
+) -> Result<(), CdcError> {
+    if let Some(sql) = model.take_sql() {
+        txn.touched.insert(model.target);
+        send(&targets[model.target], Command::Exec(sql)).await?;
+    }
+    Ok(())
+}
+
+/// Sends every read model's buffered adjustments: the transaction commits.
+async fn flush_deltas(
+    deltas: &mut [crate::delta::DeltaModel],
+    txn: &mut Txn,
+    targets: &[Target],
+) -> Result<(), CdcError> {
+    for m in deltas {
+        flush_delta(m, txn, targets).await?;
     }
     Ok(())
 }

@@ -271,3 +271,28 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<SlotState, Sourc
         }
     }
 }
+
+/// The primary key columns of every listed table that has one, by
+/// `schema.name`, in key order.
+pub async fn primary_keys(
+    client: &Client,
+    routes: &Routes,
+) -> Result<HashMap<String, Vec<String>>, SourceError> {
+    let mut keys = HashMap::new();
+    for (table, _) in routes.tables() {
+        let row = client
+            .query_opt(
+                "SELECT array_agg(a.attname::text ORDER BY k.ord)
+                   FROM pg_index i
+                   CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                  WHERE i.indrelid = to_regclass($1) AND i.indisprimary",
+                &[&table],
+            )
+            .await?;
+        if let Some(columns) = row.and_then(|r| r.get::<_, Option<Vec<String>>>(0)) {
+            keys.insert(table.to_string(), columns);
+        }
+    }
+    Ok(keys)
+}

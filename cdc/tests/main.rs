@@ -1,4 +1,5 @@
 //! Integration tests against real PostgreSQL servers.
 
 mod decode;
+mod readmodel;
 mod stream;

@@ -395,3 +395,272 @@ async fn the_jsonl_sink_writes_one_object_per_change_and_applies_nothing() {
         ""
     );
 }
+
+/// Polls `sql` on `server` until it prints `want`, for up to `secs`.
+async fn wait_for(server: &PgServer, sql: &str, want: &str, secs: u64) -> bool {
+    for _ in 0..secs * 10 {
+        if server.psql("postgres", sql).unwrap().trim() == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_with_an_apply_interval_commits_in_steps_and_holds_the_slot_meanwhile() {
+    let mut f = fleet();
+    let interval = Duration::from_secs(6);
+    f.topology
+        .contexts
+        .iter_mut()
+        .find(|c| c.name == "settlements")
+        .unwrap()
+        .apply_interval = Some(interval);
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (topology, opts) = (f.topology.clone(), options.clone());
+    let started = std::time::Instant::now();
+    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    wait_streaming(&f.source).await;
+    let end = f
+        .source
+        .psql("postgres", "BEGIN; INSERT INTO payments VALUES (7, 1, 1, NULL, NULL); INSERT INTO payouts VALUES (1, 7, 1); COMMIT; SELECT pg_current_wal_insert_lsn()")
+        .unwrap();
+    let on_shards = "SELECT count(*) FROM payments";
+    let shard_has_it = wait_for(&f.shards[0], on_shards, "1", 3).await
+        || wait_for(&f.shards[1], on_shards, "1", 1).await;
+    assert!(shard_has_it, "the continuous context applies at once");
+    if started.elapsed() < interval {
+        assert_eq!(
+            rows(&f.settlements, "payouts", "true").trim(),
+            "",
+            "settlements waits for its interval"
+        );
+        let confirmed_past = f
+            .source
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT confirmed_flush_lsn >= '{}' FROM pg_replication_slots",
+                    end.trim()
+                ),
+            )
+            .unwrap();
+        assert_eq!(
+            confirmed_past.trim(),
+            "f",
+            "the slot is not confirmed past what settlements holds"
+        );
+    }
+    assert!(
+        wait_for(&f.settlements, "SELECT count(*) FROM payouts", "1", 20).await,
+        "settlements applies at the end of its interval"
+    );
+    assert!(started.elapsed() >= interval);
+    wait_caught_up(&f.source, &options.slot).await;
+    stop_tx.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+    assert_converged(&f);
+}
+
+/// One HTTP GET over a plain socket, as Prometheus scrapes.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.contains("Content-Type: text/plain; version=0.0.4"));
+    response.split("\r\n\r\n").nth(1).unwrap().to_string()
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_are_served_over_http() {
+    let f = fleet();
+    let addr = {
+        // A free port, released for cdc to bind.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        metrics_listen: Some(addr),
+        ..RunOptions::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (topology, opts) = (f.topology.clone(), options.clone());
+    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    wait_streaming(&f.source).await;
+    f.source
+        .psql("postgres", "INSERT INTO payments SELECT m, 1, 1 FROM generate_series(1, 50) m; INSERT INTO payouts VALUES (1, 1, 1)")
+        .unwrap();
+    wait_caught_up(&f.source, &options.slot).await;
+    // Metrics are published once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let text = scrape(addr).await;
+    assert_eq!(value(&text, "shardline_cdc_changes_total"), 51.0);
+    assert!(value(&text, "shardline_cdc_transactions_total") >= 1.0);
+    assert_eq!(value(&text, "shardline_cdc_errors_total"), 0.0);
+    let settlements = format!(
+        "shardline_cdc_lag_bytes{{target=\"{}\"}}",
+        f.topology.context("settlements").unwrap().databases()[0]
+    );
+    assert_eq!(value(&text, &settlements), 0.0, "caught up");
+    assert!(value(&text, "shardline_cdc_apply_latency_seconds_count") >= 1.0);
+    assert!(value(&text, "shardline_cdc_confirmed_lsn") > 0.0);
+    assert!(text.contains("# TYPE shardline_cdc_apply_latency_seconds histogram"));
+
+    // A second cdc on the same address is refused before it streams.
+    let (_stop, stop_rx2) = watch::channel(false);
+    let other = RunOptions {
+        slot: "other".into(),
+        ..options.clone()
+    };
+    let err = run(&f.topology, &other, stop_rx2)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("cannot serve metrics on {addr}")),
+        "{err}"
+    );
+
+    stop_tx.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+}
+
+/// Writes that never reach the publication (another table, vacuum, other
+/// databases) still grow the WAL: heartbeats must let the slot move past
+/// them, or the source keeps that WAL forever (Debezium DBZ-9641).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_publication_still_lets_the_slot_advance_debezium_dbz_9641() {
+    let f = fleet();
+    f.source
+        .psql(
+            "postgres",
+            "CREATE TABLE unpublished (id bigint, body text)",
+        )
+        .unwrap();
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (topology, opts) = (f.topology.clone(), options.clone());
+    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    wait_streaming(&f.source).await;
+    let start = f
+        .source
+        .psql("postgres", "SELECT pg_current_wal_insert_lsn()")
+        .unwrap();
+    f.source
+        .psql(
+            "postgres",
+            "INSERT INTO unpublished SELECT g, repeat('x', 200) FROM generate_series(1, 50000) g",
+        )
+        .unwrap();
+    wait_caught_up(&f.source, &options.slot).await;
+    let moved = f
+        .source
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT confirmed_flush_lsn - '{}' > 10000000 FROM pg_replication_slots",
+                start.trim()
+            ),
+        )
+        .unwrap();
+    assert_eq!(moved.trim(), "t", "the slot moved past the unpublished WAL");
+    stop_tx.send(true).unwrap();
+    let report = cdc.await.unwrap().unwrap();
+    assert_eq!(report.changes, 0);
+}
+
+/// All row changes of one source transaction share its commit LSN. When a
+/// target fails part way, the transaction is sent again on restart; every
+/// one of its changes must be applied there, and none twice on a target
+/// that already had it (Debezium dbz#1554 dropped some after a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_sharing_one_commit_lsn_all_arrive_after_a_failed_apply_debezium_dbz_1554() {
+    let f = fleet();
+    let ContextKind::Sharded { placement, .. } = &f.topology.context("transactions").unwrap().kind
+    else {
+        unreachable!()
+    };
+    let on_shard_1 = (1..)
+        .find(|m: &i64| placement.shard(&shardline_topology::ShardKey::Int(*m)) == 1)
+        .unwrap();
+    // Shard 1 refuses one row of the transaction, once.
+    f.shards[1]
+        .psql(
+            "postgres",
+            "ALTER TABLE payments ADD CONSTRAINT not_yet CHECK (id <> 999)",
+        )
+        .unwrap();
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let (topology, opts) = (f.topology.clone(), options.clone());
+    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    wait_streaming(&f.source).await;
+    f.source
+        .psql(
+            "postgres",
+            &format!("BEGIN; INSERT INTO payments SELECT m, i, i FROM generate_series(1, 40) m, generate_series(1, 25) i;
+                      INSERT INTO payouts SELECT i, i, i FROM generate_series(1, 30) i;
+                      INSERT INTO payments VALUES ({on_shard_1}, 999, 1); COMMIT"),
+        )
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(60), cdc)
+        .await
+        .expect("the failed apply stops cdc")
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not_yet"), "{err}");
+    assert_eq!(
+        rows(&f.shards[1], "payments", "true").trim(),
+        "",
+        "nothing of the transaction on the failed shard"
+    );
+
+    f.shards[1]
+        .psql("postgres", "ALTER TABLE payments DROP CONSTRAINT not_yet")
+        .unwrap();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (topology, opts) = (f.topology.clone(), options.clone());
+    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    wait_streaming(&f.source).await;
+    wait_caught_up(&f.source, &options.slot).await;
+    stop_tx.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+    assert_converged(&f);
+    assert_eq!(
+        f.shards
+            .iter()
+            .map(|s| s
+                .psql("postgres", "SELECT count(*) FROM payments")
+                .unwrap()
+                .trim()
+                .parse::<u64>()
+                .unwrap())
+            .sum::<u64>(),
+        1001
+    );
+}

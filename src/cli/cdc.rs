@@ -32,6 +32,7 @@ pub struct SlotArgs {
 #[command(after_help = "Examples:
   shardline cdc run
   shardline cdc run --heartbeat-secs 5
+  shardline cdc run --metrics-listen 127.0.0.1:9187    # curl http://127.0.0.1:9187/metrics
   shardline cdc run --sink jsonl | kafka-console-producer --topic payments
   shardline -v cdc run --slot shardline")]
 pub struct RunArgs {
@@ -52,6 +53,9 @@ pub struct RunArgs {
     /// Seconds between recomputations of read models whose source changed
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86400))]
     read_model_refresh_secs: u64,
+    /// Serve Prometheus metrics (lag, changes, apply latency, errors) over HTTP on this address
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +101,7 @@ pub async fn run(cmd: CdcCommand, g: &Global) -> anyhow::Result<u8> {
                     let out: Box<dyn std::io::Write + Send> = Box::new(std::io::stdout());
                     std::sync::Arc::new(std::sync::Mutex::new(out))
                 }),
+                metrics_listen: args.metrics_listen,
             };
             let to_stdout = options.jsonl.is_none();
             let report = shardline_cdc::run::run(&topology, &options, signals::stop_on_signal())
@@ -170,6 +175,9 @@ fn hinted(e: CdcError) -> anyhow::Error {
         CdcError::Setup(_) => "apply the fixes shown, then start cdc again".into(),
         CdcError::Source(shardline_cdc::source::SourceError::SlotInUse { .. }) => {
             "stop the running `shardline cdc run` first".into()
+        }
+        CdcError::Metrics { .. } => {
+            "choose a free address for --metrics-listen, such as 127.0.0.1:9187".into()
         }
         CdcError::Apply(_) | CdcError::Stream(_) => {
             "start `shardline cdc run` again: it resumes where each target stopped".into()

@@ -19,8 +19,8 @@ pub mod topology;
 pub use conn::{ConnString, ConnStringError, ConnectError};
 pub use placement::{Placement, PlacementError, ShardKey, ShardKeyType};
 pub use topology::{
-    output_name, Context, ContextKind, Problem, ReadModel, RouterConfig, RouterUser, Secret,
-    Topology, TopologyError,
+    output_name, parse_interval, Context, ContextKind, Problem, ReadModel, RouterConfig,
+    RouterUser, Secret, Topology, TopologyError, DEFAULT_APPLY_INTERVAL, MAX_APPLY_INTERVAL,
 };
 
 /// Quotes an identifier for SQL the way `quote_ident` does.

@@ -22,6 +22,15 @@ pub const DEFAULT_ROUTER_LISTEN: &str = "127.0.0.1:6432";
 /// The context read models are kept in unless they name another.
 pub const DEFAULT_READ_MODEL_CONTEXT: &str = "analytics";
 
+/// How often CDC commits a context's changes when the topology does not
+/// say: continuously (`None`), each source transaction as soon as it is
+/// complete, so the context lags the source as little as possible.
+pub const DEFAULT_APPLY_INTERVAL: Option<std::time::Duration> = None;
+
+/// The longest `apply_interval`: CDC's slot cannot be confirmed past
+/// changes a context holds back, so the source keeps their WAL meanwhile.
+pub const MAX_APPLY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// A validated topology.
 #[derive(Clone, Debug)]
 pub struct Topology {
@@ -38,6 +47,10 @@ pub struct Context {
     pub name: String,
     pub tables: Vec<String>,
     pub kind: ContextKind,
+    /// CDC commits this context's changes at most this often (`None`:
+    /// continuously). Eventually consistent by design, such as settlements
+    /// every five minutes.
+    pub apply_interval: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -234,6 +247,7 @@ struct RawContext {
     bucket_ranges: Option<Vec<String>>,
     #[serde(default)]
     reference_tables: Vec<String>,
+    apply_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -578,6 +592,14 @@ impl Validator<'_> {
                 }
             }
         };
+        let apply_interval = match raw.apply_interval.as_deref().map(parse_interval) {
+            None => DEFAULT_APPLY_INTERVAL,
+            Some(Ok(interval)) => interval,
+            Some(Err(e)) => {
+                self.problem(&at("apply_interval"), e);
+                None
+            }
+        };
         if self.problems.len() > before {
             return None;
         }
@@ -585,6 +607,7 @@ impl Validator<'_> {
             name: name.to_string(),
             tables: raw.tables,
             kind,
+            apply_interval,
         })
     }
 
@@ -692,6 +715,41 @@ impl Validator<'_> {
             users,
         })
     }
+}
+
+/// `"continuous"` → `None`; `"500ms"`, `"30s"`, `"5m"`, `"1h"` → that long.
+pub fn parse_interval(text: &str) -> Result<Option<std::time::Duration>, String> {
+    let t = text.trim();
+    if t == "continuous" {
+        return Ok(None);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let bad = || {
+        format!(
+            "{text:?} is not an interval: write \"continuous\" or a whole number with ms, s, m or h, such as \"5m\""
+        )
+    };
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let millis = match unit.trim() {
+        "ms" => n,
+        "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        _ => return Err(bad()),
+    };
+    let d = std::time::Duration::from_millis(millis);
+    if d.is_zero() {
+        return Err(format!(
+            "{text:?} is zero; write \"continuous\" to apply changes as they come"
+        ));
+    }
+    if d > MAX_APPLY_INTERVAL {
+        return Err(format!(
+            "{text:?} is longer than 24h: the source would keep all that WAL for the slot"
+        ));
+    }
+    Ok(Some(d))
 }
 
 /// Whether `s` can be used unquoted as a PostgreSQL identifier.

@@ -180,3 +180,44 @@ fn read_model_query_groups_by_position_and_names_come_from_aliases() {
     assert_eq!(rm.group_columns(), ["merchant_id", "day"]);
     assert_eq!(output_name("sum(amount) as volume"), "volume");
 }
+
+#[test]
+fn apply_interval_defaults_to_continuous_and_refuses_nonsense() {
+    let t = parse(GOOD).unwrap();
+    assert_eq!(t.context("analytics").unwrap().apply_interval, None);
+    let with = GOOD.replace(
+        "tables = [\"merchants\"]",
+        "tables = [\"merchants\"]\napply_interval = \"5m\"",
+    );
+    assert_eq!(
+        parse(&with)
+            .unwrap()
+            .context("analytics")
+            .unwrap()
+            .apply_interval,
+        Some(std::time::Duration::from_secs(300))
+    );
+    assert_eq!(parse_interval("continuous"), Ok(None));
+    assert_eq!(
+        parse_interval("250ms"),
+        Ok(Some(std::time::Duration::from_millis(250)))
+    );
+    assert_eq!(
+        parse_interval("2h"),
+        Ok(Some(std::time::Duration::from_secs(7200)))
+    );
+    for bad in ["0s", "5", "5 minutes", "-1s", "25h", ""] {
+        assert!(parse_interval(bad).is_err(), "{bad}");
+    }
+    let broken = GOOD.replace(
+        "tables = [\"merchants\"]",
+        "tables = [\"merchants\"]\napply_interval = \"soon\"",
+    );
+    let p = problems(&broken);
+    let p = p
+        .iter()
+        .find(|p| p.key == "contexts.analytics.apply_interval")
+        .unwrap();
+    assert_eq!(p.line, Some(17));
+    assert!(p.message.contains("\"soon\" is not an interval"), "{p:?}");
+}

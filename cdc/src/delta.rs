@@ -1,0 +1,492 @@
+//! Read models kept current change by change.
+//!
+//! A read model whose aggregates are all `count(*)`, `count(expr)` and
+//! `sum(expr)`, with a `count(*)` among them, over a source table with
+//! `REPLICA IDENTITY FULL` (so every update and delete carries the whole old
+//! row), is adjusted incrementally: each change becomes delta rows (the old
+//! row with sign -1, the new row with sign +1), and a batch of them becomes
+//! one `MERGE` on the read model's database, queued to that database's
+//! applier inside the same target transaction as its progress mark. So a
+//! read model is exactly as current as its database's recorded position,
+//! and a crash neither loses nor repeats an adjustment.
+//!
+//! The delta rows travel as text in a `VALUES` list and are cast to the
+//! source columns' types on the target, so the read model's `where` filter
+//! and group expressions (`date_trunc('day', created_at)`) are evaluated by
+//! PostgreSQL exactly as the read model's own query evaluates them. A group
+//! whose count reaches zero is deleted. Values of types the target may not
+//! know (enums, domains, other user-defined types) travel as `text`.
+//!
+//! Other read models (min, max, distinct counts, a source table without
+//! full replica identity) are recomputed from the source by
+//! [`crate::readmodel::Refresher`].
+
+use std::fmt::Write;
+
+use shardline_topology::{output_name, quote_ident, quote_table, ReadModel};
+
+use crate::pgoutput::{ColumnValue, LogicalMessage, OldTuple, Relation};
+use crate::sql::push_literal;
+
+/// Delta rows buffered per read model before they are sent as one `MERGE`:
+/// bounds memory on large source transactions, and keeps each statement
+/// well below a megabyte for typical rows.
+pub const MAX_PENDING_ROWS: usize = 500;
+
+/// One aggregate of a read model, as the incremental path understands it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Aggregate {
+    CountStar { name: String },
+    Count { name: String, expr: String },
+    Sum { name: String, expr: String },
+}
+
+impl Aggregate {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::CountStar { name } | Self::Count { name, .. } | Self::Sum { name, .. } => name,
+        }
+    }
+
+    /// Reads `count(*) AS n`, `count(x)`, `sum(amount) AS volume`; `None`
+    /// for anything else (other functions, DISTINCT, FILTER, OVER).
+    pub fn parse(entry: &str) -> Option<Self> {
+        let name = output_name(entry);
+        let expr = match split_alias(entry) {
+            Some((expr, _)) => expr,
+            None => entry.trim(),
+        };
+        let open = expr.find('(')?;
+        let function = expr[..open].trim().to_ascii_lowercase();
+        let inner = expr[open + 1..].strip_suffix(')')?.trim();
+        // The parentheses must close only at the very end (no `FILTER (…)`).
+        let mut depth = 1i32;
+        for c in inner.chars() {
+            depth += match c {
+                '(' => 1,
+                ')' => -1,
+                _ => 0,
+            };
+            if depth == 0 {
+                return None;
+            }
+        }
+        let lower = inner.to_ascii_lowercase();
+        if depth != 1 || lower.starts_with("distinct ") || lower.starts_with("all ") {
+            return None;
+        }
+        match (function.as_str(), inner) {
+            ("count", "*") => Some(Self::CountStar { name }),
+            ("count", _) if !inner.is_empty() => Some(Self::Count {
+                name,
+                expr: inner.to_string(),
+            }),
+            ("sum", _) if !inner.is_empty() => Some(Self::Sum {
+                name,
+                expr: inner.to_string(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The aggregate over delta rows whose sign is in `shardline_sign`.
+    fn delta(&self) -> String {
+        match self {
+            Self::CountStar { .. } => "sum(shardline_sign)::bigint".into(),
+            Self::Count { expr, .. } => {
+                format!(
+                    "sum(CASE WHEN ({expr}) IS NOT NULL THEN shardline_sign ELSE 0 END)::bigint"
+                )
+            }
+            Self::Sum { expr, .. } => format!("sum(shardline_sign * ({expr}))"),
+        }
+    }
+}
+
+/// `expr AS name` → (`expr`, `name`), splitting at the last top-level `AS`.
+fn split_alias(entry: &str) -> Option<(&str, &str)> {
+    let lower = entry.to_ascii_lowercase();
+    let at = lower.rfind(" as ")?;
+    if entry[at..].contains(')') {
+        return None;
+    }
+    Some((entry[..at].trim(), entry[at + 4..].trim()))
+}
+
+/// Why a read model is not kept incrementally.
+pub fn not_incremental(rm: &ReadModel) -> Option<String> {
+    let parsed: Vec<Option<Aggregate>> =
+        rm.aggregates.iter().map(|a| Aggregate::parse(a)).collect();
+    if let Some(i) = parsed.iter().position(Option::is_none) {
+        return Some(format!(
+            "aggregate {:?} is not count(*), count(expr) or sum(expr)",
+            rm.aggregates[i]
+        ));
+    }
+    if !parsed
+        .iter()
+        .any(|a| matches!(a, Some(Aggregate::CountStar { .. })))
+    {
+        return Some("it has no count(*) aggregate to tell when a group is empty".into());
+    }
+    None
+}
+
+/// One read model kept incrementally.
+#[derive(Debug)]
+pub struct DeltaModel {
+    pub name: String,
+    /// The source table, `schema.name`.
+    pub from: String,
+    /// The target index of the read model's database.
+    pub target: usize,
+    table: String,
+    group_by: Vec<String>,
+    group_names: Vec<String>,
+    filter: Option<String>,
+    aggregates: Vec<Aggregate>,
+    count: String,
+    /// The source table's columns and the type each is cast to.
+    columns: Vec<(String, String)>,
+    pending: Vec<(i8, Vec<Option<String>>)>,
+}
+
+/// What a change did to a model's buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// Delta rows buffered.
+    Buffered,
+    /// The change did not carry every value the delta needs (no full old
+    /// row): the model must be recomputed from the source.
+    Incomplete,
+}
+
+impl DeltaModel {
+    /// `columns`: the source table's column names and their cast types.
+    pub fn new(rm: &ReadModel, target: usize, columns: Vec<(String, String)>) -> Option<Self> {
+        let aggregates: Vec<Aggregate> = rm
+            .aggregates
+            .iter()
+            .map(|a| Aggregate::parse(a))
+            .collect::<Option<_>>()?;
+        let count = aggregates.iter().find_map(|a| match a {
+            Aggregate::CountStar { name } => Some(name.clone()),
+            _ => None,
+        })?;
+        Some(Self {
+            name: rm.name.clone(),
+            from: crate::route::normalise(&rm.from),
+            target,
+            table: quote_table(&rm.name),
+            group_by: rm.group_by.clone(),
+            group_names: rm.group_columns(),
+            filter: rm.filter.clone(),
+            aggregates,
+            count,
+            columns,
+            pending: Vec::new(),
+        })
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Buffers the delta rows of one insert, update or delete of the
+    /// source table described by `relation`.
+    pub fn record(&mut self, relation: &Relation, message: &LogicalMessage) -> Recorded {
+        let position: Vec<Option<usize>> = self
+            .columns
+            .iter()
+            .map(|(c, _)| relation.columns.iter().position(|rc| &rc.name == c))
+            .collect();
+        let image = |values: &[ColumnValue], fallback: Option<&[ColumnValue]>| {
+            position
+                .iter()
+                .map(|p| {
+                    let Some(i) = *p else { return Some(None) };
+                    match values.get(i)? {
+                        ColumnValue::Null => Some(None),
+                        ColumnValue::Text(b) | ColumnValue::Binary(b) => {
+                            Some(Some(String::from_utf8_lossy(b).into_owned()))
+                        }
+                        // Unchanged: the old row's value is the new one.
+                        ColumnValue::UnchangedToast => match fallback?.get(i)? {
+                            ColumnValue::Text(b) | ColumnValue::Binary(b) => {
+                                Some(Some(String::from_utf8_lossy(b).into_owned()))
+                            }
+                            ColumnValue::Null => Some(None),
+                            ColumnValue::UnchangedToast => None,
+                        },
+                    }
+                })
+                .collect::<Option<Vec<_>>>()
+        };
+        let rows: Option<Vec<(i8, Vec<Option<String>>)>> = match message {
+            LogicalMessage::Insert { new, .. } => image(&new.0, None).map(|r| vec![(1, r)]),
+            LogicalMessage::Update {
+                old: Some(OldTuple::Full(old)),
+                new,
+                ..
+            } => image(&old.0, None)
+                .and_then(|o| image(&new.0, Some(&old.0)).map(|n| vec![(-1, o), (1, n)])),
+            LogicalMessage::Delete {
+                old: OldTuple::Full(old),
+                ..
+            } => image(&old.0, None).map(|o| vec![(-1, o)]),
+            _ => None,
+        };
+        match rows {
+            Some(rows) => {
+                self.pending.extend(rows);
+                Recorded::Buffered
+            }
+            None => Recorded::Incomplete,
+        }
+    }
+
+    /// The `MERGE` that applies the buffered delta rows (and empties the
+    /// buffer); `None` when nothing is buffered.
+    pub fn take_sql(&mut self) -> Option<String> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let rows = std::mem::take(&mut self.pending);
+        Some(self.merge(&rows))
+    }
+
+    /// Empties the read model: the source table was truncated. Anything
+    /// buffered before the truncate is moot.
+    pub fn truncate_sql(&mut self) -> String {
+        self.pending.clear();
+        format!("DELETE FROM {}", self.table)
+    }
+
+    fn merge(&self, rows: &[(i8, Vec<Option<String>>)]) -> String {
+        let mut values = String::new();
+        for (i, (sign, row)) in rows.iter().enumerate() {
+            if i > 0 {
+                values.push_str(", ");
+            }
+            let _ = write!(values, "({sign}");
+            for v in row {
+                values.push_str(", ");
+                push_literal(&mut values, v.as_deref().map(str::as_bytes));
+            }
+            values.push(')');
+        }
+        let aliases: Vec<String> = (0..self.columns.len()).map(|i| format!("c{i}")).collect();
+        let casts: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, (name, ty))| format!("v.c{i}::{ty} AS {}", quote_ident(name)))
+            .collect();
+        let positions: Vec<String> = (1..=self.group_by.len()).map(|i| i.to_string()).collect();
+        let deltas: Vec<String> = self
+            .aggregates
+            .iter()
+            .map(|a| format!("{} AS {}", a.delta(), quote_ident(a.name())))
+            .collect();
+        let filter = self
+            .filter
+            .as_deref()
+            .map(|f| format!(" WHERE {f}"))
+            .unwrap_or_default();
+        let on: Vec<String> = self
+            .group_names
+            .iter()
+            .map(|g| format!("t.{0} = g.{0}", quote_ident(g)))
+            .collect();
+        let count = quote_ident(&self.count);
+        let set: Vec<String> = self
+            .aggregates
+            .iter()
+            .map(|a| {
+                let c = quote_ident(a.name());
+                match a {
+                    // sum() of no values is NULL, so a NULL delta changes nothing.
+                    Aggregate::Sum { .. } => format!(
+                        "{c} = CASE WHEN g.{c} IS NULL THEN t.{c} WHEN t.{c} IS NULL THEN g.{c} ELSE t.{c} + g.{c} END"
+                    ),
+                    _ => format!("{c} = t.{c} + g.{c}"),
+                }
+            })
+            .collect();
+        let all: Vec<String> = self
+            .group_names
+            .iter()
+            .map(String::as_str)
+            .chain(self.aggregates.iter().map(Aggregate::name))
+            .map(quote_ident)
+            .collect();
+        let from_g: Vec<String> = all.iter().map(|c| format!("g.{c}")).collect();
+        format!(
+            "MERGE INTO {table} AS t USING (SELECT {group_by}, {deltas} FROM (SELECT v.shardline_sign, {casts} FROM (VALUES {values}) AS v(shardline_sign, {aliases})) AS d{filter} GROUP BY {positions}) AS g ON {on} \
+             WHEN MATCHED AND t.{count} + g.{count} = 0 THEN DELETE \
+             WHEN MATCHED THEN UPDATE SET {set} \
+             WHEN NOT MATCHED AND g.{count} <> 0 THEN INSERT ({all}) VALUES ({from_g})",
+            table = self.table,
+            group_by = self.group_by.join(", "),
+            deltas = deltas.join(", "),
+            casts = casts.join(", "),
+            aliases = aliases.join(", "),
+            positions = positions.join(", "),
+            on = on.join(" AND "),
+            set = set.join(", "),
+            all = all.join(", "),
+            from_g = from_g.join(", "),
+        )
+    }
+}
+
+/// The source catalog's columns of `table` with the type each delta value
+/// is cast to on the target, and whether the table has full replica
+/// identity. Built-in types keep their exact type (with typmod); types a
+/// target may lack travel as text.
+pub const COLUMNS_SQL: &str = "SELECT a.attname::text,
+        CASE WHEN a.atttypid < 16384 THEN format_type(a.atttypid, a.atttypmod) ELSE 'text' END,
+        c.relreplident = 'f'
+   FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
+  WHERE c.oid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+  ORDER BY a.attnum";
+
+/// The read models of `topology` that can be kept incrementally, each
+/// with its source table's columns. Says in the log why any other one is
+/// recomputed instead, with the fix when there is one.
+pub async fn prepare(
+    source: &tokio_postgres::Client,
+    topology: &shardline_topology::Topology,
+    routes: &crate::route::Routes,
+) -> Result<Vec<DeltaModel>, tokio_postgres::Error> {
+    let mut models = Vec::new();
+    for rm in &topology.read_models {
+        if let Some(why) = not_incremental(rm) {
+            tracing::info!(read_model = %rm.name, "recomputed from the source every refresh interval: {why}");
+            continue;
+        }
+        let from = crate::route::normalise(&rm.from);
+        let rows = source.query(COLUMNS_SQL, &[&from]).await?;
+        let Some(first) = rows.first() else { continue };
+        if !first.get::<_, bool>(2) {
+            tracing::warn!(read_model = %rm.name, "recomputed from the source every refresh interval, since updates and deletes of {from} do not carry the old row (fix, to keep it incrementally: ALTER TABLE {from} REPLICA IDENTITY FULL;)");
+            continue;
+        }
+        let target = topology
+            .context(&rm.context)
+            .and_then(|c| c.databases().first().copied().cloned())
+            .and_then(|db| routes.target_of(&db));
+        let Some(target) = target else { continue };
+        let columns = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        if let Some(m) = DeltaModel::new(rm, target, columns) {
+            tracing::info!(read_model = %rm.name, "kept incrementally");
+            models.push(m);
+        }
+    }
+    Ok(models)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregates_that_can_be_adjusted_are_recognised() {
+        assert_eq!(
+            Aggregate::parse("count(*) AS payments"),
+            Some(Aggregate::CountStar {
+                name: "payments".into()
+            })
+        );
+        assert_eq!(
+            Aggregate::parse("SUM(amount * 2) as volume"),
+            Some(Aggregate::Sum {
+                name: "volume".into(),
+                expr: "amount * 2".into()
+            })
+        );
+        assert_eq!(
+            Aggregate::parse("count(coalesce(a, b)) AS n"),
+            Some(Aggregate::Count {
+                name: "n".into(),
+                expr: "coalesce(a, b)".into()
+            })
+        );
+        for other in [
+            "max(amount) AS top",
+            "count(DISTINCT currency) AS currencies",
+            "sum(amount) FILTER (WHERE amount > 0) AS positive",
+            "avg(amount) AS mean",
+            "count(*) OVER () AS n",
+        ] {
+            assert_eq!(Aggregate::parse(other), None, "{other}");
+        }
+    }
+
+    fn model(aggregates: &[&str]) -> ReadModel {
+        ReadModel {
+            name: "daily".into(),
+            from: "payments".into(),
+            filter: Some("status = 'captured'".into()),
+            group_by: vec![
+                "merchant_id".into(),
+                "date_trunc('day', created_at) AS day".into(),
+            ],
+            aggregates: aggregates.iter().map(|s| s.to_string()).collect(),
+            context: "analytics".into(),
+        }
+    }
+
+    #[test]
+    fn a_model_needs_count_star_and_only_counts_and_sums() {
+        assert_eq!(
+            not_incremental(&model(&["count(*) AS n", "sum(amount) AS v"])),
+            None
+        );
+        assert!(not_incremental(&model(&["sum(amount) AS v"]))
+            .unwrap()
+            .contains("count(*)"));
+        assert!(
+            not_incremental(&model(&["count(*) AS n", "max(amount) AS m"]))
+                .unwrap()
+                .contains("max(amount)")
+        );
+    }
+
+    #[test]
+    fn deltas_become_one_merge_with_the_filter_and_groups_evaluated_in_sql() {
+        let columns = vec![
+            ("merchant_id".to_string(), "bigint".to_string()),
+            ("amount".to_string(), "numeric(18,2)".to_string()),
+            ("status".to_string(), "text".to_string()),
+            (
+                "created_at".to_string(),
+                "timestamp with time zone".to_string(),
+            ),
+        ];
+        let mut m =
+            DeltaModel::new(&model(&["count(*) AS n", "sum(amount) AS v"]), 3, columns).unwrap();
+        assert_eq!(m.take_sql(), None);
+        m.pending.push((
+            1,
+            vec![
+                Some("7".into()),
+                Some("1.50".into()),
+                Some("captured".into()),
+                Some("2026-01-01 10:00:00+00".into()),
+            ],
+        ));
+        m.pending
+            .push((-1, vec![Some("7".into()), None, Some("it's".into()), None]));
+        let sql = m.take_sql().unwrap();
+        assert_eq!(m.pending(), 0);
+        assert!(sql.starts_with("MERGE INTO \"daily\" AS t USING (SELECT merchant_id, date_trunc('day', created_at) AS day, sum(shardline_sign)::bigint AS \"n\", sum(shardline_sign * (amount)) AS \"v\" FROM (SELECT v.shardline_sign, v.c0::bigint AS \"merchant_id\", v.c1::numeric(18,2) AS \"amount\""), "{sql}");
+        assert!(sql.contains("(VALUES (1, '7', '1.50', 'captured', '2026-01-01 10:00:00+00'), (-1, '7', NULL, 'it''s', NULL))"), "{sql}");
+        assert!(sql.contains("AS d WHERE status = 'captured' GROUP BY 1, 2) AS g ON t.\"merchant_id\" = g.\"merchant_id\" AND t.\"day\" = g.\"day\""), "{sql}");
+        assert!(
+            sql.contains("WHEN MATCHED AND t.\"n\" + g.\"n\" = 0 THEN DELETE"),
+            "{sql}"
+        );
+        assert!(sql.ends_with("WHEN NOT MATCHED AND g.\"n\" <> 0 THEN INSERT (\"merchant_id\", \"day\", \"n\", \"v\") VALUES (g.\"merchant_id\", g.\"day\", g.\"n\", g.\"v\")"), "{sql}");
+    }
+}

@@ -1,0 +1,195 @@
+//! Read models kept current by CDC: counts and sums adjusted change by
+//! change in the same target transaction as the progress mark, others
+//! recomputed from the source.
+
+use std::path::Path;
+use std::time::Duration;
+
+use shardline_cdc::run::{run, RunOptions};
+use shardline_testkit::PgServer;
+use shardline_topology::{ConnString, Topology};
+use tokio::sync::watch;
+
+use crate::stream::{wait_caught_up, wait_streaming};
+
+const SCHEMA: &str = "
+CREATE TYPE pay_status AS ENUM ('authorized', 'captured', 'refunded');
+CREATE TABLE payments (merchant_id bigint, id bigint, amount numeric(18,2), status pay_status NOT NULL,
+                       currency char(3) NOT NULL, created_at timestamptz NOT NULL, note text,
+                       PRIMARY KEY (merchant_id, id));
+ALTER TABLE payments ALTER note SET STORAGE EXTERNAL;
+CREATE TABLE merchants (id bigint PRIMARY KEY);";
+
+const READ_MODELS: &str = "
+CREATE TABLE daily (merchant_id bigint, day timestamptz, currency char(3), payments bigint NOT NULL,
+                    volume numeric, PRIMARY KEY (merchant_id, day, currency));
+CREATE TABLE top (currency char(3) PRIMARY KEY, biggest numeric(18,2), n bigint);";
+
+struct Fleet {
+    source: PgServer,
+    _shards: Vec<PgServer>,
+    analytics: PgServer,
+    topology: Topology,
+}
+
+fn fleet() -> Fleet {
+    let source = PgServer::start().unwrap();
+    let shards = vec![PgServer::start().unwrap(), PgServer::start().unwrap()];
+    let analytics = PgServer::start().unwrap();
+    for s in std::iter::once(&source).chain(&shards).chain([&analytics]) {
+        s.psql("postgres", SCHEMA).unwrap();
+    }
+    source
+        .psql("postgres", "ALTER TABLE payments REPLICA IDENTITY FULL")
+        .unwrap();
+    analytics.psql("postgres", READ_MODELS).unwrap();
+    let text = format!(
+        r#"[source]
+url = "{}"
+[contexts.transactions]
+tables = ["payments"]
+shard_key = "merchant_id"
+shards = ["{}", "{}"]
+[contexts.analytics]
+url = "{}"
+tables = ["merchants"]
+[[read_models]]
+name = "daily"
+from = "payments"
+where = "status = 'captured'"
+group_by = ["merchant_id", "date_trunc('day', created_at) AS day", "currency"]
+aggregates = ["count(*) AS payments", "sum(amount) AS volume"]
+[[read_models]]
+name = "top"
+from = "payments"
+group_by = ["currency"]
+aggregates = ["max(amount) AS biggest", "count(*) AS n"]
+"#,
+        source.url("postgres"),
+        shards[0].url("postgres"),
+        shards[1].url("postgres"),
+        analytics.url("postgres"),
+    );
+    let topology = Topology::parse(&text, Path::new("test.toml")).unwrap();
+    Fleet {
+        source,
+        _shards: shards,
+        analytics,
+        topology,
+    }
+}
+
+/// The read model as its own query computes it on the source, and as the
+/// analytics database holds it.
+fn both(f: &Fleet, name: &str) -> (String, String) {
+    let rm = f
+        .topology
+        .read_models
+        .iter()
+        .find(|r| r.name == name)
+        .unwrap();
+    let agg = "SELECT count(*) || E'\\n' || coalesce(string_agg(q::text, E'\\n' ORDER BY q::text), '') FROM";
+    (
+        f.source
+            .psql("postgres", &format!("{agg} ({}) q", rm.query()))
+            .unwrap(),
+        f.analytics
+            .psql("postgres", &format!("{agg} {name} q"))
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_and_sums_follow_every_change_and_empty_groups_disappear() {
+    let f = fleet();
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        // Long enough that the incremental model is never recomputed here.
+        read_model_refresh: Duration::from_secs(3600),
+        ..RunOptions::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (topology, opts) = (f.topology.clone(), options.clone());
+    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    wait_streaming(&f.source).await;
+    let client = ConnString::parse(&f.source.url("postgres"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let big = "ß".repeat(3000);
+    let statements = [
+        format!("INSERT INTO payments SELECT m, i, i * 1.25, (ARRAY['authorized','captured','captured'])[1 + i % 3]::pay_status,
+                 (ARRAY['EUR','USD'])[1 + i % 2], timestamptz '2026-03-01 22:00+00' + i * interval '1 hour',
+                 CASE WHEN i % 4 = 0 THEN '{big}' END
+                 FROM generate_series(1, 30) m, generate_series(1, 60) i"),
+        // Into and out of the filter; amounts changed; TOASTed note unchanged.
+        "UPDATE payments SET status = 'captured' WHERE id % 3 = 0 AND merchant_id < 10".into(),
+        "UPDATE payments SET status = 'refunded' WHERE id % 5 = 0".into(),
+        "UPDATE payments SET amount = amount + 0.01 WHERE id % 4 = 0".into(),
+        // Another day, another currency, another merchant (between shards).
+        "UPDATE payments SET created_at = created_at + interval '3 days' WHERE id % 7 = 0".into(),
+        "UPDATE payments SET currency = 'GBP' WHERE id % 11 = 0".into(),
+        "UPDATE payments SET merchant_id = merchant_id + 100 WHERE id % 13 = 0".into(),
+        "DELETE FROM payments WHERE id % 6 = 1".into(),
+        // Every payment of merchant 2: its groups must disappear.
+        "DELETE FROM payments WHERE merchant_id = 2".into(),
+        "BEGIN; INSERT INTO payments VALUES (500, 1, 9.99, 'captured', 'EUR', now(), NULL); DELETE FROM payments WHERE merchant_id = 500; COMMIT".into(),
+    ];
+    for sql in &statements {
+        client.batch_execute(sql).await.unwrap();
+    }
+    wait_caught_up(&f.source, &options.slot).await;
+    let (source, target) = both(&f, "daily");
+    assert_eq!(target, source, "daily while cdc runs");
+    assert!(source.lines().count() > 100, "{source}");
+    assert_eq!(
+        f.analytics
+            .psql(
+                "postgres",
+                "SELECT count(*) FROM daily WHERE merchant_id IN (2, 500)"
+            )
+            .unwrap()
+            .trim(),
+        "0"
+    );
+
+    // A truncate empties it; what follows counts again.
+    client
+        .batch_execute("TRUNCATE payments; INSERT INTO payments VALUES (3, 1, 5, 'captured', 'USD', '2026-01-01', NULL)")
+        .await
+        .unwrap();
+    wait_caught_up(&f.source, &options.slot).await;
+    assert_eq!(both(&f, "daily").1, both(&f, "daily").0);
+    stop_tx.send(true).unwrap();
+    let report = cdc.await.unwrap().unwrap();
+    // Only `top` (max) is recomputed, once at stop.
+    assert_eq!(report.read_model_refreshes, 1, "{report:?}");
+    let (source, target) = both(&f, "top");
+    assert_eq!(target, source);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_table_without_full_identity_falls_back_to_recomputing() {
+    let f = fleet();
+    f.source
+        .psql("postgres", "ALTER TABLE payments REPLICA IDENTITY DEFAULT")
+        .unwrap();
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (topology, opts) = (f.topology.clone(), options.clone());
+    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    wait_streaming(&f.source).await;
+    f.source
+        .psql("postgres", "INSERT INTO payments VALUES (3, 1, 5, 'captured', 'USD', '2026-01-01', NULL), (3, 2, 6, 'captured', 'USD', '2026-01-01', NULL); UPDATE payments SET amount = 7 WHERE id = 2; DELETE FROM payments WHERE id = 1")
+        .unwrap();
+    wait_caught_up(&f.source, &options.slot).await;
+    stop_tx.send(true).unwrap();
+    let report = cdc.await.unwrap().unwrap();
+    assert_eq!(report.read_model_refreshes, 2, "{report:?}");
+    let (source, target) = both(&f, "daily");
+    assert_eq!(target, source);
+}
