@@ -360,3 +360,52 @@ async fn counts_and_checksum_levels_stop_at_buckets() {
     .unwrap();
     assert!(counts.equal, "a changed value keeps every count");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_rows_per_sec_paces_within_a_table_scan_and_still_finds_faults() {
+    let f = fleet().await;
+    // Statistics give the slices their size; without them, 100 rows a block.
+    f.source.psql("postgres", "ANALYZE ledger").unwrap();
+    let (owner, _) = shards_of(&f, 7);
+    f.shards[owner]
+        .psql("postgres", "UPDATE ledger SET amount = 0 WHERE id = 7")
+        .unwrap();
+    let request = VerifyRequest {
+        tables: Some(vec!["ledger".into()]),
+        max_rows_per_sec: Some(1000),
+        ..request()
+    };
+    // Watch the source: a paced scan is a series of heap-range statements.
+    let watcher = f.topology.source.connect().await.unwrap();
+    let slices = tokio::spawn(async move {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            for row in watcher
+                .query(
+                    "SELECT query FROM pg_stat_activity WHERE query LIKE '%ctid >= %' AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap()
+            {
+                seen.insert(row.get::<_, String>(0));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        seen.len()
+    });
+    let started = std::time::Instant::now();
+    let report = verify(&f.topology, &request, |_| {}).await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        slices.await.unwrap() >= 2,
+        "the source's scan was not sliced"
+    );
+    // 3,001 source rows at 1,000 rows/s: the source's scan alone is due
+    // three seconds, and an unpaced run takes a fraction of one.
+    assert!(took >= Duration::from_millis(2_900), "took {took:?}");
+    let ledger = table(&report, "ledger");
+    assert_eq!((ledger.source_rows, ledger.target_rows), (3001, 3001));
+    let (_, d) = only_difference(&report);
+    assert_eq!((d.kind, d.key.as_str()), (DifferenceKind::Changed, "(7,7)"));
+}
