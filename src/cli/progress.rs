@@ -132,6 +132,24 @@ impl Progress {
             .unwrap_or(0)
     }
 
+    /// A line for people that does not break the bar.
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// Names what the display is counting now (the table being compared).
+    pub fn set_label(&self, label: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_prefix(label.to_string());
+        }
+        if let Some(lines) = &self.lines {
+            lines.lock().expect("progress lock").label = label.to_string();
+        }
+    }
+
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();

@@ -1,11 +1,13 @@
 //! `shardline verify`: prove the targets hold exactly the source's rows.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shardline_verify::report::Report;
 use shardline_verify::{Level, RowHash, VerifyError, VerifyRequest};
 
 use super::output::{print_json, Hint};
+use super::progress::Progress;
 use super::{exit, Format, Global};
 
 /// Compare every table and read model of the topology with the source
@@ -77,19 +79,42 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
             RowHashArg::Native => RowHash::Native,
             RowHashArg::Md5 => RowHash::Md5,
         },
+        ..VerifyRequest::default()
     };
-    let progress = g.format == Format::Text && !g.quiet;
-    let report = shardline_verify::verify(&topology, &request, |t| {
-        if progress {
-            eprintln!(
-                "verified {}: {}",
-                t.table,
-                if t.equal { "equal" } else { "DIFFERS" }
-            );
+    let show = g.format == Format::Text && !g.quiet;
+    let progress = request.progress.clone();
+    let display = Progress::new("verify", 0, "rows", !show);
+    let report = {
+        let verify = shardline_verify::verify(&topology, &request, |t| {
+            if show {
+                display.println(&format!(
+                    "verified {}: {}",
+                    t.table,
+                    if t.equal { "equal" } else { "DIFFERS" }
+                ));
+            }
+        });
+        tokio::pin!(verify);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut total = 0;
+        loop {
+            tokio::select! {
+                result = &mut verify => break result,
+                _ = tick.tick() => {
+                    let done = progress.rows_scanned.load(Ordering::Relaxed);
+                    let want = progress.rows_estimated.load(Ordering::Relaxed).max(done);
+                    if want > total {
+                        display.grow(want - total);
+                        total = want;
+                    }
+                    display.set_label(&progress.table.lock().expect("progress lock"));
+                    display.set(done);
+                }
+            }
         }
-    })
-    .await
-    .map_err(|e: VerifyError| Hint::new(e.to_string(), e.hint()))?;
+    };
+    display.finish();
+    let report = report.map_err(|e: VerifyError| Hint::new(e.to_string(), e.hint()))?;
     match g.format {
         Format::Json => print_json(&report)?,
         Format::Markdown => print!("{}", markdown(&report)),

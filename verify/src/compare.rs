@@ -9,6 +9,8 @@
 //! row is in.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use shardline_topology::{ConnString, Placement};
@@ -16,7 +18,7 @@ use tokio_postgres::Client;
 
 use crate::checksum::{key_bucket, key_match, key_text, key_values, row_hash, Column, RowHash};
 use crate::report::{Difference, DifferenceKind, TableReport};
-use crate::VerifyError;
+use crate::{Progress, VerifyError};
 
 /// A bucket drilled into holds at most this many rows per side before its
 /// rows are fetched (key and hash only).
@@ -66,6 +68,7 @@ pub struct Options {
     pub max_rows_per_sec: Option<u64>,
     /// Requested; resolved per comparison from the sides' versions.
     pub row_hash: RowHash,
+    pub progress: Arc<Progress>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -90,6 +93,7 @@ struct Job<'a> {
     hash: RowHash,
     /// `--max-rows-per-sec`, per side.
     rate: Option<u64>,
+    progress: &'a Progress,
 }
 
 impl TableSpec {
@@ -151,7 +155,7 @@ async fn buckets(
     let sliced =
         job.rate.is_some() && !relation.starts_with('(') && side.version >= TID_RANGE_SINCE;
     if !sliced {
-        return bucket_rows(side, spec, &sql("")).await;
+        return bucket_rows(side, job, &sql("")).await;
     }
     let rate = job.rate.unwrap_or(1);
     let glue = if filter.is_empty() { " WHERE" } else { " AND" };
@@ -172,7 +176,7 @@ async fn buckets(
         } else {
             format!("{glue} t.ctid >= '({from},0)'::tid AND t.ctid < '({upper},0)'::tid")
         };
-        for (b, sum) in bucket_rows(side, spec, &sql(&range)).await? {
+        for (b, sum) in bucket_rows(side, job, &sql(&range)).await? {
             rows += sum.rows;
             let entry = out.entry(b).or_default();
             entry.rows += sum.rows;
@@ -193,6 +197,23 @@ async fn buckets(
 
 /// The first server version that reads a TID range without a full scan.
 const TID_RANGE_SINCE: i32 = 140_000;
+
+/// The planner's estimate of a table's rows (0 for a read model's query or
+/// a table never analysed).
+async fn estimated_rows(source: &Side, spec: &TableSpec) -> Result<u64, VerifyError> {
+    if spec.source_relation.starts_with('(') {
+        return Ok(0);
+    }
+    let row = source
+        .client
+        .query_opt(
+            "SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = to_regclass($1)",
+            &[&spec.source_relation],
+        )
+        .await
+        .map_err(|e| VerifyError::query(&source.name, &spec.name, e))?;
+    Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64).unwrap_or(0))
+}
 
 /// Blocks in the table's heap now.
 async fn heap_blocks(side: &Side, spec: &TableSpec, relation: &str) -> Result<i64, VerifyError> {
@@ -232,12 +253,16 @@ async fn blocks_per_second(
 }
 
 /// Runs one bucket query: rows and checksum per bucket.
-async fn bucket_rows(side: &Side, spec: &TableSpec, sql: &str) -> Result<Buckets, VerifyError> {
+async fn bucket_rows(side: &Side, job: &Job<'_>, sql: &str) -> Result<Buckets, VerifyError> {
     let rows = side
         .client
         .query(sql, &[])
         .await
-        .map_err(|e| VerifyError::query(&side.name, &spec.name, e))?;
+        .map_err(|e| VerifyError::query(&side.name, &job.spec.name, e))?;
+    let scanned: i64 = rows.iter().map(|r| r.get::<_, i64>(1)).sum();
+    job.progress
+        .rows_scanned
+        .fetch_add(scanned.max(0) as u64, Ordering::Relaxed);
     Ok(rows
         .iter()
         .map(|r| {
@@ -295,7 +320,12 @@ pub async fn compare(
         spec,
         hash: options.row_hash.resolve(&versions),
         rate: options.max_rows_per_sec.filter(|r| *r > 0),
+        progress: &options.progress,
     };
+    *job.progress.table.lock().expect("progress lock") = spec.name.clone();
+    job.progress
+        .rows_estimated
+        .fetch_add(2 * estimated_rows(source, spec).await?, Ordering::Relaxed);
     // Every side scans at once: the source and each shard are separate
     // servers, so the comparison takes as long as the slowest scan.
     let started = std::time::Instant::now();

@@ -14,6 +14,8 @@ pub mod compare;
 pub mod report;
 mod tables;
 
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shardline_topology::{ConnectError, Topology};
@@ -64,6 +66,16 @@ impl VerifyError {
     }
 }
 
+/// What a running verify has done so far, for a progress display: rows
+/// scanned on every side, against an estimate from the planner's statistics.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The table (or read model) being compared.
+    pub table: Mutex<String>,
+    pub rows_scanned: AtomicU64,
+    pub rows_estimated: AtomicU64,
+}
+
 #[derive(Clone, Debug)]
 pub struct VerifyRequest {
     pub tables: Option<Vec<String>>,
@@ -73,6 +85,7 @@ pub struct VerifyRequest {
     pub max_rows: usize,
     pub max_rows_per_sec: Option<u64>,
     pub row_hash: RowHash,
+    pub progress: Arc<Progress>,
 }
 
 impl Default for VerifyRequest {
@@ -85,6 +98,7 @@ impl Default for VerifyRequest {
             max_rows: 100,
             max_rows_per_sec: None,
             row_hash: RowHash::Auto,
+            progress: Arc::default(),
         }
     }
 }
@@ -106,6 +120,7 @@ pub async fn verify(
         max_rows: request.max_rows,
         max_rows_per_sec: request.max_rows_per_sec,
         row_hash: request.row_hash,
+        progress: request.progress.clone(),
     };
     let mut reports = Vec::new();
     for spec in &specs {

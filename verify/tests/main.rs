@@ -2,6 +2,7 @@
 //! clean; each injected fault is found precisely.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shardline_testkit::PgServer;
@@ -401,6 +402,11 @@ async fn max_rows_per_sec_paces_within_a_table_scan_and_still_finds_faults() {
         slices.await.unwrap() >= 2,
         "the source's scan was not sliced"
     );
+    // Progress counted every row of both sides against the analysed estimate.
+    let progress = &request.progress;
+    assert_eq!(progress.rows_estimated.load(Ordering::Relaxed), 2 * 3001);
+    assert!(progress.rows_scanned.load(Ordering::Relaxed) >= 2 * 3001);
+    assert_eq!(*progress.table.lock().unwrap(), "ledger");
     // 3,001 source rows at 1,000 rows/s: the source's scan alone is due
     // three seconds, and an unpaced run takes a fraction of one.
     assert!(took >= Duration::from_millis(2_900), "took {took:?}");
