@@ -303,7 +303,7 @@ fn cdc_killed_with_sigkill_resumes_and_applies_every_change_once() {
     );
 
     // A last, clean run catches up, then stops on SIGTERM.
-    let mut child = shardline(
+    let child = shardline(
         &f,
         &["--format", "json", "cdc", "run", "--heartbeat-secs", "1"],
     )

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use shardline_export::{
     Compression, ExportError, ExportRequest, NumericPolicy, PartitionBy, Summary, What,
@@ -102,33 +101,20 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     let progress = shardline_export::Progress::default();
     let show = g.format == Format::Text && !g.quiet;
     let display = Progress::new("export", 0, "rows", !show);
-    let summary = {
-        let export = shardline_export::export(
-            &topology,
-            &request,
-            &progress,
-            Some(signals::stop_on_signal()),
-        );
-        tokio::pin!(export);
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        let mut total = 0;
-        loop {
-            tokio::select! {
-                result = &mut export => break result,
-                _ = tick.tick() => {
-                    let estimate = progress.estimated_rows.load(Ordering::Relaxed);
-                    let done = progress.rows.load(Ordering::Relaxed);
-                    let want = estimate.max(done);
-                    if want > total {
-                        display.grow(want - total);
-                        total = want;
-                    }
-                    display.set(done);
-                }
-            }
-        }
-    };
-    display.finish();
+    let export = shardline_export::export(
+        &topology,
+        &request,
+        &progress,
+        Some(signals::stop_on_signal()),
+    );
+    let summary = display
+        .follow(export, |_| {
+            (
+                progress.rows.load(Ordering::Relaxed),
+                progress.estimated_rows.load(Ordering::Relaxed),
+            )
+        })
+        .await;
     let summary = match summary {
         Ok(s) => s,
         Err(ExportError::Interrupted) => return Err(Interrupted.into()),

@@ -132,6 +132,35 @@ impl Progress {
             .unwrap_or(0)
     }
 
+    /// Runs `work` to its end while redrawing the display five times a
+    /// second from `read`, which returns (done, estimated total) and may
+    /// relabel the display. The total only grows.
+    pub async fn follow<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+        read: impl Fn(&Progress) -> (u64, u64),
+    ) -> T {
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut total = 0;
+        let result = loop {
+            tokio::select! {
+                result = &mut work => break result,
+                _ = tick.tick() => {
+                    let (done, estimate) = read(self);
+                    let want = estimate.max(done);
+                    if want > total {
+                        self.grow(want - total);
+                        total = want;
+                    }
+                    self.set(done);
+                }
+            }
+        };
+        self.finish();
+        result
+    }
+
     /// A line for people that does not break the bar.
     pub fn println(&self, line: &str) {
         match &self.bar {

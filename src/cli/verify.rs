@@ -38,7 +38,7 @@ pub struct Args {
     /// Differences listed per table; the rest are counted
     #[arg(long, default_value_t = 100)]
     max_rows: usize,
-    /// Average scan rate limit per side, in rows per second (paced between tables)
+    /// Average scan rate limit per side, in rows per second (table scans paced slice by slice)
     #[arg(long, value_name = "R")]
     max_rows_per_sec: Option<u64>,
     /// How rows are hashed: native (hash_record_extended, PostgreSQL 14+, same byte
@@ -84,36 +84,24 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     let show = g.format == Format::Text && !g.quiet;
     let progress = request.progress.clone();
     let display = Progress::new("verify", 0, "rows", !show);
-    let report = {
-        let verify = shardline_verify::verify(&topology, &request, |t| {
-            if show {
-                display.println(&format!(
-                    "verified {}: {}",
-                    t.table,
-                    if t.equal { "equal" } else { "DIFFERS" }
-                ));
-            }
-        });
-        tokio::pin!(verify);
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        let mut total = 0;
-        loop {
-            tokio::select! {
-                result = &mut verify => break result,
-                _ = tick.tick() => {
-                    let done = progress.rows_scanned.load(Ordering::Relaxed);
-                    let want = progress.rows_estimated.load(Ordering::Relaxed).max(done);
-                    if want > total {
-                        display.grow(want - total);
-                        total = want;
-                    }
-                    display.set_label(&progress.table.lock().expect("progress lock"));
-                    display.set(done);
-                }
-            }
+    let verify = shardline_verify::verify(&topology, &request, |t| {
+        if show {
+            display.println(&format!(
+                "verified {}: {}",
+                t.table,
+                if t.equal { "equal" } else { "DIFFERS" }
+            ));
         }
-    };
-    display.finish();
+    });
+    let report = display
+        .follow(verify, |display| {
+            display.set_label(&progress.table.lock().expect("progress lock"));
+            (
+                progress.rows_scanned.load(Ordering::Relaxed),
+                progress.rows_estimated.load(Ordering::Relaxed),
+            )
+        })
+        .await;
     let report = report.map_err(|e: VerifyError| Hint::new(e.to_string(), e.hint()))?;
     match g.format {
         Format::Json => print_json(&report)?,
