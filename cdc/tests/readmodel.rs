@@ -5,12 +5,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use shardline_cdc::run::{run, RunOptions};
+use shardline_cdc::run::RunOptions;
 use shardline_testkit::PgServer;
 use shardline_topology::{ConnString, Topology};
-use tokio::sync::watch;
 
-use crate::stream::{wait_caught_up, wait_streaming};
+use crate::stream::{spawn_cdc, wait_caught_up, wait_streaming};
 
 const SCHEMA: &str = "
 CREATE TYPE pay_status AS ENUM ('authorized', 'captured', 'refunded');
@@ -108,9 +107,7 @@ async fn counts_and_sums_follow_every_change_and_empty_groups_disappear() {
         read_model_refresh: Duration::from_secs(3600),
         ..RunOptions::default()
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (topology, opts) = (f.topology.clone(), options.clone());
-    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    let (stop_tx, cdc) = spawn_cdc(&f.topology, &options);
     wait_streaming(&f.source).await;
     let client = ConnString::parse(&f.source.url("postgres"))
         .unwrap()
@@ -179,9 +176,7 @@ async fn a_source_table_without_full_identity_falls_back_to_recomputing() {
         heartbeat: Duration::from_millis(200),
         ..RunOptions::default()
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (topology, opts) = (f.topology.clone(), options.clone());
-    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    let (stop_tx, cdc) = spawn_cdc(&f.topology, &options);
     wait_streaming(&f.source).await;
     f.source
         .psql("postgres", "INSERT INTO payments VALUES (3, 1, 5, 'captured', 'USD', '2026-01-01', NULL), (3, 2, 6, 'captured', 'USD', '2026-01-01', NULL); UPDATE payments SET amount = 7 WHERE id = 2; DELETE FROM payments WHERE id = 1")

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use shardline_cdc::run::{run, RunOptions};
+use shardline_cdc::run::{run, CdcError, RunOptions, RunReport};
 use shardline_testkit::PgServer;
 use shardline_topology::{ConnString, ContextKind, Topology};
 use tokio::sync::watch;
@@ -92,6 +92,20 @@ pub async fn wait_streaming(source: &PgServer) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("cdc did not start streaming");
+}
+
+/// Starts cdc in the background; send `true` to stop it.
+pub fn spawn_cdc(
+    topology: &Topology,
+    options: &RunOptions,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<RunReport, CdcError>>,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (topology, opts) = (topology.clone(), options.clone());
+    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    (stop_tx, cdc)
 }
 
 /// Waits until the slot confirms a position at or past the source's
@@ -208,9 +222,7 @@ async fn a_lost_slot_is_not_silently_replaced_supabase_etl_935() {
         heartbeat: Duration::from_millis(200),
         ..RunOptions::default()
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (topology, opts) = (f.topology.clone(), options.clone());
-    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    let (stop_tx, cdc) = spawn_cdc(&f.topology, &options);
     wait_streaming(&f.source).await;
     f.source
         .psql("postgres", "INSERT INTO payouts VALUES (1, 1, 1)")
@@ -341,9 +353,7 @@ async fn the_jsonl_sink_writes_one_object_per_change_and_applies_nothing() {
         jsonl: Some(std::sync::Arc::new(std::sync::Mutex::new(out))),
         ..RunOptions::default()
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (topology, opts) = (f.topology.clone(), options.clone());
-    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    let (stop_tx, cdc) = spawn_cdc(&f.topology, &options);
     wait_streaming(&f.source).await;
     let big = "x".repeat(4000);
     for sql in [
@@ -501,9 +511,7 @@ async fn prometheus_metrics_are_served_over_http() {
         metrics_listen: Some(addr),
         ..RunOptions::default()
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (topology, opts) = (f.topology.clone(), options.clone());
-    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    let (stop_tx, cdc) = spawn_cdc(&f.topology, &options);
     wait_streaming(&f.source).await;
     f.source
         .psql("postgres", "INSERT INTO payments SELECT m, 1, 1 FROM generate_series(1, 50) m; INSERT INTO payouts VALUES (1, 1, 1)")
@@ -559,9 +567,7 @@ async fn an_idle_publication_still_lets_the_slot_advance_debezium_dbz_9641() {
         heartbeat: Duration::from_millis(200),
         ..RunOptions::default()
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (topology, opts) = (f.topology.clone(), options.clone());
-    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    let (stop_tx, cdc) = spawn_cdc(&f.topology, &options);
     wait_streaming(&f.source).await;
     let start = f
         .source
@@ -643,9 +649,7 @@ async fn changes_sharing_one_commit_lsn_all_arrive_after_a_failed_apply_debezium
     f.shards[1]
         .psql("postgres", "ALTER TABLE payments DROP CONSTRAINT not_yet")
         .unwrap();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (topology, opts) = (f.topology.clone(), options.clone());
-    let cdc = tokio::spawn(async move { run(&topology, &opts, stop_rx).await });
+    let (stop_tx, cdc) = spawn_cdc(&f.topology, &options);
     wait_streaming(&f.source).await;
     wait_caught_up(&f.source, &options.slot).await;
     stop_tx.send(true).unwrap();
