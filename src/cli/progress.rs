@@ -94,6 +94,7 @@ impl Progress {
     pub fn set(&self, done: u64) {
         if let Some(bar) = &self.bar {
             bar.set_position(done);
+            stretch(bar);
         }
         if let Some(lines) = &self.lines {
             let mut l = lines.lock().expect("progress lock");
@@ -124,7 +125,10 @@ impl Progress {
 
     pub fn inc(&self, done: u64) {
         match &self.bar {
-            Some(bar) => bar.inc(done),
+            Some(bar) => {
+                bar.inc(done);
+                stretch(bar);
+            }
             None => self.set(self.position() + done),
         }
     }
@@ -187,5 +191,13 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// A total that was a planner's estimate can be passed; the bar then shows
+/// the count so far as its total rather than "1,202,897/1,141,691".
+fn stretch(bar: &ProgressBar) {
+    if bar.length().is_some_and(|len| bar.position() > len) {
+        bar.set_length(bar.position());
     }
 }
