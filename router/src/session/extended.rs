@@ -340,23 +340,17 @@ impl Session {
                         parsed_here.push(p.name);
                     }
                 }
-                b'B' => {
-                    if let Ok(bind) = msg::parse_bind(f) {
-                        ensure(
-                            &bind.statement,
-                            b,
-                            &mut out,
-                            &mut parses,
-                            &mut closes,
-                            &mut expected,
-                            &self.statements,
-                        );
-                    }
-                    out.extend_from_slice(&f.raw);
-                    expected += 1;
-                }
-                b'D' => {
-                    if let Ok((b'S', name)) = msg::parse_target(f.body()) {
+                // A Bind, or a Describe of a statement, needs the statement
+                // prepared on this backend first.
+                b'B' | b'D' => {
+                    let name = match f.tag {
+                        b'B' => msg::parse_bind(f).ok().map(|bind| bind.statement),
+                        _ => match msg::parse_target(f.body()) {
+                            Ok((b'S', name)) => Some(name),
+                            _ => None,
+                        },
+                    };
+                    if let Some(name) = name {
                         ensure(
                             &name,
                             b,
