@@ -35,12 +35,17 @@
 //! unless the table is replicated, and then goes to every shard; a scatter
 //! SELECT is accepted only when its merge is provably correct.
 
+mod aggregate;
 mod backend;
 mod cache;
+mod datum;
 mod error;
 mod merge;
 mod message;
+mod numeric;
+mod order;
 mod route;
+mod row;
 mod schema;
 mod scram;
 mod server;
@@ -53,7 +58,7 @@ pub use server::{Proxy, ProxyError, DEFAULT_POOL_SIZE};
 
 pub use cache::DEFAULT_CAPACITY;
 pub use error::RouteError;
-pub use merge::{Aggregate, Limit, MergeShape, SortColumn, SortKey};
+pub use merge::{Aggregate, Limit, MergeShape, Output, SortColumn, SortKey};
 pub use route::{Format, Kind, Param, Route, Router, Target};
 pub use schema::{ContextInfo, Role, Schema};
 pub use statement::{Control, Verb, KEY_SETTING};

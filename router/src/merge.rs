@@ -31,6 +31,8 @@ pub struct SortKey {
     pub descending: bool,
     /// PostgreSQL's default: NULLs sort as larger than every value.
     pub nulls_first: bool,
+    /// `COLLATE "C"` (or `"POSIX"`) on the item: text sorts by its bytes.
+    pub bytewise: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +52,14 @@ pub enum Aggregate {
     Max,
 }
 
+/// What an output column of a re-grouped SELECT is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// A GROUP BY column: rows with equal values are one group.
+    Group,
+    Aggregate(Aggregate),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MergeShape {
     Rows {
@@ -57,6 +67,12 @@ pub enum MergeShape {
         limit: Option<Limit>,
     },
     Aggregate(Vec<Aggregate>),
+    /// GROUP BY without the shard key: each shard's groups are combined by
+    /// their group values, then ordered by `order`.
+    Grouped {
+        outputs: Vec<Output>,
+        order: Vec<SortKey>,
+    },
 }
 
 /// Aggregate functions of PostgreSQL; a call to one makes a query level an
@@ -128,14 +144,75 @@ pub(crate) fn shape(select: &Value, shard_key: &str) -> Result<MergeShape, Strin
             })
         });
         if !by_key {
-            return Err(format!(
-                "GROUP BY without {shard_key} among the groups would need re-grouping"
-            ));
+            return grouped(select, targets, groups);
         }
     } else if has_agg || child(select, "having_clause").is_some() {
         return aggregate(select, targets);
     }
     rows(select, targets)
+}
+
+/// GROUP BY without the shard key: re-grouped when every output column is
+/// a GROUP BY column or a combinable aggregate, and every GROUP BY column
+/// is output (otherwise groups that differ only in a hidden column would
+/// be wrongly joined).
+fn grouped(select: &Value, targets: &[Value], groups: &[Value]) -> Result<MergeShape, String> {
+    if child(select, "having_clause").is_some() {
+        return Err("HAVING over groups re-grouped from shards is not merged".into());
+    }
+    if child(select, "limit_count").is_some() || child(select, "limit_offset").is_some() {
+        return Err(
+            "LIMIT or OFFSET over groups re-grouped from shards is not merged (each shard would cut its own groups)"
+                .into(),
+        );
+    }
+    let group_names = groups
+        .iter()
+        .map(|g| match node_of(g, "ColumnRef") {
+            Some(c) => Ok(tree::names(list(c, "fields"))),
+            None => Err(
+                "GROUP BY an expression or position across shards is not merged; group by columns"
+                    .to_string(),
+            ),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut seen = vec![false; group_names.len()];
+    let outputs = targets
+        .iter()
+        .map(|t| {
+            let val = node_of(t, "ResTarget").and_then(|r| child(r, "val"));
+            if let Some(c) = val.and_then(|v| node_of(v, "ColumnRef")) {
+                let fields = tree::names(list(c, "fields"));
+                let at = group_names.iter().position(|g| {
+                    *g == fields
+                        || (g.len() == 1 && fields.last() == g.last())
+                        || (fields.len() == 1 && g.last() == fields.last())
+                });
+                return match at {
+                    Some(i) => {
+                        seen[i] = true;
+                        Ok(Output::Group)
+                    }
+                    None => Err(format!(
+                        "output column {} is neither grouped nor aggregated",
+                        fields.join(".")
+                    )),
+                };
+            }
+            aggregate_call(t).map(Output::Aggregate)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(i) = seen.iter().position(|s| !s) {
+        return Err(format!(
+            "GROUP BY {} which is not an output column would need re-grouping",
+            group_names[i].join(".")
+        ));
+    }
+    let order = list(select, "sort_clause")
+        .iter()
+        .map(|s| sort_key(s, targets))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(MergeShape::Grouped { outputs, order })
 }
 
 fn aggregate(select: &Value, targets: &[Value]) -> Result<MergeShape, String> {
@@ -150,31 +227,34 @@ fn aggregate(select: &Value, targets: &[Value]) -> Result<MergeShape, String> {
     }
     targets
         .iter()
-        .map(|t| {
-            let val = node_of(t, "ResTarget").and_then(|r| child(r, "val"));
-            let Some(call) = val.and_then(|v| node_of(v, "FuncCall")) else {
-                return Err("an output column that is not an aggregate call".to_string());
-            };
-            let name = tree::names(list(call, "funcname")).join(".");
-            let name = name.strip_prefix("pg_catalog.").unwrap_or(&name);
-            if tree::boolean(call, "agg_distinct") || !list(call, "agg_order").is_empty() {
-                return Err(format!(
-                    "{name}(DISTINCT …) or an ordered aggregate is not merged"
-                ));
-            }
-            if list(call, "args").iter().any(has_aggregate) {
-                return Err(format!("a nested aggregate inside {name}() is not merged"));
-            }
-            match name {
-                "count" => Ok(Aggregate::Count),
-                "sum" => Ok(Aggregate::Sum),
-                "min" => Ok(Aggregate::Min),
-                "max" => Ok(Aggregate::Max),
-                other => Err(format!("{other}() across shards is not merged")),
-            }
-        })
+        .map(aggregate_call)
         .collect::<Result<Vec<_>, _>>()
         .map(MergeShape::Aggregate)
+}
+
+/// The combinable aggregate an output column calls, or why it is not one.
+fn aggregate_call(t: &Value) -> Result<Aggregate, String> {
+    let val = node_of(t, "ResTarget").and_then(|r| child(r, "val"));
+    let Some(call) = val.and_then(|v| node_of(v, "FuncCall")) else {
+        return Err("an output column that is not an aggregate call".to_string());
+    };
+    let name = tree::names(list(call, "funcname")).join(".");
+    let name = name.strip_prefix("pg_catalog.").unwrap_or(&name);
+    if tree::boolean(call, "agg_distinct") || !list(call, "agg_order").is_empty() {
+        return Err(format!(
+            "{name}(DISTINCT …) or an ordered aggregate is not merged"
+        ));
+    }
+    if list(call, "args").iter().any(has_aggregate) {
+        return Err(format!("a nested aggregate inside {name}() is not merged"));
+    }
+    match name {
+        "count" => Ok(Aggregate::Count),
+        "sum" => Ok(Aggregate::Sum),
+        "min" => Ok(Aggregate::Min),
+        "max" => Ok(Aggregate::Max),
+        other => Err(format!("{other}() across shards is not merged")),
+    }
 }
 
 fn rows(select: &Value, targets: &[Value]) -> Result<MergeShape, String> {
@@ -215,7 +295,19 @@ fn sort_key(sort: &Value, targets: &[Value]) -> Result<SortKey, String> {
         3 => false,
         _ => descending,
     };
-    let expr = child(s, "node").ok_or("an empty ORDER BY item")?;
+    let mut expr = child(s, "node").ok_or("an empty ORDER BY item")?;
+    let mut bytewise = false;
+    if let Some(c) = node_of(expr, "CollateClause") {
+        let collation = tree::names(list(c, "collname"));
+        let collation = collation.last().map(String::as_str).unwrap_or("");
+        if collation != "C" && collation != "POSIX" {
+            return Err(format!(
+                "ORDER BY … COLLATE \"{collation}\" is not merged; only COLLATE \"C\" sorts text the way the router can"
+            ));
+        }
+        bytewise = true;
+        expr = child(c, "arg").ok_or("an empty COLLATE")?;
+    }
     let column = match node(expr) {
         Some(("AConst", c)) => match tree::constant_text(c).and_then(|t| t.parse::<usize>().ok()) {
             Some(n) if n >= 1 => SortColumn::Position(n - 1),
@@ -253,6 +345,7 @@ fn sort_key(sort: &Value, targets: &[Value]) -> Result<SortKey, String> {
         column,
         descending,
         nulls_first,
+        bytewise,
     })
 }
 

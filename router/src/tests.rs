@@ -5,8 +5,8 @@ use std::path::Path;
 use shardline_topology::{ShardKey, Topology};
 
 use crate::{
-    Aggregate, Control, Kind, Limit, MergeShape, Param, RouteError, Router, SortColumn, SortKey,
-    Target,
+    Aggregate, Control, Kind, Limit, MergeShape, Output, Param, RouteError, Router, SortColumn,
+    SortKey, Target,
 };
 
 const TOPOLOGY: &str = r#"
@@ -165,13 +165,13 @@ fn an_in_list_over_two_shards_is_a_scatter_never_one_shard() {
             }),
         })
     );
-    // Grouped by something else, groups would need re-grouping: refused.
+    // Grouped by something else: both shards, groups re-grouped.
     let by_status = format!(
         "SELECT status, count(*) FROM payments WHERE merchant_id IN ({a}, {b}) GROUP BY status"
     );
     assert!(matches!(
         target(&r, &by_status),
-        Err(RouteError::Unmergeable { shards, .. }) if shards == both
+        Ok(Target::Shards { shards, merge: Some(MergeShape::Grouped { .. }), .. }) if shards == both
     ));
     // Two keys on one shard stay on that shard.
     let same = format!(
@@ -412,6 +412,7 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
         column: c,
         descending: false,
         nulls_first: false,
+        bytewise: false,
     };
     let cases = [
         ("SELECT * FROM payments WHERE status = 'failed'", all(rows(vec![], None))),
@@ -422,6 +423,7 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
                     column: SortColumn::Name("created_at".into()),
                     descending: true,
                     nulls_first: true,
+                    bytewise: false,
                 }],
                 Some(Limit::Count(10)),
             )),
@@ -435,6 +437,7 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
                         column: SortColumn::Position(0),
                         descending: false,
                         nulls_first: true,
+                        bytewise: false,
                     },
                 ],
                 Some(Limit::Param(0)),
@@ -448,6 +451,22 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
                 Aggregate::Min,
                 Aggregate::Max,
             ])),
+        ),
+        (
+            "SELECT p.status, sum(amount), count(*) FROM payments p GROUP BY status ORDER BY status COLLATE \"C\" DESC",
+            all(MergeShape::Grouped {
+                outputs: vec![
+                    Output::Group,
+                    Output::Aggregate(Aggregate::Sum),
+                    Output::Aggregate(Aggregate::Count),
+                ],
+                order: vec![SortKey {
+                    column: SortColumn::Name("status".into()),
+                    descending: true,
+                    nulls_first: true,
+                    bytewise: true,
+                }],
+            }),
         ),
     ];
     for (sql, want) in cases {
@@ -463,8 +482,28 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
         ),
         ("SELECT DISTINCT status FROM payments", "DISTINCT"),
         (
-            "SELECT status, count(*) FROM payments GROUP BY status",
-            "GROUP BY",
+            "SELECT status, count(*) FROM payments GROUP BY status HAVING count(*) > 1",
+            "HAVING",
+        ),
+        (
+            "SELECT status, count(*) FROM payments GROUP BY status LIMIT 3",
+            "LIMIT or OFFSET over groups",
+        ),
+        (
+            "SELECT count(*) FROM payments GROUP BY status",
+            "GROUP BY status which is not an output column",
+        ),
+        (
+            "SELECT status, amount, count(*) FROM payments GROUP BY status",
+            "amount is neither grouped nor aggregated",
+        ),
+        (
+            "SELECT status, avg(amount) FROM payments GROUP BY status",
+            "avg()",
+        ),
+        (
+            "SELECT status FROM payments ORDER BY status COLLATE \"de-x-icu\"",
+            "COLLATE \"de-x-icu\" is not merged",
         ),
         (
             "SELECT id, rank() OVER (ORDER BY amount) FROM payments",
