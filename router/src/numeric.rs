@@ -156,7 +156,7 @@ impl Numeric {
         let pad_left = (int_groups * 4 - int_len) as usize;
         let mut all = vec![0u8; pad_left];
         all.extend_from_slice(digits);
-        while all.len() % 4 != 0 {
+        while !all.len().is_multiple_of(4) {
             all.push(0);
         }
         let mut groups: Vec<u16> = all

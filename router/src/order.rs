@@ -243,7 +243,8 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         // (order, shard streams each sorted that way, merged result)
-        let cases: &[(SortKey, &[&[Option<&str>]], &[&str])] = &[
+        type Case<'a> = (SortKey, &'a [&'a [Option<&'a str>]], &'a [&'a str]);
+        let cases: &[Case] = &[
             (
                 key("amount", false, false),
                 &[&[Some("1.5"), Some("10"), None], &[Some("2"), None]],
@@ -305,7 +306,7 @@ mod tests {
             (by(SortColumn::Name("span".into()), false), "type oid 1186"),
         ];
         for (k, why) in refused {
-            let e = Order::resolve(&[k.clone()], &cols, false).unwrap_err();
+            let e = Order::resolve(std::slice::from_ref(&k), &cols, false).unwrap_err();
             assert!(e.contains(why), "{k:?}: {e}");
         }
         // Binary column 0: the key decodes the binary int8.

@@ -2,6 +2,8 @@
 //! in with SCRAM, statements land on the right shard, refusals carry their
 //! SQLSTATE, transactions stay on one shard, broken clients stay alone.
 
+mod merge;
+
 use std::path::Path;
 use std::process::Command;
 

@@ -1,11 +1,55 @@
 //! Statements on several databases at once: a SELECT whose rows are
 //! merged, and writes whose row counts are combined. Every database is sent
 //! its statement before any answer is read, so they run at the same time.
+//!
+//! A scatter SELECT is answered as one database would answer it: one
+//! RowDescription, the merged DataRows, one CommandComplete. Rows are
+//! concatenated, or k-way merged when ordered ([`crate::order`]), or
+//! re-aggregated ([`crate::aggregate`]); a merge the router cannot do
+//! exactly for the result's column types is refused with 0A000 before any
+//! row is sent.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::{Db, Session, FLUSH_AT};
+use crate::aggregate::Combine;
 use crate::message::{self as msg, Frame};
+use crate::order::{Merge, Order};
+use crate::row::{self, Column};
+use crate::{MergeShape, Output, SortKey};
+
+/// Where a shard's answer stands.
+struct Shard {
+    db: Db,
+    /// Its ReadyForQuery was read (or the connection was dropped).
+    done: bool,
+}
+
+/// Why a scatter read stopped early.
+enum Stop {
+    /// A backend failed; the client was already told.
+    Reported,
+    /// A shard's own ErrorResponse, relayed as is.
+    Backend(Bytes),
+    /// The router refuses: SQLSTATE, message, hint.
+    Refuse(&'static str, String, &'static str),
+    ClientGone,
+}
+
+const MERGE_HINT: &str = "ORDER BY output columns of integer, numeric, float, bool, date, timestamp or uuid type, or text with COLLATE \"C\"; or add the shard key to the WHERE clause";
+
+/// How one scatter SELECT is answered.
+pub(super) struct ScatterRead<'a> {
+    pub shape: &'a MergeShape,
+    /// The LIMIT, resolved (bind parameters read).
+    pub limit: Option<u64>,
+    /// The extended protocol: the shards' answers open with ParseComplete
+    /// and BindComplete, and the rows' RowDescription answers a Describe of
+    /// the portal that the router adds when the client did not.
+    pub extended: bool,
+    /// Whether the client asked for the rows' RowDescription.
+    pub describe: bool,
+}
 
 impl Session {
     /// Sends each database its frames. When one cannot be sent, it is
@@ -46,64 +90,267 @@ impl Session {
         self.out.len() <= FLUSH_AT || self.flush().await.is_ok()
     }
 
-    /// A SELECT on several shards whose rows are simply concatenated, cut
-    /// at `limit`.
-    pub(super) async fn scatter_rows(&mut self, dbs: &[Db], raw: &Bytes, limit: Option<u64>) {
-        let frames: Vec<(Db, Bytes)> = dbs.iter().map(|db| (*db, raw.clone())).collect();
+    /// A SELECT on several shards, merged into one answer. Each database is
+    /// sent its frames (a Query, or a Parse/Bind/Describe/Execute/Sync).
+    pub(super) async fn scatter_read(&mut self, frames: Vec<(Db, Bytes)>, read: ScatterRead<'_>) {
         if !self.send_all(&frames).await {
             return;
         }
-        let mut rows: u64 = 0;
-        let mut described: Option<Bytes> = None;
-        let mut error: Option<Bytes> = None;
-        for db in dbs {
-            loop {
-                let Some(f) = self.recv_from(*db).await else {
-                    return;
-                };
-                match f.tag {
-                    b'Z' => break,
-                    b'T' => match &described {
-                        None => {
-                            self.out.extend_from_slice(&f.raw);
-                            described = Some(f.raw.clone());
-                        }
-                        // Same column count; table OIDs differ per database.
-                        Some(first) if first.get(5..7) == f.raw.get(5..7) => {}
-                        Some(_) => {
-                            error.get_or_insert_with(|| {
-                                let mut e = BytesMut::new();
-                                msg::error_response(
-                                    &mut e,
-                                    "XX000",
-                                    "shards answered with different columns",
-                                    None,
-                                );
-                                e.freeze()
-                            });
-                        }
-                    },
-                    b'D' => {
-                        if error.is_none() && limit.is_none_or(|l| rows < l) {
-                            rows += 1;
-                            self.out.extend_from_slice(&f.raw);
-                        }
+        let mut shards: Vec<Shard> = frames
+            .iter()
+            .map(|(db, _)| Shard {
+                db: *db,
+                done: false,
+            })
+            .collect();
+        let result = self.merge_answers(&mut shards, &read).await;
+        // Every shard's answer is read to its end, so each connection is
+        // ready for the next statement, whatever was sent to the client.
+        for sh in &shards {
+            if !sh.done {
+                self.drain(&[sh.db], (usize::MAX, usize::MAX)).await;
+            }
+        }
+        match result {
+            Ok(rows) => msg::command_complete(&mut self.out, &format!("SELECT {rows}")),
+            Err(Stop::Backend(e)) => self.out.extend_from_slice(&e),
+            Err(Stop::Refuse(code, m, hint)) => self.reject(code, &m, Some(hint)),
+            Err(Stop::Reported | Stop::ClientGone) => {}
+        }
+    }
+
+    async fn merge_answers(
+        &mut self,
+        shards: &mut [Shard],
+        read: &ScatterRead<'_>,
+    ) -> Result<u64, Stop> {
+        let mut described: Option<(Frame, Vec<Column>)> = None;
+        for i in 0..shards.len() {
+            let t = self.head(shards, i, read.extended).await?;
+            let cols = row::columns(t.body()).ok_or_else(|| {
+                Stop::Refuse(
+                    "08P01",
+                    "a shard sent a malformed RowDescription".into(),
+                    MERGE_HINT,
+                )
+            })?;
+            match &described {
+                None => described = Some((t, cols)),
+                Some((_, first)) => {
+                    let same = first.len() == cols.len()
+                        && first
+                            .iter()
+                            .zip(&cols)
+                            .all(|(a, b)| a.type_oid == b.type_oid && a.format == b.format);
+                    if !same {
+                        return Err(Stop::Refuse(
+                            "XX000",
+                            format!(
+                                "shards answered with different columns: {first:?} and {cols:?}"
+                            ),
+                            "check that every shard has the same schema",
+                        ));
                     }
-                    b'E' => {
-                        error.get_or_insert(f.raw.clone());
-                    }
-                    // CommandComplete is replaced by one for the merged rows.
-                    b'C' => {}
-                    _ => self.out.extend_from_slice(&f.raw),
-                }
-                if !self.flush_if_full().await {
-                    return;
                 }
             }
         }
-        match error {
-            Some(e) => self.out.extend_from_slice(&e),
-            None => msg::command_complete(&mut self.out, &format!("SELECT {rows}")),
+        let Some((t, columns)) = described else {
+            return Ok(0);
+        };
+        let n_shards = shards.len();
+        let refuse = |m: String| {
+            Stop::Refuse(
+                "0A000",
+                format!(
+                    "SELECT on {} shards cannot be merged correctly: {m}",
+                    n_shards
+                ),
+                MERGE_HINT,
+            )
+        };
+        let limit = read.limit.unwrap_or(u64::MAX);
+        match read.shape {
+            MergeShape::Rows { order, .. } if order.is_empty() => {
+                self.relay_description(&t, read)?;
+                let mut rows = 0;
+                for i in 0..shards.len() {
+                    while let Some(r) = self.next_row(shards, i).await? {
+                        if rows < limit {
+                            rows += 1;
+                            self.out.extend_from_slice(&r.raw);
+                            self.flush_or_stop().await?;
+                        }
+                    }
+                }
+                Ok(rows)
+            }
+            MergeShape::Rows { order, .. } => {
+                let order = Order::resolve(order, &columns, false).map_err(refuse)?;
+                self.relay_description(&t, read)?;
+                let mut merge = Merge::new(&order);
+                for i in 0..shards.len() {
+                    if let Some(r) = self.next_row(shards, i).await? {
+                        let key = order.key(r.body()).map_err(refuse)?;
+                        merge.push(i, key, r);
+                    }
+                }
+                let mut rows = 0;
+                while rows < limit {
+                    let Some((i, r)) = merge.pop() else { break };
+                    rows += 1;
+                    self.out.extend_from_slice(&r.raw);
+                    self.flush_or_stop().await?;
+                    if let Some(r) = self.next_row(shards, i).await? {
+                        let key = order.key(r.body()).map_err(refuse)?;
+                        merge.push(i, key, r);
+                    }
+                }
+                Ok(rows)
+            }
+            MergeShape::Aggregate(aggs) => {
+                let outputs: Vec<Output> = aggs.iter().map(|a| Output::Aggregate(*a)).collect();
+                self.combine(shards, &t, &columns, &outputs, &[], read)
+                    .await
+            }
+            MergeShape::Grouped { outputs, order } => {
+                self.combine(shards, &t, &columns, outputs, order, read)
+                    .await
+            }
+        }
+    }
+
+    /// Re-aggregates every shard's rows, then sorts the combined rows.
+    async fn combine(
+        &mut self,
+        shards: &mut [Shard],
+        t: &Frame,
+        columns: &[Column],
+        outputs: &[Output],
+        sort: &[SortKey],
+        read: &ScatterRead<'_>,
+    ) -> Result<u64, Stop> {
+        let n_shards = shards.len();
+        let refuse = |code: &'static str, m: String| {
+            Stop::Refuse(
+                code,
+                format!(
+                    "SELECT on {} shards cannot be merged correctly: {m}",
+                    n_shards
+                ),
+                MERGE_HINT,
+            )
+        };
+        let mut combine = Combine::new(outputs, columns).map_err(|e| refuse(e.code, e.message))?;
+        let order = Order::resolve(sort, columns, false).map_err(|m| refuse("0A000", m))?;
+        for i in 0..shards.len() {
+            while let Some(r) = self.next_row(shards, i).await? {
+                combine
+                    .add(r.body())
+                    .map_err(|e| refuse(e.code, e.message))?;
+            }
+        }
+        let rows = combine.finish().map_err(|e| refuse(e.code, e.message))?;
+        let mut keyed = rows
+            .into_iter()
+            .map(|r| order.key(&r[5..]).map(|k| (k, r)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| refuse("0A000", m))?;
+        // Stable: groups with equal keys keep their first-seen order.
+        keyed.sort_by(|a, b| order.cmp(&a.0, &b.0));
+        self.relay_description(t, read)?;
+        let limit = read.limit.unwrap_or(u64::MAX);
+        let mut n = 0;
+        for (_, r) in keyed {
+            if n >= limit {
+                break;
+            }
+            n += 1;
+            self.out.extend_from_slice(&r);
+            self.flush_or_stop().await?;
+        }
+        Ok(n)
+    }
+
+    fn relay_description(&mut self, t: &Frame, read: &ScatterRead<'_>) -> Result<(), Stop> {
+        if read.describe {
+            self.out.extend_from_slice(&t.raw);
+        }
+        Ok(())
+    }
+
+    async fn flush_or_stop(&mut self) -> Result<(), Stop> {
+        if self.flush_if_full().await {
+            Ok(())
+        } else {
+            Err(Stop::ClientGone)
+        }
+    }
+
+    async fn next_frame(&mut self, shards: &mut [Shard], i: usize) -> Result<Frame, Stop> {
+        match self.recv_from(shards[i].db).await {
+            Some(f) => {
+                if f.tag == b'Z' {
+                    shards[i].done = true;
+                }
+                Ok(f)
+            }
+            None => {
+                shards[i].done = true;
+                Err(Stop::Reported)
+            }
+        }
+    }
+
+    /// Reads a shard's answer up to the RowDescription of its rows. What
+    /// comes before (ParseComplete, a statement's description,
+    /// BindComplete) is relayed from the first shard only.
+    async fn head(
+        &mut self,
+        shards: &mut [Shard],
+        i: usize,
+        extended: bool,
+    ) -> Result<Frame, Stop> {
+        let mut bound = !extended;
+        loop {
+            let f = self.next_frame(shards, i).await?;
+            match f.tag {
+                b'T' if bound => return Ok(f),
+                b'E' => return Err(Stop::Backend(f.raw)),
+                b'Z' | b'n' if bound => {
+                    return Err(Stop::Refuse(
+                        "XX000",
+                        format!(
+                            "{} answered the SELECT without rows",
+                            self.db_name(shards[i].db)
+                        ),
+                        "check that every shard has the same schema",
+                    ))
+                }
+                b'2' => {
+                    bound = true;
+                    if i == 0 {
+                        self.out.extend_from_slice(&f.raw);
+                    }
+                }
+                _ if i == 0 => self.out.extend_from_slice(&f.raw),
+                _ => {}
+            }
+        }
+    }
+
+    /// A shard's next DataRow, or `None` once its answer has ended.
+    async fn next_row(&mut self, shards: &mut [Shard], i: usize) -> Result<Option<Frame>, Stop> {
+        loop {
+            if shards[i].done {
+                return Ok(None);
+            }
+            let f = self.next_frame(shards, i).await?;
+            match f.tag {
+                b'D' => return Ok(Some(f)),
+                b'E' => return Err(Stop::Backend(f.raw)),
+                b'N' => self.out.extend_from_slice(&f.raw),
+                _ => {}
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 
+use super::scatter::ScatterRead;
 use super::{Db, Fatal, Session, Txn, FLUSH_AT};
 use crate::backend::BackendError;
 use crate::message::{self as msg, Frame};
@@ -109,22 +110,23 @@ impl Session {
         }
         match route.target {
             Target::Shards {
-                merge: Some(MergeShape::Rows { order, limit }),
-                ..
-            } if order.is_empty() => {
-                let limit = match limit {
-                    Some(crate::Limit::Count(n)) => Some(n),
+                merge: Some(shape), ..
+            } => {
+                let limit = match &shape {
+                    MergeShape::Rows {
+                        limit: Some(crate::Limit::Count(n)),
+                        ..
+                    } => Some(*n),
                     _ => None,
                 };
-                self.scatter_rows(&dbs, &frame.raw, limit).await;
-            }
-            Target::Shards {
-                merge: Some(_),
-                shards,
-                ..
-            } => {
-                let m = format!("SELECT on shards {shards:?} needs an ordered or aggregate merge, which this router version does not do yet");
-                self.reject("0A000", &m, Some("add the shard key to the WHERE clause"));
+                let frames = dbs.iter().map(|db| (*db, frame.raw.clone())).collect();
+                let read = ScatterRead {
+                    shape: &shape,
+                    limit,
+                    extended: false,
+                    describe: true,
+                };
+                self.scatter_read(frames, read).await;
             }
             Target::Split { parts, .. } => {
                 let frames: Vec<(Db, Bytes)> = parts
