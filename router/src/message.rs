@@ -301,6 +301,13 @@ pub fn query(out: &mut BytesMut, sql: &str) {
     frame(out, b'Q', |o| put_cstr(o, sql));
 }
 
+pub fn describe(out: &mut BytesMut, kind: u8, name: &str) {
+    frame(out, b'D', |o| {
+        o.put_u8(kind);
+        put_cstr(o, name);
+    });
+}
+
 pub fn close(out: &mut BytesMut, kind: u8, name: &str) {
     frame(out, b'C', |o| {
         o.put_u8(kind);

@@ -9,6 +9,8 @@
 //! exactly for the result's column types is refused with 0A000 before any
 //! row is sent.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 
 use super::{Db, Session, FLUSH_AT};
@@ -23,6 +25,9 @@ struct Shard {
     db: Db,
     /// Its ReadyForQuery was read (or the connection was dropped).
     done: bool,
+    /// Whether each ParseComplete / CloseComplete is the client's.
+    parses: VecDeque<bool>,
+    closes: VecDeque<bool>,
 }
 
 /// Why a scatter read stopped early.
@@ -93,14 +98,30 @@ impl Session {
     /// A SELECT on several shards, merged into one answer. Each database is
     /// sent its frames (a Query, or a Parse/Bind/Describe/Execute/Sync).
     pub(super) async fn scatter_read(&mut self, frames: Vec<(Db, Bytes)>, read: ScatterRead<'_>) {
+        let queues = frames.iter().map(|_| Default::default()).collect();
+        self.scatter_read_with(frames, read, queues).await;
+    }
+
+    /// [`Self::scatter_read`] with, per shard, whether each ParseComplete
+    /// and CloseComplete answers the client (`true`) or the router. Returns
+    /// whether the answer was merged without an error.
+    pub(super) async fn scatter_read_with(
+        &mut self,
+        frames: Vec<(Db, Bytes)>,
+        read: ScatterRead<'_>,
+        queues: Vec<(VecDeque<bool>, VecDeque<bool>)>,
+    ) -> bool {
         if !self.send_all(&frames).await {
-            return;
+            return false;
         }
         let mut shards: Vec<Shard> = frames
             .iter()
-            .map(|(db, _)| Shard {
+            .zip(queues)
+            .map(|((db, _), (parses, closes))| Shard {
                 db: *db,
                 done: false,
+                parses,
+                closes,
             })
             .collect();
         let result = self.merge_answers(&mut shards, &read).await;
@@ -112,11 +133,15 @@ impl Session {
             }
         }
         match result {
-            Ok(rows) => msg::command_complete(&mut self.out, &format!("SELECT {rows}")),
+            Ok(rows) => {
+                msg::command_complete(&mut self.out, &format!("SELECT {rows}"));
+                return true;
+            }
             Err(Stop::Backend(e)) => self.out.extend_from_slice(&e),
             Err(Stop::Refuse(code, m, hint)) => self.reject(code, &m, Some(hint)),
             Err(Stop::Reported | Stop::ClientGone) => {}
         }
+        false
     }
 
     async fn merge_answers(
@@ -329,6 +354,16 @@ impl Session {
                 b'2' => {
                     bound = true;
                     if i == 0 {
+                        self.out.extend_from_slice(&f.raw);
+                    }
+                }
+                b'1' | b'3' => {
+                    let q = if f.tag == b'1' {
+                        &mut shards[i].parses
+                    } else {
+                        &mut shards[i].closes
+                    };
+                    if q.pop_front().unwrap_or(true) && i == 0 {
                         self.out.extend_from_slice(&f.raw);
                     }
                 }
