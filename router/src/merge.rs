@@ -9,8 +9,9 @@
 //!   so grouped rows merge like plain rows;
 //! - count, sum, min and max without GROUP BY: one row per shard, combined.
 //!
-//! Everything else (DISTINCT, other GROUP BY, avg, window functions, set
-//! operations, OFFSET, ORDER BY expressions) is refused with the reason.
+//! Everything else (DISTINCT, avg, window functions, set operations,
+//! ORDER BY expressions, HAVING or LIMIT over re-grouped groups) is
+//! refused with the reason.
 
 use serde_json::Value;
 
@@ -65,6 +66,11 @@ pub enum MergeShape {
     Rows {
         order: Vec<SortKey>,
         limit: Option<Limit>,
+        /// OFFSET: skipped on the merged stream. The shards get
+        /// `shard_sql`, the statement with `LIMIT limit + offset` and no
+        /// OFFSET (set by the router, which holds the typed parse tree).
+        offset: u64,
+        shard_sql: Option<String>,
     },
     Aggregate(Vec<Aggregate>),
     /// GROUP BY without the shard key: each shard's groups are combined by
@@ -258,9 +264,20 @@ fn aggregate_call(t: &Value) -> Result<Aggregate, String> {
 }
 
 fn rows(select: &Value, targets: &[Value]) -> Result<MergeShape, String> {
-    if child(select, "limit_offset").is_some() {
-        return Err("OFFSET is not merged".into());
-    }
+    let offset = match child(select, "limit_offset") {
+        None => 0,
+        Some(o) => match node(o) {
+            Some(("AConst", c)) if tree::boolean(c, "isnull") => 0,
+            Some(("AConst", c)) => match tree::constant_text(c).and_then(|t| t.parse().ok()) {
+                Some(n) => n,
+                None => return Err("an OFFSET that is not a whole number".into()),
+            },
+            Some(("ParamRef", _)) => {
+                return Err("OFFSET as a bind parameter is not merged; write the number".into())
+            }
+            _ => return Err("an OFFSET expression is not merged".into()),
+        },
+    };
     if int(select, "limit_option") == 3 {
         return Err("FETCH … WITH TIES is not merged".into());
     }
@@ -276,11 +293,21 @@ fn rows(select: &Value, targets: &[Value]) -> Result<MergeShape, String> {
             _ => return Err("a LIMIT expression is not merged".into()),
         },
     };
+    if offset > 0 && matches!(limit, Some(Limit::Param(_))) {
+        return Err(
+            "OFFSET with LIMIT as a bind parameter is not merged; write the numbers".into(),
+        );
+    }
     let order = list(select, "sort_clause")
         .iter()
         .map(|s| sort_key(s, targets))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(MergeShape::Rows { order, limit })
+    Ok(MergeShape::Rows {
+        order,
+        limit,
+        offset,
+        shard_sql: None,
+    })
 }
 
 fn sort_key(sort: &Value, targets: &[Value]) -> Result<SortKey, String> {

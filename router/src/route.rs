@@ -9,7 +9,7 @@ use shardline_topology::{ShardKey, ShardKeyType, Topology};
 
 use crate::cache::{ParseCache, DEFAULT_CAPACITY};
 use crate::error::RouteError;
-use crate::merge::MergeShape;
+use crate::merge::{Limit, MergeShape};
 use crate::schema::Schema;
 use crate::statement::{self, Analyzed, Constraint, Control, Data, KeyExpr};
 
@@ -150,8 +150,30 @@ impl Router {
         let tree = serde_json::to_value(&result.protobuf).map_err(|e| RouteError::Syntax {
             message: e.to_string(),
         })?;
+        let mut statements = statement::analyze(&tree, &self.schema);
+        for (index, st) in statements.iter_mut().enumerate() {
+            if let Analyzed::Data(Data {
+                merge:
+                    Ok(MergeShape::Rows {
+                        limit,
+                        offset,
+                        shard_sql,
+                        ..
+                    }),
+                ..
+            }) = st
+            {
+                if *offset > 0 {
+                    let count = match limit {
+                        Some(Limit::Count(n)) => Some(n.saturating_add(*offset)),
+                        _ => None,
+                    };
+                    *shard_sql = Some(without_offset(&result.protobuf, index, count)?);
+                }
+            }
+        }
         let parsed = Arc::new(Parsed {
-            statements: statement::analyze(&tree, &self.schema),
+            statements,
             protobuf: result.protobuf,
         });
         self.lock().insert(sql, parsed.clone());
@@ -580,4 +602,42 @@ fn split_insert(
             Ok((shard, sql))
         })
         .collect()
+}
+
+/// A SELECT without its OFFSET and with `LIMIT count` (none when `None`):
+/// what each shard runs so the merged stream can skip the offset itself.
+fn without_offset(
+    tree: &protobuf::ParseResult,
+    index: usize,
+    count: Option<u64>,
+) -> Result<String, RouteError> {
+    let mut raw = tree.stmts[index].clone();
+    let Some(NodeEnum::SelectStmt(sel)) = raw.stmt.as_mut().and_then(|s| s.node.as_mut()) else {
+        return Err(RouteError::Unsupported {
+            statement: "this SELECT form with OFFSET across shards".into(),
+        });
+    };
+    sel.limit_offset = None;
+    sel.limit_count = count.map(|n| {
+        let val = match i32::try_from(n) {
+            Ok(i) => protobuf::a_const::Val::Ival(protobuf::Integer { ival: i }),
+            Err(_) => protobuf::a_const::Val::Fval(protobuf::Float {
+                fval: n.to_string(),
+            }),
+        };
+        Box::new(protobuf::Node {
+            node: Some(NodeEnum::AConst(protobuf::AConst {
+                isnull: false,
+                location: -1,
+                val: Some(val),
+            })),
+        })
+    });
+    pg_query::deparse(&protobuf::ParseResult {
+        version: tree.version,
+        stmts: vec![raw],
+    })
+    .map_err(|e| RouteError::Syntax {
+        message: e.to_string(),
+    })
 }

@@ -161,7 +161,9 @@ fn an_in_list_over_two_shards_is_a_scatter_never_one_shard() {
             shards: both.clone(),
             merge: Some(MergeShape::Rows {
                 order: vec![],
-                limit: None
+                limit: None,
+                offset: 0,
+                shard_sql: None,
             }),
         })
     );
@@ -407,7 +409,12 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
             merge: Some(merge),
         })
     };
-    let rows = |order: Vec<SortKey>, limit| MergeShape::Rows { order, limit };
+    let rows = |order: Vec<SortKey>, limit| MergeShape::Rows {
+        order,
+        limit,
+        offset: 0,
+        shard_sql: None,
+    };
     let asc = |c: SortColumn| SortKey {
         column: c,
         descending: false,
@@ -474,6 +481,22 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
         let got = r.route(sql, &params, None).map(|r| r.target);
         assert_eq!(got, want, "{sql}");
     }
+    let paged = r
+        .route(
+            "SELECT id FROM payments ORDER BY id LIMIT 5 OFFSET 10",
+            &[],
+            None,
+        )
+        .map(|r| r.target);
+    assert_eq!(
+        paged,
+        all(MergeShape::Rows {
+            order: vec![asc(SortColumn::Name("id".into()))],
+            limit: Some(Limit::Count(5)),
+            offset: 10,
+            shard_sql: Some("SELECT id FROM payments ORDER BY id LIMIT 15".into()),
+        })
+    );
     for (sql, why) in [
         ("SELECT avg(amount) FROM payments", "avg()"),
         (
@@ -514,7 +537,14 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
             "SELECT id FROM payments ORDER BY p.created_at",
             "not an output column",
         ),
-        ("SELECT * FROM payments LIMIT 5 OFFSET 10", "OFFSET"),
+        (
+            "SELECT * FROM payments LIMIT $1 OFFSET 10",
+            "OFFSET with LIMIT as a bind",
+        ),
+        (
+            "SELECT * FROM payments OFFSET $1",
+            "OFFSET as a bind parameter",
+        ),
         (
             "SELECT id FROM payments UNION SELECT id FROM refunds",
             "UNION",

@@ -134,11 +134,21 @@ fn ordered_queries(a: i64, b: i64) -> Vec<String> {
     q
 }
 
+/// OFFSET: the shards run `LIMIT limit + offset` and the router skips.
+const OFFSETS: &[&str] = &[
+    "SELECT id, amount FROM payments ORDER BY amount, id LIMIT 10 OFFSET 7",
+    "SELECT id, created_at FROM payments ORDER BY created_at DESC NULLS LAST, id OFFSET 100",
+    "SELECT id FROM payments ORDER BY id DESC LIMIT 5 OFFSET 118",
+    "SELECT id FROM payments ORDER BY id OFFSET 500",
+    "SELECT id FROM payments ORDER BY id FETCH FIRST 4 ROWS ONLY OFFSET 2",
+];
+
 #[tokio::test]
 async fn scatter_selects_through_the_simple_protocol_equal_the_monolith() {
     let (f, router, mono) = loaded().await;
     let (a, b) = f.merchants();
-    for sql in ordered_queries(a, b) {
+    let offsets = OFFSETS.iter().map(|s| s.to_string());
+    for sql in ordered_queries(a, b).into_iter().chain(offsets) {
         let want = simple(&mono, &sql).await.unwrap();
         let got = simple(&router, &sql)
             .await
@@ -225,10 +235,6 @@ async fn merges_that_would_be_wrong_are_refused_with_their_reason() {
         (
             "SELECT status, count(*) FROM payments GROUP BY status HAVING count(*) > 3",
             "HAVING",
-        ),
-        (
-            "SELECT id FROM payments ORDER BY id LIMIT 5 OFFSET 3",
-            "OFFSET",
         ),
         (
             "SELECT string_agg(status, ',') FROM payments",
@@ -318,6 +324,9 @@ async fn scatter_selects_through_the_extended_protocol_equal_the_monolith_in_bin
     assert_eq!(got, want);
 
     // Refusals keep their SQLSTATE and the connection goes on.
+    let e = router.query(OFFSETS[0], &[]).await.unwrap_err();
+    assert_eq!(code(&e), "0A000");
+    assert!(e.as_db_error().unwrap().message().contains("OFFSET"));
     let e = router
         .query("SELECT id, status FROM payments ORDER BY status", &[])
         .await

@@ -166,6 +166,13 @@ impl Session {
                                 Some("Sync after the statement".into()),
                             ));
                         }
+                        if matches!(shape, MergeShape::Rows { offset, .. } if offset > 0) {
+                            return Err((
+                                "0A000",
+                                "OFFSET on several shards is merged in the simple protocol only".into(),
+                                Some("send the statement as a simple query, or page by the sort key (WHERE id > $1 ORDER BY id LIMIT n)".into()),
+                            ));
+                        }
                         let limit = match &shape {
                             MergeShape::Rows {
                                 limit: Some(Limit::Count(n)),
@@ -431,6 +438,7 @@ impl Session {
         let read = ScatterRead {
             shape: &s.shape,
             limit: s.limit,
+            offset: 0,
             extended: true,
             describe,
         };

@@ -48,6 +48,8 @@ pub(super) struct ScatterRead<'a> {
     pub shape: &'a MergeShape,
     /// The LIMIT, resolved (bind parameters read).
     pub limit: Option<u64>,
+    /// Rows of the merged stream skipped before the LIMIT counts.
+    pub offset: u64,
     /// The extended protocol: the shards' answers open with ParseComplete
     /// and BindComplete, and the rows' RowDescription answers a Describe of
     /// the portal that the router adds when the client did not.
@@ -197,10 +199,12 @@ impl Session {
         match read.shape {
             MergeShape::Rows { order, .. } if order.is_empty() => {
                 self.relay_description(&t, read)?;
-                let mut rows = 0;
+                let (mut rows, mut skip) = (0, read.offset);
                 for i in 0..shards.len() {
                     while let Some(r) = self.next_row(shards, i).await? {
-                        if rows < limit {
+                        if skip > 0 {
+                            skip -= 1;
+                        } else if rows < limit {
                             rows += 1;
                             self.out.extend_from_slice(&r.raw);
                             self.flush_or_stop().await?;
@@ -219,12 +223,16 @@ impl Session {
                         merge.push(i, key, r);
                     }
                 }
-                let mut rows = 0;
+                let (mut rows, mut skip) = (0, read.offset);
                 while rows < limit {
                     let Some((i, r)) = merge.pop() else { break };
-                    rows += 1;
-                    self.out.extend_from_slice(&r.raw);
-                    self.flush_or_stop().await?;
+                    if skip > 0 {
+                        skip -= 1;
+                    } else {
+                        rows += 1;
+                        self.out.extend_from_slice(&r.raw);
+                        self.flush_or_stop().await?;
+                    }
                     if let Some(r) = self.next_row(shards, i).await? {
                         let key = order.key(r.body()).map_err(refuse)?;
                         merge.push(i, key, r);

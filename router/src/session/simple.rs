@@ -119,10 +119,23 @@ impl Session {
                     } => Some(*n),
                     _ => None,
                 };
-                let frames = dbs.iter().map(|db| (*db, frame.raw.clone())).collect();
+                let (offset, raw) = match &shape {
+                    MergeShape::Rows {
+                        offset,
+                        shard_sql: Some(sql),
+                        ..
+                    } => {
+                        let mut q = BytesMut::new();
+                        msg::query(&mut q, sql);
+                        (*offset, q.freeze())
+                    }
+                    _ => (0, frame.raw.clone()),
+                };
+                let frames = dbs.iter().map(|db| (*db, raw.clone())).collect();
                 let read = ScatterRead {
                     shape: &shape,
                     limit,
+                    offset,
                     extended: false,
                     describe: true,
                 };
