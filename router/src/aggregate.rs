@@ -65,7 +65,13 @@ pub(crate) struct Combine {
 impl Combine {
     /// Plans the combination of `outputs` over a result of `columns`, or
     /// says why it would not be exact.
-    pub fn new(outputs: &[Output], columns: &[Column]) -> Result<Self, CombineError> {
+    /// `c_collation`: the databases sort text bytewise, so min and max of
+    /// text can be combined.
+    pub fn new(
+        outputs: &[Output],
+        columns: &[Column],
+        c_collation: bool,
+    ) -> Result<Self, CombineError> {
         if outputs.len() != columns.len() {
             return Err(refused(format!(
                 "the statement has {} output columns but the shards returned {}",
@@ -76,7 +82,7 @@ impl Combine {
         let plans = outputs
             .iter()
             .zip(columns)
-            .map(|(o, c)| plan(*o, c))
+            .map(|(o, c)| plan(*o, c, c_collation))
             .collect::<Result<_, _>>()?;
         Ok(Self {
             plans,
@@ -172,7 +178,7 @@ impl Combine {
     }
 }
 
-fn plan(o: Output, c: &Column) -> Result<Plan, CombineError> {
+fn plan(o: Output, c: &Column, c_collation: bool) -> Result<Plan, CombineError> {
     let binary = c.format == 1;
     let what = |a: &str| format!("{a}() of column {:?} (type oid {})", c.name, c.type_oid);
     Ok(match o {
@@ -197,7 +203,7 @@ fn plan(o: Output, c: &Column) -> Result<Plan, CombineError> {
             _ => return Err(refused(format!("{} is not re-aggregated", what("sum")))),
         },
         Output::Aggregate(a @ (Aggregate::Min | Aggregate::Max)) => {
-            let d = Decoder::for_type(c.type_oid, binary, false).map_err(|e| {
+            let d = Decoder::for_type(c.type_oid, binary, c_collation).map_err(|e| {
                 let name = if a == Aggregate::Min { "min" } else { "max" };
                 refused(match e {
                     Undecodable::Collation => format!(
@@ -360,7 +366,7 @@ mod tests {
         shards: &[&[Option<&[u8]>]],
     ) -> Result<Vec<Vec<Option<Vec<u8>>>>, CombineError> {
         let columns = row::columns(&description(cols)).unwrap();
-        let mut c = Combine::new(outputs, &columns)?;
+        let mut c = Combine::new(outputs, &columns, false)?;
         for fields in shards.chunks(1) {
             let mut out = BytesMut::new();
             row::data_row(&mut out, fields[0]);

@@ -140,6 +140,11 @@ pub(crate) fn shape(select: &Value, shard_key: &str) -> Result<MergeShape, Strin
     if !list(select, "window_clause").is_empty() || targets.iter().any(has_window) {
         return Err("window functions are not merged".into());
     }
+    if let Some(c) = targets.iter().find_map(other_collation) {
+        return Err(format!(
+            "an output column with COLLATE \"{c}\" is not merged; the router sorts and compares text bytewise (COLLATE \"C\")"
+        ));
+    }
     let groups = list(select, "group_clause");
     let has_agg = targets.iter().any(has_aggregate)
         || child(select, "having_clause").is_some_and(has_aggregate);
@@ -376,9 +381,26 @@ fn sort_key(sort: &Value, targets: &[Value]) -> Result<SortKey, String> {
     })
 }
 
+/// The first collation other than C or POSIX named in an expression.
+fn other_collation(v: &Value) -> Option<String> {
+    let mut found = None;
+    find(v, &mut |kind, f| {
+        if kind == "CollateClause" {
+            let names = tree::names(list(f, "collname"));
+            let name = names.last().cloned().unwrap_or_default();
+            if name != "C" && name != "POSIX" {
+                found = Some(name);
+                return true;
+            }
+        }
+        false
+    });
+    found
+}
+
 /// Whether an expression contains a window function call.
 fn has_window(v: &Value) -> bool {
-    find(v, &|kind, f| {
+    find(v, &mut |kind, f| {
         kind == "FuncCall" && child(f, "over").is_some()
     })
 }
@@ -386,7 +408,7 @@ fn has_window(v: &Value) -> bool {
 /// Whether an expression contains an aggregate call, not counting
 /// subqueries (their aggregates are their own).
 fn has_aggregate(v: &Value) -> bool {
-    find(v, &|kind, f| {
+    find(v, &mut |kind, f| {
         if kind != "FuncCall" || child(f, "over").is_some() {
             return false;
         }
@@ -402,7 +424,7 @@ fn has_aggregate(v: &Value) -> bool {
 }
 
 /// Depth-first search for a node matching `pred`, not entering subqueries.
-fn find(v: &Value, pred: &dyn Fn(&str, &Value) -> bool) -> bool {
+fn find(v: &Value, pred: &mut dyn FnMut(&str, &Value) -> bool) -> bool {
     match v {
         Value::Object(map) => {
             if let Some((kind, fields)) = node(v) {
@@ -413,9 +435,9 @@ fn find(v: &Value, pred: &dyn Fn(&str, &Value) -> bool) -> bool {
                     return true;
                 }
             }
-            map.values().any(|c| find(c, pred))
+            map.values().any(|c| find(c, &mut *pred))
         }
-        Value::Array(items) => items.iter().any(|c| find(c, pred)),
+        Value::Array(items) => items.iter().any(|c| find(c, &mut *pred)),
         _ => false,
     }
 }

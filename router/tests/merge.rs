@@ -7,7 +7,7 @@ use std::process::Command;
 
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-use super::{code, fleet, Fleet, PASSWORD, SCHEMA};
+use super::{code, fleet, fleet_collated, Fleet, PASSWORD, SCHEMA};
 
 /// Columns beyond the shared schema, of every type the merge decodes.
 const EXTRA: &str =
@@ -65,11 +65,19 @@ fn rows_sql() -> String {
 /// The fleet with the same rows in both shards (split by the router's
 /// INSERT) and in the monolith, plus a monolith client.
 async fn loaded() -> (Fleet, Client, Client) {
-    let f = fleet().await;
+    loaded_in(fleet().await).await
+}
+
+async fn loaded_in(f: Fleet) -> (Fleet, Client, Client) {
     for db in ["tx0", "tx1"] {
         f.server.psql(db, EXTRA).unwrap();
     }
-    f.server.create_database("monolith").unwrap();
+    f.server
+        .psql(
+            "postgres",
+            "CREATE DATABASE monolith TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'",
+        )
+        .unwrap();
     f.server.psql("monolith", SCHEMA).unwrap();
     f.server.psql("monolith", EXTRA).unwrap();
     let insert = rows_sql();
@@ -339,4 +347,37 @@ async fn scatter_selects_through_the_extended_protocol_equal_the_monolith_in_bin
         .unwrap()
         .get(0);
     assert_eq!(n, 120);
+}
+
+/// Shards whose databases sort text bytewise (collation C): text is
+/// ordered and min/max-ed without COLLATE "C" in the query, unless a
+/// column says otherwise.
+#[tokio::test]
+async fn text_merges_without_collate_when_the_shards_use_the_c_collation() {
+    let (_f, router, mono) = loaded_in(fleet_collated(Some("C")).await).await;
+    for sql in [
+        "SELECT id, status FROM payments ORDER BY status DESC, id",
+        "SELECT note, min(status), max(status), count(*) FROM payments GROUP BY note ORDER BY note NULLS FIRST",
+        "SELECT min(note), max(status) FROM payments",
+    ] {
+        let want = simple(&mono, sql).await.unwrap();
+        let got = simple(&router, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        assert_eq!(got, want, "{sql}");
+        let want = extended(&mono, sql, &[]).await.unwrap();
+        let got = extended(&router, sql, &[]).await.unwrap();
+        assert_eq!(got, want, "{sql}");
+    }
+    // An explicit other collation is never sorted bytewise.
+    let e = router
+        .simple_query("SELECT status COLLATE \"POSIX\" AS s, id FROM payments ORDER BY s COLLATE \"und-x-icu\"")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "0A000");
+    let e = router
+        .simple_query("SELECT status COLLATE \"und-x-icu\" AS s FROM payments ORDER BY s")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "0A000", "{e:?}");
 }

@@ -184,6 +184,7 @@ impl Session {
         let Some((t, columns)) = described else {
             return Ok(0);
         };
+        let c_collation = self.c_collation(shards);
         let n_shards = shards.len();
         let refuse = |m: String| {
             Stop::Refuse(
@@ -214,7 +215,7 @@ impl Session {
                 Ok(rows)
             }
             MergeShape::Rows { order, .. } => {
-                let order = Order::resolve(order, &columns, false).map_err(refuse)?;
+                let order = Order::resolve(order, &columns, c_collation).map_err(refuse)?;
                 self.relay_description(&t, read)?;
                 let mut merge = Merge::new(&order);
                 for i in 0..shards.len() {
@@ -262,6 +263,7 @@ impl Session {
         sort: &[SortKey],
         read: &ScatterRead<'_>,
     ) -> Result<u64, Stop> {
+        let c_collation = self.c_collation(shards);
         let n_shards = shards.len();
         let refuse = |code: &'static str, m: String| {
             Stop::Refuse(
@@ -273,8 +275,9 @@ impl Session {
                 MERGE_HINT,
             )
         };
-        let mut combine = Combine::new(outputs, columns).map_err(|e| refuse(e.code, e.message))?;
-        let order = Order::resolve(sort, columns, false).map_err(|m| refuse("0A000", m))?;
+        let mut combine =
+            Combine::new(outputs, columns, c_collation).map_err(|e| refuse(e.code, e.message))?;
+        let order = Order::resolve(sort, columns, c_collation).map_err(|m| refuse("0A000", m))?;
         for i in 0..shards.len() {
             while let Some(r) = self.next_row(shards, i).await? {
                 combine
@@ -302,6 +305,13 @@ impl Session {
             self.flush_or_stop().await?;
         }
         Ok(n)
+    }
+
+    /// Whether every shard sorts text bytewise (collation C).
+    fn c_collation(&self, shards: &[Shard]) -> bool {
+        shards
+            .iter()
+            .all(|sh| self.backends.get(&sh.db).is_some_and(|b| b.bytewise_text))
     }
 
     fn relay_description(&mut self, t: &Frame, read: &ScatterRead<'_>) -> Result<(), Stop> {
