@@ -36,12 +36,37 @@ fn refused(message: String) -> CombineError {
 #[derive(Clone, Copy, Debug)]
 enum Plan {
     Group(Decoder),
-    Count { binary: bool },
-    SumInt { binary: bool },
-    SumNumeric { binary: bool },
-    SumFloat { binary: bool, float4: bool },
+    Count {
+        binary: bool,
+    },
+    SumInt {
+        binary: bool,
+    },
+    SumNumeric {
+        binary: bool,
+    },
+    SumFloat {
+        binary: bool,
+        float4: bool,
+    },
     Min(Decoder),
     Max(Decoder),
+    /// avg from the shards' sum and count columns: numeric (the sum is
+    /// bigint or numeric) or float8; its output is numeric or float8.
+    Avg {
+        binary: bool,
+        sum_type: u32,
+    },
+}
+
+impl Plan {
+    /// Columns of the shards' rows the output column is made from.
+    fn width(&self) -> usize {
+        match self {
+            Plan::Avg { .. } => 2,
+            _ => 1,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -52,6 +77,8 @@ enum Acc {
     Numeric(Option<Numeric>),
     Float(Option<f64>),
     Extreme(Option<(Datum, Vec<u8>)>),
+    /// avg: the sum so far (numeric, or float8 for a float8 sum) and count.
+    Avg(Option<Numeric>, Option<f64>, u64),
 }
 
 /// Combines the rows of every shard into the merged result.
@@ -72,17 +99,24 @@ impl Combine {
         columns: &[Column],
         c_collation: bool,
     ) -> Result<Self, CombineError> {
-        if outputs.len() != columns.len() {
+        let width: usize = outputs
+            .iter()
+            .map(|o| 1 + usize::from(*o == Output::Aggregate(Aggregate::Avg)))
+            .sum();
+        if width != columns.len() {
             return Err(refused(format!(
-                "the statement has {} output columns but the shards returned {}",
-                outputs.len(),
+                "the statement has {width} output columns on the shards but they returned {}",
                 columns.len()
             )));
         }
+        let mut at = 0;
         let plans = outputs
             .iter()
-            .zip(columns)
-            .map(|(o, c)| plan(*o, c, c_collation))
+            .map(|o| {
+                let p = plan(*o, &columns[at..], c_collation)?;
+                at += p.width();
+                Ok(p)
+            })
             .collect::<Result<_, _>>()?;
         Ok(Self {
             plans,
@@ -97,12 +131,23 @@ impl Combine {
             code: "XX000",
             message: format!("a shard sent {m}"),
         };
-        let fields = row::fields(data_row).ok_or_else(|| bad("a malformed DataRow"))?;
-        if fields.len() != self.plans.len() {
+        let all = row::fields(data_row).ok_or_else(|| bad("a malformed DataRow"))?;
+        if all.len() != self.plans.iter().map(Plan::width).sum::<usize>() {
             return Err(bad("a DataRow with the wrong number of columns"));
         }
+        // Each output column's shard fields.
+        let mut at = 0;
+        let fields: Vec<&[Option<&[u8]>]> = self
+            .plans
+            .iter()
+            .map(|p| {
+                at += p.width();
+                &all[at - p.width()..at]
+            })
+            .collect();
         let mut key = Vec::new();
         for (p, f) in self.plans.iter().zip(&fields) {
+            let f = f[0];
             if let Plan::Group(d) = p {
                 key.push(match f {
                     None => None,
@@ -120,11 +165,8 @@ impl Combine {
                     .iter()
                     .zip(&fields)
                     .map(|(p, f)| match p {
-                        Plan::Group(_) => Acc::Group(f.map(<[u8]>::to_vec)),
-                        Plan::Count { .. } | Plan::SumInt { .. } => Acc::Int(None),
-                        Plan::SumNumeric { .. } => Acc::Numeric(None),
-                        Plan::SumFloat { .. } => Acc::Float(None),
-                        Plan::Min(_) | Plan::Max(_) => Acc::Extreme(None),
+                        Plan::Group(_) => Acc::Group(f[0].map(<[u8]>::to_vec)),
+                        _ => empty(p),
                     })
                     .collect();
                 self.rows.push(accs);
@@ -133,8 +175,7 @@ impl Combine {
             }
         };
         for ((p, acc), f) in self.plans.iter().zip(&mut self.rows[at]).zip(&fields) {
-            let Some(b) = f else { continue };
-            fold(p, acc, b).ok_or_else(|| bad("an aggregate value the router cannot read"))?;
+            fold(p, acc, f).ok_or_else(|| bad("an aggregate value the router cannot read"))?;
         }
         Ok(())
     }
@@ -168,17 +209,27 @@ impl Combine {
             .iter()
             .map(|p| match p {
                 Plan::Count { .. } => Acc::Int(Some(0)),
-                Plan::SumInt { .. } => Acc::Int(None),
-                Plan::SumNumeric { .. } => Acc::Numeric(None),
-                Plan::SumFloat { .. } => Acc::Float(None),
-                Plan::Group(_) | Plan::Min(_) | Plan::Max(_) => Acc::Extreme(None),
+                _ => empty(p),
             })
             .collect();
         self.rows.push(accs);
     }
 }
 
-fn plan(o: Output, c: &Column, c_collation: bool) -> Result<Plan, CombineError> {
+/// The accumulator of an output column before any row.
+fn empty(p: &Plan) -> Acc {
+    match p {
+        Plan::Count { .. } | Plan::SumInt { .. } => Acc::Int(None),
+        Plan::SumNumeric { .. } => Acc::Numeric(None),
+        Plan::SumFloat { .. } => Acc::Float(None),
+        Plan::Avg { .. } => Acc::Avg(None, None, 0),
+        Plan::Group(_) | Plan::Min(_) | Plan::Max(_) => Acc::Extreme(None),
+    }
+}
+
+/// The plan of an output column whose shard columns start `columns`.
+fn plan(o: Output, columns: &[Column], c_collation: bool) -> Result<Plan, CombineError> {
+    let c = &columns[0];
     let binary = c.format == 1;
     let what = |a: &str| format!("{a}() of column {:?} (type oid {})", c.name, c.type_oid);
     Ok(match o {
@@ -221,6 +272,22 @@ fn plan(o: Output, c: &Column, c_collation: bool) -> Result<Plan, CombineError> 
         }
         Output::Aggregate(Aggregate::Count) => {
             return Err(refused(format!("{} is not bigint", what("count"))))
+        }
+        Output::Aggregate(Aggregate::Avg) => {
+            let count = columns.get(1).map(|c| c.type_oid);
+            match (c.type_oid, count) {
+                (oid::INT8 | oid::NUMERIC | oid::FLOAT8, Some(oid::INT8)) => Plan::Avg {
+                    binary,
+                    sum_type: c.type_oid,
+                },
+                // sum(real) adds in real, avg(real) in double precision.
+                _ => {
+                    return Err(refused(format!(
+                        "avg() of column {:?} (sum type oid {}) is not re-aggregated",
+                        c.name, c.type_oid
+                    )))
+                }
+            }
         }
     })
 }
@@ -267,7 +334,38 @@ fn int(binary: bool, b: &[u8]) -> Option<i128> {
     }
 }
 
-fn fold(p: &Plan, acc: &mut Acc, b: &[u8]) -> Option<()> {
+fn fold(p: &Plan, acc: &mut Acc, f: &[Option<&[u8]>]) -> Option<()> {
+    if let (Plan::Avg { binary, sum_type }, Acc::Avg(num, float, count)) = (p, &mut *acc) {
+        let n = int(*binary, f[1]?)?;
+        let Some(sum) = f[0] else {
+            return (n == 0).then_some(());
+        };
+        *count += u64::try_from(n).ok()?;
+        if *sum_type == oid::FLOAT8 {
+            let d = Decoder {
+                type_oid: oid::FLOAT8,
+                binary: *binary,
+            };
+            let Datum::Float(v) = d.decode(sum)? else {
+                return None;
+            };
+            *float = Some(float.unwrap_or(0.0) + v);
+        } else {
+            let v = match (*sum_type, *binary) {
+                (oid::NUMERIC, true) => Numeric::from_binary(sum)?,
+                (oid::NUMERIC, false) => Numeric::from_text(std::str::from_utf8(sum).ok()?)?,
+                _ => Numeric::from_text(&int(*binary, sum)?.to_string())?,
+            };
+            *num = Some(match num.take() {
+                Some(s) => s.add(&v),
+                None => v,
+            });
+        }
+        return Some(());
+    }
+    let Some(b) = f[0] else {
+        return Some(());
+    };
     match (p, acc) {
         (Plan::Group(_), _) => {}
         (Plan::Count { binary } | Plan::SumInt { binary }, Acc::Int(sum)) => {
@@ -351,6 +449,25 @@ fn encode(p: &Plan, acc: &Acc) -> Result<Option<Vec<u8>>, CombineError> {
             (false, _) => datum::float_text(f, *float4).into_bytes(),
         }),
         (_, Acc::Extreme(v)) => v.as_ref().map(|(_, b)| b.clone()),
+        (Plan::Avg { binary, .. }, Acc::Avg(num, float, count)) => match (num, float) {
+            _ if *count == 0 => None,
+            (_, Some(f)) => {
+                let avg = f / *count as f64;
+                Some(if *binary {
+                    avg.to_be_bytes().to_vec()
+                } else {
+                    datum::float_text(avg, false).into_bytes()
+                })
+            }
+            (Some(n), _) => n.div_count(*count).map(|avg| {
+                if *binary {
+                    avg.to_binary()
+                } else {
+                    avg.to_text().into_bytes()
+                }
+            }),
+            (None, None) => None,
+        },
         _ => None,
     })
 }
@@ -524,6 +641,71 @@ mod tests {
             &[],
         );
         assert_eq!(none.unwrap(), Vec::<Vec<Option<Vec<u8>>>>::new());
+    }
+
+    /// Expected values as PostgreSQL computes avg over all the rows.
+    #[test]
+    fn avg_divides_the_summed_sums_by_the_summed_counts() {
+        const AVG: Output = Output::Aggregate(Aggregate::Avg);
+        // avg(int4) over 1, 2 | 4 | nothing: sums are bigint.
+        let got = rows(
+            &[AVG, AVG, AVG],
+            &[
+                ("avg", oid::INT8, 0),
+                ("count", oid::INT8, 0),
+                ("avg", oid::NUMERIC, 0),
+                ("count", oid::INT8, 0),
+                ("f", oid::FLOAT8, 0),
+                ("count", oid::INT8, 0),
+            ],
+            &[
+                &[
+                    Some(b"3"),
+                    Some(b"2"),
+                    Some(b"10.50"),
+                    Some(b"2"),
+                    Some(b"1.5"),
+                    Some(b"2"),
+                ],
+                &[
+                    Some(b"4"),
+                    Some(b"1"),
+                    Some(b"0.5"),
+                    Some(b"1"),
+                    Some(b"0"),
+                    Some(b"1"),
+                ],
+                &[None, Some(b"0"), None, Some(b"0"), None, Some(b"0")],
+            ],
+        )
+        .unwrap();
+        let want = [t("2.3333333333333333"), t("3.6666666666666667"), t("0.5")];
+        assert_eq!(got, vec![want.to_vec()]);
+        // Binary numeric out; no rows at all gives NULL.
+        let got = rows(
+            &[AVG],
+            &[("avg", oid::NUMERIC, 1), ("count", oid::INT8, 1)],
+            &[&[
+                Some(&Numeric::from_text("5").unwrap().to_binary()),
+                Some(&2i64.to_be_bytes()),
+            ]],
+        )
+        .unwrap();
+        let two_and_half = Numeric::from_text("2.5000000000000000").unwrap();
+        assert_eq!(got, vec![vec![Some(two_and_half.to_binary())]]);
+        let none = rows(
+            &[AVG],
+            &[("avg", oid::INT8, 0), ("count", oid::INT8, 0)],
+            &[&[None, Some(b"0")]],
+        );
+        assert_eq!(none.unwrap(), vec![vec![None]]);
+        // sum(real) adds in real; avg(real) would not match.
+        let e = rows(
+            &[AVG],
+            &[("avg", oid::FLOAT4, 0), ("count", oid::INT8, 0)],
+            &[],
+        );
+        assert!(e.unwrap_err().message.contains("avg()"));
     }
 
     #[test]

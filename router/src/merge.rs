@@ -7,7 +7,8 @@
 //!   merged stream;
 //! - GROUP BY that includes the shard key: every group lives on one shard,
 //!   so grouped rows merge like plain rows;
-//! - count, sum, min and max without GROUP BY: one row per shard, combined.
+//! - count, sum, min, max and avg, without GROUP BY or grouped by other
+//!   columns: partial results combined per group.
 //!
 //! Everything else (DISTINCT, avg, window functions, set operations,
 //! ORDER BY expressions, HAVING or LIMIT over re-grouped groups) is
@@ -51,9 +52,12 @@ pub enum Aggregate {
     Sum,
     Min,
     Max,
+    /// avg: the shards run `sum(x), count(x)` in its place and the router
+    /// divides the totals (numeric exactly, as numeric_div does).
+    Avg,
 }
 
-/// What an output column of a re-grouped SELECT is.
+/// What an output column of an aggregate SELECT is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Output {
     /// A GROUP BY column: rows with equal values are one group.
@@ -72,13 +76,23 @@ pub enum MergeShape {
         offset: u64,
         shard_sql: Option<String>,
     },
-    Aggregate(Vec<Aggregate>),
-    /// GROUP BY without the shard key: each shard's groups are combined by
-    /// their group values, then ordered by `order`.
-    Grouped {
+    /// Aggregates without GROUP BY (one row per shard), or GROUP BY
+    /// without the shard key: each shard's groups are combined by their
+    /// group values, then ordered by `order`. With avg, the shards get
+    /// `shard_sql`, each avg(x) split into sum(x), count(x).
+    Aggregate {
         outputs: Vec<Output>,
         order: Vec<SortKey>,
+        shard_sql: Option<String>,
     },
+}
+
+impl MergeShape {
+    /// Whether an avg makes the shards run a rewritten statement.
+    pub fn has_avg(&self) -> bool {
+        matches!(self, Self::Aggregate { outputs, .. }
+            if outputs.contains(&Output::Aggregate(Aggregate::Avg)))
+    }
 }
 
 /// Aggregate functions of PostgreSQL; a call to one makes a query level an
@@ -223,7 +237,11 @@ fn grouped(select: &Value, targets: &[Value], groups: &[Value]) -> Result<MergeS
         .iter()
         .map(|s| sort_key(s, targets))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(MergeShape::Grouped { outputs, order })
+    Ok(MergeShape::Aggregate {
+        outputs,
+        order,
+        shard_sql: None,
+    })
 }
 
 fn aggregate(select: &Value, targets: &[Value]) -> Result<MergeShape, String> {
@@ -236,11 +254,15 @@ fn aggregate(select: &Value, targets: &[Value]) -> Result<MergeShape, String> {
     {
         return Err("ORDER BY, LIMIT or OFFSET over aggregates is not merged".into());
     }
-    targets
+    let outputs = targets
         .iter()
-        .map(aggregate_call)
-        .collect::<Result<Vec<_>, _>>()
-        .map(MergeShape::Aggregate)
+        .map(|t| aggregate_call(t).map(Output::Aggregate))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(MergeShape::Aggregate {
+        outputs,
+        order: Vec::new(),
+        shard_sql: None,
+    })
 }
 
 /// The combinable aggregate an output column calls, or why it is not one.
@@ -264,6 +286,7 @@ fn aggregate_call(t: &Value) -> Result<Aggregate, String> {
         "sum" => Ok(Aggregate::Sum),
         "min" => Ok(Aggregate::Min),
         "max" => Ok(Aggregate::Max),
+        "avg" => Ok(Aggregate::Avg),
         other => Err(format!("{other}() across shards is not merged")),
     }
 }
@@ -339,6 +362,9 @@ fn sort_key(sort: &Value, targets: &[Value]) -> Result<SortKey, String> {
         }
         bytewise = true;
         expr = child(c, "arg").ok_or("an empty COLLATE")?;
+        if node_of(expr, "ColumnRef").is_none() {
+            return Err("ORDER BY an expression with COLLATE; order by an output column".into());
+        }
     }
     let column = match node(expr) {
         Some(("AConst", c)) => match tree::constant_text(c).and_then(|t| t.parse::<usize>().ok()) {

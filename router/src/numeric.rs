@@ -216,6 +216,60 @@ impl Numeric {
         }
     }
 
+    /// `self / count` as numeric_div and avg do: the result scale from
+    /// PostgreSQL's select_div_scale (at least 16 significant digits, at
+    /// least either input's scale), rounded half away from zero. `None`
+    /// when `count` is zero.
+    pub fn div_count(&self, count: u64) -> Option<Self> {
+        if count == 0 {
+            return None;
+        }
+        let (negative, digits, scale) = match self {
+            Self::Finite {
+                negative,
+                digits,
+                scale,
+            } => (*negative, digits, *scale),
+            other => return Some(other.clone()),
+        };
+        let divisor = Self::from_text(&count.to_string())?;
+        let (w1, f1) = self.nbase_head();
+        let (w2, f2) = divisor.nbase_head();
+        let mut qweight = w1 - w2;
+        if f1 <= f2 {
+            qweight -= 1;
+        }
+        let rscale = (16 - qweight * 4).max(scale as i64).clamp(0, 1000) as u16;
+        // |self| × 10^(rscale + 1 - scale) / count, truncated, then rounded
+        // on the extra digit.
+        let mut dividend = digits.clone();
+        let shift = rscale as i64 + 1 - scale as i64;
+        if shift >= 0 {
+            dividend.extend(std::iter::repeat_n(0, shift as usize));
+        } else {
+            dividend.truncate(dividend.len().saturating_sub((-shift) as usize));
+        }
+        let mut q = div_small(&dividend, count);
+        let last = q.pop().unwrap_or(0);
+        if last >= 5 {
+            q = add_mag(&q, &[1]);
+        }
+        Some(Self::finite(negative, q, rscale))
+    }
+
+    /// The weight and first digit of the value in base 10000 (0, 0 for
+    /// zero), as numeric.c's select_div_scale reads them.
+    fn nbase_head(&self) -> (i64, u16) {
+        let b = self.to_binary();
+        if b.len() < 10 {
+            return (0, 0);
+        }
+        (
+            i16::from_be_bytes([b[2], b[3]]) as i64,
+            u16::from_be_bytes([b[8], b[9]]),
+        )
+    }
+
     /// PostgreSQL's order: -Infinity < finite < Infinity < NaN; equal
     /// values of different scale are equal.
     pub fn total_cmp(&self, other: &Self) -> Ordering {
@@ -289,6 +343,20 @@ fn add_mag(a: &[u8], b: &[u8]) -> Vec<u8> {
     }
     out.reverse();
     out
+}
+
+/// Decimal digits divided by a machine integer, truncated; the quotient
+/// keeps `a`'s length (leading zeros included).
+fn div_small(a: &[u8], d: u64) -> Vec<u8> {
+    let mut rem: u128 = 0;
+    a.iter()
+        .map(|digit| {
+            rem = rem * 10 + *digit as u128;
+            let q = rem / d as u128;
+            rem %= d as u128;
+            q as u8
+        })
+        .collect()
 }
 
 /// `a - b` for magnitudes with `a >= b`.
@@ -375,6 +443,30 @@ mod tests {
         ] {
             assert_eq!(n(a).add(&n(b)).to_text(), sum, "{a} + {b}");
         }
+    }
+
+    /// Expected values from PostgreSQL: `SELECT avg(x)` / numeric_div.
+    #[test]
+    fn division_by_a_count_is_avgs() {
+        for (sum, count, avg) in [
+            ("10", 4, "2.5000000000000000"),
+            ("1", 3, "0.33333333333333333333"),
+            ("2", 3, "0.66666666666666666667"),
+            ("-2", 3, "-0.66666666666666666667"),
+            ("100.50", 2, "50.2500000000000000"),
+            ("12345678901234567890", 7, "1763668414462081127"),
+            ("0", 5, "0.00000000000000000000"),
+            ("0.00", 5, "0.00000000000000000000"),
+            ("99999", 1, "99999.000000000000"),
+            ("NaN", 2, "NaN"),
+        ] {
+            assert_eq!(
+                n(sum).div_count(count).unwrap().to_text(),
+                avg,
+                "{sum} / {count}"
+            );
+        }
+        assert_eq!(n("5").div_count(0), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use shardline_topology::{ShardKey, ShardKeyType, Topology};
 
 use crate::cache::{ParseCache, DEFAULT_CAPACITY};
 use crate::error::RouteError;
-use crate::merge::{Limit, MergeShape};
+use crate::merge::{Aggregate, Limit, MergeShape, Output};
 use crate::schema::Schema;
 use crate::statement::{self, Analyzed, Constraint, Control, Data, KeyExpr};
 
@@ -169,6 +169,18 @@ impl Router {
                         _ => None,
                     };
                     *shard_sql = Some(without_offset(&result.protobuf, index, count)?);
+                }
+            }
+            if let Analyzed::Data(Data {
+                merge:
+                    Ok(MergeShape::Aggregate {
+                        outputs, shard_sql, ..
+                    }),
+                ..
+            }) = st
+            {
+                if outputs.contains(&Output::Aggregate(Aggregate::Avg)) {
+                    *shard_sql = Some(split_avg(&result.protobuf, index, outputs)?);
                 }
             }
         }
@@ -633,6 +645,71 @@ fn without_offset(
             })),
         })
     });
+    pg_query::deparse(&protobuf::ParseResult {
+        version: tree.version,
+        stmts: vec![raw],
+    })
+    .map_err(|e| RouteError::Syntax {
+        message: e.to_string(),
+    })
+}
+
+/// A SELECT with each avg(x) output column split into `sum(x) AS <its
+/// name>, count(x)`, the same call (FILTER included) under both names.
+fn split_avg(
+    tree: &protobuf::ParseResult,
+    index: usize,
+    outputs: &[Output],
+) -> Result<String, RouteError> {
+    let unsupported = || RouteError::Unsupported {
+        statement: "this avg() form across shards".into(),
+    };
+    let mut raw = tree.stmts[index].clone();
+    let Some(NodeEnum::SelectStmt(sel)) = raw.stmt.as_mut().and_then(|s| s.node.as_mut()) else {
+        return Err(unsupported());
+    };
+    let name = |n: &str| protobuf::Node {
+        node: Some(NodeEnum::String(protobuf::String { sval: n.into() })),
+    };
+    let mut targets = Vec::with_capacity(sel.target_list.len() + 1);
+    for (t, o) in std::mem::take(&mut sel.target_list)
+        .into_iter()
+        .zip(outputs)
+    {
+        if *o != Output::Aggregate(Aggregate::Avg) {
+            targets.push(t);
+            continue;
+        }
+        let Some(NodeEnum::ResTarget(rt)) = &t.node else {
+            return Err(unsupported());
+        };
+        let Some(NodeEnum::FuncCall(call)) = rt.val.as_ref().and_then(|v| v.node.as_ref()) else {
+            return Err(unsupported());
+        };
+        for (func, column) in [
+            (
+                "sum",
+                if rt.name.is_empty() {
+                    "avg"
+                } else {
+                    rt.name.as_str()
+                },
+            ),
+            ("count", "count"),
+        ] {
+            let mut call = call.clone();
+            call.funcname = vec![name(func)];
+            let mut part = rt.clone();
+            part.name = column.to_string();
+            part.val = Some(Box::new(protobuf::Node {
+                node: Some(NodeEnum::FuncCall(call)),
+            }));
+            targets.push(protobuf::Node {
+                node: Some(NodeEnum::ResTarget(part)),
+            });
+        }
+    }
+    sel.target_list = targets;
     pg_query::deparse(&protobuf::ParseResult {
         version: tree.version,
         stmts: vec![raw],

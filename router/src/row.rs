@@ -50,6 +50,48 @@ pub(crate) fn columns(mut b: &[u8]) -> Option<Vec<Column>> {
         .collect()
 }
 
+/// The RowDescription a client gets for avg columns that the shards
+/// answered as `sum, count` pairs: each pair becomes one column, the sum's
+/// name, typed as avg's result (numeric, or float8 for a float8 sum).
+/// `avg[i]` says whether output column `i` is such a pair.
+pub(crate) fn join_avg_columns(mut b: &[u8], avg: &[bool]) -> Option<BytesMut> {
+    let n = i16_of(&mut b)?;
+    let mut fields = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n.max(0) {
+        let end = b.iter().position(|c| *c == 0)?;
+        let (field, rest) = b.split_at(end + 1 + 18);
+        fields.push(field.to_vec());
+        b = rest;
+    }
+    let mut out = BytesMut::new();
+    out.put_u8(b'T');
+    out.put_i32(0);
+    out.put_i16(avg.len() as i16);
+    let mut at = 0;
+    for is_avg in avg {
+        let mut f = fields.get(at)?.clone();
+        at += 1;
+        if *is_avg {
+            at += 1;
+            let t = f.len() - 18 + 6;
+            let float = f[t..t + 4] == crate::datum::oid::FLOAT8.to_be_bytes();
+            let (oid, len) = if float {
+                (crate::datum::oid::FLOAT8, 8i16)
+            } else {
+                (crate::datum::oid::NUMERIC, -1)
+            };
+            f[t..t + 4].copy_from_slice(&oid.to_be_bytes());
+            f[t + 4..t + 6].copy_from_slice(&len.to_be_bytes());
+            f[t + 6..t + 10].copy_from_slice(&(-1i32).to_be_bytes());
+        }
+        out.put_slice(&f);
+    }
+    (at == fields.len()).then_some(())?;
+    let len = (out.len() - 1) as i32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Some(out)
+}
+
 /// The fields of a DataRow body: each column's bytes, `None` for NULL.
 pub(crate) fn fields(mut b: &[u8]) -> Option<Vec<Option<&[u8]>>> {
     let n = i16_of(&mut b)?;
@@ -119,5 +161,31 @@ pub(crate) mod tests {
         let f = fields(&out[5..]).unwrap();
         assert_eq!(f, vec![Some(&b"7"[..]), None, Some(&b""[..])]);
         assert!(fields(&out[5..out.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn avg_pairs_become_one_column_of_avgs_type() {
+        let d = description(&[
+            ("status", 25, 0),
+            ("avg", 20, 1),
+            ("count", 20, 1),
+            ("a", 701, 0),
+            ("count", 20, 0),
+        ]);
+        let t = join_avg_columns(&d, &[false, true, true]).unwrap();
+        assert_eq!(
+            i32::from_be_bytes(t[1..5].try_into().unwrap()) as usize,
+            t.len() - 1
+        );
+        let cols = columns(&t[5..]).unwrap();
+        let got: Vec<_> = cols
+            .iter()
+            .map(|c| (c.name.as_str(), c.type_oid, c.format))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("status", 25, 0), ("avg", 1700, 1), ("a", 701, 0)]
+        );
+        assert!(join_avg_columns(&d, &[true, true]).is_none());
     }
 }

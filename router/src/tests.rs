@@ -173,7 +173,7 @@ fn an_in_list_over_two_shards_is_a_scatter_never_one_shard() {
     );
     assert!(matches!(
         target(&r, &by_status),
-        Ok(Target::Shards { shards, merge: Some(MergeShape::Grouped { .. }), .. }) if shards == both
+        Ok(Target::Shards { shards, merge: Some(MergeShape::Aggregate { .. }), .. }) if shards == both
     ));
     // Two keys on one shard stay on that shard.
     let same = format!(
@@ -452,16 +452,23 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
         ),
         (
             "SELECT count(*), sum(amount), min(created_at), max(amount) FILTER (WHERE amount > 0) FROM payments",
-            all(MergeShape::Aggregate(vec![
-                Aggregate::Count,
-                Aggregate::Sum,
-                Aggregate::Min,
-                Aggregate::Max,
-            ])),
+            all(MergeShape::Aggregate {
+                outputs: [
+                    Aggregate::Count,
+                    Aggregate::Sum,
+                    Aggregate::Min,
+                    Aggregate::Max,
+                ]
+                .map(Output::Aggregate)
+                .to_vec(),
+                order: vec![],
+                shard_sql: None,
+            }),
         ),
         (
             "SELECT p.status, sum(amount), count(*) FROM payments p GROUP BY status ORDER BY status COLLATE \"C\" DESC",
-            all(MergeShape::Grouped {
+            all(MergeShape::Aggregate {
+                shard_sql: None,
                 outputs: vec![
                     Output::Group,
                     Output::Aggregate(Aggregate::Sum),
@@ -497,8 +504,27 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
             shard_sql: Some("SELECT id FROM payments ORDER BY id LIMIT 15".into()),
         })
     );
+    // avg: the shards run sum and count in its place.
+    let avg = r
+        .route(
+            "SELECT status, avg(amount) FILTER (WHERE amount > 0) AS a FROM payments GROUP BY status",
+            &[],
+            None,
+        )
+        .map(|r| r.target);
+    assert_eq!(
+        avg,
+        all(MergeShape::Aggregate {
+            outputs: vec![Output::Group, Output::Aggregate(Aggregate::Avg)],
+            order: vec![],
+            shard_sql: Some(
+                "SELECT status, sum(amount) FILTER (WHERE amount > 0) AS a, count(amount) FILTER (WHERE amount > 0) AS count FROM payments GROUP BY status"
+                    .into()
+            ),
+        })
+    );
     for (sql, why) in [
-        ("SELECT avg(amount) FROM payments", "avg()"),
+        ("SELECT stddev(amount) FROM payments", "stddev()"),
         (
             "SELECT count(DISTINCT merchant_id) FROM payments",
             "DISTINCT",
@@ -521,8 +547,8 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
             "amount is neither grouped nor aggregated",
         ),
         (
-            "SELECT status, avg(amount) FROM payments GROUP BY status",
-            "avg()",
+            "SELECT status, variance(amount) FROM payments GROUP BY status",
+            "variance()",
         ),
         (
             "SELECT status FROM payments ORDER BY status COLLATE \"de-x-icu\"",

@@ -142,8 +142,13 @@ fn ordered_queries(a: i64, b: i64) -> Vec<String> {
     q
 }
 
-/// OFFSET: the shards run `LIMIT limit + offset` and the router skips.
-const OFFSETS: &[&str] = &[
+/// OFFSET: the shards run `LIMIT limit + offset` and the router skips;
+/// avg: the shards run sum and count. Both through the simple protocol.
+const REWRITTEN: &[&str] = &[
+    "SELECT avg(amount), avg(qty), avg(id), count(*), avg(score) FILTER (WHERE score <> 'NaN') FROM payments",
+    "SELECT avg(amount) FROM payments WHERE id < 0",
+    "SELECT status, avg(amount) AS mean, avg(qty) FROM payments GROUP BY status ORDER BY mean DESC NULLS LAST, status COLLATE \"C\"",
+    "SELECT flag, avg(qty) FROM payments GROUP BY flag ORDER BY 2, 1",
     "SELECT id, amount FROM payments ORDER BY amount, id LIMIT 10 OFFSET 7",
     "SELECT id, created_at FROM payments ORDER BY created_at DESC NULLS LAST, id OFFSET 100",
     "SELECT id FROM payments ORDER BY id DESC LIMIT 5 OFFSET 118",
@@ -155,7 +160,7 @@ const OFFSETS: &[&str] = &[
 async fn scatter_selects_through_the_simple_protocol_equal_the_monolith() {
     let (f, router, mono) = loaded().await;
     let (a, b) = f.merchants();
-    let offsets = OFFSETS.iter().map(|s| s.to_string());
+    let offsets = REWRITTEN.iter().map(|s| s.to_string());
     for sql in ordered_queries(a, b).into_iter().chain(offsets) {
         let want = simple(&mono, &sql).await.unwrap();
         let got = simple(&router, &sql)
@@ -187,7 +192,7 @@ async fn psql_sees_the_merged_answer_of_the_monolith() {
     let (f, _router, _mono) = loaded().await;
     let psql = f.server.bindir().program("psql");
     let port = f.port.to_string();
-    let sql = "SELECT status, count(*), sum(amount) FROM payments GROUP BY status ORDER BY status COLLATE \"C\" DESC NULLS LAST; SELECT id, created_at FROM payments ORDER BY created_at, id LIMIT 5";
+    let sql = "SELECT status, count(*), sum(amount), avg(amount) FROM payments GROUP BY status ORDER BY status COLLATE \"C\" DESC NULLS LAST; SELECT id, created_at FROM payments ORDER BY created_at, id LIMIT 5 OFFSET 3";
     let out = tokio::task::spawn_blocking(move || {
         let run = |sql: &str| {
             Command::new(&psql)
@@ -238,7 +243,8 @@ async fn merges_that_would_be_wrong_are_refused_with_their_reason() {
             "collation",
         ),
         ("SELECT sum(span) FROM payments", "sum() of column"),
-        ("SELECT avg(amount) FROM payments", "avg()"),
+        ("SELECT stddev(amount) FROM payments", "stddev()"),
+        ("SELECT avg(score::real) FROM payments", "avg() of column"),
         ("SELECT count(DISTINCT status) FROM payments", "DISTINCT"),
         (
             "SELECT status, count(*) FROM payments GROUP BY status HAVING count(*) > 3",
@@ -332,9 +338,12 @@ async fn scatter_selects_through_the_extended_protocol_equal_the_monolith_in_bin
     assert_eq!(got, want);
 
     // Refusals keep their SQLSTATE and the connection goes on.
-    let e = router.query(OFFSETS[0], &[]).await.unwrap_err();
+    let e = router.query(REWRITTEN[4], &[]).await.unwrap_err();
     assert_eq!(code(&e), "0A000");
     assert!(e.as_db_error().unwrap().message().contains("OFFSET"));
+    let e = router.query(REWRITTEN[0], &[]).await.unwrap_err();
+    assert_eq!(code(&e), "0A000");
+    assert!(e.as_db_error().unwrap().message().contains("avg()"));
     let e = router
         .query("SELECT id, status FROM payments ORDER BY status", &[])
         .await

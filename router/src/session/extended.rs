@@ -166,6 +166,13 @@ impl Session {
                                 Some("Sync after the statement".into()),
                             ));
                         }
+                        if shape.has_avg() {
+                            return Err((
+                                "0A000",
+                                "avg() on several shards is merged in the simple protocol only".into(),
+                                Some("select sum(x) and count(x) and divide, or send the statement as a simple query".into()),
+                            ));
+                        }
                         if matches!(shape, MergeShape::Rows { offset, .. } if offset > 0) {
                             return Err((
                                 "0A000",

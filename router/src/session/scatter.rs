@@ -18,7 +18,7 @@ use crate::aggregate::Combine;
 use crate::message::{self as msg, Frame};
 use crate::order::{Merge, Order};
 use crate::row::{self, Column};
-use crate::{MergeShape, Output, SortKey};
+use crate::{Aggregate, MergeShape, Output, SortKey};
 
 /// Where a shard's answer stands.
 struct Shard {
@@ -241,12 +241,7 @@ impl Session {
                 }
                 Ok(rows)
             }
-            MergeShape::Aggregate(aggs) => {
-                let outputs: Vec<Output> = aggs.iter().map(|a| Output::Aggregate(*a)).collect();
-                self.combine(shards, &t, &columns, &outputs, &[], read)
-                    .await
-            }
-            MergeShape::Grouped { outputs, order } => {
+            MergeShape::Aggregate { outputs, order, .. } => {
                 self.combine(shards, &t, &columns, outputs, order, read)
                     .await
             }
@@ -277,7 +272,27 @@ impl Session {
         };
         let mut combine =
             Combine::new(outputs, columns, c_collation).map_err(|e| refuse(e.code, e.message))?;
-        let order = Order::resolve(sort, columns, c_collation).map_err(|m| refuse("0A000", m))?;
+        // With avg, the client gets its own columns, not the shards' pairs.
+        let client_t = if outputs.contains(&Output::Aggregate(Aggregate::Avg)) {
+            let avg: Vec<bool> = outputs
+                .iter()
+                .map(|o| *o == Output::Aggregate(Aggregate::Avg))
+                .collect();
+            let raw = row::join_avg_columns(t.body(), &avg)
+                .ok_or_else(|| {
+                    refuse(
+                        "XX000",
+                        "a RowDescription without avg's sum and count".into(),
+                    )
+                })?
+                .freeze();
+            Frame { tag: b'T', raw }
+        } else {
+            t.clone()
+        };
+        let client_columns = row::columns(client_t.body()).unwrap_or_default();
+        let order =
+            Order::resolve(sort, &client_columns, c_collation).map_err(|m| refuse("0A000", m))?;
         for i in 0..shards.len() {
             while let Some(r) = self.next_row(shards, i).await? {
                 combine
@@ -293,7 +308,7 @@ impl Session {
             .map_err(|m| refuse("0A000", m))?;
         // Stable: groups with equal keys keep their first-seen order.
         keyed.sort_by(|a, b| order.cmp(&a.0, &b.0));
-        self.relay_description(t, read)?;
+        self.relay_description(&client_t, read)?;
         let limit = read.limit.unwrap_or(u64::MAX);
         let mut n = 0;
         for (_, r) in keyed {

@@ -119,17 +119,19 @@ impl Session {
                     } => Some(*n),
                     _ => None,
                 };
-                let (offset, raw) = match &shape {
+                let (offset, shard_sql) = match &shape {
                     MergeShape::Rows {
-                        offset,
-                        shard_sql: Some(sql),
-                        ..
-                    } => {
+                        offset, shard_sql, ..
+                    } => (*offset, shard_sql),
+                    MergeShape::Aggregate { shard_sql, .. } => (0, shard_sql),
+                };
+                let raw = match shard_sql {
+                    Some(sql) => {
                         let mut q = BytesMut::new();
                         msg::query(&mut q, sql);
-                        (*offset, q.freeze())
+                        q.freeze()
                     }
-                    _ => (0, frame.raw.clone()),
+                    None => frame.raw.clone(),
                 };
                 let frames = dbs.iter().map(|db| (*db, raw.clone())).collect();
                 let read = ScatterRead {
