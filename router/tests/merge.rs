@@ -318,6 +318,39 @@ async fn scatter_selects_through_the_extended_protocol_equal_the_monolith_in_bin
             .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
         assert_eq!(got, want, "{sql}");
     }
+    // OFFSET and avg: the shards run the router's rewritten statement,
+    // prepared next to the client's.
+    for sql in REWRITTEN {
+        let want = extended(&mono, sql, &[]).await.unwrap();
+        let got = extended(&router, sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        assert_eq!(got, want, "{sql}");
+    }
+    let sql = "SELECT flag, avg(amount) FROM payments WHERE qty = $1 GROUP BY flag ORDER BY flag";
+    let on_router = router.prepare(sql).await.unwrap();
+    let on_mono = mono.prepare(sql).await.unwrap();
+    for qty in [0i32, 1, 2, 3, 0] {
+        let raw = |rows: Vec<tokio_postgres::Row>| -> Vec<Vec<Raw>> {
+            rows.iter()
+                .map(|r| (0..r.len()).map(|i| r.get::<_, Raw>(i)).collect())
+                .collect()
+        };
+        let got = raw(router.query(&on_router, &[&qty]).await.unwrap());
+        let want = raw(mono.query(&on_mono, &[&qty]).await.unwrap());
+        assert_eq!(got, want, "qty = {qty}");
+    }
+    // The client's statement still runs as written on one shard.
+    let (a, _) = f.merchants();
+    let one = router
+        .query(
+            "SELECT avg(qty) FROM payments WHERE merchant_id = $1",
+            &[&a],
+        )
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+
     // LIMIT as a bind parameter; the prepared statement is reused across
     // calls and runs on both shards' pooled connections.
     let sql = "SELECT id, amount FROM payments WHERE qty <> $1 ORDER BY amount DESC, id LIMIT $2";
@@ -338,12 +371,6 @@ async fn scatter_selects_through_the_extended_protocol_equal_the_monolith_in_bin
     assert_eq!(got, want);
 
     // Refusals keep their SQLSTATE and the connection goes on.
-    let e = router.query(REWRITTEN[4], &[]).await.unwrap_err();
-    assert_eq!(code(&e), "0A000");
-    assert!(e.as_db_error().unwrap().message().contains("OFFSET"));
-    let e = router.query(REWRITTEN[0], &[]).await.unwrap_err();
-    assert_eq!(code(&e), "0A000");
-    assert!(e.as_db_error().unwrap().message().contains("avg()"));
     let e = router
         .query("SELECT id, status FROM payments ORDER BY status", &[])
         .await

@@ -166,20 +166,6 @@ impl Session {
                                 Some("Sync after the statement".into()),
                             ));
                         }
-                        if shape.has_avg() {
-                            return Err((
-                                "0A000",
-                                "avg() on several shards is merged in the simple protocol only".into(),
-                                Some("select sum(x) and count(x) and divide, or send the statement as a simple query".into()),
-                            ));
-                        }
-                        if matches!(shape, MergeShape::Rows { offset, .. } if offset > 0) {
-                            return Err((
-                                "0A000",
-                                "OFFSET on several shards is merged in the simple protocol only".into(),
-                                Some("send the statement as a simple query, or page by the sort key (WHERE id > $1 ORDER BY id LIMIT n)".into()),
-                            ));
-                        }
                         let limit = match &shape {
                             MergeShape::Rows {
                                 limit: Some(Limit::Count(n)),
@@ -191,7 +177,12 @@ impl Session {
                             } => bind_limit(&bind, *i),
                             _ => None,
                         };
-                        scatter = Some(Scatter { dbs, shape, limit });
+                        scatter = Some(Scatter {
+                            dbs,
+                            shape,
+                            limit,
+                            types: st.types.clone(),
+                        });
                         continue;
                     }
                     if matches!(route.target, Target::Any) {
@@ -370,7 +361,7 @@ impl Session {
             closes,
             expected,
             parsed_here,
-        } = Outgoing::build(b, batch, &self.statements, false);
+        } = Outgoing::build(b, batch, &self.statements, false, None);
         msg::empty(&mut out, if sync { b'S' } else { b'H' });
         let result = self
             .relay_batch(db, out, pending, sync, expected, parses, closes)
@@ -422,6 +413,16 @@ impl Session {
         let describe = batch
             .iter()
             .any(|f| f.tag == b'D' && matches!(msg::parse_target(f.body()), Ok((b'P', _))));
+        let (offset, shard_sql) = match &s.shape {
+            MergeShape::Rows {
+                offset, shard_sql, ..
+            } => (*offset, shard_sql.as_deref()),
+            MergeShape::Aggregate { shard_sql, .. } => (0, shard_sql.as_deref()),
+        };
+        let rewrite = shard_sql.map(|sql| Rewrite {
+            sql,
+            types: &s.types,
+        });
         let mut frames = Vec::with_capacity(s.dbs.len());
         let mut queues = Vec::with_capacity(s.dbs.len());
         let mut parsed: Vec<String> = Vec::new();
@@ -435,7 +436,7 @@ impl Session {
         }
         for db in &s.dbs {
             let b = self.backends.get_mut(db).expect("backend");
-            let o = Outgoing::build(b, batch, &self.statements, !describe);
+            let o = Outgoing::build(b, batch, &self.statements, !describe, rewrite.as_ref());
             let mut out = o.out;
             msg::empty(&mut out, b'S');
             frames.push((*db, out.freeze()));
@@ -445,16 +446,17 @@ impl Session {
         let read = ScatterRead {
             shape: &s.shape,
             limit: s.limit,
-            offset: 0,
+            offset,
             extended: true,
             describe,
         };
         let ok = self.scatter_read_with(frames, read, queues).await;
         if !ok {
             // A statement the batch parsed may not exist on every shard.
+            let rewritten = shard_sql.map(rewritten_name);
             for db in &s.dbs {
                 if let Some(b) = self.backends.get_mut(db) {
-                    for name in &parsed {
+                    for name in parsed.iter().chain(&rewritten) {
                         b.prepared.remove(name);
                     }
                 }
@@ -543,11 +545,16 @@ impl Outgoing {
     /// `describe_portal`: send a Describe of the portal after each Bind
     /// (a scatter needs the rows' RowDescription even when the client did
     /// not ask for it).
+    ///
+    /// `rewrite`: each Bind binds the router's own statement with this
+    /// text instead of the client's (prepared under a name derived from the
+    /// text, and its ParseComplete swallowed).
     pub fn build(
         b: &mut Pooled,
         batch: &[Frame],
         statements: &HashMap<String, Statement>,
         describe_portal: bool,
+        rewrite: Option<&Rewrite<'_>>,
     ) -> Self {
         let mut o = Self {
             out: BytesMut::new(),
@@ -584,10 +591,27 @@ impl Outgoing {
                             _ => None,
                         },
                     };
-                    if let Some(name) = name {
-                        o.ensure(&name, b, statements);
+                    match (f.tag, rewrite) {
+                        (b'B', Some(r)) => {
+                            let name = rewritten_name(r.sql);
+                            if b.prepared.get(&name).map(String::as_str) != Some(r.sql) {
+                                msg::parse(&mut o.out, &name, r.sql, r.types);
+                                o.parses.push_back(false);
+                                o.expected += 1;
+                                b.prepared.insert(name.clone(), r.sql.to_string());
+                            }
+                            match msg::rebind(f, &name) {
+                                Some(raw) => o.out.extend_from_slice(&raw),
+                                None => o.out.extend_from_slice(&f.raw),
+                            }
+                        }
+                        _ => {
+                            if let Some(name) = name {
+                                o.ensure(&name, b, statements);
+                            }
+                            o.out.extend_from_slice(&f.raw);
+                        }
                     }
-                    o.out.extend_from_slice(&f.raw);
                     o.expected += 1;
                     if f.tag == b'B' && describe_portal {
                         let portal = msg::cstr(&mut f.body()).unwrap_or_default();
@@ -630,6 +654,15 @@ impl Outgoing {
     }
 }
 
+/// The name the router prepares a rewritten statement under on a backend:
+/// derived from its text, so each backend prepares it once.
+fn rewritten_name(sql: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    sql.hash(&mut h);
+    format!("shardline_{:016x}", h.finish())
+}
+
 /// The limit a bind parameter gives: text or binary integer, NULL for none.
 fn bind_limit(bind: &msg::Bind, i: usize) -> Option<u64> {
     let v = bind.values.get(i)?.as_deref()?;
@@ -649,6 +682,15 @@ struct Scatter {
     dbs: Vec<Db>,
     shape: MergeShape,
     limit: Option<u64>,
+    /// The bound statement's declared parameter types.
+    types: Vec<u32>,
+}
+
+/// A statement the shards run in place of the client's (OFFSET folded
+/// into LIMIT, avg split into sum and count).
+pub(super) struct Rewrite<'a> {
+    pub sql: &'a str,
+    pub types: &'a [u32],
 }
 
 enum Plan {
