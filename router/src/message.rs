@@ -341,6 +341,21 @@ pub fn close(out: &mut BytesMut, kind: u8, name: &str) {
     });
 }
 
+/// Whether an ErrorResponse ends the connection (severity FATAL or PANIC).
+pub fn is_fatal(mut b: &[u8]) -> bool {
+    while let Some((&field, rest)) = b.split_first() {
+        if field == 0 {
+            break;
+        }
+        b = rest;
+        let Ok(value) = cstr(&mut b) else { break };
+        if field == b'V' || field == b'S' {
+            return value == "FATAL" || value == "PANIC";
+        }
+    }
+    false
+}
+
 /// The SQLSTATE and message of an ErrorResponse body.
 pub fn error_fields(mut b: &[u8]) -> (String, String) {
     let (mut code, mut message) = (String::new(), String::new());

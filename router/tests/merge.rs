@@ -417,3 +417,39 @@ async fn text_merges_without_collate_when_the_shards_use_the_c_collation() {
         .unwrap_err();
     assert_eq!(code(&e), "0A000", "{e:?}");
 }
+
+/// A shard whose connection dies mid-scatter fails that statement with an
+/// ERROR (not the backend's FATAL, which would end the client's session);
+/// the other shard's answer is read off its connection, so the next
+/// statements get whole, correct answers.
+#[tokio::test]
+async fn a_shard_connection_lost_mid_scatter_fails_only_that_statement() {
+    let (f, router, mono) = loaded().await;
+    let sql = "SELECT id, amount FROM payments ORDER BY amount DESC, id LIMIT 30";
+    let want = simple(&mono, sql).await.unwrap();
+    assert_eq!(simple(&router, sql).await.unwrap(), want);
+    let kill = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                WHERE application_name = 'shardline-router' AND datname = 'tx1'";
+    for next in [
+        sql,
+        "UPDATE payments SET note = 'x' WHERE merchant_id IN (1, 2, 3, 4)",
+    ] {
+        assert_eq!(f.server.psql("postgres", kill).unwrap().trim(), "1");
+        // The router finds out on its next use of the connection.
+        let e = router.simple_query(next).await.unwrap_err();
+        let c = code(&e);
+        assert!(c.starts_with("08") || c == "57P01", "{next}: {e:?}");
+        assert_eq!(e.as_db_error().unwrap().severity(), "ERROR");
+        assert_eq!(simple(&router, sql).await.unwrap(), want, "after {next}");
+    }
+    // A write on several shards is not atomic: the live shard's rows are
+    // updated, the client was told the statement failed.
+    let (rows, _) = simple(&router, "SELECT count(*) FROM payments WHERE note = 'x'")
+        .await
+        .unwrap();
+    let on_tx0 = f.on_shard(
+        0,
+        "SELECT count(*) FROM payments WHERE merchant_id IN (1, 2, 3, 4)",
+    );
+    assert_eq!(rows, vec![vec![Some(on_tx0)]]);
+}

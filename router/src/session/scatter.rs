@@ -131,7 +131,7 @@ impl Session {
         // ready for the next statement, whatever was sent to the client.
         for sh in &shards {
             if !sh.done {
-                self.drain(&[sh.db], (usize::MAX, usize::MAX)).await;
+                self.drain_one(sh.db).await;
             }
         }
         match result {
@@ -346,6 +346,22 @@ impl Session {
 
     async fn next_frame(&mut self, shards: &mut [Shard], i: usize) -> Result<Frame, Stop> {
         match self.recv_from(shards[i].db).await {
+            // The shard's server ends this connection (shutdown, a
+            // terminated backend): the statement fails, the client's
+            // connection to the router does not.
+            Some(f) if f.tag == b'E' && msg::is_fatal(f.body()) => {
+                shards[i].done = true;
+                let (code, message) = msg::error_fields(f.body());
+                let db = shards[i].db;
+                let m = format!("{}: {message}", self.db_name(db));
+                self.discard(db);
+                self.reject(
+                    if code.is_empty() { "08006" } else { &code },
+                    &m,
+                    Some("the router retries with a new connection on the next statement"),
+                );
+                Err(Stop::Reported)
+            }
             Some(f) => {
                 if f.tag == b'Z' {
                     shards[i].done = true;
@@ -423,21 +439,24 @@ impl Session {
     }
 
     /// Reads the remaining answers of shards already sent a query, after
-    /// one of them failed.
+    /// one of them failed: those before `failed` in `dbs`.
     pub(super) async fn drain(&mut self, dbs: &[Db], failed: Db) {
-        for db in dbs {
-            if *db == failed {
-                break;
-            }
-            if let Some(b) = self.backends.get_mut(db) {
-                loop {
-                    match b.recv().await {
-                        Ok(f) if f.tag == b'Z' => break,
-                        Ok(_) => {}
-                        Err(_) => {
-                            self.discard(*db);
-                            break;
-                        }
+        for db in dbs.iter().take_while(|db| **db != failed) {
+            self.drain_one(*db).await;
+        }
+    }
+
+    /// Reads a backend's answer up to its ReadyForQuery, so the connection
+    /// serves the next statement; one that fails meanwhile is dropped.
+    async fn drain_one(&mut self, db: Db) {
+        if let Some(b) = self.backends.get_mut(&db) {
+            loop {
+                match b.recv().await {
+                    Ok(f) if f.tag == b'Z' => break,
+                    Ok(_) => {}
+                    Err(_) => {
+                        self.discard(db);
+                        break;
                     }
                 }
             }
@@ -458,6 +477,10 @@ impl Session {
         for (i, (db, _)) in frames.iter().enumerate() {
             loop {
                 let Some(f) = self.recv_from(*db).await else {
+                    // The others' answers are still on their connections.
+                    for (later, _) in &frames[i + 1..] {
+                        self.drain_one(*later).await;
+                    }
                     return;
                 };
                 match f.tag {
