@@ -13,6 +13,10 @@
 //! - [`Schema`] is the part of the topology routing reads: table →
 //!   context, shard key and placement (PostgreSQL's hash, key → bucket →
 //!   shard, from `shardline_topology`).
+//! - The merge core, also pure: `row.rs` reads RowDescription and DataRow,
+//!   `datum.rs` decodes the columns a merge needs per type OID and format
+//!   (`numeric.rs`: exact numeric), `order.rs` is the k-way ORDER BY merge
+//!   and `aggregate.rs` re-aggregates count/sum/min/max/avg per group.
 //!
 //! - [`Proxy`] is the front end: it accepts PostgreSQL clients, logs them
 //!   in with SCRAM-SHA-256 against `[[router.users]]`, routes each
