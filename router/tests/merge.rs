@@ -244,6 +244,14 @@ async fn merges_that_would_be_wrong_are_refused_with_their_reason() {
         ),
         ("SELECT sum(span) FROM payments", "sum() of column"),
         ("SELECT stddev(amount) FROM payments", "stddev()"),
+        (
+            "SELECT id FROM payments ORDER BY amount",
+            "amount is not an output column",
+        ),
+        (
+            "SELECT id, id FROM payments ORDER BY id",
+            "two output columns",
+        ),
         ("SELECT avg(score::real) FROM payments", "avg() of column"),
         ("SELECT count(DISTINCT status) FROM payments", "DISTINCT"),
         (
