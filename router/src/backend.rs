@@ -58,7 +58,22 @@ pub struct Backend {
     /// Set when the connection can no longer be trusted (an i/o or
     /// protocol error mid-exchange); such a connection is never pooled.
     pub broken: bool,
+    /// The database sorts text bytewise: its collation is C (or POSIX) and
+    /// no column of a user table has another. Read once at connect.
+    pub bytewise_text: bool,
 }
+
+/// Whether text sorts by its bytes in the connected database: default
+/// collation C or POSIX from the libc provider (`datlocprovider` exists
+/// from PostgreSQL 15, hence the jsonb lookup), and no user column with a
+/// collation other than default, C or POSIX (OIDs 100, 950, 951).
+const BYTEWISE_TEXT: &str = "SELECT d.datcollate IN ('C', 'POSIX')
+   AND coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') = 'c'
+   AND NOT EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE a.attnum > 0 AND a.attcollation NOT IN (0, 100, 950, 951)
+                     AND n.nspname NOT IN ('pg_catalog', 'information_schema'))
+  FROM pg_database d WHERE d.datname = current_database()";
 
 impl Backend {
     pub async fn connect(conn: &ConnString) -> Result<Self, BackendError> {
@@ -79,6 +94,7 @@ impl Backend {
             parameters: Vec::new(),
             status: b'I',
             broken: false,
+            bytewise_text: false,
         };
         let mut out = BytesMut::new();
         let params = [
@@ -100,7 +116,10 @@ impl Backend {
                     let value = message::cstr(&mut body).unwrap_or_default();
                     b.parameters.push((name, value));
                 }
-                b'Z' => return Ok(b),
+                b'Z' => {
+                    b.bytewise_text = b.first_value(BYTEWISE_TEXT).await?.as_deref() == Some("t");
+                    return Ok(b);
+                }
                 b'E' => return Err(b.refused(&f)),
                 _ => {}
             }
@@ -243,6 +262,27 @@ impl Backend {
             match f.tag {
                 b'E' if error.is_none() => error = Some(message::error_fields(f.body())),
                 b'Z' => return Ok(error),
+                _ => {}
+            }
+        }
+    }
+
+    /// The first column of the first row of router-made SQL, as text;
+    /// `None` for no row, NULL or an error.
+    async fn first_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
+        let mut out = BytesMut::new();
+        message::query(&mut out, sql);
+        self.send(&out).await?;
+        let mut value = None;
+        loop {
+            let f = self.recv().await?;
+            match f.tag {
+                b'D' if value.is_none() => {
+                    value = crate::row::fields(f.body())
+                        .and_then(|fields| fields.first().copied().flatten())
+                        .map(|v| String::from_utf8_lossy(v).into_owned());
+                }
+                b'Z' => return Ok(value),
                 _ => {}
             }
         }

@@ -13,6 +13,10 @@
 //! - [`Schema`] is the part of the topology routing reads: table →
 //!   context, shard key and placement (PostgreSQL's hash, key → bucket →
 //!   shard, from `shardline_topology`).
+//! - The merge core, also pure: `row.rs` reads RowDescription and DataRow,
+//!   `datum.rs` decodes the columns a merge needs per type OID and format
+//!   (`numeric.rs`: exact numeric), `order.rs` is the k-way ORDER BY merge
+//!   and `aggregate.rs` re-aggregates count/sum/min/max/avg per group.
 //!
 //! - [`Proxy`] is the front end: it accepts PostgreSQL clients, logs them
 //!   in with SCRAM-SHA-256 against `[[router.users]]`, routes each
@@ -35,12 +39,17 @@
 //! unless the table is replicated, and then goes to every shard; a scatter
 //! SELECT is accepted only when its merge is provably correct.
 
+mod aggregate;
 mod backend;
 mod cache;
+mod datum;
 mod error;
 mod merge;
 mod message;
+mod numeric;
+mod order;
 mod route;
+mod row;
 mod schema;
 mod scram;
 mod server;
@@ -53,7 +62,7 @@ pub use server::{Proxy, ProxyError, DEFAULT_POOL_SIZE};
 
 pub use cache::DEFAULT_CAPACITY;
 pub use error::RouteError;
-pub use merge::{Aggregate, Limit, MergeShape, SortColumn, SortKey};
+pub use merge::{Aggregate, Limit, MergeShape, Output, SortColumn, SortKey};
 pub use route::{Format, Kind, Param, Route, Router, Target};
 pub use schema::{ContextInfo, Role, Schema};
 pub use statement::{Control, Verb, KEY_SETTING};

@@ -7,10 +7,12 @@
 //!   merged stream;
 //! - GROUP BY that includes the shard key: every group lives on one shard,
 //!   so grouped rows merge like plain rows;
-//! - count, sum, min and max without GROUP BY: one row per shard, combined.
+//! - count, sum, min, max and avg, without GROUP BY or grouped by other
+//!   columns: partial results combined per group.
 //!
-//! Everything else (DISTINCT, other GROUP BY, avg, window functions, set
-//! operations, OFFSET, ORDER BY expressions) is refused with the reason.
+//! Everything else (DISTINCT, avg, window functions, set operations,
+//! ORDER BY expressions, HAVING or LIMIT over re-grouped groups) is
+//! refused with the reason.
 
 use serde_json::Value;
 
@@ -31,6 +33,8 @@ pub struct SortKey {
     pub descending: bool,
     /// PostgreSQL's default: NULLs sort as larger than every value.
     pub nulls_first: bool,
+    /// `COLLATE "C"` (or `"POSIX"`) on the item: text sorts by its bytes.
+    pub bytewise: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +52,17 @@ pub enum Aggregate {
     Sum,
     Min,
     Max,
+    /// avg: the shards run `sum(x), count(x)` in its place and the router
+    /// divides the totals (numeric exactly, as numeric_div does).
+    Avg,
+}
+
+/// What an output column of an aggregate SELECT is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// A GROUP BY column: rows with equal values are one group.
+    Group,
+    Aggregate(Aggregate),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,8 +70,29 @@ pub enum MergeShape {
     Rows {
         order: Vec<SortKey>,
         limit: Option<Limit>,
+        /// OFFSET: skipped on the merged stream. The shards get
+        /// `shard_sql`, the statement with `LIMIT limit + offset` and no
+        /// OFFSET (set by the router, which holds the typed parse tree).
+        offset: u64,
+        shard_sql: Option<String>,
     },
-    Aggregate(Vec<Aggregate>),
+    /// Aggregates without GROUP BY (one row per shard), or GROUP BY
+    /// without the shard key: each shard's groups are combined by their
+    /// group values, then ordered by `order`. With avg, the shards get
+    /// `shard_sql`, each avg(x) split into sum(x), count(x).
+    Aggregate {
+        outputs: Vec<Output>,
+        order: Vec<SortKey>,
+        shard_sql: Option<String>,
+    },
+}
+
+impl MergeShape {
+    /// Whether an avg makes the shards run a rewritten statement.
+    pub fn has_avg(&self) -> bool {
+        matches!(self, Self::Aggregate { outputs, .. }
+            if outputs.contains(&Output::Aggregate(Aggregate::Avg)))
+    }
 }
 
 /// Aggregate functions of PostgreSQL; a call to one makes a query level an
@@ -118,6 +154,11 @@ pub(crate) fn shape(select: &Value, shard_key: &str) -> Result<MergeShape, Strin
     if !list(select, "window_clause").is_empty() || targets.iter().any(has_window) {
         return Err("window functions are not merged".into());
     }
+    if let Some(c) = targets.iter().find_map(other_collation) {
+        return Err(format!(
+            "an output column with COLLATE \"{c}\" is not merged; the router sorts and compares text bytewise (COLLATE \"C\")"
+        ));
+    }
     let groups = list(select, "group_clause");
     let has_agg = targets.iter().any(has_aggregate)
         || child(select, "having_clause").is_some_and(has_aggregate);
@@ -128,14 +169,79 @@ pub(crate) fn shape(select: &Value, shard_key: &str) -> Result<MergeShape, Strin
             })
         });
         if !by_key {
-            return Err(format!(
-                "GROUP BY without {shard_key} among the groups would need re-grouping"
-            ));
+            return grouped(select, targets, groups);
         }
     } else if has_agg || child(select, "having_clause").is_some() {
         return aggregate(select, targets);
     }
     rows(select, targets)
+}
+
+/// GROUP BY without the shard key: re-grouped when every output column is
+/// a GROUP BY column or a combinable aggregate, and every GROUP BY column
+/// is output (otherwise groups that differ only in a hidden column would
+/// be wrongly joined).
+fn grouped(select: &Value, targets: &[Value], groups: &[Value]) -> Result<MergeShape, String> {
+    if child(select, "having_clause").is_some() {
+        return Err("HAVING over groups re-grouped from shards is not merged".into());
+    }
+    if child(select, "limit_count").is_some() || child(select, "limit_offset").is_some() {
+        return Err(
+            "LIMIT or OFFSET over groups re-grouped from shards is not merged (each shard would cut its own groups)"
+                .into(),
+        );
+    }
+    let group_names = groups
+        .iter()
+        .map(|g| match node_of(g, "ColumnRef") {
+            Some(c) => Ok(tree::names(list(c, "fields"))),
+            None => Err(
+                "GROUP BY an expression or position across shards is not merged; group by columns"
+                    .to_string(),
+            ),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut seen = vec![false; group_names.len()];
+    let outputs = targets
+        .iter()
+        .map(|t| {
+            let val = node_of(t, "ResTarget").and_then(|r| child(r, "val"));
+            if let Some(c) = val.and_then(|v| node_of(v, "ColumnRef")) {
+                let fields = tree::names(list(c, "fields"));
+                let at = group_names.iter().position(|g| {
+                    *g == fields
+                        || (g.len() == 1 && fields.last() == g.last())
+                        || (fields.len() == 1 && g.last() == fields.last())
+                });
+                return match at {
+                    Some(i) => {
+                        seen[i] = true;
+                        Ok(Output::Group)
+                    }
+                    None => Err(format!(
+                        "output column {} is neither grouped nor aggregated",
+                        fields.join(".")
+                    )),
+                };
+            }
+            aggregate_call(t).map(Output::Aggregate)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(i) = seen.iter().position(|s| !s) {
+        return Err(format!(
+            "GROUP BY {} which is not an output column would need re-grouping",
+            group_names[i].join(".")
+        ));
+    }
+    let order = list(select, "sort_clause")
+        .iter()
+        .map(|s| sort_key(s, targets))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(MergeShape::Aggregate {
+        outputs,
+        order,
+        shard_sql: None,
+    })
 }
 
 fn aggregate(select: &Value, targets: &[Value]) -> Result<MergeShape, String> {
@@ -148,39 +254,58 @@ fn aggregate(select: &Value, targets: &[Value]) -> Result<MergeShape, String> {
     {
         return Err("ORDER BY, LIMIT or OFFSET over aggregates is not merged".into());
     }
-    targets
+    let outputs = targets
         .iter()
-        .map(|t| {
-            let val = node_of(t, "ResTarget").and_then(|r| child(r, "val"));
-            let Some(call) = val.and_then(|v| node_of(v, "FuncCall")) else {
-                return Err("an output column that is not an aggregate call".to_string());
-            };
-            let name = tree::names(list(call, "funcname")).join(".");
-            let name = name.strip_prefix("pg_catalog.").unwrap_or(&name);
-            if tree::boolean(call, "agg_distinct") || !list(call, "agg_order").is_empty() {
-                return Err(format!(
-                    "{name}(DISTINCT …) or an ordered aggregate is not merged"
-                ));
-            }
-            if list(call, "args").iter().any(has_aggregate) {
-                return Err(format!("a nested aggregate inside {name}() is not merged"));
-            }
-            match name {
-                "count" => Ok(Aggregate::Count),
-                "sum" => Ok(Aggregate::Sum),
-                "min" => Ok(Aggregate::Min),
-                "max" => Ok(Aggregate::Max),
-                other => Err(format!("{other}() across shards is not merged")),
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(MergeShape::Aggregate)
+        .map(|t| aggregate_call(t).map(Output::Aggregate))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(MergeShape::Aggregate {
+        outputs,
+        order: Vec::new(),
+        shard_sql: None,
+    })
+}
+
+/// The combinable aggregate an output column calls, or why it is not one.
+fn aggregate_call(t: &Value) -> Result<Aggregate, String> {
+    let val = node_of(t, "ResTarget").and_then(|r| child(r, "val"));
+    let Some(call) = val.and_then(|v| node_of(v, "FuncCall")) else {
+        return Err("an output column that is not an aggregate call".to_string());
+    };
+    let name = tree::names(list(call, "funcname")).join(".");
+    let name = name.strip_prefix("pg_catalog.").unwrap_or(&name);
+    if tree::boolean(call, "agg_distinct") || !list(call, "agg_order").is_empty() {
+        return Err(format!(
+            "{name}(DISTINCT …) or an ordered aggregate is not merged"
+        ));
+    }
+    if list(call, "args").iter().any(has_aggregate) {
+        return Err(format!("a nested aggregate inside {name}() is not merged"));
+    }
+    match name {
+        "count" => Ok(Aggregate::Count),
+        "sum" => Ok(Aggregate::Sum),
+        "min" => Ok(Aggregate::Min),
+        "max" => Ok(Aggregate::Max),
+        "avg" => Ok(Aggregate::Avg),
+        other => Err(format!("{other}() across shards is not merged")),
+    }
 }
 
 fn rows(select: &Value, targets: &[Value]) -> Result<MergeShape, String> {
-    if child(select, "limit_offset").is_some() {
-        return Err("OFFSET is not merged".into());
-    }
+    let offset = match child(select, "limit_offset") {
+        None => 0,
+        Some(o) => match node(o) {
+            Some(("AConst", c)) if tree::boolean(c, "isnull") => 0,
+            Some(("AConst", c)) => match tree::constant_text(c).and_then(|t| t.parse().ok()) {
+                Some(n) => n,
+                None => return Err("an OFFSET that is not a whole number".into()),
+            },
+            Some(("ParamRef", _)) => {
+                return Err("OFFSET as a bind parameter is not merged; write the number".into())
+            }
+            _ => return Err("an OFFSET expression is not merged".into()),
+        },
+    };
     if int(select, "limit_option") == 3 {
         return Err("FETCH … WITH TIES is not merged".into());
     }
@@ -196,11 +321,21 @@ fn rows(select: &Value, targets: &[Value]) -> Result<MergeShape, String> {
             _ => return Err("a LIMIT expression is not merged".into()),
         },
     };
+    if offset > 0 && matches!(limit, Some(Limit::Param(_))) {
+        return Err(
+            "OFFSET with LIMIT as a bind parameter is not merged; write the numbers".into(),
+        );
+    }
     let order = list(select, "sort_clause")
         .iter()
         .map(|s| sort_key(s, targets))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(MergeShape::Rows { order, limit })
+    Ok(MergeShape::Rows {
+        order,
+        limit,
+        offset,
+        shard_sql: None,
+    })
 }
 
 fn sort_key(sort: &Value, targets: &[Value]) -> Result<SortKey, String> {
@@ -215,7 +350,22 @@ fn sort_key(sort: &Value, targets: &[Value]) -> Result<SortKey, String> {
         3 => false,
         _ => descending,
     };
-    let expr = child(s, "node").ok_or("an empty ORDER BY item")?;
+    let mut expr = child(s, "node").ok_or("an empty ORDER BY item")?;
+    let mut bytewise = false;
+    if let Some(c) = node_of(expr, "CollateClause") {
+        let collation = tree::names(list(c, "collname"));
+        let collation = collation.last().map(String::as_str).unwrap_or("");
+        if collation != "C" && collation != "POSIX" {
+            return Err(format!(
+                "ORDER BY … COLLATE \"{collation}\" is not merged; only COLLATE \"C\" sorts text the way the router can"
+            ));
+        }
+        bytewise = true;
+        expr = child(c, "arg").ok_or("an empty COLLATE")?;
+        if node_of(expr, "ColumnRef").is_none() {
+            return Err("ORDER BY an expression with COLLATE; order by an output column".into());
+        }
+    }
     let column = match node(expr) {
         Some(("AConst", c)) => match tree::constant_text(c).and_then(|t| t.parse::<usize>().ok()) {
             Some(n) if n >= 1 => SortColumn::Position(n - 1),
@@ -253,12 +403,30 @@ fn sort_key(sort: &Value, targets: &[Value]) -> Result<SortKey, String> {
         column,
         descending,
         nulls_first,
+        bytewise,
     })
+}
+
+/// The first collation other than C or POSIX named in an expression.
+fn other_collation(v: &Value) -> Option<String> {
+    let mut found = None;
+    find(v, &mut |kind, f| {
+        if kind == "CollateClause" {
+            let names = tree::names(list(f, "collname"));
+            let name = names.last().cloned().unwrap_or_default();
+            if name != "C" && name != "POSIX" {
+                found = Some(name);
+                return true;
+            }
+        }
+        false
+    });
+    found
 }
 
 /// Whether an expression contains a window function call.
 fn has_window(v: &Value) -> bool {
-    find(v, &|kind, f| {
+    find(v, &mut |kind, f| {
         kind == "FuncCall" && child(f, "over").is_some()
     })
 }
@@ -266,7 +434,7 @@ fn has_window(v: &Value) -> bool {
 /// Whether an expression contains an aggregate call, not counting
 /// subqueries (their aggregates are their own).
 fn has_aggregate(v: &Value) -> bool {
-    find(v, &|kind, f| {
+    find(v, &mut |kind, f| {
         if kind != "FuncCall" || child(f, "over").is_some() {
             return false;
         }
@@ -282,7 +450,7 @@ fn has_aggregate(v: &Value) -> bool {
 }
 
 /// Depth-first search for a node matching `pred`, not entering subqueries.
-fn find(v: &Value, pred: &dyn Fn(&str, &Value) -> bool) -> bool {
+fn find(v: &Value, pred: &mut dyn FnMut(&str, &Value) -> bool) -> bool {
     match v {
         Value::Object(map) => {
             if let Some((kind, fields)) = node(v) {
@@ -293,9 +461,9 @@ fn find(v: &Value, pred: &dyn Fn(&str, &Value) -> bool) -> bool {
                     return true;
                 }
             }
-            map.values().any(|c| find(c, pred))
+            map.values().any(|c| find(c, &mut *pred))
         }
-        Value::Array(items) => items.iter().any(|c| find(c, pred)),
+        Value::Array(items) => items.iter().any(|c| find(c, &mut *pred)),
         _ => false,
     }
 }

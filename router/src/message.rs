@@ -301,11 +301,59 @@ pub fn query(out: &mut BytesMut, sql: &str) {
     frame(out, b'Q', |o| put_cstr(o, sql));
 }
 
+/// A Parse message (the router prepares its own statements this way).
+pub fn parse(out: &mut BytesMut, name: &str, sql: &str, types: &[u32]) {
+    frame(out, b'P', |o| {
+        put_cstr(o, name);
+        put_cstr(o, sql);
+        o.put_i16(types.len() as i16);
+        for t in types {
+            o.put_u32(*t);
+        }
+    });
+}
+
+/// A client's Bind with another statement name, all else as sent.
+pub fn rebind(bind: &Frame, statement: &str) -> Option<Bytes> {
+    let mut b = bind.body();
+    let portal = cstr(&mut b).ok()?;
+    cstr(&mut b).ok()?;
+    let mut out = BytesMut::new();
+    frame(&mut out, b'B', |o| {
+        put_cstr(o, &portal);
+        put_cstr(o, statement);
+        o.put_slice(b);
+    });
+    Some(out.freeze())
+}
+
+pub fn describe(out: &mut BytesMut, kind: u8, name: &str) {
+    frame(out, b'D', |o| {
+        o.put_u8(kind);
+        put_cstr(o, name);
+    });
+}
+
 pub fn close(out: &mut BytesMut, kind: u8, name: &str) {
     frame(out, b'C', |o| {
         o.put_u8(kind);
         put_cstr(o, name);
     });
+}
+
+/// Whether an ErrorResponse ends the connection (severity FATAL or PANIC).
+pub fn is_fatal(mut b: &[u8]) -> bool {
+    while let Some((&field, rest)) = b.split_first() {
+        if field == 0 {
+            break;
+        }
+        b = rest;
+        let Ok(value) = cstr(&mut b) else { break };
+        if field == b'V' || field == b'S' {
+            return value == "FATAL" || value == "PANIC";
+        }
+    }
+    false
 }
 
 /// The SQLSTATE and message of an ErrorResponse body.
@@ -378,5 +426,12 @@ mod tests {
         assert_eq!(b.format(1), 1);
         assert_eq!(b.values[0].as_deref(), Some(&42i64.to_be_bytes()[..]));
         assert_eq!(b.values[1], None);
+
+        let r = rebind(&f, "other").unwrap();
+        let r = Frame { tag: b'B', raw: r };
+        let again = parse_bind(&r).unwrap();
+        assert_eq!(again.statement, "other");
+        assert_eq!(again.values, b.values);
+        assert_eq!(again.format(1), 1);
     }
 }

@@ -9,7 +9,7 @@ use shardline_topology::{ShardKey, ShardKeyType, Topology};
 
 use crate::cache::{ParseCache, DEFAULT_CAPACITY};
 use crate::error::RouteError;
-use crate::merge::MergeShape;
+use crate::merge::{Aggregate, Limit, MergeShape, Output};
 use crate::schema::Schema;
 use crate::statement::{self, Analyzed, Constraint, Control, Data, KeyExpr};
 
@@ -150,8 +150,42 @@ impl Router {
         let tree = serde_json::to_value(&result.protobuf).map_err(|e| RouteError::Syntax {
             message: e.to_string(),
         })?;
+        let mut statements = statement::analyze(&tree, &self.schema);
+        for (index, st) in statements.iter_mut().enumerate() {
+            if let Analyzed::Data(Data {
+                merge:
+                    Ok(MergeShape::Rows {
+                        limit,
+                        offset,
+                        shard_sql,
+                        ..
+                    }),
+                ..
+            }) = st
+            {
+                if *offset > 0 {
+                    let count = match limit {
+                        Some(Limit::Count(n)) => Some(n.saturating_add(*offset)),
+                        _ => None,
+                    };
+                    *shard_sql = Some(without_offset(&result.protobuf, index, count)?);
+                }
+            }
+            if let Analyzed::Data(Data {
+                merge:
+                    Ok(MergeShape::Aggregate {
+                        outputs, shard_sql, ..
+                    }),
+                ..
+            }) = st
+            {
+                if outputs.contains(&Output::Aggregate(Aggregate::Avg)) {
+                    *shard_sql = Some(split_avg(&result.protobuf, index, outputs)?);
+                }
+            }
+        }
         let parsed = Arc::new(Parsed {
-            statements: statement::analyze(&tree, &self.schema),
+            statements,
             protobuf: result.protobuf,
         });
         self.lock().insert(sql, parsed.clone());
@@ -580,4 +614,107 @@ fn split_insert(
             Ok((shard, sql))
         })
         .collect()
+}
+
+/// A SELECT without its OFFSET and with `LIMIT count` (none when `None`):
+/// what each shard runs so the merged stream can skip the offset itself.
+fn without_offset(
+    tree: &protobuf::ParseResult,
+    index: usize,
+    count: Option<u64>,
+) -> Result<String, RouteError> {
+    let mut raw = tree.stmts[index].clone();
+    let Some(NodeEnum::SelectStmt(sel)) = raw.stmt.as_mut().and_then(|s| s.node.as_mut()) else {
+        return Err(RouteError::Unsupported {
+            statement: "this SELECT form with OFFSET across shards".into(),
+        });
+    };
+    sel.limit_offset = None;
+    sel.limit_count = count.map(|n| {
+        let val = match i32::try_from(n) {
+            Ok(i) => protobuf::a_const::Val::Ival(protobuf::Integer { ival: i }),
+            Err(_) => protobuf::a_const::Val::Fval(protobuf::Float {
+                fval: n.to_string(),
+            }),
+        };
+        Box::new(protobuf::Node {
+            node: Some(NodeEnum::AConst(protobuf::AConst {
+                isnull: false,
+                location: -1,
+                val: Some(val),
+            })),
+        })
+    });
+    pg_query::deparse(&protobuf::ParseResult {
+        version: tree.version,
+        stmts: vec![raw],
+    })
+    .map_err(|e| RouteError::Syntax {
+        message: e.to_string(),
+    })
+}
+
+/// A SELECT with each avg(x) output column split into `sum(x) AS <its
+/// name>, count(x)`, the same call (FILTER included) under both names.
+fn split_avg(
+    tree: &protobuf::ParseResult,
+    index: usize,
+    outputs: &[Output],
+) -> Result<String, RouteError> {
+    let unsupported = || RouteError::Unsupported {
+        statement: "this avg() form across shards".into(),
+    };
+    let mut raw = tree.stmts[index].clone();
+    let Some(NodeEnum::SelectStmt(sel)) = raw.stmt.as_mut().and_then(|s| s.node.as_mut()) else {
+        return Err(unsupported());
+    };
+    let name = |n: &str| protobuf::Node {
+        node: Some(NodeEnum::String(protobuf::String { sval: n.into() })),
+    };
+    let mut targets = Vec::with_capacity(sel.target_list.len() + 1);
+    for (t, o) in std::mem::take(&mut sel.target_list)
+        .into_iter()
+        .zip(outputs)
+    {
+        if *o != Output::Aggregate(Aggregate::Avg) {
+            targets.push(t);
+            continue;
+        }
+        let Some(NodeEnum::ResTarget(rt)) = &t.node else {
+            return Err(unsupported());
+        };
+        let Some(NodeEnum::FuncCall(call)) = rt.val.as_ref().and_then(|v| v.node.as_ref()) else {
+            return Err(unsupported());
+        };
+        for (func, column) in [
+            (
+                "sum",
+                if rt.name.is_empty() {
+                    "avg"
+                } else {
+                    rt.name.as_str()
+                },
+            ),
+            ("count", "count"),
+        ] {
+            let mut call = call.clone();
+            call.funcname = vec![name(func)];
+            let mut part = rt.clone();
+            part.name = column.to_string();
+            part.val = Some(Box::new(protobuf::Node {
+                node: Some(NodeEnum::FuncCall(call)),
+            }));
+            targets.push(protobuf::Node {
+                node: Some(NodeEnum::ResTarget(part)),
+            });
+        }
+    }
+    sel.target_list = targets;
+    pg_query::deparse(&protobuf::ParseResult {
+        version: tree.version,
+        stmts: vec![raw],
+    })
+    .map_err(|e| RouteError::Syntax {
+        message: e.to_string(),
+    })
 }

@@ -5,8 +5,8 @@ use std::path::Path;
 use shardline_topology::{ShardKey, Topology};
 
 use crate::{
-    Aggregate, Control, Kind, Limit, MergeShape, Param, RouteError, Router, SortColumn, SortKey,
-    Target,
+    Aggregate, Control, Kind, Limit, MergeShape, Output, Param, RouteError, Router, SortColumn,
+    SortKey, Target,
 };
 
 const TOPOLOGY: &str = r#"
@@ -161,17 +161,19 @@ fn an_in_list_over_two_shards_is_a_scatter_never_one_shard() {
             shards: both.clone(),
             merge: Some(MergeShape::Rows {
                 order: vec![],
-                limit: None
+                limit: None,
+                offset: 0,
+                shard_sql: None,
             }),
         })
     );
-    // Grouped by something else, groups would need re-grouping: refused.
+    // Grouped by something else: both shards, groups re-grouped.
     let by_status = format!(
         "SELECT status, count(*) FROM payments WHERE merchant_id IN ({a}, {b}) GROUP BY status"
     );
     assert!(matches!(
         target(&r, &by_status),
-        Err(RouteError::Unmergeable { shards, .. }) if shards == both
+        Ok(Target::Shards { shards, merge: Some(MergeShape::Aggregate { .. }), .. }) if shards == both
     ));
     // Two keys on one shard stay on that shard.
     let same = format!(
@@ -407,11 +409,17 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
             merge: Some(merge),
         })
     };
-    let rows = |order: Vec<SortKey>, limit| MergeShape::Rows { order, limit };
+    let rows = |order: Vec<SortKey>, limit| MergeShape::Rows {
+        order,
+        limit,
+        offset: 0,
+        shard_sql: None,
+    };
     let asc = |c: SortColumn| SortKey {
         column: c,
         descending: false,
         nulls_first: false,
+        bytewise: false,
     };
     let cases = [
         ("SELECT * FROM payments WHERE status = 'failed'", all(rows(vec![], None))),
@@ -422,6 +430,7 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
                     column: SortColumn::Name("created_at".into()),
                     descending: true,
                     nulls_first: true,
+                    bytewise: false,
                 }],
                 Some(Limit::Count(10)),
             )),
@@ -435,6 +444,7 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
                         column: SortColumn::Position(0),
                         descending: false,
                         nulls_first: true,
+                        bytewise: false,
                     },
                 ],
                 Some(Limit::Param(0)),
@@ -442,12 +452,35 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
         ),
         (
             "SELECT count(*), sum(amount), min(created_at), max(amount) FILTER (WHERE amount > 0) FROM payments",
-            all(MergeShape::Aggregate(vec![
-                Aggregate::Count,
-                Aggregate::Sum,
-                Aggregate::Min,
-                Aggregate::Max,
-            ])),
+            all(MergeShape::Aggregate {
+                outputs: [
+                    Aggregate::Count,
+                    Aggregate::Sum,
+                    Aggregate::Min,
+                    Aggregate::Max,
+                ]
+                .map(Output::Aggregate)
+                .to_vec(),
+                order: vec![],
+                shard_sql: None,
+            }),
+        ),
+        (
+            "SELECT p.status, sum(amount), count(*) FROM payments p GROUP BY status ORDER BY status COLLATE \"C\" DESC",
+            all(MergeShape::Aggregate {
+                shard_sql: None,
+                outputs: vec![
+                    Output::Group,
+                    Output::Aggregate(Aggregate::Sum),
+                    Output::Aggregate(Aggregate::Count),
+                ],
+                order: vec![SortKey {
+                    column: SortColumn::Name("status".into()),
+                    descending: true,
+                    nulls_first: true,
+                    bytewise: true,
+                }],
+            }),
         ),
     ];
     for (sql, want) in cases {
@@ -455,16 +488,71 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
         let got = r.route(sql, &params, None).map(|r| r.target);
         assert_eq!(got, want, "{sql}");
     }
+    let paged = r
+        .route(
+            "SELECT id FROM payments ORDER BY id LIMIT 5 OFFSET 10",
+            &[],
+            None,
+        )
+        .map(|r| r.target);
+    assert_eq!(
+        paged,
+        all(MergeShape::Rows {
+            order: vec![asc(SortColumn::Name("id".into()))],
+            limit: Some(Limit::Count(5)),
+            offset: 10,
+            shard_sql: Some("SELECT id FROM payments ORDER BY id LIMIT 15".into()),
+        })
+    );
+    // avg: the shards run sum and count in its place.
+    let avg = r
+        .route(
+            "SELECT status, avg(amount) FILTER (WHERE amount > 0) AS a FROM payments GROUP BY status",
+            &[],
+            None,
+        )
+        .map(|r| r.target);
+    assert_eq!(
+        avg,
+        all(MergeShape::Aggregate {
+            outputs: vec![Output::Group, Output::Aggregate(Aggregate::Avg)],
+            order: vec![],
+            shard_sql: Some(
+                "SELECT status, sum(amount) FILTER (WHERE amount > 0) AS a, count(amount) FILTER (WHERE amount > 0) AS count FROM payments GROUP BY status"
+                    .into()
+            ),
+        })
+    );
     for (sql, why) in [
-        ("SELECT avg(amount) FROM payments", "avg()"),
+        ("SELECT stddev(amount) FROM payments", "stddev()"),
         (
             "SELECT count(DISTINCT merchant_id) FROM payments",
             "DISTINCT",
         ),
         ("SELECT DISTINCT status FROM payments", "DISTINCT"),
         (
-            "SELECT status, count(*) FROM payments GROUP BY status",
-            "GROUP BY",
+            "SELECT status, count(*) FROM payments GROUP BY status HAVING count(*) > 1",
+            "HAVING",
+        ),
+        (
+            "SELECT status, count(*) FROM payments GROUP BY status LIMIT 3",
+            "LIMIT or OFFSET over groups",
+        ),
+        (
+            "SELECT count(*) FROM payments GROUP BY status",
+            "GROUP BY status which is not an output column",
+        ),
+        (
+            "SELECT status, amount, count(*) FROM payments GROUP BY status",
+            "amount is neither grouped nor aggregated",
+        ),
+        (
+            "SELECT status, variance(amount) FROM payments GROUP BY status",
+            "variance()",
+        ),
+        (
+            "SELECT status FROM payments ORDER BY status COLLATE \"de-x-icu\"",
+            "COLLATE \"de-x-icu\" is not merged",
         ),
         (
             "SELECT id, rank() OVER (ORDER BY amount) FROM payments",
@@ -475,7 +563,14 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
             "SELECT id FROM payments ORDER BY p.created_at",
             "not an output column",
         ),
-        ("SELECT * FROM payments LIMIT 5 OFFSET 10", "OFFSET"),
+        (
+            "SELECT * FROM payments LIMIT $1 OFFSET 10",
+            "OFFSET with LIMIT as a bind",
+        ),
+        (
+            "SELECT * FROM payments OFFSET $1",
+            "OFFSET as a bind parameter",
+        ),
         (
             "SELECT id FROM payments UNION SELECT id FROM refunds",
             "UNION",

@@ -2,6 +2,8 @@
 //! in with SCRAM, statements land on the right shard, refusals carry their
 //! SQLSTATE, transactions stay on one shard, broken clients stay alone.
 
+mod merge;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -29,9 +31,24 @@ struct Fleet {
 /// One PostgreSQL server holding two shard databases and a settlements
 /// database, and a router in front of them on a free port.
 async fn fleet() -> Fleet {
+    fleet_collated(None).await
+}
+
+/// [`fleet`] with the shard databases created with this collation.
+async fn fleet_collated(collation: Option<&str>) -> Fleet {
     let server = PgServer::start().unwrap();
     for db in ["tx0", "tx1", "settlements"] {
-        server.create_database(db).unwrap();
+        match collation {
+            Some(c) if db != "settlements" => {
+                server
+                    .psql(
+                        "postgres",
+                        &format!("CREATE DATABASE {db} TEMPLATE template0 LC_COLLATE '{c}' LC_CTYPE '{c}'"),
+                    )
+                    .unwrap();
+            }
+            _ => server.create_database(db).unwrap(),
+        }
     }
     for db in ["tx0", "tx1"] {
         server.psql(db, SCHEMA).unwrap();

@@ -14,10 +14,11 @@ use bytes::BytesMut;
 
 use tokio::io::AsyncWriteExt;
 
+use super::scatter::ScatterRead;
 use super::{Db, Fatal, Session, Statement, Txn, FLUSH_AT};
 use crate::backend::{BackendError, Pooled};
 use crate::message::{self as msg, Frame};
-use crate::{Control, Format, Kind, Param, Target};
+use crate::{Control, Format, Kind, Limit, MergeShape, Param, Target};
 
 impl Session {
     // The extended protocol.
@@ -43,6 +44,7 @@ impl Session {
             }
             Ok(Plan::Local(effects)) => self.answer_locally(&batch, effects, sync),
             Ok(Plan::Forward(db, bound)) => self.forward(db, &batch, sync, bound).await,
+            Ok(Plan::Scatter(s)) => self.scatter_extended(&batch, s, sync).await,
         }
         Ok(())
     }
@@ -54,6 +56,8 @@ impl Session {
         let mut effects = Vec::new();
         let mut homes: Vec<Db> = Vec::new();
         let mut last_bind_local: Option<bool> = None;
+        let mut scatter: Option<Scatter> = None;
+        let mut execute_limited = false;
         let failed = matches!(self.txn, Txn::Failed(_));
         let router = &self.shared.router;
         for f in batch {
@@ -135,14 +139,51 @@ impl Session {
                             | Target::AnyShard { .. }
                     );
                     if !single {
-                        return Err((
-                            "0A000",
-                            format!(
-                                "the statement needs {} databases; the router runs such statements through the simple protocol only, for now",
-                                dbs.len()
-                            ),
-                            Some("add the shard key to the statement".into()),
-                        ));
+                        let Target::Shards {
+                            merge: Some(shape), ..
+                        } = route.target
+                        else {
+                            return Err((
+                                "0A000",
+                                format!(
+                                    "the statement writes on {} databases; the router runs such writes through the simple protocol only",
+                                    dbs.len()
+                                ),
+                                Some("add the shard key to the statement, or send it as a simple query".into()),
+                            ));
+                        };
+                        if self.txn != Txn::Idle {
+                            return Err((
+                                "0A000",
+                                format!("the statement needs {} databases, but a transaction stays on one; run it outside the transaction", dbs.len()),
+                                Some("a transaction is pinned to the shard of its first statement".into()),
+                            ));
+                        }
+                        if scatter.is_some() || target.is_some() {
+                            return Err((
+                                "0A000",
+                                "a SELECT on several shards must be the only bound statement before its Sync".into(),
+                                Some("Sync after the statement".into()),
+                            ));
+                        }
+                        let limit = match &shape {
+                            MergeShape::Rows {
+                                limit: Some(Limit::Count(n)),
+                                ..
+                            } => Some(*n),
+                            MergeShape::Rows {
+                                limit: Some(Limit::Param(i)),
+                                ..
+                            } => bind_limit(&bind, *i),
+                            _ => None,
+                        };
+                        scatter = Some(Scatter {
+                            dbs,
+                            shape,
+                            limit,
+                            types: st.types.clone(),
+                        });
+                        continue;
                     }
                     if matches!(route.target, Target::Any) {
                         continue;
@@ -160,6 +201,13 @@ impl Session {
                                 Some("a transaction stays on one shard: commit it, then run the statement".into()),
                             ));
                         }
+                    }
+                    if scatter.is_some() {
+                        return Err((
+                            "0A000",
+                            "a SELECT on several shards must be the only bound statement before its Sync".into(),
+                            Some("Sync after the statement".into()),
+                        ));
                     }
                     match target {
                         Some(t) if t != db => {
@@ -182,7 +230,12 @@ impl Session {
                         self.statements.remove(&name);
                     }
                 }
-                b'E' if last_bind_local != Some(true) => local = false,
+                b'E' if last_bind_local != Some(true) => {
+                    local = false;
+                    let mut b = f.body();
+                    let _ = msg::cstr(&mut b);
+                    execute_limited |= b != [0, 0, 0, 0];
+                }
                 b'D' => {
                     if let Ok((b'P', _)) = msg::parse_target(f.body()) {
                         if last_bind_local != Some(true) {
@@ -207,6 +260,16 @@ impl Session {
         }
         if local {
             return Ok(Plan::Local(effects));
+        }
+        if let Some(scatter) = scatter {
+            if execute_limited {
+                return Err((
+                    "0A000",
+                    "a SELECT on several shards is executed whole; Execute with a row limit is not merged".into(),
+                    Some("fetch all rows (row limit 0), or add the shard key to the statement".into()),
+                ));
+            }
+            return Ok(Plan::Scatter(scatter));
         }
         let db = target
             .or(match self.txn {
@@ -282,13 +345,6 @@ impl Session {
             _ => None,
         };
         let keeps_state = !bound && matches!(self.txn, Txn::Pending(_));
-        let mut out = BytesMut::new();
-        // For ParseComplete and CloseComplete: whether the client sent the
-        // message (relay the answer) or the router did (swallow it).
-        let mut parses: VecDeque<bool> = VecDeque::new();
-        let mut closes: VecDeque<bool> = VecDeque::new();
-        let mut expected = 0usize;
-        let mut parsed_here: Vec<String> = Vec::new();
         if let Err(e) = self.backend(db).await {
             self.backend_failed(db, &e);
             if sync {
@@ -299,91 +355,13 @@ impl Session {
             return;
         }
         let b = self.backends.get_mut(&db).expect("backend");
-        for f in batch {
-            let ensure = |name: &str,
-                          b: &mut Pooled,
-                          out: &mut BytesMut,
-                          parses: &mut VecDeque<bool>,
-                          closes: &mut VecDeque<bool>,
-                          expected: &mut usize,
-                          statements: &HashMap<String, Statement>| {
-                let Some(st) = statements.get(name) else {
-                    return;
-                };
-                if b.prepared.get(name) == Some(&st.sql) {
-                    return;
-                }
-                if !name.is_empty() && b.prepared.contains_key(name) {
-                    msg::close(out, b'S', name);
-                    closes.push_back(false);
-                    *expected += 1;
-                }
-                out.extend_from_slice(&st.parse);
-                parses.push_back(false);
-                *expected += 1;
-                b.prepared.insert(name.to_string(), st.sql.clone());
-            };
-            match f.tag {
-                b'P' => {
-                    let p = msg::parse_parse(f.body()).ok();
-                    let name = p.as_ref().map(|p| p.name.clone()).unwrap_or_default();
-                    if !name.is_empty() && b.prepared.contains_key(&name) {
-                        msg::close(&mut out, b'S', &name);
-                        closes.push_back(false);
-                        expected += 1;
-                    }
-                    out.extend_from_slice(&f.raw);
-                    parses.push_back(true);
-                    expected += 1;
-                    if let Some(p) = p {
-                        b.prepared.insert(p.name.clone(), p.sql);
-                        parsed_here.push(p.name);
-                    }
-                }
-                b'B' => {
-                    if let Ok(bind) = msg::parse_bind(f) {
-                        ensure(
-                            &bind.statement,
-                            b,
-                            &mut out,
-                            &mut parses,
-                            &mut closes,
-                            &mut expected,
-                            &self.statements,
-                        );
-                    }
-                    out.extend_from_slice(&f.raw);
-                    expected += 1;
-                }
-                b'D' => {
-                    if let Ok((b'S', name)) = msg::parse_target(f.body()) {
-                        ensure(
-                            &name,
-                            b,
-                            &mut out,
-                            &mut parses,
-                            &mut closes,
-                            &mut expected,
-                            &self.statements,
-                        );
-                    }
-                    out.extend_from_slice(&f.raw);
-                    expected += 1;
-                }
-                b'C' => {
-                    if let Ok((b'S', name)) = msg::parse_target(f.body()) {
-                        b.prepared.remove(&name);
-                    }
-                    out.extend_from_slice(&f.raw);
-                    closes.push_back(true);
-                    expected += 1;
-                }
-                _ => {
-                    out.extend_from_slice(&f.raw);
-                    expected += 1;
-                }
-            }
-        }
+        let Outgoing {
+            mut out,
+            parses,
+            closes,
+            expected,
+            parsed_here,
+        } = Outgoing::build(b, batch, &self.statements, false, None);
         msg::empty(&mut out, if sync { b'S' } else { b'H' });
         let result = self
             .relay_batch(db, out, pending, sync, expected, parses, closes)
@@ -416,6 +394,75 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Runs one bound SELECT on several shards and merges the answers.
+    /// Each backend gets the client's batch with the statements it lacks
+    /// prepared, a Describe of the portal when the client sent none, and
+    /// Sync; the client gets one answer, as from one database.
+    async fn scatter_extended(&mut self, batch: &[Frame], s: Scatter, sync: bool) {
+        if !sync {
+            self.reject(
+                "0A000",
+                "a SELECT on several shards is run at Sync; Flush before it is not supported",
+                Some("send Sync after Execute"),
+            );
+            self.skip_until_sync = true;
+            return;
+        }
+        let describe = batch
+            .iter()
+            .any(|f| f.tag == b'D' && matches!(msg::parse_target(f.body()), Ok((b'P', _))));
+        let (offset, shard_sql) = match &s.shape {
+            MergeShape::Rows {
+                offset, shard_sql, ..
+            } => (*offset, shard_sql.as_deref()),
+            MergeShape::Aggregate { shard_sql, .. } => (0, shard_sql.as_deref()),
+        };
+        let rewrite = shard_sql.map(|sql| Rewrite {
+            sql,
+            types: &s.types,
+        });
+        let mut frames = Vec::with_capacity(s.dbs.len());
+        let mut queues = Vec::with_capacity(s.dbs.len());
+        let mut parsed: Vec<String> = Vec::new();
+        // Every backend first, so none records statements it is never sent.
+        for db in &s.dbs {
+            if let Err(e) = self.backend(*db).await {
+                self.backend_failed(*db, &e);
+                self.ready();
+                return;
+            }
+        }
+        for db in &s.dbs {
+            let b = self.backends.get_mut(db).expect("backend");
+            let o = Outgoing::build(b, batch, &self.statements, !describe, rewrite.as_ref());
+            let mut out = o.out;
+            msg::empty(&mut out, b'S');
+            frames.push((*db, out.freeze()));
+            queues.push((o.parses, o.closes));
+            parsed = o.parsed_here;
+        }
+        let read = ScatterRead {
+            shape: &s.shape,
+            limit: s.limit,
+            offset,
+            extended: true,
+            describe,
+        };
+        let ok = self.scatter_read_with(frames, read, queues).await;
+        if !ok {
+            // A statement the batch parsed may not exist on every shard.
+            let rewritten = shard_sql.map(rewritten_name);
+            for db in &s.dbs {
+                if let Some(b) = self.backends.get_mut(db) {
+                    for name in parsed.iter().chain(&rewritten) {
+                        b.prepared.remove(name);
+                    }
+                }
+            }
+        }
+        self.ready();
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -479,9 +526,178 @@ impl Session {
     }
 }
 
+/// A client batch as sent to one backend: the client's frames, with the
+/// Parse (and Close) of statements the backend lacks put before the Bind
+/// or Describe that needs them.
+pub(super) struct Outgoing {
+    pub out: BytesMut,
+    /// For ParseComplete and CloseComplete: whether the client sent the
+    /// message (relay the answer) or the router did (swallow it).
+    pub parses: VecDeque<bool>,
+    pub closes: VecDeque<bool>,
+    /// Answers that end the client's messages (for a batch ended by Flush).
+    pub expected: usize,
+    /// Statements the batch parses: forgotten again if it fails.
+    pub parsed_here: Vec<String>,
+}
+
+impl Outgoing {
+    /// `describe_portal`: send a Describe of the portal after each Bind
+    /// (a scatter needs the rows' RowDescription even when the client did
+    /// not ask for it).
+    ///
+    /// `rewrite`: each Bind binds the router's own statement with this
+    /// text instead of the client's (prepared under a name derived from the
+    /// text, and its ParseComplete swallowed).
+    pub fn build(
+        b: &mut Pooled,
+        batch: &[Frame],
+        statements: &HashMap<String, Statement>,
+        describe_portal: bool,
+        rewrite: Option<&Rewrite<'_>>,
+    ) -> Self {
+        let mut o = Self {
+            out: BytesMut::new(),
+            parses: VecDeque::new(),
+            closes: VecDeque::new(),
+            expected: 0,
+            parsed_here: Vec::new(),
+        };
+        for f in batch {
+            match f.tag {
+                b'P' => {
+                    let p = msg::parse_parse(f.body()).ok();
+                    let name = p.as_ref().map(|p| p.name.clone()).unwrap_or_default();
+                    if !name.is_empty() && b.prepared.contains_key(&name) {
+                        msg::close(&mut o.out, b'S', &name);
+                        o.closes.push_back(false);
+                        o.expected += 1;
+                    }
+                    o.out.extend_from_slice(&f.raw);
+                    o.parses.push_back(true);
+                    o.expected += 1;
+                    if let Some(p) = p {
+                        b.prepared.insert(p.name.clone(), p.sql);
+                        o.parsed_here.push(p.name);
+                    }
+                }
+                // A Bind, or a Describe of a statement, needs the statement
+                // prepared on this backend first.
+                b'B' | b'D' => {
+                    let name = match f.tag {
+                        b'B' => msg::parse_bind(f).ok().map(|bind| bind.statement),
+                        _ => match msg::parse_target(f.body()) {
+                            Ok((b'S', name)) => Some(name),
+                            _ => None,
+                        },
+                    };
+                    match (f.tag, rewrite) {
+                        (b'B', Some(r)) => {
+                            let name = rewritten_name(r.sql);
+                            if b.prepared.get(&name).map(String::as_str) != Some(r.sql) {
+                                msg::parse(&mut o.out, &name, r.sql, r.types);
+                                o.parses.push_back(false);
+                                o.expected += 1;
+                                b.prepared.insert(name.clone(), r.sql.to_string());
+                            }
+                            match msg::rebind(f, &name) {
+                                Some(raw) => o.out.extend_from_slice(&raw),
+                                None => o.out.extend_from_slice(&f.raw),
+                            }
+                        }
+                        _ => {
+                            if let Some(name) = name {
+                                o.ensure(&name, b, statements);
+                            }
+                            o.out.extend_from_slice(&f.raw);
+                        }
+                    }
+                    o.expected += 1;
+                    if f.tag == b'B' && describe_portal {
+                        let portal = msg::cstr(&mut f.body()).unwrap_or_default();
+                        msg::describe(&mut o.out, b'P', &portal);
+                    }
+                }
+                b'C' => {
+                    if let Ok((b'S', name)) = msg::parse_target(f.body()) {
+                        b.prepared.remove(&name);
+                    }
+                    o.out.extend_from_slice(&f.raw);
+                    o.closes.push_back(true);
+                    o.expected += 1;
+                }
+                _ => {
+                    o.out.extend_from_slice(&f.raw);
+                    o.expected += 1;
+                }
+            }
+        }
+        o
+    }
+
+    fn ensure(&mut self, name: &str, b: &mut Pooled, statements: &HashMap<String, Statement>) {
+        let Some(st) = statements.get(name) else {
+            return;
+        };
+        if b.prepared.get(name) == Some(&st.sql) {
+            return;
+        }
+        if !name.is_empty() && b.prepared.contains_key(name) {
+            msg::close(&mut self.out, b'S', name);
+            self.closes.push_back(false);
+            self.expected += 1;
+        }
+        self.out.extend_from_slice(&st.parse);
+        self.parses.push_back(false);
+        self.expected += 1;
+        b.prepared.insert(name.to_string(), st.sql.clone());
+    }
+}
+
+/// The name the router prepares a rewritten statement under on a backend:
+/// derived from its text, so each backend prepares it once.
+fn rewritten_name(sql: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    sql.hash(&mut h);
+    format!("shardline_{:016x}", h.finish())
+}
+
+/// The limit a bind parameter gives: text or binary integer, NULL for none.
+fn bind_limit(bind: &msg::Bind, i: usize) -> Option<u64> {
+    let v = bind.values.get(i)?.as_deref()?;
+    if bind.format(i) == 1 {
+        match v.len() {
+            8 => u64::try_from(i64::from_be_bytes(v.try_into().ok()?)).ok(),
+            4 => u64::try_from(i32::from_be_bytes(v.try_into().ok()?)).ok(),
+            _ => None,
+        }
+    } else {
+        std::str::from_utf8(v).ok()?.trim().parse().ok()
+    }
+}
+
+/// A SELECT bound to run on several shards and be merged.
+struct Scatter {
+    dbs: Vec<Db>,
+    shape: MergeShape,
+    limit: Option<u64>,
+    /// The bound statement's declared parameter types.
+    types: Vec<u32>,
+}
+
+/// A statement the shards run in place of the client's (OFFSET folded
+/// into LIMIT, avg split into sum and count).
+pub(super) struct Rewrite<'a> {
+    pub sql: &'a str,
+    pub types: &'a [u32],
+}
+
 enum Plan {
     /// Answered by the router: the effects of each bound statement.
     Local(Vec<Kind>),
+    /// One SELECT on several shards, merged.
+    Scatter(Scatter),
     /// Sent to one database; `true` when a bound statement chose it (so a
     /// pending BEGIN goes with it), `false` for preparing or describing.
     Forward(Db, bool),

@@ -1,0 +1,233 @@
+//! The simple query protocol: one Query message, routed as a whole and
+//! answered by one database or merged from several (see [`super::scatter`]).
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+
+use super::scatter::ScatterRead;
+use super::{Db, Fatal, Session, Txn, FLUSH_AT};
+use crate::backend::BackendError;
+use crate::message::{self as msg, Frame};
+use crate::{Control, Kind, MergeShape, Target};
+
+impl Session {
+    pub(super) async fn simple(&mut self, frame: Frame) -> Result<(), Fatal> {
+        let sql = msg::parse_query(&frame)?;
+        let route = self.shared.router.route(&sql, &[], self.key.as_ref());
+        if let Txn::Failed(db) = self.txn.clone() {
+            let ends = matches!(&route, Ok(r) if r.kinds.len() == 1
+                && matches!(r.kinds[0], Kind::Control(Control::Commit | Control::Rollback)));
+            if ends {
+                let tag = self.end_failed(db).await;
+                msg::command_complete(&mut self.out, tag);
+            } else {
+                msg::error_response(
+                    &mut self.out,
+                    "25P02",
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                    None,
+                );
+            }
+            self.ready();
+            return Ok(());
+        }
+        let route = match route {
+            Ok(r) => r,
+            Err(e) => {
+                self.reject(e.sqlstate(), &e.to_string(), Some(e.hint()));
+                self.ready();
+                return Ok(());
+            }
+        };
+        if route.kinds.len() == 1 {
+            match (&route.kinds[0], &self.txn) {
+                (Kind::SetKey(k), _) => {
+                    self.key.clone_from(k);
+                    msg::command_complete(&mut self.out, if k.is_some() { "SET" } else { "RESET" });
+                    self.ready();
+                    return Ok(());
+                }
+                (Kind::Control(Control::Begin), Txn::Idle) => {
+                    self.txn = Txn::Pending(sql);
+                    msg::command_complete(&mut self.out, "BEGIN");
+                    self.ready();
+                    return Ok(());
+                }
+                (Kind::Control(c @ (Control::Commit | Control::Rollback)), Txn::Pending(_)) => {
+                    self.txn = Txn::Idle;
+                    let tag = if *c == Control::Commit {
+                        "COMMIT"
+                    } else {
+                        "ROLLBACK"
+                    };
+                    msg::command_complete(&mut self.out, tag);
+                    self.ready();
+                    return Ok(());
+                }
+                _ => {}
+            }
+        } else if let Some(Kind::SetKey(k)) = route
+            .kinds
+            .iter()
+            .rev()
+            .find(|k| matches!(k, Kind::SetKey(_)))
+        {
+            self.key.clone_from(k);
+        }
+        let dbs = self.target_dbs(&route.target);
+        if let [db] = dbs.as_slice() {
+            if !matches!(
+                route.target,
+                Target::Broadcast { .. } | Target::Split { .. } | Target::Shards { .. }
+            ) {
+                self.single(*db, &frame.raw, matches!(route.target, Target::Any))
+                    .await;
+                self.ready();
+                return Ok(());
+            }
+        }
+        if self.txn != Txn::Idle {
+            let m = format!(
+                "the statement needs {} databases, but a transaction stays on one; run it outside the transaction",
+                dbs.len()
+            );
+            self.reject(
+                "0A000",
+                &m,
+                Some("a transaction is pinned to the shard of its first statement"),
+            );
+            self.ready();
+            return Ok(());
+        }
+        if route.kinds.len() != 1 {
+            self.reject(
+                "0A000",
+                "a query string with several statements cannot span shards",
+                Some("send the statements one by one"),
+            );
+            self.ready();
+            return Ok(());
+        }
+        match route.target {
+            Target::Shards {
+                merge: Some(shape), ..
+            } => {
+                let limit = match &shape {
+                    MergeShape::Rows {
+                        limit: Some(crate::Limit::Count(n)),
+                        ..
+                    } => Some(*n),
+                    _ => None,
+                };
+                let (offset, shard_sql) = match &shape {
+                    MergeShape::Rows {
+                        offset, shard_sql, ..
+                    } => (*offset, shard_sql),
+                    MergeShape::Aggregate { shard_sql, .. } => (0, shard_sql),
+                };
+                let raw = match shard_sql {
+                    Some(sql) => {
+                        let mut q = BytesMut::new();
+                        msg::query(&mut q, sql);
+                        q.freeze()
+                    }
+                    None => frame.raw.clone(),
+                };
+                let frames = dbs.iter().map(|db| (*db, raw.clone())).collect();
+                let read = ScatterRead {
+                    shape: &shape,
+                    limit,
+                    offset,
+                    extended: false,
+                    describe: true,
+                };
+                self.scatter_read(frames, read).await;
+            }
+            Target::Split { parts, .. } => {
+                let frames: Vec<(Db, Bytes)> = parts
+                    .iter()
+                    .zip(&dbs)
+                    .map(|((_, sql), db)| {
+                        let mut q = BytesMut::new();
+                        msg::query(&mut q, sql);
+                        (*db, q.freeze())
+                    })
+                    .collect();
+                self.write_many(frames, true).await;
+            }
+            Target::Broadcast { .. } => {
+                let frames = dbs.iter().map(|db| (*db, frame.raw.clone())).collect();
+                self.write_many(frames, false).await;
+            }
+            _ => {
+                let frames = dbs.iter().map(|db| (*db, frame.raw.clone())).collect();
+                self.write_many(frames, true).await;
+            }
+        }
+        self.ready();
+        Ok(())
+    }
+
+    /// Runs a client Query on one database and relays its answer.
+    async fn single(&mut self, db: Db, raw: &Bytes, any: bool) {
+        if let Txn::Pinned(p) = self.txn {
+            if p != db && !any {
+                let m = format!(
+                    "this transaction runs on {}; the statement needs {}",
+                    self.db_name(p),
+                    self.db_name(db)
+                );
+                self.reject(
+                    "0A000",
+                    &m,
+                    Some("a transaction stays on one shard: commit it, then run the statement"),
+                );
+                return;
+            }
+        }
+        let pending = match &self.txn {
+            Txn::Pending(begin) if !any => Some(begin.clone()),
+            _ => None,
+        };
+        let result = self.relay_query(db, raw, pending).await;
+        match result {
+            Ok(status) => {
+                if !(any && matches!(self.txn, Txn::Pending(_))) {
+                    self.after(db, status);
+                }
+            }
+            Err(e) => self.backend_failed(db, &e),
+        }
+    }
+
+    async fn relay_query(
+        &mut self,
+        db: Db,
+        raw: &Bytes,
+        begin: Option<String>,
+    ) -> Result<u8, BackendError> {
+        let b = self.backend(db).await?;
+        if let Some(begin) = begin {
+            b.run(&begin).await?;
+        }
+        b.send(raw).await?;
+        let b = self.backends.get_mut(&db).expect("backend");
+        loop {
+            let f = b.recv().await?;
+            if f.tag == b'Z' {
+                return Ok(b.status);
+            }
+            self.out.extend_from_slice(&f.raw);
+            if self.out.len() > FLUSH_AT {
+                self.client
+                    .write_all(&self.out)
+                    .await
+                    .map_err(|e| BackendError::Protocol {
+                        target: "client".into(),
+                        cause: e.to_string(),
+                    })?;
+                self.out.clear();
+            }
+        }
+    }
+}

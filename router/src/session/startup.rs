@@ -1,0 +1,135 @@
+//! Startup and SCRAM-SHA-256 login of a client, then the ParameterStatus
+//! values of its default database.
+
+use tokio::io::AsyncWriteExt;
+
+use super::{Fatal, Session};
+use crate::message::{self as msg, Frame, FrameError};
+
+impl Session {
+    pub(super) async fn startup(&mut self) -> Result<bool, Fatal> {
+        let params = loop {
+            let (code, body) = msg::read_startup(&mut self.client).await?;
+            match code {
+                msg::SSL_REQUEST | msg::GSSENC_REQUEST => self.client.write_all(b"N").await?,
+                msg::CANCEL_REQUEST => return Ok(false),
+                msg::PROTOCOL_3_0 => break msg::startup_params(&body)?,
+                other => {
+                    let m = format!(
+                        "unsupported frontend protocol {}.{}",
+                        other >> 16,
+                        other & 0xffff
+                    );
+                    msg::error_response(&mut self.out, "0A000", &m, None);
+                    self.flush().await?;
+                    return Ok(false);
+                }
+            }
+        };
+        let user = params
+            .iter()
+            .find(|(k, _)| k == "user")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        if !self.authenticate(&user).await? {
+            return Ok(false);
+        }
+        msg::authentication(&mut self.out, 0, &[]);
+        let db = self.default_db();
+        let parameters = match self.backend(db).await {
+            Ok(b) => b.parameters.clone(),
+            Err(_) => Vec::new(),
+        };
+        let mut sent = Vec::new();
+        for (k, v) in &parameters {
+            msg::parameter_status(&mut self.out, k, v);
+            sent.push(k.as_str());
+        }
+        for (k, v) in [
+            ("server_version", "16.0"),
+            ("server_encoding", "UTF8"),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO, MDY"),
+            ("integer_datetimes", "on"),
+            ("standard_conforming_strings", "on"),
+        ] {
+            if !sent.contains(&k) {
+                msg::parameter_status(&mut self.out, k, v);
+            }
+        }
+        msg::backend_key_data(&mut self.out, rand::random::<i32>(), rand::random::<i32>());
+        msg::ready_for_query(&mut self.out, b'I');
+        self.flush().await?;
+        Ok(true)
+    }
+
+    async fn authenticate(&mut self, user: &str) -> Result<bool, Fatal> {
+        let failed = |s: &mut Self| {
+            msg::error_response(
+                &mut s.out,
+                "28P01",
+                &format!("password authentication failed for user \"{user}\""),
+                None,
+            );
+        };
+        let Some(verifier) = self.shared.users.get(user).cloned() else {
+            failed(self);
+            self.flush().await?;
+            return Ok(false);
+        };
+        let mut mechanisms = Vec::new();
+        mechanisms.extend_from_slice(crate::scram::MECHANISM.as_bytes());
+        mechanisms.extend_from_slice(&[0, 0]);
+        msg::authentication(&mut self.out, 10, &mechanisms);
+        self.flush().await?;
+
+        let first = self.password_message().await?;
+        let mut b = first.body();
+        let mechanism = msg::cstr(&mut b)?;
+        if mechanism != crate::scram::MECHANISM || b.len() < 4 {
+            failed(self);
+            self.flush().await?;
+            return Ok(false);
+        }
+        let client_first = String::from_utf8_lossy(&b[4..]).to_string();
+        let nonce = base64_nonce();
+        let Ok((exchange, server_first)) =
+            crate::scram::Exchange::start(&verifier, &client_first, &nonce)
+        else {
+            failed(self);
+            self.flush().await?;
+            return Ok(false);
+        };
+        msg::authentication(&mut self.out, 11, server_first.as_bytes());
+        self.flush().await?;
+        let last = self.password_message().await?;
+        let client_final = String::from_utf8_lossy(last.body()).to_string();
+        match exchange.finish(&verifier, &client_final) {
+            Ok(server_final) => {
+                msg::authentication(&mut self.out, 12, server_final.as_bytes());
+                Ok(true)
+            }
+            Err(_) => {
+                failed(self);
+                self.flush().await?;
+                Ok(false)
+            }
+        }
+    }
+
+    async fn password_message(&mut self) -> Result<Frame, Fatal> {
+        match msg::read_frame(&mut self.client, &mut self.inbuf).await? {
+            Some(f) if f.tag == b'p' => Ok(f),
+            Some(f) => Err(Fatal::Client(FrameError::Malformed(format!(
+                "expected a password message, got {:?}",
+                f.tag as char
+            )))),
+            None => Err(Fatal::Client(FrameError::Closed)),
+        }
+    }
+}
+
+fn base64_nonce() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 18]>())
+}
