@@ -23,6 +23,8 @@ use crate::message::{self, read_frame, Frame, FrameError};
 pub enum BackendError {
     #[error("cannot reach {target}: {cause}")]
     Unreachable { target: String, cause: String },
+    #[error("lost the connection to {target}: {cause}")]
+    Lost { target: String, cause: String },
     #[error("{target} refused the router: {code} {message}")]
     Refused {
         target: String,
@@ -38,7 +40,11 @@ pub enum BackendError {
 impl BackendError {
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            Self::Unreachable { .. } => "08006",
+            // connection_failure for a connection that broke, and
+            // sqlclient_unable_to_establish_sqlconnection for one that
+            // could not be opened, as libpq-based clients classify them.
+            Self::Lost { .. } => "08006",
+            Self::Unreachable { .. } => "08001",
             Self::Refused { .. } | Self::UnsupportedAuth { .. } => "08004",
             Self::Protocol { .. } => "08P01",
         }
@@ -58,10 +64,27 @@ pub struct Backend {
     /// Set when the connection can no longer be trusted (an i/o or
     /// protocol error mid-exchange); such a connection is never pooled.
     pub broken: bool,
+    /// Startup is over: a FATAL error from now on ends the connection.
+    started: bool,
 }
+
+/// How long opening a backend connection (TCP and login) may take: a
+/// shard whose host is gone fails its statements after this, not after
+/// the kernel's minutes-long TCP timeout.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Backend {
     pub async fn connect(conn: &ConnString) -> Result<Self, BackendError> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, Self::open(conn)).await {
+            Ok(opened) => opened,
+            Err(_) => Err(BackendError::Unreachable {
+                target: conn.to_string(),
+                cause: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+            }),
+        }
+    }
+
+    async fn open(conn: &ConnString) -> Result<Self, BackendError> {
         let target = conn.to_string();
         let unreachable = |cause: String| BackendError::Unreachable {
             target: target.clone(),
@@ -79,6 +102,7 @@ impl Backend {
             parameters: Vec::new(),
             status: b'I',
             broken: false,
+            started: false,
         };
         let mut out = BytesMut::new();
         let params = [
@@ -100,7 +124,10 @@ impl Backend {
                     let value = message::cstr(&mut body).unwrap_or_default();
                     b.parameters.push((name, value));
                 }
-                b'Z' => return Ok(b),
+                b'Z' => {
+                    b.started = true;
+                    return Ok(b);
+                }
                 b'E' => return Err(b.refused(&f)),
                 _ => {}
             }
@@ -203,32 +230,72 @@ impl Backend {
 
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
         if let Err(e) = self.stream.write_all(bytes).await {
-            self.broken = true;
-            return Err(BackendError::Unreachable {
-                target: self.target.clone(),
-                cause: e.to_string(),
-            });
+            return Err(self.lost(e.to_string()));
         }
         Ok(())
     }
 
+    /// The next frame. After startup, a FATAL error (the server shutting
+    /// down, the backend terminated) is the end of the connection, not an
+    /// answer to relay: it comes back as [`BackendError::Lost`].
     pub async fn recv(&mut self) -> Result<Frame, BackendError> {
         let got = read_frame(&mut self.stream, &mut self.buf).await;
         let cause = match got {
             Ok(Some(f)) => {
-                if f.tag == b'Z' {
-                    self.status = f.body().first().copied().unwrap_or(b'I');
+                match f.tag {
+                    b'Z' => self.status = f.body().first().copied().unwrap_or(b'I'),
+                    b'E' if self.started && is_fatal(f.body()) => {
+                        let (code, message) = message::error_fields(f.body());
+                        return Err(self.lost(format!("{code} {message}")));
+                    }
+                    _ => {}
                 }
                 return Ok(f);
             }
             Ok(None) | Err(FrameError::Closed) => "the server closed the connection".to_string(),
             Err(e) => e.to_string(),
         };
+        Err(self.lost(cause))
+    }
+
+    fn lost(&mut self, cause: String) -> BackendError {
         self.broken = true;
-        Err(BackendError::Unreachable {
+        BackendError::Lost {
             target: self.target.clone(),
             cause,
-        })
+        }
+    }
+
+    /// Whether an idle connection is known to be dead: the server closed
+    /// it or sent something unasked (a FATAL error at shutdown). Checked
+    /// before a held or pooled connection is used again, so a shard that
+    /// restarted is reconnected instead of failing one more statement.
+    pub fn is_dead(&mut self) -> bool {
+        if self.broken || !self.buf.is_empty() {
+            self.broken = true;
+            return true;
+        }
+        use std::os::fd::AsRawFd;
+        let mut byte = 0u8;
+        // SAFETY: recv on an open socket of ours into one valid byte;
+        // MSG_PEEK leaves the data in place, MSG_DONTWAIT never blocks.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        let idle = n < 0
+            && matches!(
+                std::io::Error::last_os_error().kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            );
+        if !idle {
+            self.broken = true;
+        }
+        !idle
     }
 
     /// Runs router-made SQL to completion, discarding its results; returns
@@ -268,6 +335,23 @@ impl Backend {
     }
 }
 
+/// Whether an ErrorResponse body has severity FATAL or PANIC.
+fn is_fatal(mut b: &[u8]) -> bool {
+    while let Some((&field, rest)) = b.split_first() {
+        if field == 0 {
+            break;
+        }
+        b = rest;
+        let Ok(value) = message::cstr(&mut b) else {
+            break;
+        };
+        if field == b'V' || field == b'S' {
+            return value == "FATAL" || value == "PANIC";
+        }
+    }
+    false
+}
+
 /// Creates connections to one database for its pool.
 pub struct Manager {
     pub conn: ConnString,
@@ -287,8 +371,9 @@ impl deadpool::managed::Manager for Manager {
         _: &deadpool::managed::Metrics,
     ) -> deadpool::managed::RecycleResult<BackendError> {
         // Connections are reset when a client lets go of them; one that
-        // could not be is never handed out again.
-        if b.broken || b.status != b'I' {
+        // could not be is never handed out again, nor one the server closed
+        // while it sat in the pool.
+        if b.is_dead() || b.status != b'I' {
             return Err(deadpool::managed::RecycleError::Message(
                 "connection was not reset".into(),
             ));

@@ -318,6 +318,11 @@ impl Session {
     }
 
     async fn backend(&mut self, db: Db) -> Result<&mut Pooled, BackendError> {
+        // A held connection the server closed is replaced, unless a
+        // transaction lives on it: then the statement fails with the loss.
+        if self.txn != Txn::Pinned(db) && self.backends.get_mut(&db).is_some_and(|b| b.is_dead()) {
+            self.discard(db);
+        }
         if !self.backends.contains_key(&db) {
             let pool = &self.shared.pools[db.0][db.1];
             let b = pool.get().await.map_err(|e| match e {
