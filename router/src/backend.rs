@@ -7,6 +7,8 @@
 //! statement follows the client to whichever pooled connection serves it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::{md5_hash, sasl};
@@ -16,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::message::{self, read_frame, Frame, FrameError};
+use crate::stats::DbStats;
 
 /// Why a backend could not be reached or used.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +69,16 @@ pub struct Backend {
     pub broken: bool,
     /// Startup is over: a FATAL error from now on ends the connection.
     started: bool,
+    /// The server's BackendKeyData (process id, secret), for cancelling.
+    pub cancel_key: Option<(i32, i32)>,
+    /// Host and port, where a CancelRequest for this backend goes.
+    pub addr: (String, u16),
+    stats: Arc<DbStats>,
+    /// When the round trip in flight began; client statements only.
+    sent_at: Option<Instant>,
+    /// Off while the router runs its own statements (BEGIN, ROLLBACK,
+    /// DISCARD ALL), which are not the clients' queries.
+    counting: bool,
 }
 
 /// How long opening a backend connection (TCP and login) may take: a
@@ -74,8 +87,8 @@ pub struct Backend {
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Backend {
-    pub async fn connect(conn: &ConnString) -> Result<Self, BackendError> {
-        match tokio::time::timeout(CONNECT_TIMEOUT, Self::open(conn)).await {
+    pub async fn connect(conn: &ConnString, stats: Arc<DbStats>) -> Result<Self, BackendError> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, Self::open(conn, stats)).await {
             Ok(opened) => opened,
             Err(_) => Err(BackendError::Unreachable {
                 target: conn.to_string(),
@@ -84,7 +97,7 @@ impl Backend {
         }
     }
 
-    async fn open(conn: &ConnString) -> Result<Self, BackendError> {
+    async fn open(conn: &ConnString, stats: Arc<DbStats>) -> Result<Self, BackendError> {
         let target = conn.to_string();
         let unreachable = |cause: String| BackendError::Unreachable {
             target: target.clone(),
@@ -103,6 +116,11 @@ impl Backend {
             status: b'I',
             broken: false,
             started: false,
+            cancel_key: None,
+            addr: (conn.host(), conn.port()),
+            stats,
+            sent_at: None,
+            counting: true,
         };
         let mut out = BytesMut::new();
         let params = [
@@ -123,6 +141,12 @@ impl Backend {
                     let name = message::cstr(&mut body).unwrap_or_default();
                     let value = message::cstr(&mut body).unwrap_or_default();
                     b.parameters.push((name, value));
+                }
+                b'K' if f.body().len() == 8 => {
+                    let body = f.body();
+                    let pid = i32::from_be_bytes(body[..4].try_into().unwrap_or_default());
+                    let secret = i32::from_be_bytes(body[4..].try_into().unwrap_or_default());
+                    b.cancel_key = Some((pid, secret));
                 }
                 b'Z' => {
                     b.started = true;
@@ -229,6 +253,9 @@ impl Backend {
     }
 
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        if self.started && self.counting && self.sent_at.is_none() {
+            self.sent_at = Some(Instant::now());
+        }
         if let Err(e) = self.stream.write_all(bytes).await {
             return Err(self.lost(e.to_string()));
         }
@@ -243,11 +270,17 @@ impl Backend {
         let cause = match got {
             Ok(Some(f)) => {
                 match f.tag {
-                    b'Z' => self.status = f.body().first().copied().unwrap_or(b'I'),
+                    b'Z' => {
+                        self.status = f.body().first().copied().unwrap_or(b'I');
+                        if let Some(t) = self.sent_at.take() {
+                            self.stats.query(t.elapsed());
+                        }
+                    }
                     b'E' if self.started && is_fatal(f.body()) => {
                         let (code, message) = message::error_fields(f.body());
                         return Err(self.lost(format!("{code} {message}")));
                     }
+                    b'E' if self.counting => self.stats.error(),
                     _ => {}
                 }
                 return Ok(f);
@@ -260,10 +293,12 @@ impl Backend {
 
     fn lost(&mut self, cause: String) -> BackendError {
         self.broken = true;
-        BackendError::Lost {
+        let e = BackendError::Lost {
             target: self.target.clone(),
             cause,
-        }
+        };
+        self.stats.down(&e.to_string());
+        e
     }
 
     /// Whether an idle connection is known to be dead: the server closed
@@ -301,6 +336,13 @@ impl Backend {
     /// Runs router-made SQL to completion, discarding its results; returns
     /// the first error's SQLSTATE and message, if any.
     pub async fn run(&mut self, sql: &str) -> Result<Option<(String, String)>, BackendError> {
+        let counting = std::mem::replace(&mut self.counting, false);
+        let result = self.run_uncounted(sql).await;
+        self.counting = counting;
+        result
+    }
+
+    async fn run_uncounted(&mut self, sql: &str) -> Result<Option<(String, String)>, BackendError> {
         let mut out = BytesMut::new();
         message::query(&mut out, sql);
         self.send(&out).await?;
@@ -355,6 +397,7 @@ fn is_fatal(mut b: &[u8]) -> bool {
 /// Creates connections to one database for its pool.
 pub struct Manager {
     pub conn: ConnString,
+    pub stats: Arc<DbStats>,
 }
 
 impl deadpool::managed::Manager for Manager {
@@ -362,7 +405,12 @@ impl deadpool::managed::Manager for Manager {
     type Error = BackendError;
 
     async fn create(&self) -> Result<Backend, BackendError> {
-        Backend::connect(&self.conn).await
+        let connected = Backend::connect(&self.conn, self.stats.clone()).await;
+        match &connected {
+            Ok(_) => self.stats.up(),
+            Err(e) => self.stats.down(&e.to_string()),
+        }
+        connected
     }
 
     async fn recycle(

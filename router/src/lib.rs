@@ -35,6 +35,7 @@
 //! unless the table is replicated, and then goes to every shard; a scatter
 //! SELECT is accepted only when its merge is provably correct.
 
+mod admin;
 mod backend;
 mod cache;
 mod error;
@@ -46,6 +47,7 @@ mod scram;
 mod server;
 mod session;
 mod statement;
+mod stats;
 mod tree;
 
 pub use backend::BackendError;

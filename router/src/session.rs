@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 
+mod admin;
 mod extended;
 use std::sync::Arc;
 
@@ -452,6 +453,9 @@ impl Session {
 
     async fn simple(&mut self, frame: Frame) -> Result<(), Fatal> {
         let sql = msg::parse_query(&frame)?;
+        if self.admin_simple(&sql) {
+            return Ok(());
+        }
         let route = self.shared.router.route(&sql, &[], self.key.as_ref());
         if let Txn::Failed(db) = self.txn.clone() {
             let ends = matches!(&route, Ok(r) if r.kinds.len() == 1

@@ -12,6 +12,7 @@ use shardline_topology::{ContextKind, ShardKey, Topology};
 use tokio::net::TcpListener;
 use tokio_postgres::{Client, NoTls};
 
+mod admin;
 mod shard_down;
 
 pub const PASSWORD: &str = "ops-secret";
@@ -26,7 +27,6 @@ pub struct Split {
     /// One server per shard; shard 1's requires a password.
     pub servers: Vec<PgServer>,
     pub topology: Topology,
-    #[allow(dead_code)]
     pub proxy: Arc<Proxy>,
     pub port: u16,
     _task: tokio::task::JoinHandle<()>,
