@@ -158,6 +158,17 @@ impl Backend {
         }
     }
 
+    /// Where and with which key a CancelRequest reaches this backend.
+    pub fn backend_key(&self) -> Option<crate::cancel::BackendKey> {
+        self.cancel_key
+            .map(|(pid, secret)| crate::cancel::BackendKey {
+                host: self.addr.0.clone(),
+                port: self.addr.1,
+                pid,
+                secret,
+            })
+    }
+
     fn refused(&self, f: &Frame) -> BackendError {
         let (code, message) = message::error_fields(f.body());
         BackendError::Refused {

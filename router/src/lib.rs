@@ -38,6 +38,7 @@
 mod admin;
 mod backend;
 mod cache;
+mod cancel;
 mod error;
 mod merge;
 mod message;

@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     pub users: HashMap<String, Verifier>,
     /// Counters per database, laid out as `pools`.
     pub stats: Stats,
+    /// Clients' cancel keys and the backends they hold.
+    pub cancels: Arc<crate::cancel::Registry>,
 }
 
 impl Shared {
@@ -124,6 +126,7 @@ impl Proxy {
                 pools,
                 users,
                 stats,
+                cancels: Arc::default(),
             }),
         })
     }

@@ -78,6 +78,7 @@ pub(crate) struct Session {
     txn: Txn,
     batch: Vec<Frame>,
     skip_until_sync: bool,
+    cancel: Option<crate::cancel::Registration>,
 }
 
 impl Session {
@@ -94,6 +95,7 @@ impl Session {
             txn: Txn::Idle,
             batch: Vec::new(),
             skip_until_sync: false,
+            cancel: None,
         }
     }
 
@@ -184,7 +186,10 @@ impl Session {
             let (code, body) = msg::read_startup(&mut self.client).await?;
             match code {
                 msg::SSL_REQUEST | msg::GSSENC_REQUEST => self.client.write_all(b"N").await?,
-                msg::CANCEL_REQUEST => return Ok(false),
+                msg::CANCEL_REQUEST => {
+                    self.shared.cancels.cancel_request(&body).await;
+                    return Ok(false);
+                }
                 msg::PROTOCOL_3_0 => break msg::startup_params(&body)?,
                 other => {
                     let m = format!(
@@ -229,7 +234,13 @@ impl Session {
                 msg::parameter_status(&mut self.out, k, v);
             }
         }
-        msg::backend_key_data(&mut self.out, rand::random::<i32>(), rand::random::<i32>());
+        let cancel = self.shared.cancels.register();
+        msg::backend_key_data(&mut self.out, cancel.pid, cancel.secret);
+        // The startup backend above is held before the client has a key.
+        for (db, b) in &self.backends {
+            cancel.hold(*db, b.backend_key());
+        }
+        self.cancel = Some(cancel);
         msg::ready_for_query(&mut self.out, b'I');
         self.flush().await?;
         Ok(true)
@@ -244,11 +255,10 @@ impl Session {
                 None,
             );
         };
-        let Some(verifier) = self.shared.users.get(user).cloned() else {
-            failed(self);
-            self.flush().await?;
-            return Ok(false);
-        };
+        // An unknown user runs the same exchange as a known one and fails
+        // at its end, as a wrong password does: nothing tells them apart.
+        let verifier = (self.shared.users.get(user).cloned())
+            .unwrap_or_else(|| crate::scram::Verifier::mock(user));
         let mut mechanisms = Vec::new();
         mechanisms.extend_from_slice(crate::scram::MECHANISM.as_bytes());
         mechanisms.extend_from_slice(&[0, 0]);
@@ -333,6 +343,9 @@ impl Session {
                     cause: other.to_string(),
                 },
             })?;
+            if let Some(c) = &self.cancel {
+                c.hold(db, b.backend_key());
+            }
             self.backends.insert(db, b);
         }
         Ok(self.backends.get_mut(&db).expect("just inserted"))
@@ -340,6 +353,9 @@ impl Session {
 
     /// Drops a backend that failed mid-exchange; it never returns to the pool.
     fn discard(&mut self, db: Db) {
+        if let Some(c) = &self.cancel {
+            c.release(db);
+        }
         if let Some(b) = self.backends.remove(&db) {
             drop(Pooled::take(b));
         }

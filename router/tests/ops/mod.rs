@@ -13,6 +13,8 @@ use tokio::net::TcpListener;
 use tokio_postgres::{Client, NoTls};
 
 mod admin;
+mod cancel;
+mod login;
 mod shard_down;
 
 pub const PASSWORD: &str = "ops-secret";
