@@ -58,6 +58,12 @@ fn psql_and_pgbench_in_every_query_mode_run_through_the_router() {
     let server = fleet();
     let dir = tempfile::tempdir().unwrap();
     let config = topology(dir.path(), &server, true);
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_shardline"))
         .args([
             "--config",
@@ -67,6 +73,8 @@ fn psql_and_pgbench_in_every_query_mode_run_through_the_router() {
             "router",
             "--listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            &metrics_addr,
         ])
         .stdout(Stdio::piped())
         .spawn()
@@ -152,6 +160,54 @@ fn psql_and_pgbench_in_every_query_mode_run_through_the_router() {
         })
         .sum();
     assert_eq!(total, 3 + 3 * 50);
+
+    // The router's own SHOW, and the same counters scraped over HTTP.
+    let out = client(
+        "psql",
+        &["-X", "-A", "-t", "-d", "app", "-c", "SHOW shardline.stats"],
+    );
+    let stats = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stats.lines().count(), 2, "{stats}");
+    let queries: u64 = stats
+        .lines()
+        .map(|l| l.split('|').nth(3).unwrap().parse::<u64>().unwrap())
+        .sum();
+    // 150 pgbench transactions of 4 statements, at least.
+    assert!(queries >= 600, "{stats}");
+    let scrape = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&metrics_addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: router\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    assert!(scrape.starts_with("HTTP/1.1 200 OK"), "{scrape}");
+    let scraped: u64 = scrape
+        .lines()
+        .filter(|l| l.starts_with("shardline_router_queries_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(scraped >= queries, "{scraped} < {queries}\n{scrape}");
+    assert!(
+        scrape.contains("# TYPE shardline_router_query_duration_seconds histogram"),
+        "{scrape}"
+    );
+    assert!(scrape.contains("shardline_router_up{context=\"transactions\",shard=\"1\""));
+
+    // A metrics address already taken stops a second router before it serves.
+    let out = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(["--config", &config, "router", "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", &metrics_addr])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--metrics-listen") && err.contains(&metrics_addr),
+        "{err}"
+    );
 }
 
 /// Stops the router when the test ends, also when it fails.

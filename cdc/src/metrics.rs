@@ -11,8 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use shardline_metrics::label;
 use tokio::sync::watch;
 
 /// Upper bounds of the apply latency histogram, in seconds.
@@ -190,56 +189,14 @@ impl Metrics {
     }
 }
 
-/// Escapes a label value: backslash, double quote and newline.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// Binds `addr` now (so a taken port fails the run before it streams),
 /// then answers each connection with the metrics until `stop` turns true.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await?;
-    Ok(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.changed() => {
-                    if *stop.borrow() { return; }
-                }
-                accepted = listener.accept() => {
-                    let Ok((mut socket, _)) = accepted else { continue };
-                    let metrics = metrics.clone();
-                    tokio::spawn(async move {
-                        // Read the request head (any path answers the same).
-                        let mut buf = vec![0u8; 4096];
-                        let mut read = 0;
-                        while read < buf.len() {
-                            match socket.read(&mut buf[read..]).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => read += n,
-                            }
-                            if buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                                break;
-                            }
-                        }
-                        let body = metrics.render();
-                        let response = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let _ = socket.write_all(response.as_bytes()).await;
-                        let _ = socket.shutdown().await;
-                    });
-                }
-            }
-        }
-    }))
+    shardline_metrics::serve(addr, Arc::new(move || metrics.render()), stop).await
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //! statement follows the client to whichever pooled connection serves it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::{md5_hash, sasl};
@@ -16,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::message::{self, read_frame, Frame, FrameError};
+use crate::stats::DbStats;
 
 /// Why a backend could not be reached or used.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +26,8 @@ use crate::message::{self, read_frame, Frame, FrameError};
 pub enum BackendError {
     #[error("cannot reach {target}: {cause}")]
     Unreachable { target: String, cause: String },
+    #[error("lost the connection to {target}: {cause}")]
+    Lost { target: String, cause: String },
     #[error("{target} refused the router: {code} {message}")]
     Refused {
         target: String,
@@ -38,7 +43,11 @@ pub enum BackendError {
 impl BackendError {
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            Self::Unreachable { .. } => "08006",
+            // connection_failure for a connection that broke, and
+            // sqlclient_unable_to_establish_sqlconnection for one that
+            // could not be opened, as libpq-based clients classify them.
+            Self::Lost { .. } => "08006",
+            Self::Unreachable { .. } => "08001",
             Self::Refused { .. } | Self::UnsupportedAuth { .. } => "08004",
             Self::Protocol { .. } => "08P01",
         }
@@ -61,6 +70,18 @@ pub struct Backend {
     /// The database sorts text bytewise: its collation is C (or POSIX) and
     /// no column of a user table has another. Read once at connect.
     pub bytewise_text: bool,
+    /// Startup is over: a FATAL error from now on ends the connection.
+    started: bool,
+    /// The server's BackendKeyData (process id, secret), for cancelling.
+    pub cancel_key: Option<(i32, i32)>,
+    /// Host and port, where a CancelRequest for this backend goes.
+    pub addr: (String, u16),
+    stats: Arc<DbStats>,
+    /// When the round trip in flight began; client statements only.
+    sent_at: Option<Instant>,
+    /// Off while the router runs its own statements (BEGIN, ROLLBACK,
+    /// DISCARD ALL), which are not the clients' queries.
+    counting: bool,
 }
 
 /// Whether text sorts by its bytes in the connected database: default
@@ -75,8 +96,23 @@ const BYTEWISE_TEXT: &str = "SELECT d.datcollate IN ('C', 'POSIX')
                      AND n.nspname NOT IN ('pg_catalog', 'information_schema'))
   FROM pg_database d WHERE d.datname = current_database()";
 
+/// How long opening a backend connection (TCP and login) may take: a
+/// shard whose host is gone fails its statements after this, not after
+/// the kernel's minutes-long TCP timeout.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Backend {
-    pub async fn connect(conn: &ConnString) -> Result<Self, BackendError> {
+    pub async fn connect(conn: &ConnString, stats: Arc<DbStats>) -> Result<Self, BackendError> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, Self::open(conn, stats)).await {
+            Ok(opened) => opened,
+            Err(_) => Err(BackendError::Unreachable {
+                target: conn.to_string(),
+                cause: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+            }),
+        }
+    }
+
+    async fn open(conn: &ConnString, stats: Arc<DbStats>) -> Result<Self, BackendError> {
         let target = conn.to_string();
         let unreachable = |cause: String| BackendError::Unreachable {
             target: target.clone(),
@@ -95,6 +131,12 @@ impl Backend {
             status: b'I',
             broken: false,
             bytewise_text: false,
+            started: false,
+            cancel_key: None,
+            addr: (conn.host(), conn.port()),
+            stats,
+            sent_at: None,
+            counting: true,
         };
         let mut out = BytesMut::new();
         let params = [
@@ -116,7 +158,14 @@ impl Backend {
                     let value = message::cstr(&mut body).unwrap_or_default();
                     b.parameters.push((name, value));
                 }
+                b'K' if f.body().len() == 8 => {
+                    let body = f.body();
+                    let pid = i32::from_be_bytes(body[..4].try_into().unwrap_or_default());
+                    let secret = i32::from_be_bytes(body[4..].try_into().unwrap_or_default());
+                    b.cancel_key = Some((pid, secret));
+                }
                 b'Z' => {
+                    b.started = true;
                     b.bytewise_text = b.first_value(BYTEWISE_TEXT).await?.as_deref() == Some("t");
                     return Ok(b);
                 }
@@ -124,6 +173,17 @@ impl Backend {
                 _ => {}
             }
         }
+    }
+
+    /// Where and with which key a CancelRequest reaches this backend.
+    pub fn backend_key(&self) -> Option<crate::cancel::BackendKey> {
+        self.cancel_key
+            .map(|(pid, secret)| crate::cancel::BackendKey {
+                host: self.addr.0.clone(),
+                port: self.addr.1,
+                pid,
+                secret,
+            })
     }
 
     fn refused(&self, f: &Frame) -> BackendError {
@@ -221,38 +281,96 @@ impl Backend {
     }
 
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        if self.started && self.counting && self.sent_at.is_none() {
+            self.sent_at = Some(Instant::now());
+        }
         if let Err(e) = self.stream.write_all(bytes).await {
-            self.broken = true;
-            return Err(BackendError::Unreachable {
-                target: self.target.clone(),
-                cause: e.to_string(),
-            });
+            return Err(self.lost(e.to_string()));
         }
         Ok(())
     }
 
+    /// The next frame. After startup, a FATAL error (the server shutting
+    /// down, the backend terminated) is the end of the connection, not an
+    /// answer to relay: it comes back as [`BackendError::Lost`].
     pub async fn recv(&mut self) -> Result<Frame, BackendError> {
         let got = read_frame(&mut self.stream, &mut self.buf).await;
         let cause = match got {
             Ok(Some(f)) => {
-                if f.tag == b'Z' {
-                    self.status = f.body().first().copied().unwrap_or(b'I');
+                match f.tag {
+                    b'Z' => {
+                        self.status = f.body().first().copied().unwrap_or(b'I');
+                        if let Some(t) = self.sent_at.take() {
+                            self.stats.query(t.elapsed());
+                        }
+                    }
+                    b'E' if self.started && is_fatal(f.body()) => {
+                        let (code, message) = message::error_fields(f.body());
+                        return Err(self.lost(format!("{code} {message}")));
+                    }
+                    b'E' if self.counting => self.stats.error(),
+                    _ => {}
                 }
                 return Ok(f);
             }
             Ok(None) | Err(FrameError::Closed) => "the server closed the connection".to_string(),
             Err(e) => e.to_string(),
         };
+        Err(self.lost(cause))
+    }
+
+    fn lost(&mut self, cause: String) -> BackendError {
         self.broken = true;
-        Err(BackendError::Unreachable {
+        let e = BackendError::Lost {
             target: self.target.clone(),
             cause,
-        })
+        };
+        self.stats.down(&e.to_string());
+        e
+    }
+
+    /// Whether an idle connection is known to be dead: the server closed
+    /// it or sent something unasked (a FATAL error at shutdown). Checked
+    /// before a held or pooled connection is used again, so a shard that
+    /// restarted is reconnected instead of failing one more statement.
+    pub fn is_dead(&mut self) -> bool {
+        if self.broken || !self.buf.is_empty() {
+            self.broken = true;
+            return true;
+        }
+        use std::os::fd::AsRawFd;
+        let mut byte = 0u8;
+        // SAFETY: recv on an open socket of ours into one valid byte;
+        // MSG_PEEK leaves the data in place, MSG_DONTWAIT never blocks.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        let idle = n < 0
+            && matches!(
+                std::io::Error::last_os_error().kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            );
+        if !idle {
+            self.broken = true;
+        }
+        !idle
     }
 
     /// Runs router-made SQL to completion, discarding its results; returns
     /// the first error's SQLSTATE and message, if any.
     pub async fn run(&mut self, sql: &str) -> Result<Option<(String, String)>, BackendError> {
+        let counting = std::mem::replace(&mut self.counting, false);
+        let result = self.run_uncounted(sql).await;
+        self.counting = counting;
+        result
+    }
+
+    async fn run_uncounted(&mut self, sql: &str) -> Result<Option<(String, String)>, BackendError> {
         let mut out = BytesMut::new();
         message::query(&mut out, sql);
         self.send(&out).await?;
@@ -308,9 +426,27 @@ impl Backend {
     }
 }
 
+/// Whether an ErrorResponse body has severity FATAL or PANIC.
+fn is_fatal(mut b: &[u8]) -> bool {
+    while let Some((&field, rest)) = b.split_first() {
+        if field == 0 {
+            break;
+        }
+        b = rest;
+        let Ok(value) = message::cstr(&mut b) else {
+            break;
+        };
+        if field == b'V' || field == b'S' {
+            return value == "FATAL" || value == "PANIC";
+        }
+    }
+    false
+}
+
 /// Creates connections to one database for its pool.
 pub struct Manager {
     pub conn: ConnString,
+    pub stats: Arc<DbStats>,
 }
 
 impl deadpool::managed::Manager for Manager {
@@ -318,7 +454,12 @@ impl deadpool::managed::Manager for Manager {
     type Error = BackendError;
 
     async fn create(&self) -> Result<Backend, BackendError> {
-        Backend::connect(&self.conn).await
+        let connected = Backend::connect(&self.conn, self.stats.clone()).await;
+        match &connected {
+            Ok(_) => self.stats.up(),
+            Err(e) => self.stats.down(&e.to_string()),
+        }
+        connected
     }
 
     async fn recycle(
@@ -327,8 +468,9 @@ impl deadpool::managed::Manager for Manager {
         _: &deadpool::managed::Metrics,
     ) -> deadpool::managed::RecycleResult<BackendError> {
         // Connections are reset when a client lets go of them; one that
-        // could not be is never handed out again.
-        if b.broken || b.status != b'I' {
+        // could not be is never handed out again, nor one the server closed
+        // while it sat in the pool.
+        if b.is_dead() || b.status != b'I' {
             return Err(deadpool::managed::RecycleError::Message(
                 "connection was not reset".into(),
             ));

@@ -39,9 +39,11 @@
 //! unless the table is replicated, and then goes to every shard; a scatter
 //! SELECT is accepted only when its merge is provably correct.
 
+mod admin;
 mod aggregate;
 mod backend;
 mod cache;
+mod cancel;
 mod datum;
 mod error;
 mod merge;
@@ -55,6 +57,7 @@ mod scram;
 mod server;
 mod session;
 mod statement;
+mod stats;
 mod tree;
 
 pub use backend::BackendError;

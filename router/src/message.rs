@@ -218,7 +218,7 @@ pub fn parse_query(frame: &Frame) -> Result<String, FrameError> {
 
 // Messages the router writes itself.
 
-fn frame(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+pub(crate) fn frame(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     out.put_u8(tag);
     let at = out.len();
     out.put_i32(0);
@@ -227,7 +227,7 @@ fn frame(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-fn put_cstr(out: &mut BytesMut, s: &str) {
+pub(crate) fn put_cstr(out: &mut BytesMut, s: &str) {
     out.put_slice(s.as_bytes());
     out.put_u8(0);
 }

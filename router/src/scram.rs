@@ -62,6 +62,24 @@ impl Verifier {
     }
 }
 
+impl Verifier {
+    /// A verifier for a user the router does not know, so the login runs
+    /// the same exchange and fails at the same step as a wrong password:
+    /// its salt is stable per name (as a real user's is) and no proof
+    /// matches its random keys. PostgreSQL does the same (`scram_mock_salt`).
+    pub fn mock(user: &str) -> Self {
+        static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let secret = SECRET.get_or_init(rand::random);
+        let mut salt = [0u8; 16];
+        salt.copy_from_slice(&hmac(secret, user.as_bytes())[..16]);
+        Self {
+            salt,
+            stored_key: rand::random(),
+            server_key: rand::random(),
+        }
+    }
+}
+
 /// Why a SCRAM exchange failed.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ScramError {
@@ -180,5 +198,18 @@ mod tests {
     fn the_right_password_logs_in_and_a_wrong_one_does_not() {
         assert_eq!(login("s3cret", "s3cret"), Ok(()));
         assert_eq!(login("s3cret", "guess"), Err(ScramError::WrongProof));
+    }
+
+    #[test]
+    fn a_mock_verifier_has_a_stable_salt_per_name_and_accepts_no_proof() {
+        assert_eq!(Verifier::mock("ghost").salt, Verifier::mock("ghost").salt);
+        assert_ne!(Verifier::mock("ghost").salt, Verifier::mock("other").salt);
+        let v = Verifier::mock("ghost");
+        let mut client = ScramSha256::new(b"anything", ChannelBinding::unsupported());
+        let first = String::from_utf8(client.message().to_vec()).unwrap();
+        let (exchange, server_first) = Exchange::start(&v, &first, "n").unwrap();
+        client.update(server_first.as_bytes()).unwrap();
+        let last = String::from_utf8(client.message().to_vec()).unwrap();
+        assert_eq!(exchange.finish(&v, &last), Err(ScramError::WrongProof));
     }
 }

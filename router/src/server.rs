@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use crate::backend::{Manager, Pool};
 use crate::scram::Verifier;
 use crate::session::Session;
+use crate::stats::{DbStats, PoolState, Stats};
 use crate::Router;
 
 /// Connections per database pool when the topology does not say: enough
@@ -22,6 +23,32 @@ pub(crate) struct Shared {
     /// One pool per database: `[context][shard]` (unsharded contexts: `[0]`).
     pub pools: Vec<Vec<Pool>>,
     pub users: HashMap<String, Verifier>,
+    /// Counters per database, laid out as `pools`.
+    pub stats: Stats,
+    /// Clients' cancel keys and the backends they hold.
+    pub cancels: Arc<crate::cancel::Registry>,
+}
+
+impl Shared {
+    /// Each pool's occupancy, laid out as `pools`.
+    pub fn pool_states(&self) -> Vec<Vec<PoolState>> {
+        self.pools
+            .iter()
+            .map(|per| {
+                per.iter()
+                    .map(|p| {
+                        let s = p.status();
+                        PoolState {
+                            max_size: s.max_size,
+                            size: s.size,
+                            idle: s.available,
+                            waiting: s.waiting,
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
 }
 
 /// The router's front end: PostgreSQL clients in, routed statements out.
@@ -58,20 +85,29 @@ impl Proxy {
             return Err(ProxyError::NoUsers);
         }
         let mut pools = Vec::new();
+        let mut stats = Stats::default();
         for c in &topology.contexts {
             let mut per = Vec::new();
-            for conn in c.databases() {
-                let pool = Pool::builder(Manager { conn: conn.clone() })
-                    .max_size(pool_size)
-                    .runtime(deadpool::Runtime::Tokio1)
-                    .build()
-                    .map_err(|e| ProxyError::Pool {
-                        database: conn.to_string(),
-                        cause: e.to_string(),
-                    })?;
+            let mut per_stats = Vec::new();
+            for (i, conn) in c.databases().into_iter().enumerate() {
+                let shard = c.is_sharded().then_some(i);
+                let db = Arc::new(DbStats::new(&c.name, shard, conn.to_string()));
+                per_stats.push(db.clone());
+                let pool = Pool::builder(Manager {
+                    conn: conn.clone(),
+                    stats: db,
+                })
+                .max_size(pool_size)
+                .runtime(deadpool::Runtime::Tokio1)
+                .build()
+                .map_err(|e| ProxyError::Pool {
+                    database: conn.to_string(),
+                    cause: e.to_string(),
+                })?;
                 per.push(pool);
             }
             pools.push(per);
+            stats.dbs.push(per_stats);
         }
         let users = topology
             .router
@@ -89,6 +125,8 @@ impl Proxy {
                 router: Router::new(topology),
                 pools,
                 users,
+                stats,
+                cancels: Arc::default(),
             }),
         })
     }
@@ -110,6 +148,11 @@ impl Proxy {
             let shared = self.shared.clone();
             tokio::spawn(Session::new(shared, stream).run());
         }
+    }
+
+    /// The Prometheus text exposition of the router's counters.
+    pub fn metrics(&self) -> String {
+        self.shared.stats.render(&self.shared.pool_states())
     }
 
     /// (hits, misses, entries) of the parse cache.

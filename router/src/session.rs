@@ -11,6 +11,7 @@
 //! transaction and the replies that move it), [`simple`] and [`extended`]
 //! (the two query protocols), [`scatter`] (statements on several shards).
 
+mod admin;
 mod extended;
 mod scatter;
 mod simple;
@@ -73,6 +74,7 @@ pub(crate) struct Session {
     txn: Txn,
     batch: Vec<Frame>,
     skip_until_sync: bool,
+    cancel: Option<crate::cancel::Registration>,
 }
 
 impl Session {
@@ -89,6 +91,7 @@ impl Session {
             txn: Txn::Idle,
             batch: Vec::new(),
             skip_until_sync: false,
+            cancel: None,
         }
     }
 
@@ -191,6 +194,11 @@ impl Session {
     }
 
     async fn backend(&mut self, db: Db) -> Result<&mut Pooled, BackendError> {
+        // A held connection the server closed is replaced, unless a
+        // transaction lives on it: then the statement fails with the loss.
+        if self.txn != Txn::Pinned(db) && self.backends.get_mut(&db).is_some_and(|b| b.is_dead()) {
+            self.discard(db);
+        }
         if !self.backends.contains_key(&db) {
             let pool = &self.shared.pools[db.0][db.1];
             let b = pool.get().await.map_err(|e| match e {
@@ -200,6 +208,9 @@ impl Session {
                     cause: other.to_string(),
                 },
             })?;
+            if let Some(c) = &self.cancel {
+                c.hold(db, b.backend_key());
+            }
             self.backends.insert(db, b);
         }
         Ok(self.backends.get_mut(&db).expect("just inserted"))
@@ -207,6 +218,9 @@ impl Session {
 
     /// Drops a backend that failed mid-exchange; it never returns to the pool.
     fn discard(&mut self, db: Db) {
+        if let Some(c) = &self.cancel {
+            c.release(db);
+        }
         if let Some(b) = self.backends.remove(&db) {
             drop(Pooled::take(b));
         }

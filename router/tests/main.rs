@@ -14,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::{Client, NoTls};
 
+mod ops;
+
 const SCHEMA: &str = "
 CREATE TABLE payments (id bigint, merchant_id bigint NOT NULL, amount numeric(18,2), status text,
                        PRIMARY KEY (merchant_id, id));

@@ -433,22 +433,36 @@ async fn text_merges_without_collate_when_the_shards_use_the_c_collation() {
 #[tokio::test]
 async fn a_shard_connection_lost_mid_scatter_fails_only_that_statement() {
     let (f, router, mono) = loaded().await;
+    let router = std::sync::Arc::new(router);
     let sql = "SELECT id, amount FROM payments ORDER BY amount DESC, id LIMIT 30";
     let want = simple(&mono, sql).await.unwrap();
     assert_eq!(simple(&router, sql).await.unwrap(), want);
+    // Killed while it runs: an idle dead connection would just be replaced.
     let kill = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                WHERE application_name = 'shardline-router' AND datname = 'tx1'";
-    for next in [
-        sql,
-        "UPDATE payments SET note = 'x' WHERE merchant_id IN (1, 2, 3, 4)",
+                WHERE application_name = 'shardline-router' AND datname = 'tx1' \
+                AND state = 'active' AND query LIKE '%pg_sleep%'";
+    for slow in [
+        "SELECT id, amount FROM payments WHERE (SELECT pg_sleep(2)) IS NOT NULL ORDER BY amount DESC, id LIMIT 30",
+        "UPDATE payments SET note = 'x' WHERE merchant_id IN (1, 2, 3, 4) AND (SELECT pg_sleep(2)) IS NOT NULL",
     ] {
-        assert_eq!(f.server.psql("postgres", kill).unwrap().trim(), "1");
-        // The router finds out on its next use of the connection.
-        let e = router.simple_query(next).await.unwrap_err();
+        let running = tokio::spawn({
+            let router = router.clone();
+            async move { router.simple_query(slow).await.map(|_| ()) }
+        });
+        let mut killed = String::new();
+        for _ in 0..40 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            killed = f.server.psql("postgres", kill).unwrap().trim().to_string();
+            if killed == "1" {
+                break;
+            }
+        }
+        assert_eq!(killed, "1", "{slow} never ran on tx1");
+        let e = running.await.unwrap().unwrap_err();
         let c = code(&e);
-        assert!(c.starts_with("08") || c == "57P01", "{next}: {e:?}");
+        assert!(c.starts_with("08") || c == "57P01", "{slow}: {e:?}");
         assert_eq!(e.as_db_error().unwrap().severity(), "ERROR");
-        assert_eq!(simple(&router, sql).await.unwrap(), want, "after {next}");
+        assert_eq!(simple(&router, sql).await.unwrap(), want, "after {slow}");
     }
     // A write on several shards is not atomic: the live shard's rows are
     // updated, the client was told the statement failed.

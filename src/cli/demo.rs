@@ -94,6 +94,9 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     step(7, "export a read model and the sharded payments to Parquet");
     export(&topology, &args.dir).await?;
 
+    step(8, "an application writes payments through the router");
+    through_router(&topology).await?;
+
     println!(
         "\ndone in {:.0} s. Try:\n   export SHARDLINE_CONFIG={}\n   shardline route 1001 1002\n   shardline dev status --dir {}\n   shardline dev down --dir {} --purge",
         started.elapsed().as_secs_f64(),
@@ -247,6 +250,95 @@ async fn follow_live_load(topology: &Topology) -> anyhow::Result<()> {
         report.changes,
         report.confirmed_lsn
     );
+    Ok(())
+}
+
+/// Payments an application sends through the router, and where they
+/// landed: merchant → bucket → shard, read back through the router and
+/// on the shard itself.
+async fn through_router(topology: &Topology) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use tokio_postgres::NoTls;
+    // Far above the generated history's payment ids.
+    const FIRST_ID: i64 = 9_000_000_000_000;
+    let (Some(context), Some(user)) = (topology.sharded_context(), topology.router.users.first())
+    else {
+        return Ok(());
+    };
+    let ContextKind::Sharded {
+        placement, shards, ..
+    } = &context.kind
+    else {
+        return Ok(());
+    };
+    let proxy = shardline_router::Proxy::new(topology)
+        .map_err(|e| super::output::Hint::new(e.to_string(), e.hint()))?;
+    let proxy = Arc::new(proxy);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let serving = Arc::clone(&proxy);
+    let server = tokio::spawn(async move { serving.serve(listener).await });
+    let (app, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user(&user.name)
+        .password(user.password.expose())
+        .dbname("shardline")
+        .connect(NoTls)
+        .await?;
+    tokio::spawn(connection);
+    println!("   router on 127.0.0.1:{port}, user {}", user.name);
+    let insert = app
+        .prepare(
+            "INSERT INTO payments (merchant_id, payment_id, idempotency_key, amount, currency, status, method, created_at, updated_at)
+             VALUES ($1, $2, md5($2::bigint::text)::uuid, 19.99, 'EUR', 'authorized', 'card', now(), now())
+             ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    let count = "SELECT count(*) FROM payments WHERE merchant_id = $1 AND payment_id >= $2";
+    let mut per_shard = vec![(0i64, 0i64); shards.len()];
+    let mut id = FIRST_ID;
+    for rank in 1..=8 {
+        let merchant = shardline_gen::history::History::merchant_id(rank);
+        for _ in 0..rank {
+            app.execute(&insert, &[&merchant, &id]).await?;
+            id += 1;
+        }
+        let key = ShardKey::Int(merchant);
+        let shard = placement.shard(&key);
+        let routed: i64 = app.query_one(count, &[&merchant, &FIRST_ID]).await?.get(0);
+        let direct = shards[shard].connect().await?;
+        let there: i64 = direct
+            .query_one(count, &[&merchant, &FIRST_ID])
+            .await?
+            .get(0);
+        per_shard[shard].0 += routed;
+        per_shard[shard].1 += there;
+        println!(
+            "   merchant {merchant} -> bucket {:>4} -> shard {shard}: {routed} payments read through the router, {there} on shard {shard} itself",
+            placement.bucket(&key)
+        );
+    }
+    for (shard, (routed, there)) in per_shard.iter().enumerate() {
+        println!("   shard {shard}: {routed} through the router, {there} directly");
+    }
+    println!("   SHOW shardline.stats through the router:");
+    for m in app.simple_query("SHOW shardline.stats").await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            let cell = |i: usize| r.get(i).unwrap_or("-").to_string();
+            let database = match r.get(1) {
+                Some(shard) => format!("{} shard {shard}", cell(0)),
+                None => cell(0),
+            };
+            println!(
+                "     {database:<22} {:>6} queries, {} errors, p99 {} ms",
+                cell(3),
+                cell(4),
+                cell(6)
+            );
+        }
+    }
+    server.abort();
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! statement to its context and shard.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use shardline_router::{Proxy, DEFAULT_POOL_SIZE};
 
@@ -14,6 +15,8 @@ use super::{exit, signals, Format, Global};
   shardline router                        # where [router] listen says, 127.0.0.1:6432
   shardline router --listen 0.0.0.0:6432 --pool-size 64
   psql -h 127.0.0.1 -p 6432 -U shardline -c 'SELECT * FROM payments WHERE merchant_id = 42'
+  psql -h 127.0.0.1 -p 6432 -U shardline -c 'SHOW shardline.shards'    # also: SHOW shardline.stats
+  shardline router --metrics-listen 127.0.0.1:9188   # curl http://127.0.0.1:9188/metrics
 
 Clients log in with SCRAM-SHA-256 as a user of [[router.users]].")]
 pub struct Args {
@@ -23,6 +26,9 @@ pub struct Args {
     /// Backend connections per database
     #[arg(long, value_name = "N", default_value_t = DEFAULT_POOL_SIZE)]
     pool_size: usize,
+    /// Serve Prometheus metrics (queries, errors, latency histogram, pools, up/down per database) over HTTP on this address
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
@@ -35,6 +41,7 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     }
     let proxy = Proxy::with_pool_size(&topology, args.pool_size)
         .map_err(|e| Hint::new(e.to_string(), e.hint()))?;
+    let proxy = Arc::new(proxy);
     let listen = args.listen.unwrap_or(topology.router.listen);
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         Hint::new(
@@ -43,11 +50,22 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
         )
     })?;
     let local = listener.local_addr()?;
+    let mut stop = signals::stop_on_signal();
+    if let Some(addr) = args.metrics_listen {
+        let p = proxy.clone();
+        shardline_metrics::serve(addr, Arc::new(move || p.metrics()), stop.clone())
+            .await
+            .map_err(|e| {
+                Hint::new(
+                    format!("cannot serve metrics on {addr}: {e}"),
+                    "choose a free address for --metrics-listen, such as 127.0.0.1:9188",
+                )
+            })?;
+    }
     match g.format {
         Format::Json => print_json(&serde_json::json!({ "listen": local.to_string() }))?,
         _ => eprintln!("shardline router listening on {local}"),
     }
-    let mut stop = signals::stop_on_signal();
     tokio::select! {
         served = proxy.serve(listener) => {
             served.map_err(|e| Hint::new(format!("router stopped: {e}"), "see the log above"))?;

@@ -33,6 +33,9 @@ impl Session {
             }
             return Ok(());
         }
+        if self.admin_batch(&batch, sync) {
+            return Ok(());
+        }
         match self.plan(&batch) {
             Err((code, message, hint)) => {
                 self.reject(code, &message, hint.as_deref());

@@ -13,6 +13,9 @@ use crate::{Control, Kind, MergeShape, Target};
 impl Session {
     pub(super) async fn simple(&mut self, frame: Frame) -> Result<(), Fatal> {
         let sql = msg::parse_query(&frame)?;
+        if self.admin_simple(&sql) {
+            return Ok(());
+        }
         let route = self.shared.router.route(&sql, &[], self.key.as_ref());
         if let Txn::Failed(db) = self.txn.clone() {
             let ends = matches!(&route, Ok(r) if r.kinds.len() == 1

@@ -12,7 +12,10 @@ impl Session {
             let (code, body) = msg::read_startup(&mut self.client).await?;
             match code {
                 msg::SSL_REQUEST | msg::GSSENC_REQUEST => self.client.write_all(b"N").await?,
-                msg::CANCEL_REQUEST => return Ok(false),
+                msg::CANCEL_REQUEST => {
+                    self.shared.cancels.cancel_request(&body).await;
+                    return Ok(false);
+                }
                 msg::PROTOCOL_3_0 => break msg::startup_params(&body)?,
                 other => {
                     let m = format!(
@@ -57,7 +60,13 @@ impl Session {
                 msg::parameter_status(&mut self.out, k, v);
             }
         }
-        msg::backend_key_data(&mut self.out, rand::random::<i32>(), rand::random::<i32>());
+        let cancel = self.shared.cancels.register();
+        msg::backend_key_data(&mut self.out, cancel.pid, cancel.secret);
+        // The startup backend above is held before the client has a key.
+        for (db, b) in &self.backends {
+            cancel.hold(*db, b.backend_key());
+        }
+        self.cancel = Some(cancel);
         msg::ready_for_query(&mut self.out, b'I');
         self.flush().await?;
         Ok(true)
@@ -72,11 +81,10 @@ impl Session {
                 None,
             );
         };
-        let Some(verifier) = self.shared.users.get(user).cloned() else {
-            failed(self);
-            self.flush().await?;
-            return Ok(false);
-        };
+        // An unknown user runs the same exchange as a known one and fails
+        // at its end, as a wrong password does: nothing tells them apart.
+        let verifier = (self.shared.users.get(user).cloned())
+            .unwrap_or_else(|| crate::scram::Verifier::mock(user));
         let mut mechanisms = Vec::new();
         mechanisms.extend_from_slice(crate::scram::MECHANISM.as_bytes());
         mechanisms.extend_from_slice(&[0, 0]);

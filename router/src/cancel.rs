@@ -1,0 +1,177 @@
+//! Cancel requests. Each client gets its own BackendKeyData from the
+//! router (a process id and secret of the router's making); the router
+//! remembers which backend connections that client holds, with each
+//! backend's own key. A CancelRequest carrying the client's key is
+//! forwarded to every one of them, each with the backend's key, so
+//! whatever the client is running now is cancelled wherever it runs. A
+//! backend that is idle ignores a cancel, as PostgreSQL does for its own
+//! clients; a wrong key cancels nothing and is not answered.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::message::CANCEL_REQUEST;
+
+/// How long forwarding a cancel to one backend may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A backend connection's address and BackendKeyData.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendKey {
+    pub host: String,
+    pub port: u16,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+type Held = Arc<Mutex<HashMap<(usize, usize), BackendKey>>>;
+
+/// Every connected client's key and the backends it holds.
+#[derive(Debug, Default)]
+pub struct Registry {
+    clients: Mutex<HashMap<i32, (i32, Held)>>,
+}
+
+/// A client's entry in the [`Registry`], removed when dropped.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Arc<Registry>,
+    pub pid: i32,
+    pub secret: i32,
+    held: Held,
+}
+
+impl Registry {
+    /// A new client: a process id no other connected client has, and a
+    /// random secret.
+    pub fn register(self: &Arc<Self>) -> Registration {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = loop {
+            // Positive, as a PostgreSQL process id would be.
+            let pid = rand::random::<i32>() & i32::MAX;
+            if pid != 0 && !clients.contains_key(&pid) {
+                break pid;
+            }
+        };
+        let secret = rand::random::<i32>();
+        let held = Held::default();
+        clients.insert(pid, (secret, held.clone()));
+        Registration {
+            registry: self.clone(),
+            pid,
+            secret,
+            held,
+        }
+    }
+
+    /// The backends to cancel for a client key; none for a wrong one.
+    pub fn backends(&self, pid: i32, secret: i32) -> Vec<BackendKey> {
+        let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        match clients.get(&pid) {
+            Some((s, held)) if *s == secret => held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Handles the body of a CancelRequest (process id, secret): forwards
+    /// it to the client's backends. Never answers; errors are only logged.
+    pub async fn cancel_request(&self, body: &[u8]) {
+        let (Some(pid), Some(secret)) = (body.get(..4), body.get(4..8)) else {
+            return;
+        };
+        let pid = i32::from_be_bytes(pid.try_into().unwrap_or_default());
+        let secret = i32::from_be_bytes(secret.try_into().unwrap_or_default());
+        let backends = self.backends(pid, secret);
+        if backends.is_empty() {
+            tracing::debug!(pid, "cancel request with an unknown key ignored");
+        }
+        for b in backends {
+            if let Err(e) = forward(&b).await {
+                tracing::warn!(host = %b.host, port = b.port, error = %e, "forwarding a cancel request failed");
+            }
+        }
+    }
+}
+
+async fn forward(b: &BackendKey) -> std::io::Result<()> {
+    let mut out = BytesMut::with_capacity(16);
+    out.put_i32(16);
+    out.put_i32(CANCEL_REQUEST);
+    out.put_i32(b.pid);
+    out.put_i32(b.secret);
+    let send = async {
+        let mut s = TcpStream::connect((b.host.as_str(), b.port)).await?;
+        s.write_all(&out).await?;
+        s.shutdown().await
+    };
+    tokio::time::timeout(CANCEL_TIMEOUT, send)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))?
+}
+
+impl Registration {
+    /// The client now holds a backend for database `db`.
+    pub fn hold(&self, db: (usize, usize), key: Option<BackendKey>) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        match key {
+            Some(k) => held.insert(db, k),
+            None => held.remove(&db),
+        };
+    }
+
+    /// The client let go of its backend for `db`.
+    pub fn release(&self, db: (usize, usize)) {
+        self.hold(db, None);
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut clients = self
+            .registry
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        clients.remove(&self.pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_client_s_own_key_reaches_its_backends() {
+        let registry = Arc::new(Registry::default());
+        let a = registry.register();
+        let b = registry.register();
+        assert_ne!(a.pid, b.pid);
+        let key = BackendKey {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            pid: 4242,
+            secret: 7,
+        };
+        a.hold((0, 1), Some(key.clone()));
+        assert_eq!(registry.backends(a.pid, a.secret), vec![key]);
+        assert!(registry
+            .backends(a.pid, a.secret.wrapping_add(1))
+            .is_empty());
+        assert!(registry.backends(b.pid, b.secret).is_empty());
+        a.release((0, 1));
+        assert!(registry.backends(a.pid, a.secret).is_empty());
+        let (pid, secret) = (b.pid, b.secret);
+        drop(b);
+        assert!(registry.backends(pid, secret).is_empty());
+    }
+}
