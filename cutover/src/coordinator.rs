@@ -1,0 +1,410 @@
+//! The switch of one cohort, driven by `shardline cutover start`.
+//!
+//! 1. **Hold.** A cohort row in state `holding` with a new epoch E and a
+//!    deadline (now + `max_pause` on the monolith's clock), then NOTIFY.
+//!    Every live router holds new statements of those buckets (statements
+//!    of transactions already open go on, or the drain would deadlock),
+//!    waits until its open transactions on them end, and acknowledges E.
+//! 2. **Drain.** The coordinator waits for the acknowledgement of every
+//!    router whose heartbeat is recent ([`ROUTER_LEASE_SECS`]).
+//! 3. **Catch up.** It records `pg_current_wal_lsn()` on the monolith and
+//!    waits until the CDC slot's `confirmed_flush_lsn` passes it: CDC
+//!    confirms a position only once every target made everything before
+//!    it durable, so every change of the held merchants is on the shards.
+//! 4. **Switch.** In one monolith transaction, and only if the deadline
+//!    has not passed: the buckets' owner becomes `shards`, the cohort
+//!    `switched`, NOTIFY. Routers flip and release the held statements to
+//!    the shards.
+//!
+//! If any step would pass the deadline, nothing is switched: the cohort is
+//! marked `aborted` with the cause, routers release the held statements to
+//! the monolith, and [`start`] returns [`CutoverError::Aborted`]. A
+//! coordinator that dies while holding cannot switch after the deadline
+//! either (the switch checks it in the same statement), so routers release
+//! such a hold themselves once it has passed ([`crate::control::expire`]).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use shardline_topology::{ContextKind, Placement, Topology};
+use tokio_postgres::Client;
+
+use crate::control::{self, COORDINATOR_LOCK, ROUTER_LEASE_SECS};
+use crate::error::CutoverError;
+use crate::plan::{self, Selector};
+
+/// The pause limit when the operator gives none: far above the usual
+/// pause (well under a second), far below what clients' timeouts allow.
+pub const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(30);
+
+/// How often the coordinator looks at acknowledgements and the slot.
+const POLL: Duration = Duration::from_millis(3);
+
+/// How often it writes a heartbeat into the monolith's WAL while waiting
+/// for CDC, so an idle monolith's slot moves past the switch position.
+const NUDGE: Duration = Duration::from_millis(200);
+
+/// The prefix CDC treats as a heartbeat (`shardline_cdc::run::HEARTBEAT_PREFIX`).
+const HEARTBEAT_PREFIX: &str = "shardline.heartbeat";
+
+#[derive(Clone, Debug)]
+pub struct StartRequest {
+    pub selector: Selector,
+    pub max_pause: Duration,
+    /// The CDC slot whose confirmed position proves the shards caught up.
+    pub slot: String,
+    /// Run verify on the sharded context before the hold and after the switch.
+    pub verify: bool,
+}
+
+/// What a stage did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StageReport {
+    /// The cohort row, `None` when there was nothing to move.
+    pub cohort: Option<i32>,
+    pub selector: String,
+    pub state: String,
+    pub buckets: Vec<u32>,
+    /// Buckets on the shards after the stage, of `buckets_total`.
+    pub buckets_on_shards: usize,
+    pub buckets_total: u32,
+    /// Routers whose acknowledgement the switch waited for.
+    pub routers: usize,
+    pub drain_ms: f64,
+    pub catchup_ms: f64,
+    /// Hold to release, as the coordinator measured it.
+    pub pause_ms: f64,
+    pub switch_lsn: Option<String>,
+    pub verify_before: Option<serde_json::Value>,
+    pub verify_after: Option<serde_json::Value>,
+}
+
+/// The sharded context's placement, or why there is none.
+pub fn placement(topology: &Topology) -> Result<(&str, &Placement), CutoverError> {
+    let context = topology
+        .sharded_context()
+        .ok_or(CutoverError::NoShardedContext)?;
+    match &context.kind {
+        ContextKind::Sharded { placement, .. } => Ok((&context.name, placement)),
+        ContextKind::Single { .. } => Err(CutoverError::NoShardedContext),
+    }
+}
+
+/// Checks what a stage needs before anything is written: cutover enabled,
+/// a sharded context, the CDC slot.
+pub async fn preflight(topology: &Topology, slot: &str) -> Result<Client, CutoverError> {
+    placement(topology)?;
+    if !topology.cutover.enabled {
+        return Err(CutoverError::NotEnabled {
+            path: topology.path.display().to_string(),
+        });
+    }
+    let client = topology.source.connect().await?;
+    let found = client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| CutoverError::query(&topology.source, "looking up the slot", e))?;
+    if found.is_none() {
+        return Err(CutoverError::NoSlot {
+            slot: slot.to_string(),
+            database: topology.source.to_string(),
+        });
+    }
+    Ok(client)
+}
+
+/// Moves one cohort from the monolith to the shards (see the module
+/// documentation for the protocol).
+pub async fn start(topology: &Topology, req: &StartRequest) -> Result<StageReport, CutoverError> {
+    let (_, placement) = placement(topology)?;
+    let mut client = preflight(topology, &req.slot).await?;
+    let db = topology.source.to_string();
+    let q = |what: &'static str| {
+        let db = db.clone();
+        move |e| CutoverError::query(&db, what, e)
+    };
+    control::ensure(&mut client)
+        .await
+        .map_err(q("creating the cutover schema"))?;
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&COORDINATOR_LOCK])
+        .await
+        .map_err(q("taking the coordinator lock"))?
+        .get(0);
+    if !locked {
+        return Err(CutoverError::Busy { database: db });
+    }
+    // A hold left by a coordinator that died: past its deadline it can be
+    // closed; before, a stage is still in flight.
+    let stale: Option<i32> = client
+        .query_opt(
+            "SELECT id FROM shardline.cutover_cohorts WHERE state = 'holding'",
+            &[],
+        )
+        .await
+        .map_err(q("reading the cohorts"))?
+        .map(|r| r.get(0));
+    if let Some(id) = stale {
+        if !control::expire(&client, id)
+            .await
+            .map_err(q("closing a stale hold"))?
+        {
+            return Err(CutoverError::Busy { database: db });
+        }
+    }
+
+    let owners = control::load(&client)
+        .await
+        .map_err(q("reading the bucket owners"))?;
+    let on_shards: BTreeSet<u32> = owners.on_shards.iter().copied().collect();
+    let buckets = plan::cohort(&req.selector, placement, &on_shards);
+    let mut report = StageReport {
+        selector: req.selector.describe(),
+        buckets: buckets.clone(),
+        buckets_total: placement.buckets(),
+        buckets_on_shards: on_shards.len(),
+        state: "nothing to move".into(),
+        ..StageReport::default()
+    };
+    if buckets.is_empty() {
+        return Ok(report);
+    }
+    if req.verify {
+        report.verify_before = Some(run_verify(topology).await?);
+    }
+
+    // 1. Hold.
+    let max_pause_ms = req.max_pause.as_millis() as i64;
+    let bucket_ints: Vec<i32> = buckets.iter().map(|b| *b as i32).collect();
+    let txn = client
+        .transaction()
+        .await
+        .map_err(q("starting the hold"))?;
+    let row = txn
+        .query_one(
+            "INSERT INTO shardline.cutover_cohorts
+                 (selector, buckets, state, epoch, max_pause_ms, hold_deadline, verify_before)
+             VALUES ($1, $2, 'holding', nextval('shardline.cutover_epoch'), $3,
+                     clock_timestamp() + $3 * interval '1 millisecond', $4)
+             RETURNING id, epoch",
+            &[
+                &report.selector,
+                &bucket_ints,
+                &max_pause_ms,
+                &report.verify_before,
+            ],
+        )
+        .await
+        .map_err(q("recording the hold"))?;
+    let (cohort, epoch): (i32, i64) = (row.get(0), row.get(1));
+    txn.execute("SELECT pg_notify($1, 'hold')", &[&control::CHANNEL])
+        .await
+        .map_err(q("announcing the hold"))?;
+    txn.commit().await.map_err(q("committing the hold"))?;
+    let held_at = Instant::now();
+    let deadline = held_at + req.max_pause;
+    report.cohort = Some(cohort);
+    tracing::info!(cohort, epoch, buckets = buckets.len(), "holding");
+
+    let outcome = switch(&client, &req.slot, cohort, epoch, &bucket_ints, held_at, deadline, &mut report).await;
+    if let Err(cause) = outcome {
+        let pause_ms = held_at.elapsed().as_secs_f64() * 1000.0;
+        abort(&client, cohort, &cause, pause_ms)
+            .await
+            .map_err(q("recording the abort"))?;
+        return Err(CutoverError::Aborted {
+            cohort,
+            pause_ms,
+            cause,
+        });
+    }
+    report.state = "switched".into();
+    report.buckets_on_shards = on_shards.len() + buckets.len();
+    if req.verify {
+        let after = run_verify(topology).await?;
+        client
+            .execute(
+                "UPDATE shardline.cutover_cohorts SET verify_after = $2 WHERE id = $1",
+                &[&cohort, &after],
+            )
+            .await
+            .map_err(q("recording verify"))?;
+        report.verify_after = Some(after);
+    }
+    Ok(report)
+}
+
+/// Steps 2 to 4; `Err` is the cause of an abort.
+#[allow(clippy::too_many_arguments)]
+async fn switch(
+    client: &Client,
+    slot: &str,
+    cohort: i32,
+    epoch: i64,
+    buckets: &[i32],
+    held_at: Instant,
+    deadline: Instant,
+    report: &mut StageReport,
+) -> Result<(), String> {
+    let sql = |e: tokio_postgres::Error| format!("the monolith failed: {e}");
+    // 2. Drain: every live router acknowledges the epoch.
+    let lease = format!("{ROUTER_LEASE_SECS} seconds");
+    loop {
+        let row = client
+            .query_one(
+                "SELECT count(*), coalesce(string_agg(router_id, ', ') FILTER (WHERE epoch_acked < $1), '')
+                 FROM shardline.cutover_routers
+                 WHERE last_seen > clock_timestamp() - $2::text::interval",
+                &[&epoch, &lease],
+            )
+            .await
+            .map_err(sql)?;
+        let waiting: String = row.get(1);
+        if waiting.is_empty() {
+            report.routers = row.get::<_, i64>(0) as usize;
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "routers {waiting} did not finish their open transactions on the cohort's merchants in time"
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    report.drain_ms = held_at.elapsed().as_secs_f64() * 1000.0;
+
+    // 3. Catch up: CDC confirms past the monolith's current position.
+    let lsn: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(sql)?
+        .get(0);
+    let caught_up = Instant::now();
+    let mut nudged: Option<Instant> = None;
+    loop {
+        if nudged.is_none_or(|t| t.elapsed() >= NUDGE) {
+            client
+                .execute(
+                    "SELECT pg_logical_emit_message(false, $1, 'cutover')",
+                    &[&HEARTBEAT_PREFIX],
+                )
+                .await
+                .map_err(sql)?;
+            nudged = Some(Instant::now());
+        }
+        let row = client
+            .query_opt(
+                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn, confirmed_flush_lsn::text
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot, &lsn],
+            )
+            .await
+            .map_err(sql)?;
+        let Some(row) = row else {
+            return Err(format!("the replication slot {slot:?} disappeared"));
+        };
+        if row.get::<_, Option<bool>>(0) == Some(true) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let confirmed: Option<String> = row.get(1);
+            return Err(format!(
+                "CDC did not confirm the monolith's position {lsn} in time (slot {slot:?} confirmed {}); is `shardline cdc run` streaming?",
+                confirmed.as_deref().unwrap_or("nothing")
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    report.catchup_ms = caught_up.elapsed().as_secs_f64() * 1000.0;
+
+    // 4. Switch, only within the deadline.
+    let pause_ms = held_at.elapsed().as_secs_f64() * 1000.0;
+    let switched = client
+        .query_opt(
+            "WITH c AS (
+                 UPDATE shardline.cutover_cohorts
+                 SET state = 'switched', finished_at = clock_timestamp(), switch_lsn = $2::text::pg_lsn,
+                     routers = $3, drain_ms = $4, catchup_ms = $5, pause_ms = $6
+                 WHERE id = $1 AND state = 'holding' AND clock_timestamp() < hold_deadline
+                 RETURNING id
+             ), b AS (
+                 INSERT INTO shardline.cutover_buckets (bucket, owner, cohort, switch_lsn, switched_at)
+                 SELECT unnest($7::int[]), 'shards', c.id, $2::text::pg_lsn, clock_timestamp() FROM c
+                 ON CONFLICT (bucket) DO UPDATE
+                 SET owner = 'shards', cohort = excluded.cohort, switch_lsn = excluded.switch_lsn,
+                     switched_at = excluded.switched_at
+                 RETURNING 1
+             )
+             SELECT pg_notify($8, 'switched'), (SELECT count(*) FROM b) FROM c",
+            &[
+                &cohort,
+                &lsn,
+                &(report.routers as i32),
+                &report.drain_ms,
+                &report.catchup_ms,
+                &pause_ms,
+                &buckets,
+                &control::CHANNEL,
+            ],
+        )
+        .await
+        .map_err(sql)?;
+    if switched.is_none() {
+        return Err("the hold deadline passed before the switch".into());
+    }
+    report.pause_ms = pause_ms;
+    report.switch_lsn = Some(lsn);
+    Ok(())
+}
+
+async fn abort(
+    client: &Client,
+    cohort: i32,
+    cause: &str,
+    pause_ms: f64,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE shardline.cutover_cohorts
+             SET state = 'aborted', error = $2, pause_ms = $3, finished_at = clock_timestamp()
+             WHERE id = $1 AND state = 'holding'",
+            &[&cohort, &cause, &pause_ms],
+        )
+        .await?;
+    control::notify(client).await
+}
+
+/// Verify of the sharded context's tables, as JSON for the cohort row.
+async fn run_verify(topology: &Topology) -> Result<serde_json::Value, CutoverError> {
+    let (name, _) = placement(topology)?;
+    let tables = topology
+        .context(name)
+        .map(|c| c.tables.clone())
+        .unwrap_or_default();
+    let request = shardline_verify::VerifyRequest {
+        tables: Some(tables),
+        ..Default::default()
+    };
+    let report = shardline_verify::verify(topology, &request, |_| {})
+        .await
+        .map_err(|e| CutoverError::Query {
+            what: "verify".into(),
+            database: topology.source.to_string(),
+            cause: e.to_string(),
+        })?;
+    Ok(serde_json::json!({
+        "equal": report.equal,
+        "seconds": report.seconds,
+        "tables": report.tables.iter().map(|t| serde_json::json!({
+            "table": t.table,
+            "equal": t.equal,
+            "source_rows": t.source_rows,
+            "target_rows": t.target_rows,
+            "counts": t.counts.iter().map(|(k, n)| (k.name().to_string(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+        })).collect::<Vec<_>>(),
+    }))
+}

@@ -1,0 +1,83 @@
+//! Why a cutover command could not do what it was asked.
+
+use shardline_topology::ConnectError;
+
+/// Errors of planning, switching and reporting a cutover. Each names the
+/// object and values at fault; [`CutoverError::hint`] says what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CutoverError {
+    #[error("--cohort {value}: a cohort is a percentage of the buckets from 1 to 100")]
+    Percent { value: String },
+    #[error("--merchants {list:?}: {item:?} is not a {key_type} merchant id ({cause})")]
+    MerchantList {
+        list: String,
+        item: String,
+        key_type: String,
+        cause: String,
+    },
+    #[error("--merchants is empty")]
+    NoMerchants,
+    #[error("the topology has no single sharded context to cut over to")]
+    NoShardedContext,
+    #[error("cutover is not enabled in {path}: routers would not hold or redirect anything")]
+    NotEnabled { path: String },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("{what} on {database}: {cause}")]
+    Query {
+        what: String,
+        database: String,
+        cause: String,
+    },
+    #[error("replication slot {slot:?} does not exist on {database}; cutover waits for CDC to apply the monolith's changes through it")]
+    NoSlot { slot: String, database: String },
+    #[error("another cutover stage is running on {database}")]
+    Busy { database: String },
+    #[error("cohort {cohort} aborted after {pause_ms:.0} ms of pause: {cause}; its merchants stay on the monolith")]
+    Aborted {
+        cohort: i32,
+        pause_ms: f64,
+        cause: String,
+    },
+    #[error("rollback needs reverse replication (shards → monolith), which is not built yet")]
+    RollbackUnsupported,
+}
+
+impl CutoverError {
+    pub fn hint(&self) -> String {
+        match self {
+            Self::Percent { .. } => "e.g. --cohort 5, then --cohort 20, then --cohort 100 (cumulative)".into(),
+            Self::MerchantList { .. } | Self::NoMerchants => {
+                "a comma-separated list of merchant ids, e.g. --merchants 42,1001,7".into()
+            }
+            Self::NoShardedContext => "define one [contexts.NAME] with shard_key and shards in shardline.toml".into(),
+            Self::NotEnabled { .. } => {
+                "add `[cutover]\\nenabled = true` to shardline.toml and restart the routers, so they route by the cutover state".into()
+            }
+            Self::Connect(e) => e.hint(),
+            Self::Query { .. } => "check the server's log".into(),
+            Self::NoSlot { .. } => {
+                "run `shardline backfill` (it creates the slot), keep `shardline cdc run` streaming, or pass --slot NAME".into()
+            }
+            Self::Busy { .. } => "wait for it to finish (`shardline cutover status`), then run this again".into(),
+            Self::Aborted { .. } => {
+                "see `shardline cutover status`: is `shardline cdc run` streaming, and are all routers up? then run the same stage again, or raise --max-pause".into()
+            }
+            Self::RollbackUnsupported => {
+                "merchants already on the shards stay there; stop before the next stage if in doubt".into()
+            }
+        }
+    }
+
+    pub(crate) fn query(database: &impl ToString, what: &str, e: tokio_postgres::Error) -> Self {
+        Self::Query {
+            what: what.to_string(),
+            database: database.to_string(),
+            cause: e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string()),
+        }
+    }
+}

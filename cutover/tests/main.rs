@@ -1,0 +1,2 @@
+//! Integration tests of the cutover crate against real servers.
+
