@@ -180,10 +180,7 @@ pub async fn start(topology: &Topology, req: &StartRequest) -> Result<StageRepor
     // 1. Hold.
     let max_pause_ms = req.max_pause.as_millis() as i64;
     let bucket_ints: Vec<i32> = buckets.iter().map(|b| *b as i32).collect();
-    let txn = client
-        .transaction()
-        .await
-        .map_err(q("starting the hold"))?;
+    let txn = client.transaction().await.map_err(q("starting the hold"))?;
     let row = txn
         .query_one(
             "INSERT INTO shardline.cutover_cohorts
@@ -210,7 +207,17 @@ pub async fn start(topology: &Topology, req: &StartRequest) -> Result<StageRepor
     report.cohort = Some(cohort);
     tracing::info!(cohort, epoch, buckets = buckets.len(), "holding");
 
-    let outcome = switch(&client, &req.slot, cohort, epoch, &bucket_ints, held_at, deadline, &mut report).await;
+    let outcome = switch(
+        &client,
+        &req.slot,
+        cohort,
+        epoch,
+        &bucket_ints,
+        held_at,
+        deadline,
+        &mut report,
+    )
+    .await;
     if let Err(cause) = outcome {
         let pause_ms = held_at.elapsed().as_secs_f64() * 1000.0;
         abort(&client, cohort, &cause, pause_ms)

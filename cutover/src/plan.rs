@@ -112,11 +112,7 @@ pub fn bucket_order(buckets: u32) -> Vec<u32> {
 
 /// The buckets a stage would move: those the selector covers that the
 /// shards do not serve yet, ascending.
-pub fn cohort(
-    selector: &Selector,
-    placement: &Placement,
-    on_shards: &BTreeSet<u32>,
-) -> Vec<u32> {
+pub fn cohort(selector: &Selector, placement: &Placement, on_shards: &BTreeSet<u32>) -> Vec<u32> {
     selector
         .buckets(placement)
         .difference(on_shards)

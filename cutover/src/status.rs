@@ -46,7 +46,9 @@ pub async fn plan(topology: &Topology, selector: &Selector) -> Result<PlanReport
     let on_shards: BTreeSet<u32> = owners.on_shards.iter().copied().collect();
     let buckets = plan::cohort(selector, placement, &on_shards);
     let bucket_ints: Vec<i32> = buckets.iter().map(|b| *b as i32).collect();
-    let context = topology.context(name).ok_or(CutoverError::NoShardedContext)?;
+    let context = topology
+        .context(name)
+        .ok_or(CutoverError::NoShardedContext)?;
     let key = match &context.kind {
         shardline_topology::ContextKind::Sharded { shard_key, .. } => shard_key.clone(),
         _ => return Err(CutoverError::NoShardedContext),
@@ -158,7 +160,9 @@ pub async fn status(topology: &Topology, slot: &str) -> Result<Status, CutoverEr
         let db = db.clone();
         move |e| CutoverError::query(&db, what, e)
     };
-    let owners = control::load(&client).await.map_err(q("reading the owners"))?;
+    let owners = control::load(&client)
+        .await
+        .map_err(q("reading the owners"))?;
     let mut status = Status {
         enabled: topology.cutover.enabled,
         buckets_total: placement.buckets(),
@@ -168,7 +172,10 @@ pub async fn status(topology: &Topology, slot: &str) -> Result<Status, CutoverEr
         forward: None,
         reverse: None,
     };
-    if control::exists(&client).await.map_err(q("reading the schema"))? {
+    if control::exists(&client)
+        .await
+        .map_err(q("reading the schema"))?
+    {
         let rows = client
             .query(
                 "SELECT id, selector, cardinality(buckets), state, epoch, routers, drain_ms, catchup_ms,

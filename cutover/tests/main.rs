@@ -1,2 +1,1 @@
 //! Integration tests of the cutover crate against real servers.
-

@@ -37,6 +37,7 @@
 
 mod backend;
 mod cache;
+mod cohort;
 mod error;
 mod merge;
 mod message;
@@ -52,6 +53,7 @@ pub use backend::BackendError;
 pub use server::{Proxy, ProxyError, DEFAULT_POOL_SIZE};
 
 pub use cache::DEFAULT_CAPACITY;
+pub use cohort::Cohorts;
 pub use error::RouteError;
 pub use merge::{Aggregate, Limit, MergeShape, SortColumn, SortKey};
 pub use route::{Format, Kind, Param, Route, Router, Target};

@@ -22,6 +22,9 @@ pub(crate) struct Shared {
     /// One pool per database: `[context][shard]` (unsharded contexts: `[0]`).
     pub pools: Vec<Vec<Pool>>,
     pub users: HashMap<String, Verifier>,
+    /// The cutover state, when the topology enables cutover; the monolith
+    /// then has the last pool, after every context's.
+    pub cohorts: Option<Arc<crate::Cohorts>>,
 }
 
 /// The router's front end: PostgreSQL clients in, routed statements out.
@@ -73,6 +76,20 @@ impl Proxy {
             }
             pools.push(per);
         }
+        let cohorts = crate::cohort::enabled(topology);
+        if cohorts.is_some() {
+            let pool = Pool::builder(Manager {
+                conn: topology.source.clone(),
+            })
+            .max_size(pool_size)
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| ProxyError::Pool {
+                database: topology.source.to_string(),
+                cause: e.to_string(),
+            })?;
+            pools.push(vec![pool]);
+        }
         let users = topology
             .router
             .users
@@ -89,6 +106,7 @@ impl Proxy {
                 router: Router::new(topology),
                 pools,
                 users,
+                cohorts,
             }),
         })
     }
@@ -96,6 +114,10 @@ impl Proxy {
     /// Accepts clients until the listener fails; each runs on its own task,
     /// so one client's broken connection never touches another's.
     pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
+        let _watch = self.shared.cohorts.clone().map(|c| {
+            let task = tokio::spawn(c.watch());
+            crate::cohort::AbortOnDrop(task)
+        });
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(c) => c,

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 
+mod cutover;
 mod extended;
 use std::sync::Arc;
 
@@ -77,6 +78,8 @@ pub(crate) struct Session {
     txn: Txn,
     batch: Vec<Frame>,
     skip_until_sync: bool,
+    /// The open transaction's buckets, for a cutover's drain.
+    cutover: crate::cohort::Registration,
 }
 
 impl Session {
@@ -93,6 +96,7 @@ impl Session {
             txn: Txn::Idle,
             batch: Vec::new(),
             skip_until_sync: false,
+            cutover: Default::default(),
         }
     }
 
@@ -120,6 +124,9 @@ impl Session {
             return Ok(());
         }
         loop {
+            if self.txn == Txn::Idle {
+                self.cutover_release();
+            }
             if self.batch.is_empty() || self.out.len() > FLUSH_AT {
                 self.flush().await?;
             }
@@ -309,6 +316,9 @@ impl Session {
     }
 
     fn db_name(&self, db: Db) -> String {
+        if db.0 >= self.shared.router.schema().contexts().len() {
+            return "the monolith".into();
+        }
         let c = self.shared.router.schema().context(db.0);
         if c.sharding.is_some() {
             format!("shard {} of {}", db.1, c.name)
@@ -340,6 +350,7 @@ impl Session {
     }
 
     async fn release(&mut self) {
+        self.cutover_release();
         for (_, mut b) in self.backends.drain() {
             if b.broken || b.reset().await.is_err() {
                 drop(Pooled::take(b));
@@ -418,7 +429,10 @@ impl Session {
 
     fn target_dbs(&self, target: &Target) -> Vec<Db> {
         let schema = self.shared.router.schema();
-        let ctx = |name: &str| schema.context_index(name).unwrap_or(0);
+        let ctx = |name: &str| match name {
+            crate::cohort::MONOLITH => schema.contexts().len(),
+            _ => schema.context_index(name).unwrap_or(0),
+        };
         match target {
             Target::Any => vec![self.default_db()],
             Target::Database { context } => vec![(ctx(context), 0)],
@@ -508,6 +522,14 @@ impl Session {
         {
             self.key.clone_from(k);
         }
+        let route = match self.cutover_route(route, &sql, &[]).await {
+            Ok(r) => r,
+            Err((code, message, hint)) => {
+                self.reject(code, &message, hint.as_deref());
+                self.ready();
+                return Ok(());
+            }
+        };
         let dbs = self.target_dbs(&route.target);
         if let [db] = dbs.as_slice() {
             if !matches!(
