@@ -185,8 +185,8 @@ pub async fn start(topology: &Topology, req: &StartRequest) -> Result<StageRepor
         .query_one(
             "INSERT INTO shardline.cutover_cohorts
                  (selector, buckets, state, epoch, max_pause_ms, hold_deadline, verify_before)
-             VALUES ($1, $2, 'holding', nextval('shardline.cutover_epoch'), $3,
-                     clock_timestamp() + $3 * interval '1 millisecond', $4)
+             VALUES ($1, $2, 'holding', nextval('shardline.cutover_epoch'), $3::bigint,
+                     clock_timestamp() + $3::bigint * interval '1 millisecond', $4)
              RETURNING id, epoch",
             &[
                 &report.selector,

@@ -58,7 +58,7 @@ pub async fn plan(topology: &Topology, selector: &Selector) -> Result<PlanReport
     let mut sample = Vec::new();
     for table in &context.tables {
         let sql = format!(
-            "SELECT {bucket} AS b, count(*) FROM {} WHERE {bucket} = ANY($1) GROUP BY 1",
+            "SELECT {bucket} AS b, count(*) FROM {} WHERE {bucket} = ANY($1::int[]) GROUP BY 1",
             quote_table(table)
         );
         let found = client
@@ -78,7 +78,7 @@ pub async fn plan(topology: &Topology, selector: &Selector) -> Result<PlanReport
         });
         if sample.is_empty() {
             let sql = format!(
-                "SELECT DISTINCT {k}::text FROM {} WHERE {bucket} = ANY($1) ORDER BY 1 LIMIT {SAMPLE}",
+                "SELECT DISTINCT {k}::text FROM {} WHERE {bucket} = ANY($1::int[]) ORDER BY 1 LIMIT {SAMPLE}",
                 quote_table(table),
                 k = quote_ident(&key)
             );

@@ -1,0 +1,478 @@
+//! `shardline cutover` through the built binaries: a real `cdc run`, a
+//! real `router`, several clients writing and reading payments of many
+//! merchants through the router while stages of 5%, 20% and 100% switch;
+//! a stage whose CDC does not advance aborts within --max-pause; bad
+//! input changes nothing.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shardline_testkit::PgServer;
+
+const PASSWORD: &str = "pw-cutover";
+const SCHEMA: &str = "CREATE TABLE payments (merchant_id bigint, id bigint, amount int NOT NULL, PRIMARY KEY (merchant_id, id));";
+const MERCHANTS: i64 = 400;
+const CLIENTS: i64 = 6;
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Fleet {
+    server: PgServer,
+    _dir: tempfile::TempDir,
+    config: String,
+}
+
+fn fleet(cutover: bool) -> Fleet {
+    let server = PgServer::start().unwrap();
+    for db in ["mono", "tx0", "tx1"] {
+        server.create_database(db).unwrap();
+        server.psql(db, SCHEMA).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shardline.toml");
+    let cutover = if cutover {
+        "[cutover]\nenabled = true\n"
+    } else {
+        ""
+    };
+    std::fs::write(
+        &path,
+        format!(
+            "[source]\nurl = \"{}\"\n[contexts.transactions]\ntables = [\"payments\"]\nshard_key = \"merchant_id\"\nshards = [\"{}\", \"{}\"]\n[[router.users]]\nname = \"app\"\npassword = \"{PASSWORD}\"\n{cutover}",
+            server.url("mono"),
+            server.url("tx0"),
+            server.url("tx1"),
+        ),
+    )
+    .unwrap();
+    Fleet {
+        server,
+        config: path.display().to_string(),
+        _dir: dir,
+    }
+}
+
+impl Fleet {
+    fn shardline(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_shardline"))
+            .args(["--config", &self.config])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_shardline"))
+            .args(["--config", &self.config])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    }
+
+    fn cdc(&self) -> Kill {
+        let child = self.spawn(&["-q", "cdc", "run", "--heartbeat-secs", "1"]);
+        let streaming = (0..300).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            self.sql(
+                "mono",
+                "SELECT count(*) FROM pg_replication_slots WHERE active",
+            ) == "1"
+        });
+        assert!(streaming, "cdc did not start streaming");
+        Kill(child)
+    }
+
+    /// Starts a router; returns it and its port.
+    fn router(&self) -> (Kill, u16) {
+        let mut child = self.spawn(&["--format", "json", "router", "--listen", "127.0.0.1:0"]);
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let port = loop {
+            let line = lines.next().expect("router printed its address").unwrap();
+            if let Some(addr) = line.split('"').nth(3).filter(|_| line.contains("listen")) {
+                break addr.rsplit(':').next().unwrap().parse().unwrap();
+            }
+        };
+        // Keep reading, so the router never writes into a closed pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        (Kill(child), port)
+    }
+
+    fn sql(&self, db: &str, sql: &str) -> String {
+        self.server.psql(db, sql).unwrap().trim().to_string()
+    }
+
+    /// Waits until CDC confirmed the monolith's current position.
+    fn caught_up(&self) {
+        let lsn = self.sql("mono", "SELECT pg_current_wal_lsn()");
+        let ok = (0..300).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            self.sql(
+                "mono",
+                &format!("SELECT confirmed_flush_lsn >= '{lsn}' FROM pg_replication_slots"),
+            ) == "t"
+        });
+        assert!(ok, "cdc did not catch up");
+    }
+}
+
+async fn connect(port: u16) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user("app")
+        .password(PASSWORD)
+        .dbname("app")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+#[derive(Default)]
+struct Load {
+    /// (merchant, id) of every committed payment.
+    committed: Vec<(i64, i64)>,
+    errors: Vec<String>,
+    slowest: Duration,
+    transactions: u64,
+}
+
+/// One client: single-merchant payment transactions in a loop over many
+/// merchants (insert, read it back, capture), half of them through the
+/// extended protocol, half through the simple one.
+async fn client(port: u16, n: i64, stop: Arc<AtomicBool>, load: Arc<Mutex<Load>>) {
+    let mut db = connect(port).await;
+    let mut seq = 0i64;
+    while !stop.load(Ordering::Relaxed) {
+        seq += 1;
+        let merchant = (seq * 7 + n * 13) % MERCHANTS + 1;
+        let id = n * 10_000_000 + seq;
+        let started = Instant::now();
+        let result: Result<(), String> = async {
+            let e = |e: tokio_postgres::Error| {
+                e.as_db_error()
+                    .map(|d| format!("{} {}", d.code().code(), d.message()))
+                    .unwrap_or_else(|| e.to_string())
+            };
+            if seq % 2 == 0 {
+                let txn = db.transaction().await.map_err(e)?;
+                txn.execute(
+                    "INSERT INTO payments (merchant_id, id, amount) VALUES ($1, $2, $3)",
+                    &[&merchant, &id, &(seq as i32 % 1000)],
+                )
+                .await
+                .map_err(e)?;
+                let found: i64 = txn
+                    .query_one(
+                        "SELECT count(*) FROM payments WHERE merchant_id = $1 AND id = $2",
+                        &[&merchant, &id],
+                    )
+                    .await
+                    .map_err(e)?
+                    .get(0);
+                if found != 1 {
+                    return Err(format!("read back {found} rows of ({merchant},{id})"));
+                }
+                txn.execute(
+                    "UPDATE payments SET amount = amount + 1 WHERE merchant_id = $1 AND id = $2",
+                    &[&merchant, &id],
+                )
+                .await
+                .map_err(e)?;
+                txn.commit().await.map_err(e)
+            } else {
+                db.simple_query(&format!(
+                    "BEGIN; INSERT INTO payments (merchant_id, id, amount) VALUES ({merchant}, {id}, {}); \
+                     UPDATE payments SET amount = amount + 1 WHERE merchant_id = {merchant} AND id = {id}; COMMIT",
+                    seq % 1000
+                ))
+                .await
+                .map(|_| ())
+                .map_err(e)
+            }
+        }
+        .await;
+        let took = started.elapsed();
+        let failed = {
+            let mut l = load.lock().unwrap();
+            l.slowest = l.slowest.max(took);
+            l.transactions += 1;
+            match result {
+                Ok(()) => {
+                    l.committed.push((merchant, id));
+                    false
+                }
+                Err(err) => {
+                    l.errors
+                        .push(format!("client {n}, ({merchant},{id}): {err}"));
+                    true
+                }
+            }
+        };
+        if failed {
+            db = connect(port).await;
+        }
+    }
+}
+
+fn start_load(
+    port: u16,
+    rt: &tokio::runtime::Runtime,
+) -> (
+    Arc<AtomicBool>,
+    Arc<Mutex<Load>>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = Arc::new(Mutex::new(Load::default()));
+    let tasks = (0..CLIENTS)
+        .map(|n| rt.spawn(client(port, n, stop.clone(), load.clone())))
+        .collect();
+    (stop, load, tasks)
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn stages_of_5_20_and_100_percent_switch_under_load_without_a_failed_or_lost_payment() {
+    let fleet = fleet(true);
+    let _cdc = fleet.cdc();
+    let (_router, port) = fleet.router();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (stop, load, tasks) = start_load(port, &rt);
+    std::thread::sleep(Duration::from_secs(2));
+    let before = load.lock().unwrap().transactions;
+    assert!(before > 20, "the load did not run: {before} transactions");
+
+    let plan = json(&fleet.shardline(&["--format", "json", "cutover", "plan", "--cohort", "5"]));
+    assert_eq!(plan["buckets"].as_array().unwrap().len(), 52);
+    assert!(!plan["merchant_sample"].as_array().unwrap().is_empty());
+
+    let mut pauses = Vec::new();
+    for stage in ["5", "20", "100"] {
+        let report = json(&fleet.shardline(&[
+            "--format",
+            "json",
+            "cutover",
+            "start",
+            "--cohort",
+            stage,
+            "--max-pause",
+            "10",
+        ]));
+        assert_eq!(report["state"], "switched", "{report}");
+        assert_eq!(report["routers"], 1, "{report}");
+        let pause = report["pause_ms"].as_f64().unwrap();
+        assert!(pause > 0.0 && pause < 10_000.0, "{report}");
+        pauses.push(pause);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let during = load.lock().unwrap().transactions;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        rt.block_on(t).unwrap();
+    }
+    let load = std::mem::take(&mut *load.lock().unwrap());
+    eprintln!(
+        "cutover under load: {} transactions ({} during the stages), pauses {pauses:?} ms, slowest transaction {:?}",
+        load.transactions,
+        during - before,
+        load.slowest
+    );
+    assert!(
+        load.errors.is_empty(),
+        "client statements failed: {:#?}",
+        load.errors
+    );
+    assert!(load.slowest < Duration::from_secs(10));
+
+    // Every payment is on its shard exactly once, captured.
+    fleet.caught_up();
+    let rows = |db: &str| -> Vec<(i64, i64, i32)> {
+        fleet
+            .sql(
+                db,
+                "COPY (SELECT merchant_id, id, amount FROM payments ORDER BY 1, 2) TO STDOUT",
+            )
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                (
+                    f[0].parse().unwrap(),
+                    f[1].parse().unwrap(),
+                    f[2].parse().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let topology = shardline_topology::Topology::load(std::path::Path::new(&fleet.config)).unwrap();
+    let placement = match &topology.sharded_context().unwrap().kind {
+        shardline_topology::ContextKind::Sharded { placement, .. } => placement.clone(),
+        _ => unreachable!(),
+    };
+    let mut on_shards: Vec<(i64, i64)> = Vec::new();
+    for (shard, db) in ["tx0", "tx1"].iter().enumerate() {
+        for (m, id, amount) in rows(db) {
+            assert_eq!(
+                placement.shard(&shardline_topology::ShardKey::Int(m)),
+                shard,
+                "payment ({m},{id}) is on the wrong shard"
+            );
+            let expected = (id % 10_000_000) as i32 % 1000 + 1;
+            assert_eq!(
+                amount, expected,
+                "payment ({m},{id}) was not captured exactly once"
+            );
+            on_shards.push((m, id));
+        }
+    }
+    let mut committed = load.committed.clone();
+    committed.sort_unstable();
+    on_shards.sort_unstable();
+    assert_eq!(on_shards.len(), committed.len(), "payments lost or added");
+    assert_eq!(on_shards, committed);
+
+    let status = json(&fleet.shardline(&["--format", "json", "cutover", "status"]));
+    assert_eq!(status["buckets_on_shards"], 1024);
+    let cohorts = status["cohorts"].as_array().unwrap();
+    assert_eq!(cohorts.len(), 3, "{status}");
+    assert!(cohorts
+        .iter()
+        .all(|c| c["state"] == "switched" && c["pause_ms"].as_f64().is_some()));
+    assert_eq!(status["routers"].as_array().unwrap().len(), 1);
+    assert!(status["forward"]["lag_bytes"].is_i64());
+
+    // Everything is on the shards now: a stage has nothing left to move.
+    let again =
+        json(&fleet.shardline(&["--format", "json", "cutover", "start", "--cohort", "100"]));
+    assert_eq!(again["state"], "nothing to move");
+}
+
+#[test]
+fn a_stage_whose_cdc_does_not_advance_aborts_within_max_pause_and_merchants_stay_on_the_monolith() {
+    let fleet = fleet(true);
+    let cdc = fleet.cdc();
+    drop(cdc);
+    let (_router, port) = fleet.router();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (stop, load, tasks) = start_load(port, &rt);
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    let out = fleet.shardline(&["cutover", "start", "--cohort", "20", "--max-pause", "1"]);
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        rt.block_on(t).unwrap();
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("aborted") && err.contains("CDC did not confirm"),
+        "{err}"
+    );
+    assert!(err.lines().any(|l| l.starts_with("hint: ")), "{err}");
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    let load = std::mem::take(&mut *load.lock().unwrap());
+    assert!(load.errors.is_empty(), "{:#?}", load.errors);
+    assert!(!load.committed.is_empty());
+    // Every payment, before, during and after the aborted stage, is on the
+    // monolith (CDC is down, so the shards have none).
+    assert_eq!(
+        fleet.sql("mono", "SELECT count(*) FROM payments"),
+        load.committed.len().to_string()
+    );
+    assert_eq!(fleet.sql("tx0", "SELECT count(*) FROM payments"), "0");
+    assert_eq!(fleet.sql("tx1", "SELECT count(*) FROM payments"), "0");
+    let status = json(&fleet.shardline(&["--format", "json", "cutover", "status"]));
+    assert_eq!(status["buckets_on_shards"], 0);
+    assert_eq!(status["cohorts"][0]["state"], "aborted");
+    assert!(status["cohorts"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("CDC"));
+}
+
+#[test]
+fn bad_input_is_refused_with_a_hint_and_changes_nothing() {
+    let fleet = fleet(true);
+    let refused = |args: &[&str], needle: &str| {
+        let out = fleet.shardline(args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(needle),
+            "{args:?}: {err}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("hint: ")),
+            "{args:?}: {err}"
+        );
+    };
+    refused(&["cutover", "start", "--cohort", "101"], "--cohort 101");
+    refused(&["cutover", "start", "--cohort", "0"], "--cohort 0");
+    refused(&["cutover", "plan", "--cohort", "five"], "--cohort five");
+    refused(&["cutover", "start", "--merchants", "42,x7"], "\"x7\"");
+    refused(&["cutover", "start", "--merchants", "42,,7"], "--merchants");
+    refused(
+        &["cutover", "start", "--cohort", "5", "--max-pause", "0"],
+        "--max-pause",
+    );
+    // No CDC slot: nothing to wait for.
+    refused(
+        &["cutover", "start", "--cohort", "5"],
+        "replication slot \"shardline\" does not exist",
+    );
+    refused(&["cutover", "rollback", "--cohort", "5"], "not built yet");
+    // Nothing was written to the monolith.
+    assert_eq!(
+        fleet.sql(
+            "mono",
+            "SELECT to_regclass('shardline.cutover_cohorts') IS NULL"
+        ),
+        "t"
+    );
+    // Without [cutover] enabled, routers would not follow a stage.
+    let plain = self::fleet(false);
+    let out = plain.shardline(&["cutover", "start", "--cohort", "5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("not enabled") && err.contains("hint:"),
+        "{err}"
+    );
+}
