@@ -292,7 +292,11 @@ fn stages_of_5_20_and_100_percent_switch_under_load_without_a_failed_or_lost_pay
         assert_eq!(report["routers"], 1, "{report}");
         let pause = report["pause_ms"].as_f64().unwrap();
         assert!(pause > 0.0 && pause < 10_000.0, "{report}");
-        pauses.push(pause);
+        pauses.push(format!(
+            "{stage}%: {pause:.0} ms (drain {:.0}, catch-up {:.0})",
+            report["drain_ms"].as_f64().unwrap(),
+            report["catchup_ms"].as_f64().unwrap()
+        ));
         std::thread::sleep(Duration::from_millis(1500));
     }
     let during = load.lock().unwrap().transactions;

@@ -16,7 +16,7 @@ use shardline_topology::{Placement, ShardKey};
 use crate::error::CutoverError;
 
 /// Seed of the bucket order; changing it would change every plan.
-const ORDER_SEED: u64 = 0x6375_746f_7665_72;
+const ORDER_SEED: u64 = 0x0063_7574_6f76_6572;
 
 /// What a stage moves, as the operator said it.
 #[derive(Clone, Debug, PartialEq, Eq)]
