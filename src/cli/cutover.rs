@@ -35,7 +35,10 @@ pub struct SlotArgs {
     slot: String,
 }
 
-/// Show what a stage would move: buckets, sample merchants, rows per shard (changes nothing)
+/// Show what a stage would move (changes nothing)
+///
+/// The buckets, a sample of their merchants and their rows per shard in
+/// the monolith.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:
   shardline cutover plan --cohort 5
@@ -46,7 +49,7 @@ pub struct PlanArgs {
     cohort: Cohort,
 }
 
-/// Switch a cohort to the shards: hold its new statements, drain, wait for CDC, switch, release
+/// Switch a cohort to the shards, with a bounded pause
 ///
 /// Every router with `[cutover] enabled = true` holds new statements of the
 /// cohort's merchants, lets their open transactions end and acknowledges;
@@ -73,7 +76,7 @@ pub struct StartArgs {
     verify: bool,
 }
 
-/// Show every stage (state, pause, verify), the routers seen and the CDC lag
+/// Show every stage, the routers seen and the CDC lag
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:
   shardline cutover status
@@ -83,7 +86,7 @@ pub struct StatusArgs {
     slot: SlotArgs,
 }
 
-/// Return a switched cohort to the monolith (needs reverse replication: not built yet)
+/// Return a cohort to the monolith (not built yet)
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:
   shardline cutover rollback --cohort 5")]
