@@ -231,7 +231,7 @@ async fn client(port: u16, n: i64, stop: Arc<AtomicBool>, load: Arc<Mutex<Load>>
 }
 
 fn start_load(
-    port: u16,
+    ports: &[u16],
     rt: &tokio::runtime::Runtime,
 ) -> (
     Arc<AtomicBool>,
@@ -241,7 +241,10 @@ fn start_load(
     let stop = Arc::new(AtomicBool::new(false));
     let load = Arc::new(Mutex::new(Load::default()));
     let tasks = (0..CLIENTS)
-        .map(|n| rt.spawn(client(port, n, stop.clone(), load.clone())))
+        .map(|n| {
+            let port = ports[n as usize % ports.len()];
+            rt.spawn(client(port, n, stop.clone(), load.clone()))
+        })
         .collect();
     (stop, load, tasks)
 }
@@ -262,12 +265,13 @@ fn stages_of_5_20_and_100_percent_switch_under_load_without_a_failed_or_lost_pay
     let fleet = fleet(true);
     let _cdc = fleet.cdc();
     let (_router, port) = fleet.router();
+    let (_router2, port2) = fleet.router();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let (stop, load, tasks) = start_load(port, &rt);
+    let (stop, load, tasks) = start_load(&[port, port2], &rt);
     std::thread::sleep(Duration::from_secs(2));
     let before = load.lock().unwrap().transactions;
     assert!(before > 20, "the load did not run: {before} transactions");
@@ -289,7 +293,7 @@ fn stages_of_5_20_and_100_percent_switch_under_load_without_a_failed_or_lost_pay
             "10",
         ]));
         assert_eq!(report["state"], "switched", "{report}");
-        assert_eq!(report["routers"], 1, "{report}");
+        assert_eq!(report["routers"], 2, "{report}");
         let pause = report["pause_ms"].as_f64().unwrap();
         assert!(pause > 0.0 && pause < 10_000.0, "{report}");
         pauses.push(format!(
@@ -297,6 +301,28 @@ fn stages_of_5_20_and_100_percent_switch_under_load_without_a_failed_or_lost_pay
             report["drain_ms"].as_f64().unwrap(),
             report["catchup_ms"].as_f64().unwrap()
         ));
+        // A statement without a key runs where every bucket lives, and
+        // is refused while they live on both sides.
+        let keyless = rt.block_on(async {
+            connect(port2)
+                .await
+                .simple_query("SELECT merchant_id FROM payments LIMIT 5")
+                .await
+                .map(|m| {
+                    m.iter()
+                        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+                        .count()
+                })
+        });
+        match stage {
+            "100" => assert_eq!(keyless.unwrap(), 5),
+            _ => {
+                let e = keyless.unwrap_err();
+                let db = e.as_db_error().unwrap();
+                assert_eq!(db.code().code(), "0A000");
+                assert!(db.message().contains("monolith"), "{}", db.message());
+            }
+        }
         std::thread::sleep(Duration::from_millis(1500));
     }
     let during = load.lock().unwrap().transactions;
@@ -372,7 +398,7 @@ fn stages_of_5_20_and_100_percent_switch_under_load_without_a_failed_or_lost_pay
     assert!(cohorts
         .iter()
         .all(|c| c["state"] == "switched" && c["pause_ms"].as_f64().is_some()));
-    assert_eq!(status["routers"].as_array().unwrap().len(), 1);
+    assert_eq!(status["routers"].as_array().unwrap().len(), 2);
     assert!(status["forward"]["lag_bytes"].is_i64());
 
     // Everything is on the shards now: a stage has nothing left to move.
@@ -392,7 +418,7 @@ fn a_stage_whose_cdc_does_not_advance_aborts_within_max_pause_and_merchants_stay
         .enable_all()
         .build()
         .unwrap();
-    let (stop, load, tasks) = start_load(port, &rt);
+    let (stop, load, tasks) = start_load(&[port], &rt);
     std::thread::sleep(Duration::from_secs(1));
     let started = Instant::now();
     let out = fleet.shardline(&["cutover", "start", "--cohort", "20", "--max-pause", "1"]);

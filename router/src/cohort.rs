@@ -347,6 +347,22 @@ impl Cohorts {
         })
     }
 
+    /// Removes this router's heartbeat row (best effort).
+    pub async fn leave(&self) {
+        let left = async {
+            let client = self.source.connect().await.ok()?;
+            control::leave(&client, &self.router_id).await.ok()
+        };
+        if tokio::time::timeout(Duration::from_secs(2), left)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            tracing::warn!(router = %self.router_id, "could not remove this router from the cutover state; a cutover waits for its heartbeat to expire");
+        }
+    }
+
     /// Follows the state in the monolith for as long as the router runs.
     pub async fn watch(self: Arc<Self>) {
         loop {

@@ -134,6 +134,14 @@ impl Proxy {
         }
     }
 
+    /// Tells the monolith this router is gone, so no cutover waits for
+    /// its acknowledgement until its heartbeat would have expired.
+    pub async fn leave(&self) {
+        if let Some(c) = &self.shared.cohorts {
+            c.leave().await;
+        }
+    }
+
     /// (hits, misses, entries) of the parse cache.
     pub fn cache_stats(&self) -> (u64, u64, usize) {
         self.shared.router.cache_stats()
