@@ -34,9 +34,12 @@ struct Fleet {
 
 fn fleet(cutover: bool) -> Fleet {
     let server = PgServer::start().unwrap();
-    for db in ["mono", "tx0", "tx1"] {
+    for db in ["mono", "tx0", "tx1", "settle"] {
         server.create_database(db).unwrap();
         server.psql(db, SCHEMA).unwrap();
+        server
+            .psql(db, "CREATE TABLE settlements (id bigint PRIMARY KEY, total int)")
+            .unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shardline.toml");
@@ -48,10 +51,11 @@ fn fleet(cutover: bool) -> Fleet {
     std::fs::write(
         &path,
         format!(
-            "[source]\nurl = \"{}\"\n[contexts.transactions]\ntables = [\"payments\"]\nshard_key = \"merchant_id\"\nshards = [\"{}\", \"{}\"]\n[[router.users]]\nname = \"app\"\npassword = \"{PASSWORD}\"\n{cutover}",
+            "[source]\nurl = \"{}\"\n[contexts.transactions]\ntables = [\"payments\"]\nshard_key = \"merchant_id\"\nshards = [\"{}\", \"{}\"]\n[contexts.settlements]\ntables = [\"settlements\"]\nurl = \"{}\"\n[[router.users]]\nname = \"app\"\npassword = \"{PASSWORD}\"\n{cutover}",
             server.url("mono"),
             server.url("tx0"),
             server.url("tx1"),
+            server.url("settle"),
         ),
     )
     .unwrap();
@@ -504,5 +508,137 @@ fn bad_input_is_refused_with_a_hint_and_changes_nothing() {
     assert!(
         err.contains("not enabled") && err.contains("hint:"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_merchants_stage_moves_their_buckets_records_verify_and_routes_each_side() {
+    let fleet = fleet(true);
+    let _cdc = fleet.cdc();
+    let (_router, port) = fleet.router();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = rt.block_on(connect(port));
+    let insert = |merchant: i64, id: i64| {
+        rt.block_on(db.execute(
+            "INSERT INTO payments (merchant_id, id, amount) VALUES ($1, $2, 1)",
+            &[&merchant, &id],
+        ))
+        .unwrap();
+    };
+    for m in 1..=50 {
+        insert(m, 1);
+    }
+    rt.block_on(db.execute("INSERT INTO settlements VALUES (1, 10)", &[]))
+        .unwrap();
+    fleet.caught_up();
+
+    let plan = json(&fleet.shardline(&["--format", "json", "cutover", "plan", "--merchants", "7"]));
+    assert_eq!(plan["buckets"].as_array().unwrap().len(), 1);
+    assert!(plan["merchant_sample"].as_array().unwrap().iter().any(|m| m == "7"));
+    let report = json(&fleet.shardline(&[
+        "--format", "json", "cutover", "start", "--merchants", "7", "--verify",
+    ]));
+    assert_eq!(report["state"], "switched", "{report}");
+    assert_eq!(report["buckets_on_shards"], 1);
+    assert_eq!(report["verify_before"]["equal"], true, "{report}");
+    assert_eq!(report["verify_after"]["equal"], true, "{report}");
+
+    // Merchant 7 now writes on its shard only; merchant 8 (another bucket)
+    // and the unsharded context still on the monolith.
+    insert(7, 2);
+    insert(8, 2);
+    rt.block_on(db.execute("INSERT INTO settlements VALUES (2, 20)", &[]))
+        .unwrap();
+    let count = |d: &str, sql: &str| fleet.sql(d, sql);
+    assert_eq!(count("mono", "SELECT count(*) FROM payments WHERE merchant_id = 7"), "1");
+    assert_eq!(
+        count("mono", "SELECT count(*) FROM payments WHERE merchant_id = 8 AND id = 2"),
+        "1"
+    );
+    assert_eq!(count("mono", "SELECT count(*) FROM settlements"), "2");
+    fleet.caught_up();
+    let on_shards = |sql: &str| -> i64 {
+        ["tx0", "tx1"]
+            .iter()
+            .map(|d| count(d, sql).parse::<i64>().unwrap())
+            .sum()
+    };
+    assert_eq!(on_shards("SELECT count(*) FROM payments WHERE merchant_id = 7"), 2);
+    assert_eq!(on_shards("SELECT count(*) FROM payments WHERE merchant_id = 8"), 2);
+    // Reads follow the writes.
+    let read = |m: i64| -> i64 {
+        rt.block_on(db.query_one(
+            "SELECT count(*) FROM payments WHERE merchant_id = $1",
+            &[&m],
+        ))
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(read(7), 2);
+    assert_eq!(read(8), 2);
+
+    let status = json(&fleet.shardline(&["--format", "json", "cutover", "status"]));
+    let cohort = &status["cohorts"][0];
+    assert_eq!(cohort["selector"], "merchants 7");
+    assert_eq!(cohort["verify_before"]["equal"], true);
+    assert!(status["reverse"].is_null());
+}
+
+#[test]
+fn a_hold_whose_coordinator_died_is_released_by_the_routers_after_its_deadline() {
+    let fleet = fleet(true);
+    let (_router, port) = fleet.router();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = rt.block_on(connect(port));
+    rt.block_on(db.execute(
+        "INSERT INTO payments (merchant_id, id, amount) VALUES (7, 1, 1)",
+        &[],
+    ))
+    .unwrap();
+    let bucket = {
+        let topology =
+            shardline_topology::Topology::load(std::path::Path::new(&fleet.config)).unwrap();
+        match &topology.sharded_context().unwrap().kind {
+            shardline_topology::ContextKind::Sharded { placement, .. } => {
+                placement.bucket(&shardline_topology::ShardKey::Int(7))
+            }
+            _ => unreachable!(),
+        }
+    };
+    // What a coordinator killed right after its hold leaves behind.
+    fleet.sql(
+        "mono",
+        &format!(
+            "INSERT INTO shardline.cutover_cohorts (selector, buckets, state, epoch, max_pause_ms, hold_deadline)
+             VALUES ('merchants 7', ARRAY[{bucket}], 'holding', nextval('shardline.cutover_epoch'), 1000,
+                     clock_timestamp() + interval '1 second');
+             NOTIFY shardline_cutover;"
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    rt.block_on(db.execute(
+        "INSERT INTO payments (merchant_id, id, amount) VALUES (7, 2, 1)",
+        &[],
+    ))
+    .unwrap();
+    let held = started.elapsed();
+    assert!(
+        held > Duration::from_millis(500) && held < Duration::from_secs(5),
+        "held {held:?}"
+    );
+    assert_eq!(
+        fleet.sql("mono", "SELECT count(*) FROM payments WHERE merchant_id = 7"),
+        "2"
+    );
+    assert_eq!(
+        fleet.sql("mono", "SELECT state FROM shardline.cutover_cohorts"),
+        "aborted"
     );
 }
