@@ -239,13 +239,14 @@ impl Cohorts {
     }
 
     /// Waits until the statement may run, counts it in its transaction's
-    /// registration, and says which side serves it. `in_txn`: the client
-    /// has a transaction open on a backend.
+    /// registration, and says which side serves it. A transaction (or a
+    /// pipeline before its Sync) that already touched a bucket goes on
+    /// into held buckets until the hold is acknowledged: its router waits
+    /// for it, so holding it could deadlock the drain.
     pub(crate) async fn admit(
         &self,
         reg: &mut Registration,
         touch: &Touch,
-        in_txn: bool,
     ) -> Result<Admission, Refusal> {
         let mut version = self.version.subscribe();
         loop {
@@ -253,7 +254,7 @@ impl Cohorts {
             {
                 let mut v = self.lock();
                 if v.loaded {
-                    let continuing = in_txn && reg.active;
+                    let continuing = reg.active;
                     let held = v.holds(touch);
                     if held && continuing && v.held.as_ref().is_some_and(|h| h.acked) {
                         return Err((
@@ -657,9 +658,9 @@ mod tests {
     fn statements_wait_until_the_state_is_loaded() {
         let c = cohorts();
         let mut reg = Registration::default();
-        assert!(now(c.admit(&mut reg, &Touch::Buckets(vec![1]), false)).is_none());
+        assert!(now(c.admit(&mut reg, &Touch::Buckets(vec![1]))).is_none());
         c.apply(&owners(&[], None));
-        let a = now(c.admit(&mut reg, &Touch::Buckets(vec![1]), false))
+        let a = now(c.admit(&mut reg, &Touch::Buckets(vec![1])))
             .unwrap()
             .unwrap();
         assert_eq!(a.side, Some(Side::Monolith));
@@ -670,11 +671,11 @@ mod tests {
         let c = cohorts();
         c.apply(&owners(&[], None));
         let mut open = Registration::default();
-        now(c.admit(&mut open, &Touch::Buckets(vec![3]), false))
+        now(c.admit(&mut open, &Touch::Buckets(vec![3])))
             .unwrap()
             .unwrap();
         let mut other = Registration::default();
-        now(c.admit(&mut other, &Touch::Buckets(vec![5]), false))
+        now(c.admit(&mut other, &Touch::Buckets(vec![5])))
             .unwrap()
             .unwrap();
         c.apply(&owners(&[], Some((7, &[3, 4]))));
@@ -682,12 +683,12 @@ mod tests {
         assert_eq!(c.try_ack(), None);
         // A new statement on a held bucket waits; another bucket runs.
         let mut new = Registration::default();
-        assert!(now(c.admit(&mut new, &Touch::Buckets(vec![4]), false)).is_none());
-        assert!(now(c.admit(&mut new, &Touch::Buckets(vec![6]), false)).is_some());
+        assert!(now(c.admit(&mut new, &Touch::Buckets(vec![4]))).is_none());
+        assert!(now(c.admit(&mut new, &Touch::Buckets(vec![6]))).is_some());
         c.release(&mut new);
         // The open transaction on another bucket may go on into a held one
         // while the hold drains, and is then waited for.
-        now(c.admit(&mut other, &Touch::Buckets(vec![4]), true))
+        now(c.admit(&mut other, &Touch::Buckets(vec![4])))
             .unwrap()
             .unwrap();
         c.release(&mut open);
@@ -697,17 +698,17 @@ mod tests {
         // After the acknowledgement, an open transaction reaching a held
         // bucket is refused as retryable.
         let mut late = Registration::default();
-        now(c.admit(&mut late, &Touch::Buckets(vec![9]), false))
+        now(c.admit(&mut late, &Touch::Buckets(vec![9])))
             .unwrap()
             .unwrap();
-        let e = now(c.admit(&mut late, &Touch::Buckets(vec![3]), true))
+        let e = now(c.admit(&mut late, &Touch::Buckets(vec![3])))
             .unwrap()
             .unwrap_err();
         assert_eq!(e.0, "40001");
         c.release(&mut late);
         // The switch releases the held buckets to the shards.
         c.apply(&owners(&[3, 4], None));
-        let a = now(c.admit(&mut new, &Touch::Buckets(vec![4]), false))
+        let a = now(c.admit(&mut new, &Touch::Buckets(vec![4])))
             .unwrap()
             .unwrap();
         assert_eq!(a.side, Some(Side::Shards));
@@ -719,7 +720,7 @@ mod tests {
         let c = cohorts();
         c.apply(&owners(&[], None));
         let mut reg = Registration::default();
-        let a = now(c.admit(&mut reg, &Touch::All, false)).unwrap().unwrap();
+        let a = now(c.admit(&mut reg, &Touch::All)).unwrap().unwrap();
         assert_eq!(a.side, Some(Side::Monolith));
         let shards = Target::Shards {
             context: "tx".into(),
@@ -732,12 +733,12 @@ mod tests {
         ));
         c.release(&mut reg);
         c.apply(&owners(&[1], None));
-        let a = now(c.admit(&mut reg, &Touch::All, false)).unwrap().unwrap();
+        let a = now(c.admit(&mut reg, &Touch::All)).unwrap().unwrap();
         assert_eq!(a.side, Some(Side::Both));
         assert_eq!(Cohorts::place(&shards, &a, false).unwrap_err().0, "0A000");
         c.release(&mut reg);
         c.apply(&owners(&(0..16).collect::<Vec<_>>(), None));
-        let a = now(c.admit(&mut reg, &Touch::All, false)).unwrap().unwrap();
+        let a = now(c.admit(&mut reg, &Touch::All)).unwrap().unwrap();
         assert_eq!(Cohorts::place(&shards, &a, false).unwrap(), None);
     }
 
@@ -746,11 +747,11 @@ mod tests {
         let c = cohorts();
         c.apply(&owners(&[], None));
         let mut reg = Registration::default();
-        now(c.admit(&mut reg, &Touch::Buckets(vec![1]), false))
+        now(c.admit(&mut reg, &Touch::Buckets(vec![1])))
             .unwrap()
             .unwrap();
         c.apply(&owners(&[2], None));
-        let a = now(c.admit(&mut reg, &Touch::Buckets(vec![2]), true))
+        let a = now(c.admit(&mut reg, &Touch::Buckets(vec![2])))
             .unwrap()
             .unwrap();
         assert!(a.flipped);

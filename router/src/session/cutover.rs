@@ -28,8 +28,7 @@ impl Session {
             .shared
             .router
             .touch(&cohorts, sql, params, self.key.as_ref());
-        let in_txn = matches!(self.txn, Txn::Pinned(_) | Txn::Failed(_));
-        let admission = cohorts.admit(&mut self.cutover, &touch, in_txn).await?;
+        let admission = cohorts.admit(&mut self.cutover, &touch).await?;
         self.cutover_target(route, &admission)
     }
 
@@ -90,8 +89,7 @@ impl Session {
                         self.shared
                             .router
                             .touch(&cohorts, &sql, &params, self.key.as_ref());
-                    let in_txn = matches!(self.txn, Txn::Pinned(_) | Txn::Failed(_));
-                    cohorts.admit(&mut self.cutover, &touch, in_txn).await?;
+                    cohorts.admit(&mut self.cutover, &touch).await?;
                 }
                 _ => {}
             }
