@@ -38,7 +38,10 @@ fn fleet(cutover: bool) -> Fleet {
         server.create_database(db).unwrap();
         server.psql(db, SCHEMA).unwrap();
         server
-            .psql(db, "CREATE TABLE settlements (id bigint PRIMARY KEY, total int)")
+            .psql(
+                db,
+                "CREATE TABLE settlements (id bigint PRIMARY KEY, total int)",
+            )
             .unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
@@ -500,6 +503,17 @@ fn bad_input_is_refused_with_a_hint_and_changes_nothing() {
         ),
         "t"
     );
+    // A context that takes CDC changes every 5 minutes would hold the
+    // slot, and so the switch, that long.
+    let slow = std::fs::read_to_string(&fleet.config).unwrap().replace(
+        "[contexts.settlements]\n",
+        "[contexts.settlements]\napply_interval = \"5m\"\n",
+    );
+    std::fs::write(&fleet.config, slow).unwrap();
+    refused(
+        &["cutover", "start", "--cohort", "5"],
+        "context settlements applies CDC changes every 300 s",
+    );
     // Without [cutover] enabled, routers would not follow a stage.
     let plain = self::fleet(false);
     let out = plain.shardline(&["cutover", "start", "--cohort", "5"]);
@@ -537,9 +551,19 @@ fn a_merchants_stage_moves_their_buckets_records_verify_and_routes_each_side() {
 
     let plan = json(&fleet.shardline(&["--format", "json", "cutover", "plan", "--merchants", "7"]));
     assert_eq!(plan["buckets"].as_array().unwrap().len(), 1);
-    assert!(plan["merchant_sample"].as_array().unwrap().iter().any(|m| m == "7"));
+    assert!(plan["merchant_sample"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m == "7"));
     let report = json(&fleet.shardline(&[
-        "--format", "json", "cutover", "start", "--merchants", "7", "--verify",
+        "--format",
+        "json",
+        "cutover",
+        "start",
+        "--merchants",
+        "7",
+        "--verify",
     ]));
     assert_eq!(report["state"], "switched", "{report}");
     assert_eq!(report["buckets_on_shards"], 1);
@@ -553,9 +577,18 @@ fn a_merchants_stage_moves_their_buckets_records_verify_and_routes_each_side() {
     rt.block_on(db.execute("INSERT INTO settlements VALUES (2, 20)", &[]))
         .unwrap();
     let count = |d: &str, sql: &str| fleet.sql(d, sql);
-    assert_eq!(count("mono", "SELECT count(*) FROM payments WHERE merchant_id = 7"), "1");
     assert_eq!(
-        count("mono", "SELECT count(*) FROM payments WHERE merchant_id = 8 AND id = 2"),
+        count(
+            "mono",
+            "SELECT count(*) FROM payments WHERE merchant_id = 7"
+        ),
+        "1"
+    );
+    assert_eq!(
+        count(
+            "mono",
+            "SELECT count(*) FROM payments WHERE merchant_id = 8 AND id = 2"
+        ),
         "1"
     );
     assert_eq!(count("mono", "SELECT count(*) FROM settlements"), "2");
@@ -566,8 +599,14 @@ fn a_merchants_stage_moves_their_buckets_records_verify_and_routes_each_side() {
             .map(|d| count(d, sql).parse::<i64>().unwrap())
             .sum()
     };
-    assert_eq!(on_shards("SELECT count(*) FROM payments WHERE merchant_id = 7"), 2);
-    assert_eq!(on_shards("SELECT count(*) FROM payments WHERE merchant_id = 8"), 2);
+    assert_eq!(
+        on_shards("SELECT count(*) FROM payments WHERE merchant_id = 7"),
+        2
+    );
+    assert_eq!(
+        on_shards("SELECT count(*) FROM payments WHERE merchant_id = 8"),
+        2
+    );
     // Reads follow the writes.
     let read = |m: i64| -> i64 {
         rt.block_on(db.query_one(
@@ -634,7 +673,10 @@ fn a_hold_whose_coordinator_died_is_released_by_the_routers_after_its_deadline()
         "held {held:?}"
     );
     assert_eq!(
-        fleet.sql("mono", "SELECT count(*) FROM payments WHERE merchant_id = 7"),
+        fleet.sql(
+            "mono",
+            "SELECT count(*) FROM payments WHERE merchant_id = 7"
+        ),
         "2"
     );
     assert_eq!(

@@ -121,6 +121,17 @@ pub async fn preflight(topology: &Topology, slot: &str) -> Result<Client, Cutove
 /// documentation for the protocol).
 pub async fn start(topology: &Topology, req: &StartRequest) -> Result<StageReport, CutoverError> {
     let (_, placement) = placement(topology)?;
+    // CDC confirms the slot only past what every context committed, so a
+    // context that commits every few minutes holds a switch that long.
+    for c in &topology.contexts {
+        if let Some(interval) = c.apply_interval.filter(|i| *i >= req.max_pause) {
+            return Err(CutoverError::SlowContext {
+                context: c.name.clone(),
+                interval_secs: interval.as_secs(),
+                max_pause_secs: req.max_pause.as_secs_f64(),
+            });
+        }
+    }
     let mut client = preflight(topology, &req.slot).await?;
     let db = topology.source.to_string();
     let q = |what: &'static str| {

@@ -32,6 +32,12 @@ pub enum CutoverError {
     },
     #[error("replication slot {slot:?} does not exist on {database}; cutover waits for CDC to apply the monolith's changes through it")]
     NoSlot { slot: String, database: String },
+    #[error("context {context} applies CDC changes every {interval_secs} s, and the slot is confirmed only after it commits; a switch would pause that long, above --max-pause {max_pause_secs} s")]
+    SlowContext {
+        context: String,
+        interval_secs: u64,
+        max_pause_secs: f64,
+    },
     #[error("another cutover stage is running on {database}")]
     Busy { database: String },
     #[error("cohort {cohort} aborted after {pause_ms:.0} ms of pause: {cause}; its merchants stay on the monolith")]
@@ -60,6 +66,9 @@ impl CutoverError {
             Self::NoSlot { .. } => {
                 "run `shardline backfill` (it creates the slot), keep `shardline cdc run` streaming, or pass --slot NAME".into()
             }
+            Self::SlowContext { context, .. } => format!(
+                "set apply_interval = \"continuous\" for {context} in shardline.toml and restart `shardline cdc run` for the cutover, or raise --max-pause above the interval"
+            ),
             Self::Busy { .. } => "wait for it to finish (`shardline cutover status`), then run this again".into(),
             Self::Aborted { .. } => {
                 "see `shardline cutover status`: is `shardline cdc run` streaming, and are all routers up? then run the same stage again, or raise --max-pause".into()
