@@ -7,8 +7,11 @@
 //!    waits until its open transactions on them end, and acknowledges E.
 //! 2. **Drain.** The coordinator waits for the acknowledgement of every
 //!    router whose heartbeat is recent ([`ROUTER_LEASE_SECS`]).
-//! 3. **Catch up.** It records `pg_current_wal_lsn()` on the monolith and
-//!    waits until the CDC slot's `confirmed_flush_lsn` passes it: CDC
+//! 3. **Catch up.** It records `pg_current_wal_insert_lsn()` on the
+//!    monolith (past every commit so far, whatever `synchronous_commit`
+//!    says), commits a logical message after it synchronously (so the
+//!    stream carries that position at once, even from an idle monolith),
+//!    and waits until the CDC slot's `confirmed_flush_lsn` passes it: CDC
 //!    confirms a position only once every target made everything before
 //!    it durable, so every change of the held merchants is on the shards.
 //! 4. **Switch.** In one monolith transaction, and only if the deadline
@@ -45,8 +48,9 @@ const POLL: Duration = Duration::from_millis(3);
 /// for CDC, so an idle monolith's slot moves past the switch position.
 const NUDGE: Duration = Duration::from_millis(200);
 
-/// The prefix CDC treats as a heartbeat (`shardline_cdc::run::HEARTBEAT_PREFIX`).
-const HEARTBEAT_PREFIX: &str = "shardline.heartbeat";
+/// The prefix of the messages the coordinator writes into the monolith's
+/// WAL while it waits for CDC (CDC ignores their content).
+const NUDGE_PREFIX: &str = "shardline.cutover";
 
 #[derive(Clone, Debug)]
 pub struct StartRequest {
@@ -141,6 +145,10 @@ pub async fn start(topology: &Topology, req: &StartRequest) -> Result<StageRepor
     control::ensure(&mut client)
         .await
         .map_err(q("creating the cutover schema"))?;
+    client
+        .batch_execute("SET synchronous_commit = on")
+        .await
+        .map_err(q("setting synchronous_commit"))?;
     let locked: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&COORDINATOR_LOCK])
         .await
@@ -295,9 +303,11 @@ async fn switch(
     }
     report.drain_ms = held_at.elapsed().as_secs_f64() * 1000.0;
 
-    // 3. Catch up: CDC confirms past the monolith's current position.
+    // 3. Catch up: CDC confirms past the monolith's current position. The
+    // insert position, not the write position: with synchronous_commit off
+    // a committed transaction's record can lie past the write position.
     let lsn: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
         .map_err(sql)?
         .get(0);
@@ -305,10 +315,14 @@ async fn switch(
     let mut nudged: Option<Instant> = None;
     loop {
         if nudged.is_none_or(|t| t.elapsed() >= NUDGE) {
+            // A transactional message, committed synchronously: its commit
+            // flushes the WAL up to it, so the stream carries the position
+            // now, not at the WAL writer's next round, and CDC confirms it
+            // once everything before it is durable on every target.
             client
                 .execute(
-                    "SELECT pg_logical_emit_message(false, $1, 'cutover')",
-                    &[&HEARTBEAT_PREFIX],
+                    "SELECT pg_logical_emit_message(true, $1, $2::bigint::text)",
+                    &[&NUDGE_PREFIX, &epoch],
                 )
                 .await
                 .map_err(sql)?;
