@@ -401,8 +401,10 @@ impl Cohorts {
         client
             .batch_execute(&format!("LISTEN {}", control::CHANNEL))
             .await?;
-        self.reload(&client).await?;
+        // Registered before it routes anything: a coordinator that reads
+        // the routers after this waits for this router's acknowledgement.
         control::heartbeat(&client, &self.router_id, 0).await?;
+        self.reload(&client).await?;
         let mut beat = tokio::time::interval(Duration::from_millis(HEARTBEAT_MILLIS));
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
