@@ -77,6 +77,15 @@ pub async fn recorded_position(client: &Client, slot: &str) -> Result<Lsn, tokio
         .unwrap_or(Lsn::ZERO))
 }
 
+/// The replication origin an applier marks its target transactions with:
+/// `shardline.forward.<slot>.<target>`. A stream from that target back to
+/// the monolith (the cutover's way back) skips transactions carrying it,
+/// since they are the monolith's own changes coming back. One origin per
+/// target, because PostgreSQL lets one session at a time use an origin.
+pub fn forward_origin(slot: &str, target: &str) -> String {
+    format!("shardline.forward.{slot}.{target}")
+}
+
 pub struct Applier {
     pub target: usize,
     pub name: String,
@@ -122,6 +131,26 @@ impl Applier {
             .await
         {
             tracing::debug!(target = %self.name, error = %e, "target keeps triggers and foreign key checks");
+        }
+        // Also superuser (or granted) only; without it a stream back from
+        // this target could not tell these transactions from the
+        // application's.
+        let origin = forward_origin(&self.slot, &self.name);
+        let marked = async {
+            self.client
+                .execute(
+                    "SELECT pg_replication_origin_create($1::text)
+                     WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1::text)",
+                    &[&origin],
+                )
+                .await?;
+            self.client
+                .execute("SELECT pg_replication_origin_session_setup($1::text)", &[&origin])
+                .await
+        }
+        .await;
+        if let Err(e) = marked {
+            tracing::debug!(target = %self.name, error = %e, "target transactions carry no replication origin");
         }
         let mut p = Pending {
             batch: String::new(),

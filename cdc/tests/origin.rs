@@ -1,0 +1,100 @@
+//! What the applier writes on a target carries a replication origin, so a
+//! stream from the target back to the monolith (the cutover's way back)
+//! can tell it from the application's own writes.
+
+use std::time::Duration;
+
+use shardline_cdc::apply::forward_origin;
+use shardline_cdc::run::RunOptions;
+use shardline_topology::ConnString;
+
+use crate::stream::{fleet, spawn_cdc, wait_caught_up, wait_streaming};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applied_transactions_carry_the_forward_origin_and_the_applications_do_not() {
+    let f = fleet();
+    let shard = &f.shards[0];
+    shard
+        .psql(
+            "postgres",
+            "SELECT pg_create_logical_replication_slot('echo', 'test_decoding')",
+        )
+        .unwrap();
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let (stop, cdc) = spawn_cdc(&f.topology, &options);
+    wait_streaming(&f.source).await;
+    let source = ConnString::parse(&f.source.url("postgres"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    source
+        .batch_execute(
+            "INSERT INTO payments (merchant_id, id) SELECT m, 1 FROM generate_series(1, 40) m",
+        )
+        .await
+        .unwrap();
+    wait_caught_up(&f.source, &options.slot).await;
+    // The application writes on the shard itself (a merchant already moved).
+    // Flushed at once, so the slot can decode it (test servers commit
+    // asynchronously).
+    shard
+        .psql(
+            "postgres",
+            "SET synchronous_commit = on; INSERT INTO payments (merchant_id, id) VALUES (1000001, 1)",
+        )
+        .unwrap();
+    stop.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+
+    let inserts = |only_local: bool| {
+        shard
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM pg_logical_slot_peek_changes('echo', NULL, NULL, 'only-local', '{}')
+                     WHERE data LIKE 'table public.payments: INSERT%'",
+                    if only_local { 1 } else { 0 }
+                ),
+            )
+            .unwrap()
+            .trim()
+            .parse::<i64>()
+            .unwrap()
+    };
+    let applied: i64 = shard
+        .psql("postgres", "SELECT count(*) FROM payments")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(applied > 1, "cdc applied nothing to shard 0");
+    assert_eq!(inserts(false), applied);
+    assert_eq!(
+        inserts(true),
+        1,
+        "only the application's own insert is local"
+    );
+    let origin = forward_origin(
+        &options.slot,
+        &ConnString::parse(&shard.url("postgres"))
+            .unwrap()
+            .to_string(),
+    );
+    assert_eq!(
+        shard
+            .psql(
+                "postgres",
+                &format!("SELECT count(*) FROM pg_replication_origin WHERE roname = '{origin}'"),
+            )
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    shard
+        .psql("postgres", "SELECT pg_drop_replication_slot('echo')")
+        .unwrap();
+}
