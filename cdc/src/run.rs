@@ -141,7 +141,15 @@ struct Target {
 struct Txn {
     info: crate::jsonl::TxnInfo,
     touched: BTreeSet<usize>,
+    /// Written on the monolith by the cutover's way back (its origin is
+    /// [`REVERSE_ORIGIN_PREFIX`]): the shards already have it.
+    echo: bool,
 }
+
+/// Replication origins of the streams from the shards back to the
+/// monolith start so; the transactions they write are not streamed out
+/// again.
+pub const REVERSE_ORIGIN_PREFIX: &str = "shardline.reverse.";
 
 /// Streams until `stop` turns true or the stream fails.
 pub async fn run(
@@ -298,7 +306,7 @@ pub async fn run(
                     match event {
                         ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
                             let info = crate::jsonl::TxnInfo { commit_lsn: Lsn(final_lsn.0), xid, commit_time: commit_time_micros };
-                            txn = Some(Txn { info, touched: BTreeSet::new() });
+                            txn = Some(Txn { info, touched: BTreeSet::new(), echo: false });
                         }
                         ReplicationEvent::XLogData { data, .. } => {
                             let Some(t) = txn.as_mut() else { continue };
@@ -456,6 +464,21 @@ async fn handle(
     report: &mut RunReport,
 ) -> Result<(), CdcError> {
     let message = pgoutput::decode(data)?;
+    match &message {
+        LogicalMessage::Origin { name, .. } if name.starts_with(REVERSE_ORIGIN_PREFIX) => {
+            txn.echo = true;
+            return Ok(());
+        }
+        LogicalMessage::Insert { .. }
+        | LogicalMessage::Update { .. }
+        | LogicalMessage::Delete { .. }
+        | LogicalMessage::Truncate { .. }
+            if txn.echo =>
+        {
+            return Ok(());
+        }
+        _ => {}
+    }
     let Known {
         routes,
         source,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use shardline_cdc::apply::forward_origin;
-use shardline_cdc::run::RunOptions;
+use shardline_cdc::run::{RunOptions, REVERSE_ORIGIN_PREFIX};
 use shardline_topology::ConnString;
 
 use crate::stream::{fleet, spawn_cdc, wait_caught_up, wait_streaming};
@@ -97,4 +97,70 @@ async fn applied_transactions_carry_the_forward_origin_and_the_applications_do_n
     shard
         .psql("postgres", "SELECT pg_drop_replication_slot('echo')")
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monolith_transactions_written_by_the_way_back_are_not_streamed_to_the_shards_again() {
+    let f = fleet();
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let (stop, cdc) = spawn_cdc(&f.topology, &options);
+    wait_streaming(&f.source).await;
+    let source = ConnString::parse(&f.source.url("postgres"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // A session of the way back: its transactions carry a reverse origin.
+    let reverse = format!("{REVERSE_ORIGIN_PREFIX}test");
+    source
+        .execute("SELECT pg_replication_origin_create($1::text)", &[&reverse])
+        .await
+        .unwrap();
+    let back = ConnString::parse(&f.source.url("postgres"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    back.execute(
+        "SELECT pg_replication_origin_session_setup($1::text)",
+        &[&reverse],
+    )
+    .await
+    .unwrap();
+    back.batch_execute(
+        "INSERT INTO payments (merchant_id, id) SELECT m, 2 FROM generate_series(1, 40) m;
+         UPDATE payments SET amount = 1 WHERE id = 2",
+    )
+    .await
+    .unwrap();
+    source
+        .batch_execute(
+            "INSERT INTO payments (merchant_id, id) SELECT m, 1 FROM generate_series(1, 40) m",
+        )
+        .await
+        .unwrap();
+    wait_caught_up(&f.source, &options.slot).await;
+    stop.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+    let count = |sql: &str| -> i64 {
+        f.shards
+            .iter()
+            .map(|s| {
+                s.psql("postgres", sql)
+                    .unwrap()
+                    .trim()
+                    .parse::<i64>()
+                    .unwrap()
+            })
+            .sum()
+    };
+    assert_eq!(count("SELECT count(*) FROM payments WHERE id = 1"), 40);
+    assert_eq!(
+        count("SELECT count(*) FROM payments WHERE id = 2"),
+        0,
+        "echoes were applied"
+    );
 }
