@@ -83,7 +83,15 @@ pub async fn recorded_position(client: &Client, slot: &str) -> Result<Lsn, tokio
 /// since they are the monolith's own changes coming back. One origin per
 /// target, because PostgreSQL lets one session at a time use an origin.
 pub fn forward_origin(slot: &str, target: &str) -> String {
-    format!("shardline.forward.{slot}.{target}")
+    origin_name(FORWARD_ORIGIN, slot, target)
+}
+
+/// The origin prefix of forward CDC (monolith → shards).
+pub const FORWARD_ORIGIN: &str = "shardline.forward";
+
+/// `<prefix>.<slot>.<target>`.
+pub fn origin_name(prefix: &str, slot: &str, target: &str) -> String {
+    format!("{prefix}.{slot}.{target}")
 }
 
 pub struct Applier {
@@ -96,6 +104,8 @@ pub struct Applier {
     pub time_zone: String,
     /// Commit at most this often (`None`: as soon as the queue is empty).
     pub apply_interval: Option<std::time::Duration>,
+    /// The replication origin of the transactions committed here.
+    pub origin: String,
 }
 
 struct Pending {
@@ -135,7 +145,7 @@ impl Applier {
         // Also superuser (or granted) only; without it a stream back from
         // this target could not tell these transactions from the
         // application's.
-        let origin = forward_origin(&self.slot, &self.name);
+        let origin = &self.origin;
         let marked = async {
             self.client
                 .execute(

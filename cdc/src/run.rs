@@ -54,6 +54,12 @@ pub struct RunOptions {
     pub jsonl: Option<crate::jsonl::Output>,
     /// Serve Prometheus metrics over HTTP on this address.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The appliers mark their target transactions with the replication
+    /// origin `<origin>.<slot>.<target>`.
+    pub origin: String,
+    /// Source transactions whose origin starts with this came from the
+    /// other direction of a cutover: they are not applied.
+    pub skip_origin: String,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -77,6 +83,8 @@ impl Default for RunOptions {
             read_model_refresh: Duration::from_secs(10),
             jsonl: None,
             metrics_listen: None,
+            origin: crate::apply::FORWARD_ORIGIN.into(),
+            skip_origin: REVERSE_ORIGIN_PREFIX.into(),
         }
     }
 }
@@ -141,8 +149,8 @@ struct Target {
 struct Txn {
     info: crate::jsonl::TxnInfo,
     touched: BTreeSet<usize>,
-    /// Written on the monolith by the cutover's way back (its origin is
-    /// [`REVERSE_ORIGIN_PREFIX`]): the shards already have it.
+    /// Written by the other direction of a cutover (its origin starts with
+    /// [`RunOptions::skip_origin`]): the targets already have it.
     echo: bool,
 }
 
@@ -210,6 +218,7 @@ pub async fn run(
             apply_interval: topology
                 .context(&routes.target_context[i])
                 .and_then(|c| c.apply_interval),
+            origin: crate::apply::origin_name(&options.origin, &options.slot, &conn.to_string()),
         };
         let (durable, failed) = (durable_tx.clone(), failed_tx.clone());
         appliers.push(tokio::spawn(async move {
@@ -315,7 +324,7 @@ pub async fn run(
                                 continue;
                             }
                             let mut upkeep = Upkeep { refresher: &mut read_models, deltas: &mut deltas };
-                            let known = Known { routes: &routes, source: &topology.source, copied_at: &copied_at };
+                            let known = Known { routes: &routes, source: &topology.source, copied_at: &copied_at, skip_origin: &options.skip_origin };
                             handle(data, t, &mut tables, &known, &targets, &mut upkeep, &mut report).await?;
                         }
                         ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
@@ -465,7 +474,7 @@ async fn handle(
 ) -> Result<(), CdcError> {
     let message = pgoutput::decode(data)?;
     match &message {
-        LogicalMessage::Origin { name, .. } if name.starts_with(REVERSE_ORIGIN_PREFIX) => {
+        LogicalMessage::Origin { name, .. } if name.starts_with(known.skip_origin) => {
             txn.echo = true;
             return Ok(());
         }
@@ -483,6 +492,7 @@ async fn handle(
         routes,
         source,
         copied_at,
+        ..
     } = *known;
     let commit_lsn = txn.info.commit_lsn;
     let wanted = |target: usize| commit_lsn > targets[target].recorded;
@@ -616,6 +626,7 @@ struct Known<'a> {
     source: &'a ConnString,
     /// Where backfill copied each table and read model (see `source::backfill_points`).
     copied_at: &'a HashMap<String, Lsn>,
+    skip_origin: &'a str,
 }
 
 /// What keeps read models current while the stream is applied.

@@ -164,3 +164,81 @@ async fn monolith_transactions_written_by_the_way_back_are_not_streamed_to_the_s
         "echoes were applied"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_and_reverse_streams_run_together_without_echoes() {
+    use shardline_cdc::reverse::{reverse_options, reverse_topology};
+    let f = fleet();
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let (stop, cdc) = spawn_cdc(&f.topology, &options);
+    wait_streaming(&f.source).await;
+    let mut reverse = Vec::new();
+    for i in 0..f.shards.len() {
+        let t = reverse_topology(&f.topology, i).unwrap();
+        let o = reverse_options(&options, i);
+        reverse.push((spawn_cdc(&t, &o), o.slot));
+        wait_streaming(&f.shards[i]).await;
+    }
+    let source = ConnString::parse(&f.source.url("postgres"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // The monolith's own merchants, and merchants already on the shards
+    // writing there (each on its own shard).
+    source
+        .batch_execute(
+            "INSERT INTO payments (merchant_id, id) SELECT m, 1 FROM generate_series(1, 40) m",
+        )
+        .await
+        .unwrap();
+    for (i, shard) in f.shards.iter().enumerate() {
+        shard
+            .psql(
+                "postgres",
+                &format!("INSERT INTO payments (merchant_id, id) VALUES ({}, 2); UPDATE payments SET amount = 5 WHERE merchant_id = {} AND id = 2", 1000 + i, 1000 + i),
+            )
+            .unwrap();
+    }
+    wait_caught_up(&f.source, &options.slot).await;
+    for (i, (_, slot)) in reverse.iter().enumerate() {
+        wait_caught_up(&f.shards[i], slot).await;
+    }
+    // Once more both ways, so an echo would have had time to arrive.
+    wait_caught_up(&f.source, &options.slot).await;
+    stop.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+    for ((stop, task), _) in reverse {
+        stop.send(true).unwrap();
+        task.await.unwrap().unwrap();
+    }
+    let count = |server: &shardline_testkit::PgServer, sql: &str| -> i64 {
+        server
+            .psql("postgres", sql)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        count(&f.source, "SELECT count(*) FROM payments WHERE id = 1"),
+        40
+    );
+    assert_eq!(
+        count(
+            &f.source,
+            "SELECT count(*) FROM payments WHERE id = 2 AND amount = 5"
+        ),
+        2,
+        "the shards' own writes reached the monolith"
+    );
+    let on_shards: i64 = f
+        .shards
+        .iter()
+        .map(|s| count(s, "SELECT count(*) FROM payments"))
+        .sum();
+    assert_eq!(on_shards, 42, "no row came back as an echo");
+}
