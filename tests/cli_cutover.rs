@@ -122,14 +122,31 @@ impl Fleet {
         self.server.psql(db, sql).unwrap().trim().to_string()
     }
 
-    /// Waits until CDC confirmed the monolith's current position.
+    /// Starts the streams from the shards back to the monolith.
+    fn reverse_cdc(&self) -> Kill {
+        let child = self.spawn(&["-q", "cdc", "run", "--reverse", "--heartbeat-secs", "1"]);
+        let streaming = (0..300).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            self.sql(
+                "mono",
+                "SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name LIKE 'shardline_reverse_%'",
+            ) == "2"
+        });
+        assert!(streaming, "reverse cdc did not start streaming");
+        Kill(child)
+    }
+
+    /// Waits until every slot (one server: forward and reverse) confirmed
+    /// the current position.
     fn caught_up(&self) {
-        let lsn = self.sql("mono", "SELECT pg_current_wal_lsn()");
+        let lsn = self.sql("mono", "SELECT pg_current_wal_insert_lsn()");
         let ok = (0..300).any(|_| {
             std::thread::sleep(Duration::from_millis(100));
             self.sql(
                 "mono",
-                &format!("SELECT confirmed_flush_lsn >= '{lsn}' FROM pg_replication_slots"),
+                &format!(
+                    "SELECT bool_and(confirmed_flush_lsn >= '{lsn}') FROM pg_replication_slots"
+                ),
             ) == "t"
         });
         assert!(ok, "cdc did not catch up");
@@ -494,7 +511,7 @@ fn bad_input_is_refused_with_a_hint_and_changes_nothing() {
         &["cutover", "start", "--cohort", "5"],
         "replication slot \"shardline\" does not exist",
     );
-    refused(&["cutover", "rollback", "--cohort", "5"], "not built yet");
+    refused(&["cutover", "rollback", "--cohort", "5"], "does not exist");
     // Nothing was written to the monolith.
     assert_eq!(
         fleet.sql(
@@ -623,7 +640,7 @@ fn a_merchants_stage_moves_their_buckets_records_verify_and_routes_each_side() {
     let cohort = &status["cohorts"][0];
     assert_eq!(cohort["selector"], "merchants 7");
     assert_eq!(cohort["verify_before"]["equal"], true);
-    assert!(status["reverse"].is_null());
+    assert!(status["reverse"].as_array().unwrap().is_empty());
 }
 
 #[test]
@@ -683,4 +700,104 @@ fn a_hold_whose_coordinator_died_is_released_by_the_routers_after_its_deadline()
         fleet.sql("mono", "SELECT state FROM shardline.cutover_cohorts"),
         "aborted"
     );
+}
+
+/// Every committed payment, and nothing else, in `dbs`, captured once.
+fn holds_exactly(fleet: &Fleet, dbs: &[&str], committed: &[(i64, i64)]) {
+    let mut found: Vec<(i64, i64)> = Vec::new();
+    for db in dbs {
+        let text = fleet.sql(
+            db,
+            "COPY (SELECT merchant_id, id, amount FROM payments) TO STDOUT",
+        );
+        for l in text.lines().filter(|l| !l.is_empty()) {
+            let f: Vec<i64> = l.split('\t').map(|v| v.parse().unwrap()).collect();
+            assert_eq!(
+                f[2],
+                (f[1] % 10_000_000) % 1000 + 1,
+                "payment ({},{}) in {db} was not captured exactly once",
+                f[0],
+                f[1]
+            );
+            found.push((f[0], f[1]));
+        }
+    }
+    let mut committed = committed.to_vec();
+    committed.sort_unstable();
+    found.sort_unstable();
+    assert_eq!(
+        found.len(),
+        committed.len(),
+        "{dbs:?}: payments lost or added"
+    );
+    assert_eq!(found, committed, "{dbs:?}");
+}
+
+#[test]
+fn a_stage_rolls_back_under_load_and_both_sides_keep_every_payment() {
+    let fleet = fleet(true);
+    let _cdc = fleet.cdc();
+    let _reverse = fleet.reverse_cdc();
+    let (_router, port) = fleet.router();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (stop, load, tasks) = start_load(&[port], &rt);
+    std::thread::sleep(Duration::from_secs(1));
+    let forward = json(&fleet.shardline(&[
+        "--format",
+        "json",
+        "cutover",
+        "start",
+        "--cohort",
+        "20",
+        "--max-pause",
+        "10",
+    ]));
+    assert_eq!(forward["state"], "switched", "{forward}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let back = json(&fleet.shardline(&[
+        "--format",
+        "json",
+        "cutover",
+        "rollback",
+        "--cohort",
+        "5",
+        "--max-pause",
+        "10",
+    ]));
+    assert_eq!(back["state"], "rolled back", "{back}");
+    assert_eq!(back["buckets"].as_array().unwrap().len(), 205 - 52);
+    assert_eq!(back["buckets_on_shards"], 52);
+    let pause = back["pause_ms"].as_f64().unwrap();
+    assert!(pause > 0.0 && pause < 10_000.0, "{back}");
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        rt.block_on(t).unwrap();
+    }
+    let load = std::mem::take(&mut *load.lock().unwrap());
+    eprintln!(
+        "rollback under load: {} transactions, forward pause {:.0} ms, rollback pause {pause:.0} ms (drain {:.0}, catch-up {:.0})",
+        load.transactions,
+        forward["pause_ms"].as_f64().unwrap(),
+        back["drain_ms"].as_f64().unwrap(),
+        back["catchup_ms"].as_f64().unwrap()
+    );
+    assert!(
+        load.errors.is_empty(),
+        "client statements failed: {:#?}",
+        load.errors
+    );
+    // Both directions caught up: the monolith has what the moved merchants
+    // wrote on the shards, the shards what the others wrote on the monolith.
+    fleet.caught_up();
+    holds_exactly(&fleet, &["mono"], &load.committed);
+    holds_exactly(&fleet, &["tx0", "tx1"], &load.committed);
+    let status = json(&fleet.shardline(&["--format", "json", "cutover", "status"]));
+    assert_eq!(status["buckets_on_shards"], 52);
+    assert_eq!(status["cohorts"][1]["direction"], "back");
+    assert_eq!(status["reverse"].as_array().unwrap().len(), 2);
 }

@@ -65,6 +65,8 @@ CREATE TABLE IF NOT EXISTS shardline.cutover_cohorts (
     verify_after jsonb,
     error text
 );
+ALTER TABLE shardline.cutover_cohorts
+    ADD COLUMN IF NOT EXISTS direction text NOT NULL DEFAULT 'forward' CHECK (direction IN ('forward', 'back'));
 CREATE TABLE IF NOT EXISTS shardline.cutover_routers (
     router_id text PRIMARY KEY,
     started_at timestamptz NOT NULL DEFAULT now(),

@@ -52,6 +52,24 @@ const NUDGE: Duration = Duration::from_millis(200);
 /// WAL while it waits for CDC (CDC ignores their content).
 const NUDGE_PREFIX: &str = "shardline.cutover";
 
+/// Which way a stage moves its buckets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Monolith → shards; waits for forward CDC.
+    Forward,
+    /// Shards → monolith (rollback); waits for every shard's reverse CDC.
+    Back,
+}
+
+impl Direction {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Forward => "forward",
+            Self::Back => "back",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct StartRequest {
     pub selector: Selector,
@@ -124,6 +142,56 @@ pub async fn preflight(topology: &Topology, slot: &str) -> Result<Client, Cutove
 /// Moves one cohort from the monolith to the shards (see the module
 /// documentation for the protocol).
 pub async fn start(topology: &Topology, req: &StartRequest) -> Result<StageReport, CutoverError> {
+    stage(topology, req, Direction::Forward).await
+}
+
+/// Returns buckets from the shards to the monolith with the same protocol,
+/// waiting for every shard's reverse stream (`shardline cdc run
+/// --reverse`) instead of the forward one. `--cohort P` goes back to P%.
+pub async fn rollback(
+    topology: &Topology,
+    req: &StartRequest,
+) -> Result<StageReport, CutoverError> {
+    stage(topology, req, Direction::Back).await
+}
+
+/// Each shard's connection and reverse slot, checked to exist.
+async fn reverse_slots(topology: &Topology) -> Result<Vec<(Client, String, String)>, CutoverError> {
+    let shards = match &topology.sharded_context().map(|c| &c.kind) {
+        Some(ContextKind::Sharded { shards, .. }) => shards.clone(),
+        _ => return Err(CutoverError::NoShardedContext),
+    };
+    let mut out = Vec::new();
+    for (i, conn) in shards.iter().enumerate() {
+        let client = conn.connect().await?;
+        let slot = format!("shardline_reverse_{i}");
+        let found = client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| CutoverError::query(conn, "looking up the reverse slot", e))?;
+        if found.is_none() {
+            return Err(CutoverError::NoReverseSlot {
+                slot,
+                database: conn.to_string(),
+            });
+        }
+        client
+            .batch_execute("SET synchronous_commit = on")
+            .await
+            .map_err(|e| CutoverError::query(conn, "setting synchronous_commit", e))?;
+        out.push((client, slot, conn.to_string()));
+    }
+    Ok(out)
+}
+
+async fn stage(
+    topology: &Topology,
+    req: &StartRequest,
+    direction: Direction,
+) -> Result<StageReport, CutoverError> {
     let (_, placement) = placement(topology)?;
     // CDC confirms the slot only past what every context committed, so a
     // context that commits every few minutes holds a switch that long.
@@ -137,6 +205,10 @@ pub async fn start(topology: &Topology, req: &StartRequest) -> Result<StageRepor
         }
     }
     let mut client = preflight(topology, &req.slot).await?;
+    let reverse = match direction {
+        Direction::Forward => Vec::new(),
+        Direction::Back => reverse_slots(topology).await?,
+    };
     let db = topology.source.to_string();
     let q = |what: &'static str| {
         let db = db.clone();
@@ -180,7 +252,10 @@ pub async fn start(topology: &Topology, req: &StartRequest) -> Result<StageRepor
         .await
         .map_err(q("reading the bucket owners"))?;
     let on_shards: BTreeSet<u32> = owners.on_shards.iter().copied().collect();
-    let buckets = plan::cohort(&req.selector, placement, &on_shards);
+    let buckets = match direction {
+        Direction::Forward => plan::cohort(&req.selector, placement, &on_shards),
+        Direction::Back => plan::back(&req.selector, placement, &on_shards),
+    };
     let mut report = StageReport {
         selector: req.selector.describe(),
         buckets: buckets.clone(),
@@ -203,15 +278,16 @@ pub async fn start(topology: &Topology, req: &StartRequest) -> Result<StageRepor
     let row = txn
         .query_one(
             "INSERT INTO shardline.cutover_cohorts
-                 (selector, buckets, state, epoch, max_pause_ms, hold_deadline, verify_before)
+                 (selector, buckets, state, epoch, max_pause_ms, hold_deadline, verify_before, direction)
              VALUES ($1, $2, 'holding', nextval('shardline.cutover_epoch'), $3::bigint,
-                     clock_timestamp() + $3::bigint * interval '1 millisecond', $4)
+                     clock_timestamp() + $3::bigint * interval '1 millisecond', $4, $5)
              RETURNING id, epoch",
             &[
                 &report.selector,
                 &bucket_ints,
                 &max_pause_ms,
                 &report.verify_before,
+                &direction.name(),
             ],
         )
         .await
@@ -228,6 +304,8 @@ pub async fn start(topology: &Topology, req: &StartRequest) -> Result<StageRepor
 
     let outcome = switch(
         &client,
+        direction,
+        &reverse,
         &req.slot,
         cohort,
         epoch,
@@ -248,8 +326,10 @@ pub async fn start(topology: &Topology, req: &StartRequest) -> Result<StageRepor
             cause,
         });
     }
-    report.state = "switched".into();
-    report.buckets_on_shards = on_shards.len() + buckets.len();
+    (report.state, report.buckets_on_shards) = match direction {
+        Direction::Forward => ("switched".into(), on_shards.len() + buckets.len()),
+        Direction::Back => ("rolled back".into(), on_shards.len() - buckets.len()),
+    };
     if req.verify {
         let after = run_verify(topology).await?;
         client
@@ -268,6 +348,8 @@ pub async fn start(topology: &Topology, req: &StartRequest) -> Result<StageRepor
 #[allow(clippy::too_many_arguments)]
 async fn switch(
     client: &Client,
+    direction: Direction,
+    reverse: &[(Client, String, String)],
     slot: &str,
     cohort: i32,
     epoch: i64,
@@ -303,54 +385,19 @@ async fn switch(
     }
     report.drain_ms = held_at.elapsed().as_secs_f64() * 1000.0;
 
-    // 3. Catch up: CDC confirms past the monolith's current position. The
-    // insert position, not the write position: with synchronous_commit off
-    // a committed transaction's record can lie past the write position.
-    let lsn: String = client
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .map_err(sql)?
-        .get(0);
+    // 3. Catch up: CDC confirms past the current position of every source
+    // the held merchants may have written (the monolith going forward,
+    // every shard going back).
     let caught_up = Instant::now();
-    let mut nudged: Option<Instant> = None;
-    loop {
-        if nudged.is_none_or(|t| t.elapsed() >= NUDGE) {
-            // A transactional message, committed synchronously: its commit
-            // flushes the WAL up to it, so the stream carries the position
-            // now, not at the WAL writer's next round, and CDC confirms it
-            // once everything before it is durable on every target.
-            client
-                .execute(
-                    "SELECT pg_logical_emit_message(true, $1, $2::bigint::text)",
-                    &[&NUDGE_PREFIX, &epoch],
-                )
-                .await
-                .map_err(sql)?;
-            nudged = Some(Instant::now());
+    let lsn = match direction {
+        Direction::Forward => catch_up(client, slot, epoch, deadline, "the monolith").await?,
+        Direction::Back => {
+            for (shard, slot, name) in reverse {
+                catch_up(shard, slot, epoch, deadline, name).await?;
+            }
+            String::new()
         }
-        let row = client
-            .query_opt(
-                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn, confirmed_flush_lsn::text
-                 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot, &lsn],
-            )
-            .await
-            .map_err(sql)?;
-        let Some(row) = row else {
-            return Err(format!("the replication slot {slot:?} disappeared"));
-        };
-        if row.get::<_, Option<bool>>(0) == Some(true) {
-            break;
-        }
-        if Instant::now() >= deadline {
-            let confirmed: Option<String> = row.get(1);
-            return Err(format!(
-                "CDC did not confirm the monolith's position {lsn} in time (slot {slot:?} confirmed {}); is `shardline cdc run` streaming?",
-                confirmed.as_deref().unwrap_or("nothing")
-            ));
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    };
     report.catchup_ms = caught_up.elapsed().as_secs_f64() * 1000.0;
 
     // 4. Switch, only within the deadline.
@@ -359,15 +406,15 @@ async fn switch(
         .query_opt(
             "WITH c AS (
                  UPDATE shardline.cutover_cohorts
-                 SET state = 'switched', finished_at = clock_timestamp(), switch_lsn = $2::text::pg_lsn,
+                 SET state = 'switched', finished_at = clock_timestamp(), switch_lsn = nullif($2, '')::pg_lsn,
                      routers = $3, drain_ms = $4, catchup_ms = $5, pause_ms = $6
                  WHERE id = $1 AND state = 'holding' AND clock_timestamp() < hold_deadline
                  RETURNING id
              ), b AS (
                  INSERT INTO shardline.cutover_buckets (bucket, owner, cohort, switch_lsn, switched_at)
-                 SELECT unnest($7::int[]), 'shards', c.id, $2::text::pg_lsn, clock_timestamp() FROM c
+                 SELECT unnest($7::int[]), $9::text, c.id, nullif($2, '')::pg_lsn, clock_timestamp() FROM c
                  ON CONFLICT (bucket) DO UPDATE
-                 SET owner = 'shards', cohort = excluded.cohort, switch_lsn = excluded.switch_lsn,
+                 SET owner = excluded.owner, cohort = excluded.cohort, switch_lsn = excluded.switch_lsn,
                      switched_at = excluded.switched_at
                  RETURNING 1
              )
@@ -381,6 +428,10 @@ async fn switch(
                 &pause_ms,
                 &buckets,
                 &control::CHANNEL,
+                &match direction {
+                    Direction::Forward => "shards",
+                    Direction::Back => "monolith",
+                },
             ],
         )
         .await
@@ -389,8 +440,69 @@ async fn switch(
         return Err("the hold deadline passed before the switch".into());
     }
     report.pause_ms = pause_ms;
-    report.switch_lsn = Some(lsn);
+    report.switch_lsn = (!lsn.is_empty()).then_some(lsn);
     Ok(())
+}
+
+/// Waits until `slot` on `source` confirms `source`'s current insert
+/// position; returns that position, or the cause of an abort.
+async fn catch_up(
+    source: &Client,
+    slot: &str,
+    epoch: i64,
+    deadline: Instant,
+    name: &str,
+) -> Result<String, String> {
+    let sql = |e: tokio_postgres::Error| format!("{name} failed: {e}");
+    // The insert position, not the write position: with synchronous_commit
+    // off a committed transaction's record can lie past the write position.
+    let lsn: String = source
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .map_err(sql)?
+        .get(0);
+    let mut nudged: Option<Instant> = None;
+    loop {
+        if nudged.is_none_or(|t| t.elapsed() >= NUDGE) {
+            // A transactional message, committed synchronously: its commit
+            // flushes the WAL up to it, so the stream carries the position
+            // now, not at the WAL writer's next round, and CDC confirms it
+            // once everything before it is durable on every target.
+            source
+                .execute(
+                    "SELECT pg_logical_emit_message(true, $1, $2::bigint::text)",
+                    &[&NUDGE_PREFIX, &epoch],
+                )
+                .await
+                .map_err(sql)?;
+            nudged = Some(Instant::now());
+        }
+        let row = source
+            .query_opt(
+                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn, confirmed_flush_lsn::text
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot, &lsn],
+            )
+            .await
+            .map_err(sql)?;
+        let Some(row) = row else {
+            return Err(format!(
+                "the replication slot {slot:?} on {name} disappeared"
+            ));
+        };
+        if row.get::<_, Option<bool>>(0) == Some(true) {
+            return Ok(lsn);
+        }
+        if Instant::now() >= deadline {
+            let confirmed: Option<String> = row.get(1);
+            return Err(format!(
+                "CDC did not confirm {name}'s position {lsn} in time (slot {slot:?} confirmed {}); is `shardline cdc run{}` streaming?",
+                confirmed.as_deref().unwrap_or("nothing"),
+                if slot.starts_with("shardline_reverse_") { " --reverse" } else { "" }
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 async fn abort(

@@ -38,6 +38,8 @@ pub enum CutoverError {
         interval_secs: u64,
         max_pause_secs: f64,
     },
+    #[error("reverse replication slot {slot:?} does not exist on {database}; a rollback waits for the shards' changes to reach the monolith through it")]
+    NoReverseSlot { slot: String, database: String },
     #[error("another cutover stage is running on {database}")]
     Busy { database: String },
     #[error("cohort {cohort} aborted after {pause_ms:.0} ms of pause: {cause}; its merchants stay on the monolith")]
@@ -46,8 +48,6 @@ pub enum CutoverError {
         pause_ms: f64,
         cause: String,
     },
-    #[error("rollback needs reverse replication (shards → monolith), which is not built yet")]
-    RollbackUnsupported,
 }
 
 impl CutoverError {
@@ -69,12 +69,12 @@ impl CutoverError {
             Self::SlowContext { context, .. } => format!(
                 "set apply_interval = \"continuous\" for {context} in shardline.toml and restart `shardline cdc run` for the cutover, or raise --max-pause above the interval"
             ),
+            Self::NoReverseSlot { .. } => {
+                "run `shardline cdc run --reverse` (from before the first stage, so no shard write is missing on the monolith)".into()
+            }
             Self::Busy { .. } => "wait for it to finish (`shardline cutover status`), then run this again".into(),
             Self::Aborted { .. } => {
                 "see `shardline cutover status`: is `shardline cdc run` streaming, and are all routers up? then run the same stage again, or raise --max-pause".into()
-            }
-            Self::RollbackUnsupported => {
-                "merchants already on the shards stay there; stop before the next stage if in doubt".into()
             }
         }
     }

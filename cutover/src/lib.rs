@@ -13,9 +13,10 @@
 //!   or abort and leave the cohort on the monolith.
 //! - [`status`] reports a planned stage and where every stage stands.
 //!
-//! Not built yet: the way back (reverse replication from the shards to
-//! the monolith, so a switched cohort can be rolled back without losing a
-//! payment), and moving the unsharded contexts, which stay on the
+//! [`coordinator::rollback`] is the way back: the same protocol, waiting
+//! for every shard's reverse stream (`shardline_cdc::reverse`).
+//!
+//! Not built yet: moving the unsharded contexts, which stay on the
 //! monolith while cutover is enabled.
 
 pub mod control;
@@ -24,7 +25,7 @@ mod error;
 pub mod plan;
 pub mod status;
 
-pub use coordinator::{start, StageReport, StartRequest, DEFAULT_MAX_PAUSE};
+pub use coordinator::{rollback, start, Direction, StageReport, StartRequest, DEFAULT_MAX_PAUSE};
 pub use error::CutoverError;
 pub use plan::Selector;
 pub use status::{plan as plan_stage, status, PlanReport, Status};

@@ -120,6 +120,17 @@ pub fn cohort(selector: &Selector, placement: &Placement, on_shards: &BTreeSet<u
         .collect()
 }
 
+/// The buckets a rollback returns to the monolith, ascending: for
+/// `--cohort P` those on the shards beyond the first P% (back to P%), for
+/// `--merchants` theirs that are on the shards.
+pub fn back(selector: &Selector, placement: &Placement, on_shards: &BTreeSet<u32>) -> Vec<u32> {
+    let covered = selector.buckets(placement);
+    match selector {
+        Selector::Percent(_) => on_shards.difference(&covered).copied().collect(),
+        Selector::Merchants(_) => on_shards.intersection(&covered).copied().collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +163,23 @@ mod tests {
         assert_eq!(next.len(), 205 - 52);
         assert!(next.iter().all(|b| !five.contains(b)));
         assert!(cohort(&Selector::Percent(5), &p, &five).is_empty());
+    }
+
+    #[test]
+    fn a_rollback_to_a_percentage_returns_the_buckets_beyond_it() {
+        let p = placement();
+        let twenty = Selector::Percent(20).buckets(&p);
+        let back_to_five = back(&Selector::Percent(5), &p, &twenty);
+        assert_eq!(back_to_five.len(), 205 - 52);
+        assert_eq!(
+            cohort(
+                &Selector::Percent(20),
+                &p,
+                &Selector::Percent(5).buckets(&p)
+            ),
+            back_to_five
+        );
+        assert!(back(&Selector::Percent(20), &p, &twenty).is_empty());
     }
 
     #[test]

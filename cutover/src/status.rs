@@ -111,13 +111,15 @@ pub struct Status {
     pub routers: Vec<RouterSeen>,
     /// Monolith → shards: the CDC slot.
     pub forward: Option<SlotLag>,
-    /// Shards → monolith: not built yet (always `null`).
-    pub reverse: Option<SlotLag>,
+    /// Shards → monolith: each shard's reverse slot that exists.
+    pub reverse: Vec<SlotLag>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Cohort {
     pub id: i32,
+    /// `forward` (to the shards) or `back` (a rollback).
+    pub direction: String,
     pub selector: String,
     pub buckets: usize,
     pub state: String,
@@ -170,7 +172,7 @@ pub async fn status(topology: &Topology, slot: &str) -> Result<Status, CutoverEr
         cohorts: Vec::new(),
         routers: Vec::new(),
         forward: None,
-        reverse: None,
+        reverse: Vec::new(),
     };
     if control::exists(&client)
         .await
@@ -180,7 +182,7 @@ pub async fn status(topology: &Topology, slot: &str) -> Result<Status, CutoverEr
             .query(
                 "SELECT id, selector, cardinality(buckets), state, epoch, routers, drain_ms, catchup_ms,
                         pause_ms, max_pause_ms, switch_lsn::text, started_at::text, finished_at::text,
-                        verify_before, verify_after, error
+                        verify_before, verify_after, error, direction
                  FROM shardline.cutover_cohorts ORDER BY id",
                 &[],
             )
@@ -205,6 +207,7 @@ pub async fn status(topology: &Topology, slot: &str) -> Result<Status, CutoverEr
                 verify_before: r.get(13),
                 verify_after: r.get(14),
                 error: r.get(15),
+                direction: r.get(16),
             })
             .collect();
         let rows = client
@@ -242,5 +245,29 @@ pub async fn status(topology: &Topology, slot: &str) -> Result<Status, CutoverEr
             confirmed_lsn: r.get(1),
             lag_bytes: r.get(2),
         });
+    if let Some(shardline_topology::ContextKind::Sharded { shards, .. }) =
+        topology.sharded_context().map(|c| &c.kind)
+    {
+        for (i, conn) in shards.iter().enumerate() {
+            let slot = format!("shardline_reverse_{i}");
+            let client = conn.connect().await?;
+            let row = client
+                .query_opt(
+                    "SELECT active, confirmed_flush_lsn::text, (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
+                     FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .map_err(|e| CutoverError::query(conn, "reading the reverse slot", e))?;
+            if let Some(r) = row {
+                status.reverse.push(SlotLag {
+                    slot: format!("{slot} on {conn}"),
+                    active: r.get(0),
+                    confirmed_lsn: r.get(1),
+                    lag_bytes: r.get(2),
+                });
+            }
+        }
+    }
     Ok(status)
 }

@@ -86,13 +86,27 @@ pub struct StatusArgs {
     slot: SlotArgs,
 }
 
-/// Return a cohort to the monolith (not built yet)
+/// Return buckets from the shards to the monolith, with a bounded pause
+///
+/// The same hold, drain and switch as `start`, waiting for every shard's
+/// stream back to the monolith (`shardline cdc run --reverse`, running
+/// since before the first stage). `--cohort P` goes back to P% on the
+/// shards; `--merchants LIST` returns those merchants' buckets.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:
-  shardline cutover rollback --cohort 5")]
+  shardline cutover rollback --cohort 5        # after 5, 20: back to 5%
+  shardline cutover rollback --merchants 42 --max-pause 2")]
 pub struct RollbackArgs {
     #[command(flatten)]
     cohort: Cohort,
+    /// Longest pause of the cohort's statements, in seconds, before the rollback aborts
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_MAX_PAUSE.as_secs_f64())]
+    max_pause: f64,
+    #[command(flatten)]
+    slot: SlotArgs,
+    /// Run verify on the sharded tables before the hold and after the switch, and record both
+    #[arg(long)]
+    verify: bool,
 }
 
 pub async fn run(cmd: CutoverCommand, g: &Global) -> anyhow::Result<u8> {
@@ -140,44 +154,11 @@ pub async fn run(cmd: CutoverCommand, g: &Global) -> anyhow::Result<u8> {
         }
         CutoverCommand::Start(args) => {
             let selector = selector(&args.cohort).map_err(hinted)?;
-            if !(args.max_pause > 0.0 && args.max_pause <= 3600.0) {
-                return Err(Hint::new(
-                    format!(
-                        "--max-pause {}: must be above 0 and at most 3600 seconds",
-                        args.max_pause
-                    ),
-                    "the default is 30; a switch usually pauses well under a second",
-                ));
-            }
-            let request = StartRequest {
-                selector,
-                max_pause: Duration::from_secs_f64(args.max_pause),
-                slot: args.slot.slot,
-                verify: args.verify,
-            };
+            let request = request(selector, args.max_pause, args.slot.slot, args.verify)?;
             let report = shardline_cutover::start(&topology, &request)
                 .await
                 .map_err(hinted)?;
-            match g.format {
-                Format::Json => print_json(&report)?,
-                _ => match report.cohort {
-                    None => println!(
-                        "stage {}: nothing to move ({} of {} buckets already on the shards)",
-                        report.selector, report.buckets_on_shards, report.buckets_total
-                    ),
-                    Some(id) => println!(
-                        "cohort {id} ({}): {} buckets switched to the shards; pause {:.1} ms (drain {:.1} ms, CDC catch-up {:.1} ms), {} routers; {} of {} buckets on the shards",
-                        report.selector,
-                        report.buckets.len(),
-                        report.pause_ms,
-                        report.drain_ms,
-                        report.catchup_ms,
-                        report.routers,
-                        report.buckets_on_shards,
-                        report.buckets_total
-                    ),
-                },
-            }
+            print_stage(&report, g)?;
             Ok(exit::OK)
         }
         CutoverCommand::Status(args) => {
@@ -233,16 +214,76 @@ pub async fn run(cmd: CutoverCommand, g: &Global) -> anyhow::Result<u8> {
                         ),
                         None => println!("  CDC monolith → shards: no slot {}", args.slot.slot),
                     }
-                    println!("  shards → monolith: not built yet (rollback needs it)");
+                    if status.reverse.is_empty() {
+                        println!("  CDC shards → monolith: not running (`shardline cdc run --reverse`; rollback needs it)");
+                    }
+                    for s in &status.reverse {
+                        println!(
+                            "  CDC shard → monolith: slot {} {}, {} bytes behind",
+                            s.slot,
+                            if s.active { "streaming" } else { "idle" },
+                            s.lag_bytes.unwrap_or(0)
+                        );
+                    }
                 }
             }
             Ok(exit::OK)
         }
         CutoverCommand::Rollback(args) => {
-            selector(&args.cohort).map_err(hinted)?;
-            Err(hinted(CutoverError::RollbackUnsupported))
+            let selector = selector(&args.cohort).map_err(hinted)?;
+            let request = request(selector, args.max_pause, args.slot.slot, args.verify)?;
+            let report = shardline_cutover::rollback(&topology, &request)
+                .await
+                .map_err(hinted)?;
+            print_stage(&report, g)?;
+            Ok(exit::OK)
         }
     }
+}
+
+fn request(
+    selector: Selector,
+    max_pause: f64,
+    slot: String,
+    verify: bool,
+) -> anyhow::Result<StartRequest> {
+    if !(max_pause > 0.0 && max_pause <= 3600.0) {
+        return Err(Hint::new(
+            format!("--max-pause {max_pause}: must be above 0 and at most 3600 seconds"),
+            "the default is 30; a switch usually pauses well under a second",
+        ));
+    }
+    Ok(StartRequest {
+        selector,
+        max_pause: Duration::from_secs_f64(max_pause),
+        slot,
+        verify,
+    })
+}
+
+fn print_stage(report: &shardline_cutover::StageReport, g: &Global) -> anyhow::Result<()> {
+    match g.format {
+        Format::Json => print_json(report)?,
+        _ => match report.cohort {
+            None => println!(
+                "stage {}: nothing to move ({} of {} buckets on the shards)",
+                report.selector, report.buckets_on_shards, report.buckets_total
+            ),
+            Some(id) => println!(
+                "cohort {id} ({}): {} buckets {}; pause {:.1} ms (drain {:.1} ms, CDC catch-up {:.1} ms), {} routers; {} of {} buckets on the shards",
+                report.selector,
+                report.buckets.len(),
+                report.state,
+                report.pause_ms,
+                report.drain_ms,
+                report.catchup_ms,
+                report.routers,
+                report.buckets_on_shards,
+                report.buckets_total
+            ),
+        },
+    }
+    Ok(())
 }
 
 fn hinted(e: CutoverError) -> anyhow::Error {

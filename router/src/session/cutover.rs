@@ -138,6 +138,17 @@ impl Session {
                 Some("retry the transaction; it will run where the merchant now lives".into()),
             ));
         }
+        if to_shard
+            && placed.is_some()
+            && admission.flipped
+            && admission.side == Some(Side::Monolith)
+        {
+            return Err((
+                "40001",
+                "a merchant of this transaction returned to the monolith while the transaction was open on a shard".into(),
+                Some("retry the transaction; it will run where the merchant now lives".into()),
+            ));
+        }
         if let Some(target) = placed {
             route.target = target;
         }
