@@ -185,8 +185,9 @@ pub async fn run(cmd: CutoverCommand, g: &Global) -> anyhow::Result<u8> {
                             None => "-",
                         };
                         println!(
-                            "  cohort {:<3} {:<22} {:>5} buckets  {:<9} pause {:>8} ms  verify before {} after {}{}",
+                            "  cohort {:<3} {:<7} {:<22} {:>5} buckets  {:<9} pause {:>8} ms  verify before {} after {}{}",
                             c.id,
+                            c.direction,
                             c.selector,
                             c.buckets,
                             c.state,
