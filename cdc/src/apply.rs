@@ -30,6 +30,10 @@ CREATE TABLE IF NOT EXISTS shardline.cdc_progress (
     updated_at timestamptz NOT NULL DEFAULT now()
 );";
 
+/// Serialises the creation of the progress table by streams sharing a
+/// target.
+const PROGRESS_DDL_LOCK: i64 = 0x7368_6c63_6463_0001;
+
 /// Flush a batch once it holds this much SQL: one round trip carries a lot,
 /// and the target parses it as one simple query.
 const MAX_BATCH_BYTES: usize = 1 << 20;
@@ -65,7 +69,15 @@ pub enum ApplyError {
 /// A target's recorded position for a slot: the commit LSN of the last
 /// source transaction it holds (zero when it has none).
 pub async fn recorded_position(client: &Client, slot: &str) -> Result<Lsn, tokio_postgres::Error> {
-    client.batch_execute(PROGRESS_DDL).await?;
+    // Several streams may share a target (every shard's way back writes
+    // to the monolith): concurrent CREATE … IF NOT EXISTS can still collide
+    // in the catalog, so they take turns. One query string runs as one
+    // transaction, which holds the lock to its end.
+    client
+        .batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock({PROGRESS_DDL_LOCK}); {PROGRESS_DDL}"
+        ))
+        .await?;
     let row = client
         .query_opt(
             "SELECT commit_lsn::text FROM shardline.cdc_progress WHERE slot_name = $1",
