@@ -48,6 +48,11 @@ const POLL: Duration = Duration::from_millis(3);
 /// for CDC, so an idle monolith's slot moves past the switch position.
 const NUDGE: Duration = Duration::from_millis(200);
 
+/// How long a stage waits at most (and never longer than its pause
+/// limit), before it holds anything, for CDC to apply what was already
+/// written.
+const PRE_CATCH_UP: Duration = Duration::from_secs(30);
+
 /// The prefix of the messages the coordinator writes into the monolith's
 /// WAL while it waits for CDC (CDC ignores their content).
 const NUDGE_PREFIX: &str = "shardline.cutover";
@@ -269,6 +274,21 @@ async fn stage(
     }
     if req.verify {
         report.verify_before = Some(run_verify(topology).await?);
+    }
+
+    // Before holding anything, let CDC catch up with what is already
+    // written, so the pause only waits for what comes during the drain.
+    // Bounded: under a load CDC cannot keep up with, the stage goes on.
+    let ready_by = Instant::now() + PRE_CATCH_UP.min(req.max_pause);
+    match direction {
+        Direction::Forward => {
+            let _ = catch_up(&client, &req.slot, 0, ready_by, "the monolith").await;
+        }
+        Direction::Back => {
+            for (shard, slot, name) in &reverse {
+                let _ = catch_up(shard, slot, 0, ready_by, name).await;
+            }
+        }
     }
 
     // 1. Hold.
