@@ -1,1 +1,0 @@
-//! Integration tests of the cutover crate against real servers.
