@@ -30,6 +30,10 @@ CREATE TABLE IF NOT EXISTS shardline.cdc_progress (
     updated_at timestamptz NOT NULL DEFAULT now()
 );";
 
+/// Serialises the creation of the progress table by streams sharing a
+/// target.
+const PROGRESS_DDL_LOCK: i64 = 0x7368_6c63_6463_0001;
+
 /// Flush a batch once it holds this much SQL: one round trip carries a lot,
 /// and the target parses it as one simple query.
 const MAX_BATCH_BYTES: usize = 1 << 20;
@@ -65,7 +69,15 @@ pub enum ApplyError {
 /// A target's recorded position for a slot: the commit LSN of the last
 /// source transaction it holds (zero when it has none).
 pub async fn recorded_position(client: &Client, slot: &str) -> Result<Lsn, tokio_postgres::Error> {
-    client.batch_execute(PROGRESS_DDL).await?;
+    // Several streams may share a target (every shard's way back writes
+    // to the monolith): concurrent CREATE … IF NOT EXISTS can still collide
+    // in the catalog, so they take turns. One query string runs as one
+    // transaction, which holds the lock to its end.
+    client
+        .batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock({PROGRESS_DDL_LOCK}); {PROGRESS_DDL}"
+        ))
+        .await?;
     let row = client
         .query_opt(
             "SELECT commit_lsn::text FROM shardline.cdc_progress WHERE slot_name = $1",
@@ -75,6 +87,23 @@ pub async fn recorded_position(client: &Client, slot: &str) -> Result<Lsn, tokio
     Ok(row
         .and_then(|r| r.get::<_, String>(0).parse().ok())
         .unwrap_or(Lsn::ZERO))
+}
+
+/// The replication origin an applier marks its target transactions with:
+/// `shardline.forward.<slot>.<target>`. A stream from that target back to
+/// the monolith (the cutover's way back) skips transactions carrying it,
+/// since they are the monolith's own changes coming back. One origin per
+/// target, because PostgreSQL lets one session at a time use an origin.
+pub fn forward_origin(slot: &str, target: &str) -> String {
+    origin_name(FORWARD_ORIGIN, slot, target)
+}
+
+/// The origin prefix of forward CDC (monolith → shards).
+pub const FORWARD_ORIGIN: &str = "shardline.forward";
+
+/// `<prefix>.<slot>.<target>`.
+pub fn origin_name(prefix: &str, slot: &str, target: &str) -> String {
+    format!("{prefix}.{slot}.{target}")
 }
 
 pub struct Applier {
@@ -87,6 +116,8 @@ pub struct Applier {
     pub time_zone: String,
     /// Commit at most this often (`None`: as soon as the queue is empty).
     pub apply_interval: Option<std::time::Duration>,
+    /// The replication origin of the transactions committed here.
+    pub origin: String,
 }
 
 struct Pending {
@@ -122,6 +153,26 @@ impl Applier {
             .await
         {
             tracing::debug!(target = %self.name, error = %e, "target keeps triggers and foreign key checks");
+        }
+        // Also superuser (or granted) only; without it a stream back from
+        // this target could not tell these transactions from the
+        // application's.
+        let origin = &self.origin;
+        let marked = async {
+            self.client
+                .execute(
+                    "SELECT pg_replication_origin_create($1::text)
+                     WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1::text)",
+                    &[&origin],
+                )
+                .await?;
+            self.client
+                .execute("SELECT pg_replication_origin_session_setup($1::text)", &[&origin])
+                .await
+        }
+        .await;
+        if let Err(e) = marked {
+            tracing::debug!(target = %self.name, error = %e, "target transactions carry no replication origin");
         }
         let mut p = Pending {
             batch: String::new(),

@@ -19,6 +19,9 @@
 //!
 //! [`jsonl`] writes the decoded stream as JSON lines instead of applying it.
 //!
+//! [`reverse`] streams each shard back to the monolith (a cutover's way
+//! back), with replication origins that keep the two directions apart.
+//!
 //! Not yet here: recomputing only the touched groups of min/max read models.
 
 pub mod apply;
@@ -30,6 +33,7 @@ pub mod lsn;
 pub mod metrics;
 pub mod pgoutput;
 pub mod readmodel;
+pub mod reverse;
 pub mod route;
 pub mod run;
 pub mod source;

@@ -25,6 +25,9 @@ use crate::route::Routes;
 use crate::source::{self, SourceError};
 use crate::sql;
 
+/// How often the slot is told the confirmed position (at most).
+pub const STATUS_INTERVAL: Duration = Duration::from_millis(100);
+
 /// The prefix of heartbeat messages written into the source's WAL.
 pub const HEARTBEAT_PREFIX: &str = "shardline.heartbeat";
 
@@ -51,6 +54,12 @@ pub struct RunOptions {
     pub jsonl: Option<crate::jsonl::Output>,
     /// Serve Prometheus metrics over HTTP on this address.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The appliers mark their target transactions with the replication
+    /// origin `<origin>.<slot>.<target>`.
+    pub origin: String,
+    /// Source transactions whose origin starts with this came from the
+    /// other direction of a cutover: they are not applied.
+    pub skip_origin: String,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -74,6 +83,8 @@ impl Default for RunOptions {
             read_model_refresh: Duration::from_secs(10),
             jsonl: None,
             metrics_listen: None,
+            origin: crate::apply::FORWARD_ORIGIN.into(),
+            skip_origin: REVERSE_ORIGIN_PREFIX.into(),
         }
     }
 }
@@ -138,7 +149,15 @@ struct Target {
 struct Txn {
     info: crate::jsonl::TxnInfo,
     touched: BTreeSet<usize>,
+    /// Written by the other direction of a cutover (its origin starts with
+    /// [`RunOptions::skip_origin`]): the targets already have it.
+    echo: bool,
 }
+
+/// Replication origins of the streams from the shards back to the
+/// monolith start so; the transactions they write are not streamed out
+/// again.
+pub const REVERSE_ORIGIN_PREFIX: &str = "shardline.reverse.";
 
 /// Streams until `stop` turns true or the stream fails.
 pub async fn run(
@@ -199,6 +218,7 @@ pub async fn run(
             apply_interval: topology
                 .context(&routes.target_context[i])
                 .and_then(|c| c.apply_interval),
+            origin: crate::apply::origin_name(&options.origin, &options.slot, &conn.to_string()),
         };
         let (durable, failed) = (durable_tx.clone(), failed_tx.clone());
         appliers.push(tokio::spawn(async move {
@@ -295,7 +315,7 @@ pub async fn run(
                     match event {
                         ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
                             let info = crate::jsonl::TxnInfo { commit_lsn: Lsn(final_lsn.0), xid, commit_time: commit_time_micros };
-                            txn = Some(Txn { info, touched: BTreeSet::new() });
+                            txn = Some(Txn { info, touched: BTreeSet::new(), echo: false });
                         }
                         ReplicationEvent::XLogData { data, .. } => {
                             let Some(t) = txn.as_mut() else { continue };
@@ -304,7 +324,7 @@ pub async fn run(
                                 continue;
                             }
                             let mut upkeep = Upkeep { refresher: &mut read_models, deltas: &mut deltas };
-                            let known = Known { routes: &routes, source: &topology.source, copied_at: &copied_at };
+                            let known = Known { routes: &routes, source: &topology.source, copied_at: &copied_at, skip_origin: &options.skip_origin };
                             handle(data, t, &mut tables, &known, &targets, &mut upkeep, &mut report).await?;
                         }
                         ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
@@ -453,10 +473,26 @@ async fn handle(
     report: &mut RunReport,
 ) -> Result<(), CdcError> {
     let message = pgoutput::decode(data)?;
+    match &message {
+        LogicalMessage::Origin { name, .. } if name.starts_with(known.skip_origin) => {
+            txn.echo = true;
+            return Ok(());
+        }
+        LogicalMessage::Insert { .. }
+        | LogicalMessage::Update { .. }
+        | LogicalMessage::Delete { .. }
+        | LogicalMessage::Truncate { .. }
+            if txn.echo =>
+        {
+            return Ok(());
+        }
+        _ => {}
+    }
     let Known {
         routes,
         source,
         copied_at,
+        ..
     } = *known;
     let commit_lsn = txn.info.commit_lsn;
     let wanted = |target: usize| commit_lsn > targets[target].recorded;
@@ -590,6 +626,7 @@ struct Known<'a> {
     source: &'a ConnString,
     /// Where backfill copied each table and read model (see `source::backfill_points`).
     copied_at: &'a HashMap<String, Lsn>,
+    skip_origin: &'a str,
 }
 
 /// What keeps read models current while the stream is applied.
@@ -772,7 +809,9 @@ fn replication_config(source: &ConnString, options: &RunOptions, start: Lsn) -> 
     .with_port(source.port())
     .with_tls(TlsConfig::disabled())
     .with_start_lsn(pgwire_replication::Lsn(start.0))
-    .with_status_interval(Duration::from_secs(1))
+    // The confirmed position is what a cutover waits for (the switch
+    // pause), so it reaches the server within 100 ms, not 1 s.
+    .with_status_interval(STATUS_INTERVAL)
     .with_wakeup_interval(Duration::from_secs(1))
     .with_options(STREAM_OPTIONS)
     .with_application_name("shardline-cdc")

@@ -149,7 +149,9 @@ pub fn answer(
     let ms = |v: Option<f64>| v.map(Value::Float).unwrap_or(Value::Null);
     let mut rows = Vec::new();
     for (c, (dbs, pools)) in stats.dbs.iter().zip(pools).enumerate() {
-        let placement = schema.context(c).sharding.as_ref().map(|(_, p)| p);
+        // The monolith's pool, during a cutover, comes after every context.
+        let placement =
+            (schema.contexts().get(c)).and_then(|info| info.sharding.as_ref().map(|(_, p)| p));
         for (db, pool) in dbs.iter().zip(pools) {
             let shard = db.shard.map(int).unwrap_or(Value::Null);
             rows.push(match command {

@@ -44,6 +44,7 @@ mod aggregate;
 mod backend;
 mod cache;
 mod cancel;
+mod cohort;
 mod datum;
 mod error;
 mod merge;
@@ -64,6 +65,7 @@ pub use backend::BackendError;
 pub use server::{Proxy, ProxyError, DEFAULT_POOL_SIZE};
 
 pub use cache::DEFAULT_CAPACITY;
+pub use cohort::Cohorts;
 pub use error::RouteError;
 pub use merge::{Aggregate, Limit, MergeShape, Output, SortColumn, SortKey};
 pub use route::{Format, Kind, Param, Route, Router, Target};

@@ -108,7 +108,7 @@ pub struct Route {
 
 /// A statement text, parsed and analysed once.
 pub(crate) struct Parsed {
-    statements: Vec<Analyzed>,
+    pub(crate) statements: Vec<Analyzed>,
     protobuf: protobuf::ParseResult,
 }
 
@@ -140,7 +140,7 @@ impl Router {
         (c.hits, c.misses, c.len())
     }
 
-    fn parsed(&self, sql: &str) -> Result<Arc<Parsed>, RouteError> {
+    pub(crate) fn parsed(&self, sql: &str) -> Result<Arc<Parsed>, RouteError> {
         if let Some(p) = self.lock().get(sql) {
             return Ok(p);
         }
@@ -430,7 +430,7 @@ impl Router {
     }
 
     /// The value of a key expression, `None` for NULL.
-    fn key_value(
+    pub(crate) fn key_value(
         &self,
         k: &KeyExpr,
         params: &[Param<'_>],
@@ -455,7 +455,7 @@ impl Router {
 }
 
 /// The shards a constraint allows, `None` for every shard.
-fn resolve(
+pub(crate) fn resolve(
     c: &Constraint,
     shard_of: &dyn Fn(&KeyExpr) -> Result<Option<usize>, RouteError>,
 ) -> Result<Option<BTreeSet<usize>>, RouteError> {

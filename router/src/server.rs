@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use shardline_topology::Topology;
+use shardline_topology::{ConnString, Topology};
 use tokio::net::TcpListener;
 
 use crate::backend::{Manager, Pool};
@@ -27,6 +27,9 @@ pub(crate) struct Shared {
     pub stats: Stats,
     /// Clients' cancel keys and the backends they hold.
     pub cancels: Arc<crate::cancel::Registry>,
+    /// The cutover state, when the topology enables cutover; the monolith
+    /// then has the last pool, after every context's.
+    pub cohorts: Option<Arc<crate::Cohorts>>,
 }
 
 impl Shared {
@@ -84,6 +87,19 @@ impl Proxy {
         if topology.router.users.is_empty() {
             return Err(ProxyError::NoUsers);
         }
+        let pool = |conn: &ConnString, stats: Arc<DbStats>| {
+            Pool::builder(Manager {
+                conn: conn.clone(),
+                stats,
+            })
+            .max_size(pool_size)
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| ProxyError::Pool {
+                database: conn.to_string(),
+                cause: e.to_string(),
+            })
+        };
         let mut pools = Vec::new();
         let mut stats = Stats::default();
         for c in &topology.contexts {
@@ -93,21 +109,17 @@ impl Proxy {
                 let shard = c.is_sharded().then_some(i);
                 let db = Arc::new(DbStats::new(&c.name, shard, conn.to_string()));
                 per_stats.push(db.clone());
-                let pool = Pool::builder(Manager {
-                    conn: conn.clone(),
-                    stats: db,
-                })
-                .max_size(pool_size)
-                .runtime(deadpool::Runtime::Tokio1)
-                .build()
-                .map_err(|e| ProxyError::Pool {
-                    database: conn.to_string(),
-                    cause: e.to_string(),
-                })?;
-                per.push(pool);
+                per.push(pool(conn, db)?);
             }
             pools.push(per);
             stats.dbs.push(per_stats);
+        }
+        let cohorts = crate::cohort::enabled(topology);
+        if cohorts.is_some() {
+            let source = &topology.source;
+            let db = Arc::new(DbStats::new("monolith", None, source.to_string()));
+            pools.push(vec![pool(source, db.clone())?]);
+            stats.dbs.push(vec![db]);
         }
         let users = topology
             .router
@@ -127,6 +139,7 @@ impl Proxy {
                 users,
                 stats,
                 cancels: Arc::default(),
+                cohorts,
             }),
         })
     }
@@ -134,6 +147,10 @@ impl Proxy {
     /// Accepts clients until the listener fails; each runs on its own task,
     /// so one client's broken connection never touches another's.
     pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
+        let _watch = self.shared.cohorts.clone().map(|c| {
+            let task = tokio::spawn(c.watch());
+            crate::cohort::AbortOnDrop(task)
+        });
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -153,6 +170,14 @@ impl Proxy {
     /// The Prometheus text exposition of the router's counters.
     pub fn metrics(&self) -> String {
         self.shared.stats.render(&self.shared.pool_states())
+    }
+
+    /// Tells the monolith this router is gone, so no cutover waits for
+    /// its acknowledgement until its heartbeat would have expired.
+    pub async fn leave(&self) {
+        if let Some(c) = &self.shared.cohorts {
+            c.leave().await;
+        }
     }
 
     /// (hits, misses, entries) of the parse cache.

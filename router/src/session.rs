@@ -9,9 +9,11 @@
 //!
 //! The parts: [`startup`] (login), [`transaction`] (the client's
 //! transaction and the replies that move it), [`simple`] and [`extended`]
-//! (the two query protocols), [`scatter`] (statements on several shards).
+//! (the two query protocols), [`scatter`] (statements on several shards),
+//! [`admin`] (the router's own SHOW), [`cutover`] (cohorts and holds).
 
 mod admin;
+mod cutover;
 mod extended;
 mod scatter;
 mod simple;
@@ -75,6 +77,8 @@ pub(crate) struct Session {
     batch: Vec<Frame>,
     skip_until_sync: bool,
     cancel: Option<crate::cancel::Registration>,
+    /// The open transaction's buckets, for a cutover's drain.
+    cutover: crate::cohort::Registration,
 }
 
 impl Session {
@@ -92,6 +96,7 @@ impl Session {
             batch: Vec::new(),
             skip_until_sync: false,
             cancel: None,
+            cutover: Default::default(),
         }
     }
 
@@ -119,6 +124,9 @@ impl Session {
             return Ok(());
         }
         loop {
+            if self.txn == Txn::Idle {
+                self.cutover_release();
+            }
             if self.batch.is_empty() || self.out.len() > FLUSH_AT {
                 self.flush().await?;
             }
@@ -185,6 +193,9 @@ impl Session {
     }
 
     fn db_name(&self, db: Db) -> String {
+        if db.0 >= self.shared.router.schema().contexts().len() {
+            return "the monolith".into();
+        }
         let c = self.shared.router.schema().context(db.0);
         if c.sharding.is_some() {
             format!("shard {} of {}", db.1, c.name)
@@ -227,6 +238,7 @@ impl Session {
     }
 
     async fn release(&mut self) {
+        self.cutover_release();
         for (_, mut b) in self.backends.drain() {
             if b.broken || b.reset().await.is_err() {
                 drop(Pooled::take(b));
@@ -236,7 +248,10 @@ impl Session {
 
     fn target_dbs(&self, target: &Target) -> Vec<Db> {
         let schema = self.shared.router.schema();
-        let ctx = |name: &str| schema.context_index(name).unwrap_or(0);
+        let ctx = |name: &str| match name {
+            crate::cohort::MONOLITH => schema.contexts().len(),
+            _ => schema.context_index(name).unwrap_or(0),
+        };
         match target {
             Target::Any => vec![self.default_db()],
             Target::Database { context } => vec![(ctx(context), 0)],

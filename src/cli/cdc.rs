@@ -34,7 +34,8 @@ pub struct SlotArgs {
   shardline cdc run --heartbeat-secs 5
   shardline cdc run --metrics-listen 127.0.0.1:9187    # curl http://127.0.0.1:9187/metrics
   shardline cdc run --sink jsonl | kafka-console-producer --topic payments
-  shardline -v cdc run --slot shardline")]
+  shardline -v cdc run --slot shardline
+  shardline cdc run --reverse                          # shards → monolith, for cutover rollback")]
 pub struct RunArgs {
     #[command(flatten)]
     slot: SlotArgs,
@@ -56,6 +57,9 @@ pub struct RunArgs {
     /// Serve Prometheus metrics (lag, changes, apply latency, errors) over HTTP on this address
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Stream every shard back to the monolith instead (a cutover's way back; one slot per shard)
+    #[arg(long, conflicts_with_all = ["sink", "metrics_listen"])]
+    reverse: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,7 +106,11 @@ pub async fn run(cmd: CdcCommand, g: &Global) -> anyhow::Result<u8> {
                     std::sync::Arc::new(std::sync::Mutex::new(out))
                 }),
                 metrics_listen: args.metrics_listen,
+                ..RunOptions::default()
             };
+            if args.reverse {
+                return run_reverse(&topology, &options, g).await;
+            }
             let to_stdout = options.jsonl.is_none();
             let report = shardline_cdc::run::run(&topology, &options, signals::stop_on_signal())
                 .await
@@ -162,6 +170,62 @@ pub async fn run(cmd: CdcCommand, g: &Global) -> anyhow::Result<u8> {
                 println!(
                     "dropped slot {} and publication {}, cleared the targets' progress",
                     args.slot.slot, args.publication
+                );
+            }
+        }
+    }
+    Ok(super::exit::OK)
+}
+
+/// Every shard's reverse stream, until stopped; the first failure stops all.
+async fn run_reverse(
+    topology: &shardline_topology::Topology,
+    forward: &RunOptions,
+    g: &Global,
+) -> anyhow::Result<u8> {
+    use shardline_cdc::reverse::{reverse_options, reverse_topology};
+    let shards = topology
+        .sharded_context()
+        .map(|c| c.databases().len())
+        .unwrap_or(0);
+    if shards == 0 {
+        return Err(Hint::new(
+            "the topology has no single sharded context to stream back from",
+            "define one [contexts.NAME] with shard_key and shards",
+        ));
+    }
+    let stop = signals::stop_on_signal();
+    let mut streams = tokio::task::JoinSet::new();
+    for i in 0..shards {
+        let t = reverse_topology(topology, i).expect("a shard of the sharded context");
+        let o = reverse_options(forward, i);
+        let stop = stop.clone();
+        streams.spawn(async move { (i, shardline_cdc::run::run(&t, &o, stop).await) });
+    }
+    let mut reports = Vec::new();
+    while let Some(done) = streams.join_next().await {
+        let (i, result) = done?;
+        match result {
+            Ok(r) => reports.push((i, r)),
+            Err(e) => {
+                streams.abort_all();
+                return Err(hinted(e));
+            }
+        }
+    }
+    reports.sort_by_key(|(i, _)| *i);
+    match g.format {
+        Format::Json => print_json(
+            &reports
+                .iter()
+                .map(|(i, r)| serde_json::json!({ "shard": i, "report": r }))
+                .collect::<Vec<_>>(),
+        )?,
+        _ => {
+            for (i, r) in &reports {
+                eprintln!(
+                    "shard {i} → monolith stopped: {} transactions, {} changes in {:.1} s; slot confirmed at {}",
+                    r.transactions, r.changes, r.seconds, r.confirmed_lsn
                 );
             }
         }

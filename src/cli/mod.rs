@@ -5,6 +5,7 @@
 
 mod backfill;
 mod cdc;
+mod cutover;
 mod demo;
 mod dev;
 pub mod exit;
@@ -92,6 +93,12 @@ pub enum Command {
     Route(route::Args),
     Export(export::Args),
     Router(router::Args),
+    /// Staged cutover: plan, start and follow cohorts of merchants moving to the shards
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  shardline cutover plan --cohort 5\n  shardline cutover start --cohort 5\n  shardline cutover status"
+    )]
+    Cutover(cutover::CutoverCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -106,6 +113,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Route(args) => route::run(args, g).await,
         Command::Export(args) => export::run(args, g).await,
         Command::Router(args) => router::run(args, g).await,
+        Command::Cutover(cmd) => cutover::run(cmd, g).await,
     }
 }
 

@@ -72,6 +72,9 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         // Stopping a server on SIGINT/SIGTERM is its normal end.
-        _ = stop.changed() => Ok(exit::OK),
+        _ = stop.changed() => {
+            proxy.leave().await;
+            Ok(exit::OK)
+        }
     }
 }

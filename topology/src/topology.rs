@@ -39,6 +39,15 @@ pub struct Topology {
     pub contexts: Vec<Context>,
     pub read_models: Vec<ReadModel>,
     pub router: RouterConfig,
+    pub cutover: CutoverConfig,
+}
+
+/// `[cutover]`: whether routers take each bucket's owner (the monolith or
+/// the shards) from the cutover state kept in the monolith.
+#[derive(Clone, Debug, Default)]
+pub struct CutoverConfig {
+    /// Off by default: a router then sends every statement to the shards.
+    pub enabled: bool,
 }
 
 /// A bounded context: a set of tables and where they live.
@@ -226,6 +235,14 @@ struct RawTopology {
     #[serde(default)]
     read_models: Vec<RawReadModel>,
     router: Option<RawRouter>,
+    cutover: Option<RawCutover>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCutover {
+    #[serde(default)]
+    enabled: bool,
 }
 
 #[derive(Deserialize)]
@@ -426,6 +443,9 @@ impl Validator<'_> {
             contexts,
             read_models,
             router: router?,
+            cutover: CutoverConfig {
+                enabled: raw.cutover.is_some_and(|c| c.enabled),
+            },
         })
     }
 

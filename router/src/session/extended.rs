@@ -36,6 +36,15 @@ impl Session {
         if self.admin_batch(&batch, sync) {
             return Ok(());
         }
+        if let Err((code, message, hint)) = self.cutover_admit(&batch).await {
+            self.reject(code, &message, hint.as_deref());
+            if sync {
+                self.ready();
+            } else {
+                self.skip_until_sync = true;
+            }
+            return Ok(());
+        }
         match self.plan(&batch) {
             Err((code, message, hint)) => {
                 self.reject(code, &message, hint.as_deref());
@@ -110,6 +119,7 @@ impl Session {
                     let route = router
                         .route(&st.sql, &params, self.key.as_ref())
                         .map_err(|e| (e.sqlstate(), e.to_string(), Some(e.hint().to_string())))?;
+                    let route = self.cutover_place(route, &st.sql, &params)?;
                     let is_local = route.kinds.len() == 1
                         && matches!(
                             (&route.kinds[0], &self.txn),

@@ -77,6 +77,14 @@ impl Session {
         {
             self.key.clone_from(k);
         }
+        let route = match self.cutover_route(route, &sql, &[]).await {
+            Ok(r) => r,
+            Err((code, message, hint)) => {
+                self.reject(code, &message, hint.as_deref());
+                self.ready();
+                return Ok(());
+            }
+        };
         let dbs = self.target_dbs(&route.target);
         if let [db] = dbs.as_slice() {
             if !matches!(
