@@ -23,6 +23,9 @@
 
 use std::fmt::Write;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use shardline_topology::{output_name, quote_ident, quote_table, ReadModel};
 
 use crate::pgoutput::{ColumnValue, LogicalMessage, OldTuple, Relation};
@@ -132,7 +135,8 @@ pub fn not_incremental(rm: &ReadModel) -> Option<String> {
     None
 }
 
-/// One read model kept incrementally.
+/// One read model kept incrementally: what the coordinator buffers for
+/// the source transaction in flight.
 #[derive(Debug)]
 pub struct DeltaModel {
     pub name: String,
@@ -140,6 +144,15 @@ pub struct DeltaModel {
     pub from: String,
     /// The target index of the read model's database.
     pub target: usize,
+    /// How its adjustments become SQL, shared with the applier.
+    pub spec: Arc<DeltaSpec>,
+    pending: Vec<(i8, Vec<Option<String>>)>,
+}
+
+/// The SQL side of an incremental read model.
+#[derive(Debug)]
+pub struct DeltaSpec {
+    pub name: String,
     table: String,
     group_by: Vec<String>,
     group_names: Vec<String>,
@@ -148,7 +161,6 @@ pub struct DeltaModel {
     count: String,
     /// The source table's columns and the type each is cast to.
     columns: Vec<(String, String)>,
-    pending: Vec<(i8, Vec<Option<String>>)>,
 }
 
 /// What a change did to a model's buffer.
@@ -177,13 +189,16 @@ impl DeltaModel {
             name: rm.name.clone(),
             from: crate::route::normalise(&rm.from),
             target,
-            table: quote_table(&rm.name),
-            group_by: rm.group_by.clone(),
-            group_names: rm.group_columns(),
-            filter: rm.filter.clone(),
-            aggregates,
-            count,
-            columns,
+            spec: Arc::new(DeltaSpec {
+                name: rm.name.clone(),
+                table: quote_table(&rm.name),
+                group_by: rm.group_by.clone(),
+                group_names: rm.group_columns(),
+                filter: rm.filter.clone(),
+                aggregates,
+                count,
+                columns,
+            }),
             pending: Vec::new(),
         })
     }
@@ -196,6 +211,7 @@ impl DeltaModel {
     /// source table described by `relation`.
     pub fn record(&mut self, relation: &Relation, message: &LogicalMessage) -> Recorded {
         let position: Vec<Option<usize>> = self
+            .spec
             .columns
             .iter()
             .map(|(c, _)| relation.columns.iter().position(|rc| &rc.name == c))
@@ -252,19 +268,38 @@ impl DeltaModel {
             return None;
         }
         let rows = std::mem::take(&mut self.pending);
-        Some(self.merge(&rows))
+        Some(
+            self.spec.merge(
+                rows.iter()
+                    .map(|(sign, row)| (i64::from(*sign), row.as_slice())),
+            ),
+        )
+    }
+
+    /// The buffered delta rows (and empties the buffer).
+    pub fn take_rows(&mut self) -> Vec<(i8, Vec<Option<String>>)> {
+        std::mem::take(&mut self.pending)
     }
 
     /// Empties the read model: the source table was truncated. Anything
     /// buffered before the truncate is moot.
     pub fn truncate_sql(&mut self) -> String {
         self.pending.clear();
+        self.spec.delete_sql()
+    }
+}
+
+impl DeltaSpec {
+    /// Empties the read model's table.
+    pub fn delete_sql(&self) -> String {
         format!("DELETE FROM {}", self.table)
     }
 
-    fn merge(&self, rows: &[(i8, Vec<Option<String>>)]) -> String {
+    /// The `MERGE` that applies delta rows, each with its weight (how many
+    /// times the row image is added, negative for removed).
+    pub fn merge<'a>(&self, rows: impl IntoIterator<Item = (i64, &'a [Option<String>])>) -> String {
         let mut values = String::new();
-        for (i, (sign, row)) in rows.iter().enumerate() {
+        for (i, (sign, row)) in rows.into_iter().enumerate() {
             if i > 0 {
                 values.push_str(", ");
             }
@@ -337,6 +372,68 @@ impl DeltaModel {
             all = all.join(", "),
             from_g = from_g.join(", "),
         )
+    }
+}
+
+/// Distinct delta rows an applier nets before it writes them as one `MERGE`.
+pub const MAX_NETTED_ROWS: usize = 5_000;
+
+/// One read model's delta rows of a target transaction, netted: a row
+/// image added and removed again (a payment inserted, then updated in the
+/// same commit group) cancels out exactly before any SQL is written, since
+/// the filter and every aggregate are functions of the row image. What is
+/// left becomes one `MERGE` (weights as signs) in the same target
+/// transaction as the progress mark of the group.
+#[derive(Debug)]
+pub struct Netted {
+    pub spec: Arc<DeltaSpec>,
+    rows: HashMap<Vec<Option<String>>, i64>,
+}
+
+impl Netted {
+    pub fn new(spec: Arc<DeltaSpec>) -> Self {
+        Self {
+            spec,
+            rows: HashMap::new(),
+        }
+    }
+
+    pub fn add(&mut self, rows: Vec<(i8, Vec<Option<String>>)>) {
+        for (sign, row) in rows {
+            *self.rows.entry(row).or_insert(0) += i64::from(sign);
+        }
+    }
+
+    /// Distinct row images held.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Forgets the held rows (the read model is emptied, or the target
+    /// transaction rolls back).
+    pub fn clear(&mut self) {
+        self.rows.clear();
+    }
+
+    /// The `MERGE` of the rows whose weight is not zero (and empties the
+    /// buffer); `None` when nothing is left.
+    pub fn take_sql(&mut self) -> Option<String> {
+        let rows = std::mem::take(&mut self.rows);
+        let mut live: Vec<(i64, &[Option<String>])> = rows
+            .iter()
+            .filter(|(_, w)| **w != 0)
+            .map(|(row, w)| (*w, row.as_slice()))
+            .collect();
+        if live.is_empty() {
+            return None;
+        }
+        // A stable order: the same rows give the same statement.
+        live.sort_unstable_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(&b.0)));
+        Some(self.spec.merge(live))
     }
 }
 

@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod pgoutput;
 pub mod readmodel;
 pub mod route;
+pub mod rows;
 pub mod run;
 pub mod source;
 pub mod sql;

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::apply::{self, Applier, ApplyError, Command};
-use crate::change::{ChangeError, Op, Tables};
+use crate::change::{ChangeError, RowPlan, Tables};
 use crate::confirm::Confirmations;
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, DecodeError, LogicalMessage};
@@ -498,17 +498,17 @@ async fn handle(
                 report.skipped += 1;
                 return Ok(());
             }
-            for op in tables.plan(&message)? {
-                match op {
-                    Op::Exec { target, sql } => {
+            for plan in tables.plan_rows(&message)? {
+                match plan {
+                    RowPlan::Row { target, op } => {
                         if wanted(target) {
                             txn.touched.insert(target);
-                            send(&targets[target], Command::Exec(sql)).await?;
+                            send(&targets[target], Command::Row(op)).await?;
                         } else {
                             report.skipped += 1;
                         }
                     }
-                    Op::Move {
+                    RowPlan::Move {
                         from,
                         to,
                         table,
@@ -559,7 +559,8 @@ async fn handle(
                         .is_some_and(|lsn| commit_lsn <= *lsn);
                     if !copied && wanted(m.target) {
                         txn.touched.insert(m.target);
-                        send(&targets[m.target], Command::Exec(m.truncate_sql())).await?;
+                        m.take_rows();
+                        send(&targets[m.target], Command::ResetModel(m.spec.clone())).await?;
                     }
                 }
                 if already_copied(tables, *id) {
@@ -598,16 +599,19 @@ struct Upkeep<'a> {
     deltas: &'a mut Vec<crate::delta::DeltaModel>,
 }
 
-/// Sends one read model's buffered adjustments to its database, inside the
-/// open source transaction there.
+/// Sends one read model's buffered adjustments to its database's applier,
+/// inside the open source transaction there (it nets them with the rest of
+/// its commit group).
 async fn flush_delta(
     model: &mut crate::delta::DeltaModel,
     txn: &mut Txn,
     targets: &[Target],
 ) -> Result<(), CdcError> {
-    if let Some(sql) = model.take_sql() {
+    if model.pending() > 0 {
         txn.touched.insert(model.target);
-        send(&targets[model.target], Command::Exec(sql)).await?;
+        let rows = model.take_rows();
+        let spec = model.spec.clone();
+        send(&targets[model.target], Command::Delta { spec, rows }).await?;
     }
     Ok(())
 }
