@@ -156,6 +156,8 @@ pub struct DeltaSpec {
     table: String,
     group_by: Vec<String>,
     group_names: Vec<String>,
+    /// The group expressions without their aliases.
+    group_exprs: Vec<String>,
     filter: Option<String>,
     aggregates: Vec<Aggregate>,
     count: String,
@@ -194,6 +196,7 @@ impl DeltaModel {
                 table: quote_table(&rm.name),
                 group_by: rm.group_by.clone(),
                 group_names: rm.group_columns(),
+                group_exprs: group_exprs(rm),
                 filter: rm.filter.clone(),
                 aggregates,
                 count,
@@ -201,6 +204,30 @@ impl DeltaModel {
             }),
             pending: Vec::new(),
         })
+    }
+
+    /// A recorder of the rows a change touched, for a read model that is
+    /// recomputed group by group (min, max, …): [`DeltaModel::record`]
+    /// buffers row images and [`DeltaSpec::touched_groups_sql`] finds
+    /// their groups; no `MERGE` is ever made of it.
+    pub fn for_groups(rm: &ReadModel, target: usize, columns: Vec<(String, String)>) -> Self {
+        Self {
+            name: rm.name.clone(),
+            from: crate::route::normalise(&rm.from),
+            target,
+            spec: Arc::new(DeltaSpec {
+                name: rm.name.clone(),
+                table: quote_table(&rm.name),
+                group_by: rm.group_by.clone(),
+                group_names: rm.group_columns(),
+                group_exprs: group_exprs(rm),
+                filter: rm.filter.clone(),
+                aggregates: Vec::new(),
+                count: String::new(),
+                columns,
+            }),
+            pending: Vec::new(),
+        }
     }
 
     pub fn pending(&self) -> usize {
@@ -289,7 +316,77 @@ impl DeltaModel {
     }
 }
 
+/// `date_trunc('day', created_at) AS day` → `date_trunc('day', created_at)`.
+fn group_exprs(rm: &ReadModel) -> Vec<String> {
+    rm.group_by
+        .iter()
+        .map(|g| match split_alias(g) {
+            Some((expr, _)) => expr.to_string(),
+            None => g.trim().to_string(),
+        })
+        .collect()
+}
+
 impl DeltaSpec {
+    /// The distinct groups of row images, evaluated by PostgreSQL with the
+    /// read model's own group expressions: `SELECT DISTINCT <exprs> FROM
+    /// (<images cast to the source's types>) AS <alias>`. `alias` is the
+    /// source table's name, so qualified column references resolve too.
+    pub fn touched_groups_sql<'a>(
+        &self,
+        rows: impl IntoIterator<Item = &'a [Option<String>]>,
+        alias: &str,
+    ) -> String {
+        let mut values = String::new();
+        for (i, row) in rows.into_iter().enumerate() {
+            if i > 0 {
+                values.push_str(", ");
+            }
+            values.push('(');
+            for (j, v) in row.iter().enumerate() {
+                if j > 0 {
+                    values.push_str(", ");
+                }
+                push_literal(&mut values, v.as_deref().map(str::as_bytes));
+            }
+            values.push(')');
+        }
+        let aliases: Vec<String> = (0..self.columns.len()).map(|i| format!("c{i}")).collect();
+        let casts: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, (name, ty))| format!("v.c{i}::{ty} AS {}", quote_ident(name)))
+            .collect();
+        format!(
+            "SELECT DISTINCT {} FROM (SELECT {} FROM (VALUES {values}) AS v({})) AS {}",
+            self.group_exprs.join(", "),
+            casts.join(", "),
+            aliases.join(", "),
+            quote_ident(alias),
+        )
+    }
+
+    /// The read model's query restricted to the groups `touched` (a query
+    /// of their group values) selects: `… WHERE <filter> AND (<exprs>) IN
+    /// (touched) GROUP BY …`.
+    pub fn groups_query(&self, rm: &ReadModel, touched: &str) -> String {
+        let positions: Vec<String> = (1..=self.group_by.len()).map(|i| i.to_string()).collect();
+        let filter = self
+            .filter
+            .as_deref()
+            .map(|f| format!("({f}) AND "))
+            .unwrap_or_default();
+        format!(
+            "SELECT {}, {} FROM {} WHERE {filter}({}) IN ({touched}) GROUP BY {}",
+            self.group_by.join(", "),
+            rm.aggregates.join(", "),
+            quote_table(&rm.from),
+            self.group_exprs.join(", "),
+            positions.join(", ")
+        )
+    }
+
     /// Empties the read model's table.
     pub fn delete_sql(&self) -> String {
         format!("DELETE FROM {}", self.table)

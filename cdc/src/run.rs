@@ -87,6 +87,8 @@ pub struct RunReport {
     pub skipped: u64,
     /// Read models recomputed because their source table changed.
     pub read_model_refreshes: u64,
+    /// Of those, recomputed for the groups the changes touched only.
+    pub read_model_group_refreshes: u64,
     pub confirmed_lsn: String,
     pub seconds: f64,
 }
@@ -138,6 +140,13 @@ struct Target {
 struct Txn {
     info: crate::jsonl::TxnInfo,
     touched: BTreeSet<usize>,
+}
+
+impl RunReport {
+    fn refreshed(&mut self, done: crate::readmodel::Refreshed) {
+        self.read_model_refreshes += (done.whole + done.groups) as u64;
+        self.read_model_group_refreshes += done.groups as u64;
+    }
 }
 
 /// Streams until `stop` turns true or the stream fails.
@@ -269,6 +278,12 @@ pub async fn run(
     let mut report = RunReport::default();
     let incremental: Vec<&str> = deltas.iter().map(|m| m.name.as_str()).collect();
     let mut read_models = crate::readmodel::Refresher::new(topology).without(&incremental);
+    if jsonl.is_none() {
+        read_models
+            .prepare_groups(&source)
+            .await
+            .map_err(|e| query_error(&topology.source, e))?;
+    }
     let mut refresh = tokio::time::interval(options.read_model_refresh);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat = tokio::time::interval(options.heartbeat);
@@ -344,7 +359,7 @@ pub async fn run(
                     publish_metrics(&metrics, &mut confirmations, &applied, source_seen, &report);
                 }
                 _ = refresh.tick() => {
-                    report.read_model_refreshes += read_models.refresh(&topology.source).await? as u64;
+                    report.refreshed(read_models.refresh(&topology.source).await?);
                 }
             }
         }
@@ -375,7 +390,7 @@ pub async fn run(
         metrics.error();
     }
     if outcome.is_ok() && apply_error.is_none() {
-        report.read_model_refreshes += read_models.refresh(&topology.source).await? as u64;
+        report.refreshed(read_models.refresh(&topology.source).await?);
     }
     report.confirmed_lsn = confirmations.confirmed().to_string();
     report.seconds = started.elapsed().as_secs_f64();
@@ -476,7 +491,9 @@ async fn handle(
         | LogicalMessage::Delete { relation, .. } => {
             report.changes += 1;
             let table = tables.get(*relation)?;
-            upkeep.refresher.touch(&table.name());
+            upkeep
+                .refresher
+                .touch_row(&table.name(), &table.relation, &message);
             for m in upkeep.deltas.iter_mut().filter(|m| m.from == table.name()) {
                 let copied = copied_at
                     .get(&format!("public.{}", m.name))
