@@ -23,9 +23,9 @@
 
 use std::fmt::Write;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
 use shardline_topology::{output_name, quote_ident, quote_table, ReadModel};
 
 use crate::pgoutput::{ColumnValue, LogicalMessage, OldTuple, Relation};
@@ -187,6 +187,13 @@ impl DeltaModel {
             Aggregate::CountStar { name } => Some(name.clone()),
             _ => None,
         })?;
+        let texts = rm
+            .filter
+            .iter()
+            .chain(&rm.group_by)
+            .chain(&rm.aggregates)
+            .map(String::as_str);
+        let columns = referenced_columns(texts, &rm.from, columns);
         Some(Self {
             name: rm.name.clone(),
             from: crate::route::normalise(&rm.from),
@@ -211,6 +218,7 @@ impl DeltaModel {
     /// buffers row images and [`DeltaSpec::touched_groups_sql`] finds
     /// their groups; no `MERGE` is ever made of it.
     pub fn for_groups(rm: &ReadModel, target: usize, columns: Vec<(String, String)>) -> Self {
+        let columns = referenced_columns(rm.group_by.iter().map(String::as_str), &rm.from, columns);
         Self {
             name: rm.name.clone(),
             from: crate::route::normalise(&rm.from),
@@ -314,6 +322,75 @@ impl DeltaModel {
         self.pending.clear();
         self.spec.delete_sql()
     }
+}
+
+/// The columns the read model's expressions name: only they travel in delta
+/// rows (fewer bytes to send and cast, and row images that differ only in
+/// other columns cancel out). Identifiers are read outside string literals,
+/// unquoted ones folded to lower case; an expression naming the table
+/// itself (a whole-row reference such as `payments.*` or `to_json(payments)`)
+/// keeps every column. A column missed here cannot give a wrong result: the
+/// expression would name a column the delta rows lack, an error.
+pub fn referenced_columns<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+    from: &str,
+    columns: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    let mut names = std::collections::HashSet::new();
+    for text in texts {
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\'' => {
+                    // A literal, with '' as a quote inside it.
+                    while let Some(c) = chars.next() {
+                        if c == '\'' {
+                            if chars.peek() == Some(&'\'') {
+                                chars.next();
+                            } else {
+                                break;
+                            }
+                        }
+                    }
+                }
+                '"' => {
+                    let mut name = String::new();
+                    while let Some(c) = chars.next() {
+                        if c == '"' {
+                            if chars.peek() == Some(&'"') {
+                                chars.next();
+                            } else {
+                                break;
+                            }
+                        }
+                        name.push(c);
+                    }
+                    names.insert(name);
+                }
+                c if c.is_alphabetic() || c == '_' => {
+                    let mut name = c.to_lowercase().to_string();
+                    while let Some(&c) = chars.peek() {
+                        if c.is_alphanumeric() || c == '_' || c == '$' {
+                            name.extend(c.to_lowercase());
+                            chars.next();
+                        } else {
+                            break;
+                        }
+                    }
+                    names.insert(name);
+                }
+                _ => {}
+            }
+        }
+    }
+    let table = from.rsplit('.').next().unwrap_or(from).trim_matches('"');
+    if names.contains(table) || names.contains(&table.to_lowercase()) {
+        return columns;
+    }
+    columns
+        .into_iter()
+        .filter(|(c, _)| names.contains(c))
+        .collect()
 }
 
 /// `date_trunc('day', created_at) AS day` → `date_trunc('day', created_at)`.
@@ -484,14 +561,14 @@ pub const MAX_NETTED_ROWS: usize = 5_000;
 #[derive(Debug)]
 pub struct Netted {
     pub spec: Arc<DeltaSpec>,
-    rows: HashMap<Vec<Option<String>>, i64>,
+    rows: FxHashMap<Vec<Option<String>>, i64>,
 }
 
 impl Netted {
     pub fn new(spec: Arc<DeltaSpec>) -> Self {
         Self {
             spec,
-            rows: HashMap::new(),
+            rows: FxHashMap::default(),
         }
     }
 
@@ -629,6 +706,47 @@ mod tests {
             aggregates: aggregates.iter().map(|s| s.to_string()).collect(),
             context: "analytics".into(),
         }
+    }
+
+    #[test]
+    fn delta_rows_carry_only_the_columns_the_expressions_name() {
+        let columns: Vec<(String, String)> = [
+            "merchant_id",
+            "amount",
+            "status",
+            "created_at",
+            "note",
+            "Day",
+            "day",
+        ]
+        .iter()
+        .map(|c| (c.to_string(), "text".to_string()))
+        .collect();
+        let names = |texts: &[&str], from: &str| -> Vec<String> {
+            referenced_columns(texts.iter().copied(), from, columns.clone())
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect()
+        };
+        assert_eq!(
+            names(
+                &[
+                    "status = 'captured note'",
+                    "Merchant_Id",
+                    "date_trunc('day', created_at) AS day",
+                    "sum(amount) AS v"
+                ],
+                "payments"
+            ),
+            ["merchant_id", "amount", "status", "created_at", "day"],
+            "words inside literals are not columns; unquoted names fold to lower case"
+        );
+        assert_eq!(names(&["\"Day\"", "count(*)"], "public.payments"), ["Day"]);
+        assert_eq!(
+            names(&["max(payments.amount)"], "public.payments").len(),
+            columns.len(),
+            "a whole-row or qualified reference keeps every column"
+        );
     }
 
     #[test]

@@ -28,10 +28,10 @@
 //! Nothing here decides durability: the applier writes a run before every
 //! commit, fetch or other statement, inside the same target transaction.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 
 use crate::sql;
 
@@ -118,7 +118,7 @@ struct Run {
     /// `None`: deleted again before it was written.
     rows: Vec<Option<Vec<Cell>>>,
     /// Key values → position in `rows`, for live rows (unique keys only).
-    index: HashMap<Vec<Cell>, usize>,
+    index: FxHashMap<Vec<Cell>, usize>,
     live: usize,
     bytes: usize,
 }
@@ -175,7 +175,7 @@ impl Batcher {
                 let run = self.run.get_or_insert_with(|| Run {
                     shape,
                     rows: Vec::new(),
-                    index: HashMap::new(),
+                    index: FxHashMap::default(),
                     live: 0,
                     bytes: 0,
                 });
@@ -199,10 +199,13 @@ impl Batcher {
                 }
             }
             RowOp::Update { shape, new, key } => {
-                if self.fold_update(&shape, &new, &key) {
-                    self.stats.folded += 1;
-                    return;
-                }
+                let new = match self.fold_update(&shape, new, &key) {
+                    Ok(()) => {
+                        self.stats.folded += 1;
+                        return;
+                    }
+                    Err(new) => new,
+                };
                 self.flush(out);
                 self.single(RowOp::Update { shape, new, key }, out);
             }
@@ -227,39 +230,51 @@ impl Batcher {
         }
     }
 
-    /// Applies an update to the row in the run it names, if there is one.
-    fn fold_update(&mut self, shape: &Arc<Shape>, new: &[Option<Cell>], key: &[Cell]) -> bool {
+    /// Applies an update to the row in the run it names, if there is one;
+    /// gives the new values back when there is none.
+    fn fold_update(
+        &mut self,
+        shape: &Arc<Shape>,
+        new: Vec<Option<Cell>>,
+        key: &[Cell],
+    ) -> Result<(), Vec<Option<Cell>>> {
         let Some(run) = self
             .run
             .as_mut()
             .filter(|r| r.shape.unique_key && same_table(&r.shape, shape))
         else {
-            return false;
+            return Err(new);
         };
         let Some(&at) = run.index.get(key) else {
-            return false;
+            return Err(new);
         };
-        let Some(row) = run.rows[at].as_ref() else {
-            return false;
+        let Some(row) = run.rows[at].as_mut() else {
+            return Err(new);
         };
-        let old_bytes = row_bytes(row);
-        let mut updated = row.clone();
-        for (cell, value) in updated.iter_mut().zip(new) {
-            if let Some(value) = value {
-                *cell = value.clone();
-            }
-        }
-        let new_key = run.key_of(&updated);
+        let new_key: Vec<Cell> = run
+            .shape
+            .key
+            .iter()
+            .map(|&i| match &new[i] {
+                Some(v) => v.clone(),
+                None => row[i].clone(),
+            })
+            .collect();
         if new_key.as_slice() != key {
             if run.index.contains_key(&new_key) {
-                return false;
+                return Err(new);
             }
             run.index.remove(key);
             run.index.insert(new_key, at);
         }
-        run.bytes = (run.bytes + row_bytes(&updated)).saturating_sub(old_bytes);
-        run.rows[at] = Some(updated);
-        true
+        let old_bytes = row_bytes(row);
+        for (cell, value) in row.iter_mut().zip(new) {
+            if let Some(value) = value {
+                *cell = value;
+            }
+        }
+        run.bytes = (run.bytes + row_bytes(row)).saturating_sub(old_bytes);
+        Ok(())
     }
 
     fn single(&mut self, op: RowOp, out: &mut String) {
