@@ -352,3 +352,123 @@ fn cdc_killed_with_sigkill_resumes_and_applies_every_change_once() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Many small source transactions, each a payment inserted and captured, and
+/// now and then an amount changed or a payment deleted in a transaction of
+/// its own: `rounds` rounds of 300 payments, each round one `DO` block that
+/// commits after every step.
+fn small_transactions(source: &PgServer, rounds: u64) -> u64 {
+    let mut transactions = 0;
+    for r in 0..rounds {
+        source
+            .psql(
+                "postgres",
+                &format!(
+                    "DO $$
+                     DECLARE id bigint; m bigint;
+                     BEGIN
+                       FOR i IN 1..300 LOOP
+                         id := 30000000 + {r} * 1000 + i; m := 1001 + i % 15;
+                         INSERT INTO payments (merchant_id, payment_id, idempotency_key, amount, currency, status, method, created_at, updated_at)
+                           VALUES (m, id, md5(id::text)::uuid, 1 + i, 'EUR', 'authorized', 'card', now(), now());
+                         UPDATE payments SET status = 'captured', captured_at = now() WHERE merchant_id = m AND payment_id = id;
+                         COMMIT;
+                         IF i % 10 = 0 THEN
+                           UPDATE payments SET amount = amount + 0.25 WHERE merchant_id = 1001 + (i - 5) % 15 AND payment_id = id - 5;
+                           COMMIT;
+                         END IF;
+                         IF i % 25 = 0 THEN
+                           DELETE FROM payments WHERE merchant_id = 1001 + (i - 3) % 15 AND payment_id = id - 3;
+                           COMMIT;
+                         END IF;
+                       END LOOP;
+                     END $$"
+                ),
+            )
+            .unwrap();
+        transactions += 300 + 30 + 12;
+    }
+    transactions
+}
+
+#[test]
+fn cdc_killed_during_grouped_read_model_commits_keeps_the_read_model_exact() {
+    // The appliers group queued source transactions into one target
+    // commit, fold each payment's insert and capture into one multi-row
+    // INSERT and net the read-model adjustments of the whole group into one
+    // MERGE under the group's progress mark. Killed at random points of
+    // that, the read model must still equal its query over the source.
+    let f = fleet(5_000);
+    let out = shardline(&f, &["-q", "backfill"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let churn_source = PgServer::attach(f.source.dir(), f.source.port()).unwrap();
+    let churner = std::thread::spawn(move || small_transactions(&churn_source, 30));
+    let mut kills = 0;
+    while !churner.is_finished() {
+        let child = shardline(&f, &["-q", "cdc", "run", "--heartbeat-secs", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        if kill_after(child, Duration::from_millis(rng.random_range(200..1500))) {
+            kills += 1;
+        }
+    }
+    let transactions = churner.join().unwrap();
+    assert!(transactions >= 10_000, "{transactions} transactions");
+    assert!(
+        kills >= 3,
+        "cdc was killed mid-stream at least 3 times ({kills})"
+    );
+
+    let child = shardline(&f, &["-q", "cdc", "run", "--heartbeat-secs", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let target = f
+        .source
+        .psql("postgres", "SELECT pg_current_wal_insert_lsn()")
+        .unwrap();
+    let caught_up = (0..900).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        f.source
+            .psql("postgres", &format!("SELECT confirmed_flush_lsn >= '{}' FROM pg_replication_slots WHERE slot_name = 'shardline'", target.trim()))
+            .unwrap()
+            .trim()
+            == "t"
+    });
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        caught_up && out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recomputed = "(SELECT merchant_id, date_trunc('day', created_at) AS day, currency, count(*) AS payments, sum(amount) AS volume
+                        FROM payments WHERE status = 'captured' GROUP BY 1, 2, 3)";
+    assert_eq!(
+        digest(&f.analytics, "merchant_daily_volume", "true"),
+        digest(&f.source, recomputed, "true"),
+        "the read model after {kills} kills"
+    );
+    assert_equal(&f);
+    let out = shardline(&f, &["verify", "--recheck-secs", "0.1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

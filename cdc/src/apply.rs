@@ -8,16 +8,29 @@
 //! Source transactions queued back to back are grouped into one target
 //! commit (group commit), and statements travel in batches of one round trip.
 //!
+//! Row changes arrive as data ([`crate::rows::RowOp`]): runs of inserts
+//! into one table become one multi-row `INSERT`, and updates or deletes of
+//! rows still in such a run change the run instead of becoming statements
+//! ([`crate::rows::Batcher`]). Read-model adjustments of every source
+//! transaction in the group are netted and written as one `MERGE` per read
+//! model right before the progress mark ([`crate::delta::Netted`]). Both
+//! live only inside the open target transaction: what commits is exactly
+//! the group's source transactions, under the position of the last one.
+//!
 //! A target of a context with an `apply_interval` streams its statements
 //! into one open target transaction and commits it at most once per
 //! interval: readers there see the source's changes in steps, and the slot
 //! is not confirmed past them until they commit. Memory stays bounded,
 //! since statements leave in batches as they come.
 
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 
+use crate::delta::{DeltaSpec, Netted, MAX_NETTED_ROWS};
 use crate::lsn::Lsn;
+use crate::rows::{BatchStats, Batcher, RowOp};
 
 /// The control table of CDC progress, created on every target.
 pub const PROGRESS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS shardline;
@@ -45,6 +58,17 @@ const MAX_GROUPED_TRANSACTIONS: usize = 2_000;
 #[derive(Debug)]
 pub enum Command {
     Exec(String),
+    /// One row change (batched with its neighbours).
+    Row(RowOp),
+    /// Delta rows of a read model on this target, from one source
+    /// transaction (netted with the rest of the group).
+    Delta {
+        spec: Arc<DeltaSpec>,
+        rows: Vec<(i8, Vec<Option<String>>)>,
+    },
+    /// The read model's source table was truncated: empty it, and drop its
+    /// adjustments held so far.
+    ResetModel(Arc<DeltaSpec>),
     /// Read one row inside the open transaction (for moves between shards).
     Fetch {
         sql: String,
@@ -122,11 +146,22 @@ pub struct Applier {
 
 struct Pending {
     batch: String,
+    rows: Batcher,
+    deltas: Vec<Netted>,
     in_transaction: bool,
     grouped: usize,
     last: Option<(Lsn, Lsn, i64)>,
     /// Statements of a source transaction whose commit has not arrived.
     partial: bool,
+}
+
+impl Pending {
+    fn begin(&mut self) {
+        if !self.in_transaction {
+            self.batch.push_str("BEGIN;");
+            self.in_transaction = true;
+        }
+    }
 }
 
 impl Applier {
@@ -176,6 +211,8 @@ impl Applier {
         }
         let mut p = Pending {
             batch: String::new(),
+            rows: Batcher::new(),
+            deltas: Vec::new(),
             in_transaction: false,
             grouped: 0,
             last: None,
@@ -200,10 +237,8 @@ impl Applier {
             let Some(command) = command else { break };
             match command {
                 Command::Exec(sql) => {
-                    if !p.in_transaction {
-                        p.batch.push_str("BEGIN;");
-                        p.in_transaction = true;
-                    }
+                    p.begin();
+                    p.rows.flush(&mut p.batch);
                     p.batch.push_str(&sql);
                     p.batch.push(';');
                     p.partial = true;
@@ -211,7 +246,48 @@ impl Applier {
                         self.send(&mut p.batch).await?;
                     }
                 }
+                Command::Row(op) => {
+                    p.begin();
+                    p.rows.push(op, &mut p.batch);
+                    p.partial = true;
+                    if p.batch.len() >= MAX_BATCH_BYTES {
+                        self.send(&mut p.batch).await?;
+                    }
+                }
+                Command::Delta { spec, rows } => {
+                    p.begin();
+                    p.partial = true;
+                    let at = match p.deltas.iter().position(|n| Arc::ptr_eq(&n.spec, &spec)) {
+                        Some(at) => at,
+                        None => {
+                            p.deltas.push(Netted::new(spec));
+                            p.deltas.len() - 1
+                        }
+                    };
+                    let netted = &mut p.deltas[at];
+                    netted.add(rows);
+                    if netted.len() >= MAX_NETTED_ROWS {
+                        if let Some(sql) = netted.take_sql() {
+                            p.batch.push_str(&sql);
+                            p.batch.push(';');
+                        }
+                        if p.batch.len() >= MAX_BATCH_BYTES {
+                            self.send(&mut p.batch).await?;
+                        }
+                    }
+                }
+                Command::ResetModel(spec) => {
+                    p.begin();
+                    p.partial = true;
+                    for n in p.deltas.iter_mut().filter(|n| Arc::ptr_eq(&n.spec, &spec)) {
+                        n.clear();
+                    }
+                    p.rows.flush(&mut p.batch);
+                    p.batch.push_str(&spec.delete_sql());
+                    p.batch.push(';');
+                }
                 Command::Fetch { sql, reply } => {
+                    p.rows.flush(&mut p.batch);
                     self.send(&mut p.batch).await?;
                     let row = self
                         .client
@@ -232,10 +308,7 @@ impl Applier {
                     end_lsn,
                     commit_time,
                 } => {
-                    if !p.in_transaction {
-                        p.batch.push_str("BEGIN;");
-                        p.in_transaction = true;
-                    }
+                    p.begin();
                     p.last = Some((commit_lsn, end_lsn, commit_time));
                     p.grouped += 1;
                     p.partial = false;
@@ -261,6 +334,13 @@ impl Applier {
         if p.grouped > 0 && !p.partial {
             self.commit(&mut p, &durable).await?;
         }
+        let BatchStats {
+            inserts,
+            inserted_rows,
+            folded,
+            single,
+        } = p.rows.stats;
+        tracing::debug!(target = %self.name, inserts, inserted_rows, folded, single, "row changes batched");
         if p.in_transaction {
             self.client
                 .batch_execute("ROLLBACK")
@@ -278,6 +358,13 @@ impl Applier {
         let Some((commit_lsn, end_lsn, commit_time)) = p.last else {
             return Ok(());
         };
+        p.rows.flush(&mut p.batch);
+        for n in &mut p.deltas {
+            if let Some(sql) = n.take_sql() {
+                p.batch.push_str(&sql);
+                p.batch.push(';');
+            }
+        }
         p.batch.push_str(&format!(
             "INSERT INTO shardline.cdc_progress (slot_name, commit_lsn, end_lsn, commit_time)
              VALUES ('{slot}', '{commit_lsn}', '{end_lsn}', timestamptz '2000-01-01 00:00:00+00' + {commit_time} * interval '1 microsecond')

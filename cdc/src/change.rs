@@ -6,6 +6,7 @@
 //! target, or a move between shards when an update changed the shard key.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use shardline_topology::{quote_ident, ShardKey};
 
@@ -13,13 +14,29 @@ use crate::pgoutput::{
     ColumnValue, LogicalMessage, OldTuple, Relation, ReplicaIdentity, TupleData,
 };
 use crate::route::{Routes, TableRoute};
-use crate::sql::{self, Value};
+use crate::rows::{Cell, RowOp, Shape};
 
-/// What to do on the targets for one row change.
+/// What to do on the targets for one row change, as SQL text.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// Run a statement on one target.
     Exec { target: usize, sql: String },
+    /// Move a row from one shard to another (see [`RowPlan::Move`]).
+    Move {
+        from: usize,
+        to: usize,
+        table: String,
+        columns: Vec<String>,
+        values: Vec<Option<Option<Vec<u8>>>>,
+        key: Vec<(String, Option<Vec<u8>>)>,
+    },
+}
+
+/// What to do on the targets for one row change, as data for the appliers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RowPlan {
+    /// Apply a row change on one target.
+    Row { target: usize, op: RowOp },
     /// Move a row from one shard to another. `missing` lists columns whose
     /// value did not change and was not sent (unchanged TOAST): they must be
     /// read from the row on `from` before it is deleted there.
@@ -82,6 +99,8 @@ pub struct Table {
     /// Column indices identifying a row: the replica identity's columns.
     pub key: Vec<usize>,
     pub shard_key: Option<usize>,
+    /// Names, key and quoting shared by every row change of the table.
+    pub shape: Arc<Shape>,
 }
 
 /// The relations seen so far in this session.
@@ -164,6 +183,11 @@ impl Tables {
                     .map(|k| columns.iter().position(|c| c == k))
                     .collect()
             });
+        let unique_key = primary_key.is_some()
+            || matches!(
+                relation.replica_identity,
+                ReplicaIdentity::Default | ReplicaIdentity::Index
+            );
         let key = primary_key.unwrap_or_else(|| {
             relation
                 .columns
@@ -178,6 +202,12 @@ impl Tables {
             quote_ident(&relation.namespace),
             quote_ident(&relation.name)
         );
+        let shape = Arc::new(Shape {
+            qualified: qualified.clone(),
+            columns,
+            unique_key: unique_key && !key.is_empty(),
+            key: key.clone(),
+        });
         self.by_id.insert(
             relation.id,
             Table {
@@ -186,6 +216,7 @@ impl Tables {
                 route,
                 key,
                 shard_key,
+                shape,
             },
         );
         Ok(())
@@ -197,24 +228,57 @@ impl Tables {
 
     /// The statements that apply one insert, update or delete.
     pub fn plan(&self, message: &LogicalMessage) -> Result<Vec<Op>, ChangeError> {
+        Ok(self
+            .plan_rows(message)?
+            .into_iter()
+            .map(|p| match p {
+                RowPlan::Row { target, op } => Op::Exec {
+                    target,
+                    sql: op.sql(),
+                },
+                RowPlan::Move {
+                    from,
+                    to,
+                    table,
+                    columns,
+                    values,
+                    key,
+                } => Op::Move {
+                    from,
+                    to,
+                    table,
+                    columns,
+                    values,
+                    key,
+                },
+            })
+            .collect())
+    }
+
+    /// The row changes that apply one insert, update or delete.
+    pub fn plan_rows(&self, message: &LogicalMessage) -> Result<Vec<RowPlan>, ChangeError> {
+        let each = |targets: Vec<usize>, op: RowOp| -> Vec<RowPlan> {
+            let mut plans = Vec::with_capacity(targets.len());
+            for target in targets {
+                plans.push(RowPlan::Row {
+                    target,
+                    op: op.clone(),
+                });
+            }
+            plans
+        };
         match message {
             LogicalMessage::Insert { relation, new } => {
                 let t = self.get(*relation)?;
                 let targets = t.targets_of(new, "insert")?;
-                let columns = t.column_names();
-                let values = t.values(new)?;
-                let sql = sql::insert(
-                    &t.qualified,
-                    &columns,
-                    [values.iter().map(|v| v.unwrap_or(None)).collect()],
-                );
-                Ok(targets
-                    .into_iter()
-                    .map(|target| Op::Exec {
-                        target,
-                        sql: sql.clone(),
-                    })
-                    .collect())
+                let row = t.values(new)?.into_iter().map(Option::flatten).collect();
+                Ok(each(
+                    targets,
+                    RowOp::Insert {
+                        shape: t.shape.clone(),
+                        row,
+                    },
+                ))
             }
             LogicalMessage::Update { relation, old, new } => {
                 let t = self.get(*relation)?;
@@ -224,55 +288,53 @@ impl Tables {
                 let key_source = old.as_ref().map(OldTuple::data).unwrap_or(new);
                 let from = t.targets_of(key_source, "update")?;
                 let to = t.targets_of(new, "update")?;
-                let key = t.key_values(key_source)?;
+                let key = t.key_cells(key_source)?;
                 let values = t.values(new)?;
                 if let (TableRoute::Sharded { .. }, [from], [to]) =
                     (&t.route, from.as_slice(), to.as_slice())
                 {
                     if from != to {
-                        return Ok(vec![Op::Move {
+                        return Ok(vec![RowPlan::Move {
                             from: *from,
                             to: *to,
                             table: t.qualified.clone(),
-                            columns: t.column_names().into_iter().map(String::from).collect(),
+                            columns: t.shape.columns.clone(),
                             values: values
                                 .iter()
-                                .map(|v| v.map(|inner| inner.map(<[u8]>::to_vec)))
+                                .map(|v| v.as_ref().map(|inner| inner.as_ref().map(|b| b.to_vec())))
                                 .collect(),
-                            key: key
+                            key: t
+                                .key
                                 .iter()
-                                .map(|(c, v)| (c.to_string(), v.map(<[u8]>::to_vec)))
+                                .zip(&key)
+                                .map(|(&i, v)| {
+                                    (t.shape.columns[i].clone(), v.as_ref().map(|b| b.to_vec()))
+                                })
                                 .collect(),
                         }]);
                     }
                 }
-                let columns = t.column_names();
-                let set: Vec<(&str, Value)> = columns
-                    .iter()
-                    .zip(&values)
-                    .filter_map(|(c, v)| v.map(|v| (*c, v)))
-                    .collect();
-                let sql = sql::update(&t.qualified, &set, &key);
-                Ok(to
-                    .into_iter()
-                    .map(|target| Op::Exec {
-                        target,
-                        sql: sql.clone(),
-                    })
-                    .collect())
+                Ok(each(
+                    to,
+                    RowOp::Update {
+                        shape: t.shape.clone(),
+                        new: values,
+                        key,
+                    },
+                ))
             }
             LogicalMessage::Delete { relation, old } => {
                 let t = self.get(*relation)?;
                 t.check_identity()?;
                 let targets = t.targets_of(old.data(), "delete")?;
-                let sql = sql::delete(&t.qualified, &t.key_values(old.data())?);
-                Ok(targets
-                    .into_iter()
-                    .map(|target| Op::Exec {
-                        target,
-                        sql: sql.clone(),
-                    })
-                    .collect())
+                let key = t.key_cells(old.data())?;
+                Ok(each(
+                    targets,
+                    RowOp::Delete {
+                        shape: t.shape.clone(),
+                        key,
+                    },
+                ))
             }
             _ => Ok(Vec::new()),
         }
@@ -284,14 +346,6 @@ impl Table {
         format!("{}.{}", self.relation.namespace, self.relation.name)
     }
 
-    fn column_names(&self) -> Vec<&str> {
-        self.relation
-            .columns
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect()
-    }
-
     fn check_identity(&self) -> Result<(), ChangeError> {
         if self.relation.replica_identity == ReplicaIdentity::Nothing || self.key.is_empty() {
             return Err(ChangeError::NoReplicaIdentity { table: self.name() });
@@ -301,7 +355,7 @@ impl Table {
 
     /// Each column's value: `None` for unchanged TOAST (keep what is there),
     /// `Some(None)` for NULL.
-    fn values<'a>(&self, tuple: &'a TupleData) -> Result<Vec<Option<Value<'a>>>, ChangeError> {
+    fn values(&self, tuple: &TupleData) -> Result<Vec<Option<Cell>>, ChangeError> {
         tuple
             .0
             .iter()
@@ -319,26 +373,19 @@ impl Table {
                             .map(|c| c.name.clone())
                             .unwrap_or_default(),
                     })?;
-                    Ok(Some(Some(&b[..])))
+                    Ok(Some(Some(b.clone())))
                 }
             })
             .collect()
     }
 
-    fn key_values<'a>(
-        &'a self,
-        tuple: &'a TupleData,
-    ) -> Result<Vec<(&'a str, Value<'a>)>, ChangeError> {
+    /// The key's values in a row image, in the order of [`Table::key`].
+    fn key_cells(&self, tuple: &TupleData) -> Result<Vec<Cell>, ChangeError> {
         let values = self.values(tuple)?;
         Ok(self
             .key
             .iter()
-            .map(|&i| {
-                (
-                    self.relation.columns[i].name.as_str(),
-                    values.get(i).copied().flatten().flatten(),
-                )
-            })
+            .map(|&i| values.get(i).cloned().flatten().flatten())
             .collect())
     }
 

@@ -23,6 +23,9 @@
 
 use std::fmt::Write;
 
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 use shardline_topology::{output_name, quote_ident, quote_table, ReadModel};
 
 use crate::pgoutput::{ColumnValue, LogicalMessage, OldTuple, Relation};
@@ -132,7 +135,8 @@ pub fn not_incremental(rm: &ReadModel) -> Option<String> {
     None
 }
 
-/// One read model kept incrementally.
+/// One read model kept incrementally: what the coordinator buffers for
+/// the source transaction in flight.
 #[derive(Debug)]
 pub struct DeltaModel {
     pub name: String,
@@ -140,15 +144,25 @@ pub struct DeltaModel {
     pub from: String,
     /// The target index of the read model's database.
     pub target: usize,
+    /// How its adjustments become SQL, shared with the applier.
+    pub spec: Arc<DeltaSpec>,
+    pending: Vec<(i8, Vec<Option<String>>)>,
+}
+
+/// The SQL side of an incremental read model.
+#[derive(Debug)]
+pub struct DeltaSpec {
+    pub name: String,
     table: String,
     group_by: Vec<String>,
     group_names: Vec<String>,
+    /// The group expressions without their aliases.
+    group_exprs: Vec<String>,
     filter: Option<String>,
     aggregates: Vec<Aggregate>,
     count: String,
     /// The source table's columns and the type each is cast to.
     columns: Vec<(String, String)>,
-    pending: Vec<(i8, Vec<Option<String>>)>,
 }
 
 /// What a change did to a model's buffer.
@@ -173,19 +187,55 @@ impl DeltaModel {
             Aggregate::CountStar { name } => Some(name.clone()),
             _ => None,
         })?;
+        let texts = rm
+            .filter
+            .iter()
+            .chain(&rm.group_by)
+            .chain(&rm.aggregates)
+            .map(String::as_str);
+        let columns = referenced_columns(texts, &rm.from, columns);
         Some(Self {
             name: rm.name.clone(),
             from: crate::route::normalise(&rm.from),
             target,
-            table: quote_table(&rm.name),
-            group_by: rm.group_by.clone(),
-            group_names: rm.group_columns(),
-            filter: rm.filter.clone(),
-            aggregates,
-            count,
-            columns,
+            spec: Arc::new(DeltaSpec {
+                name: rm.name.clone(),
+                table: quote_table(&rm.name),
+                group_by: rm.group_by.clone(),
+                group_names: rm.group_columns(),
+                group_exprs: group_exprs(rm),
+                filter: rm.filter.clone(),
+                aggregates,
+                count,
+                columns,
+            }),
             pending: Vec::new(),
         })
+    }
+
+    /// A recorder of the rows a change touched, for a read model that is
+    /// recomputed group by group (min, max, …): [`DeltaModel::record`]
+    /// buffers row images and [`DeltaSpec::touched_groups_sql`] finds
+    /// their groups; no `MERGE` is ever made of it.
+    pub fn for_groups(rm: &ReadModel, target: usize, columns: Vec<(String, String)>) -> Self {
+        let columns = referenced_columns(rm.group_by.iter().map(String::as_str), &rm.from, columns);
+        Self {
+            name: rm.name.clone(),
+            from: crate::route::normalise(&rm.from),
+            target,
+            spec: Arc::new(DeltaSpec {
+                name: rm.name.clone(),
+                table: quote_table(&rm.name),
+                group_by: rm.group_by.clone(),
+                group_names: rm.group_columns(),
+                group_exprs: group_exprs(rm),
+                filter: rm.filter.clone(),
+                aggregates: Vec::new(),
+                count: String::new(),
+                columns,
+            }),
+            pending: Vec::new(),
+        }
     }
 
     pub fn pending(&self) -> usize {
@@ -196,6 +246,7 @@ impl DeltaModel {
     /// source table described by `relation`.
     pub fn record(&mut self, relation: &Relation, message: &LogicalMessage) -> Recorded {
         let position: Vec<Option<usize>> = self
+            .spec
             .columns
             .iter()
             .map(|(c, _)| relation.columns.iter().position(|rc| &rc.name == c))
@@ -252,19 +303,177 @@ impl DeltaModel {
             return None;
         }
         let rows = std::mem::take(&mut self.pending);
-        Some(self.merge(&rows))
+        Some(
+            self.spec.merge(
+                rows.iter()
+                    .map(|(sign, row)| (i64::from(*sign), row.as_slice())),
+            ),
+        )
+    }
+
+    /// The buffered delta rows (and empties the buffer).
+    pub fn take_rows(&mut self) -> Vec<(i8, Vec<Option<String>>)> {
+        std::mem::take(&mut self.pending)
     }
 
     /// Empties the read model: the source table was truncated. Anything
     /// buffered before the truncate is moot.
     pub fn truncate_sql(&mut self) -> String {
         self.pending.clear();
+        self.spec.delete_sql()
+    }
+}
+
+/// The columns the read model's expressions name: only they travel in delta
+/// rows (fewer bytes to send and cast, and row images that differ only in
+/// other columns cancel out). Identifiers are read outside string literals,
+/// unquoted ones folded to lower case; an expression naming the table
+/// itself (a whole-row reference such as `payments.*` or `to_json(payments)`)
+/// keeps every column. A column missed here cannot give a wrong result: the
+/// expression would name a column the delta rows lack, an error.
+pub fn referenced_columns<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+    from: &str,
+    columns: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    let mut names = std::collections::HashSet::new();
+    for text in texts {
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\'' => {
+                    // A literal, with '' as a quote inside it.
+                    while let Some(c) = chars.next() {
+                        if c == '\'' {
+                            if chars.peek() == Some(&'\'') {
+                                chars.next();
+                            } else {
+                                break;
+                            }
+                        }
+                    }
+                }
+                '"' => {
+                    let mut name = String::new();
+                    while let Some(c) = chars.next() {
+                        if c == '"' {
+                            if chars.peek() == Some(&'"') {
+                                chars.next();
+                            } else {
+                                break;
+                            }
+                        }
+                        name.push(c);
+                    }
+                    names.insert(name);
+                }
+                c if c.is_alphabetic() || c == '_' => {
+                    let mut name = c.to_lowercase().to_string();
+                    while let Some(&c) = chars.peek() {
+                        if c.is_alphanumeric() || c == '_' || c == '$' {
+                            name.extend(c.to_lowercase());
+                            chars.next();
+                        } else {
+                            break;
+                        }
+                    }
+                    names.insert(name);
+                }
+                _ => {}
+            }
+        }
+    }
+    let table = from.rsplit('.').next().unwrap_or(from).trim_matches('"');
+    if names.contains(table) || names.contains(&table.to_lowercase()) {
+        return columns;
+    }
+    columns
+        .into_iter()
+        .filter(|(c, _)| names.contains(c))
+        .collect()
+}
+
+/// `date_trunc('day', created_at) AS day` → `date_trunc('day', created_at)`.
+fn group_exprs(rm: &ReadModel) -> Vec<String> {
+    rm.group_by
+        .iter()
+        .map(|g| match split_alias(g) {
+            Some((expr, _)) => expr.to_string(),
+            None => g.trim().to_string(),
+        })
+        .collect()
+}
+
+impl DeltaSpec {
+    /// The distinct groups of row images, evaluated by PostgreSQL with the
+    /// read model's own group expressions: `SELECT DISTINCT <exprs> FROM
+    /// (<images cast to the source's types>) AS <alias>`. `alias` is the
+    /// source table's name, so qualified column references resolve too.
+    pub fn touched_groups_sql<'a>(
+        &self,
+        rows: impl IntoIterator<Item = &'a [Option<String>]>,
+        alias: &str,
+    ) -> String {
+        let mut values = String::new();
+        for (i, row) in rows.into_iter().enumerate() {
+            if i > 0 {
+                values.push_str(", ");
+            }
+            values.push('(');
+            for (j, v) in row.iter().enumerate() {
+                if j > 0 {
+                    values.push_str(", ");
+                }
+                push_literal(&mut values, v.as_deref().map(str::as_bytes));
+            }
+            values.push(')');
+        }
+        let aliases: Vec<String> = (0..self.columns.len()).map(|i| format!("c{i}")).collect();
+        let casts: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, (name, ty))| format!("v.c{i}::{ty} AS {}", quote_ident(name)))
+            .collect();
+        format!(
+            "SELECT DISTINCT {} FROM (SELECT {} FROM (VALUES {values}) AS v({})) AS {}",
+            self.group_exprs.join(", "),
+            casts.join(", "),
+            aliases.join(", "),
+            quote_ident(alias),
+        )
+    }
+
+    /// The read model's query restricted to the groups `touched` (a query
+    /// of their group values) selects: `… WHERE <filter> AND (<exprs>) IN
+    /// (touched) GROUP BY …`.
+    pub fn groups_query(&self, rm: &ReadModel, touched: &str) -> String {
+        let positions: Vec<String> = (1..=self.group_by.len()).map(|i| i.to_string()).collect();
+        let filter = self
+            .filter
+            .as_deref()
+            .map(|f| format!("({f}) AND "))
+            .unwrap_or_default();
+        format!(
+            "SELECT {}, {} FROM {} WHERE {filter}({}) IN ({touched}) GROUP BY {}",
+            self.group_by.join(", "),
+            rm.aggregates.join(", "),
+            quote_table(&rm.from),
+            self.group_exprs.join(", "),
+            positions.join(", ")
+        )
+    }
+
+    /// Empties the read model's table.
+    pub fn delete_sql(&self) -> String {
         format!("DELETE FROM {}", self.table)
     }
 
-    fn merge(&self, rows: &[(i8, Vec<Option<String>>)]) -> String {
+    /// The `MERGE` that applies delta rows, each with its weight (how many
+    /// times the row image is added, negative for removed).
+    pub fn merge<'a>(&self, rows: impl IntoIterator<Item = (i64, &'a [Option<String>])>) -> String {
         let mut values = String::new();
-        for (i, (sign, row)) in rows.iter().enumerate() {
+        for (i, (sign, row)) in rows.into_iter().enumerate() {
             if i > 0 {
                 values.push_str(", ");
             }
@@ -337,6 +546,68 @@ impl DeltaModel {
             all = all.join(", "),
             from_g = from_g.join(", "),
         )
+    }
+}
+
+/// Distinct delta rows an applier nets before it writes them as one `MERGE`.
+pub const MAX_NETTED_ROWS: usize = 5_000;
+
+/// One read model's delta rows of a target transaction, netted: a row
+/// image added and removed again (a payment inserted, then updated in the
+/// same commit group) cancels out exactly before any SQL is written, since
+/// the filter and every aggregate are functions of the row image. What is
+/// left becomes one `MERGE` (weights as signs) in the same target
+/// transaction as the progress mark of the group.
+#[derive(Debug)]
+pub struct Netted {
+    pub spec: Arc<DeltaSpec>,
+    rows: FxHashMap<Vec<Option<String>>, i64>,
+}
+
+impl Netted {
+    pub fn new(spec: Arc<DeltaSpec>) -> Self {
+        Self {
+            spec,
+            rows: FxHashMap::default(),
+        }
+    }
+
+    pub fn add(&mut self, rows: Vec<(i8, Vec<Option<String>>)>) {
+        for (sign, row) in rows {
+            *self.rows.entry(row).or_insert(0) += i64::from(sign);
+        }
+    }
+
+    /// Distinct row images held.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Forgets the held rows (the read model is emptied, or the target
+    /// transaction rolls back).
+    pub fn clear(&mut self) {
+        self.rows.clear();
+    }
+
+    /// The `MERGE` of the rows whose weight is not zero (and empties the
+    /// buffer); `None` when nothing is left.
+    pub fn take_sql(&mut self) -> Option<String> {
+        let rows = std::mem::take(&mut self.rows);
+        let mut live: Vec<(i64, &[Option<String>])> = rows
+            .iter()
+            .filter(|(_, w)| **w != 0)
+            .map(|(row, w)| (*w, row.as_slice()))
+            .collect();
+        if live.is_empty() {
+            return None;
+        }
+        // A stable order: the same rows give the same statement.
+        live.sort_unstable_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(&b.0)));
+        Some(self.spec.merge(live))
     }
 }
 
@@ -435,6 +706,47 @@ mod tests {
             aggregates: aggregates.iter().map(|s| s.to_string()).collect(),
             context: "analytics".into(),
         }
+    }
+
+    #[test]
+    fn delta_rows_carry_only_the_columns_the_expressions_name() {
+        let columns: Vec<(String, String)> = [
+            "merchant_id",
+            "amount",
+            "status",
+            "created_at",
+            "note",
+            "Day",
+            "day",
+        ]
+        .iter()
+        .map(|c| (c.to_string(), "text".to_string()))
+        .collect();
+        let names = |texts: &[&str], from: &str| -> Vec<String> {
+            referenced_columns(texts.iter().copied(), from, columns.clone())
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect()
+        };
+        assert_eq!(
+            names(
+                &[
+                    "status = 'captured note'",
+                    "Merchant_Id",
+                    "date_trunc('day', created_at) AS day",
+                    "sum(amount) AS v"
+                ],
+                "payments"
+            ),
+            ["merchant_id", "amount", "status", "created_at", "day"],
+            "words inside literals are not columns; unquoted names fold to lower case"
+        );
+        assert_eq!(names(&["\"Day\"", "count(*)"], "public.payments"), ["Day"]);
+        assert_eq!(
+            names(&["max(payments.amount)"], "public.payments").len(),
+            columns.len(),
+            "a whole-row or qualified reference keeps every column"
+        );
     }
 
     #[test]

@@ -12,17 +12,18 @@
 //! [`confirm::Confirmations`] decides what the slot may be told. [`status`]
 //! reports where the slot and every target stand.
 //!
+//! [`rows`] is how an applier turns row changes into few statements
+//! (multi-row inserts, updates folded into them).
+//!
 //! [`delta`] keeps count and sum read models current change by change, in
 //! the same target transaction as the progress mark; [`readmodel`]
-//! recomputes the others from the source. [`metrics`] serves Prometheus
-//! metrics of a run.
+//! recomputes the others from the source, per touched group where it can.
+//! [`metrics`] serves Prometheus metrics of a run.
 //!
 //! [`jsonl`] writes the decoded stream as JSON lines instead of applying it.
 //!
 //! [`reverse`] streams each shard back to the monolith (a cutover's way
 //! back), with replication origins that keep the two directions apart.
-//!
-//! Not yet here: recomputing only the touched groups of min/max read models.
 
 pub mod apply;
 pub mod change;
@@ -35,6 +36,7 @@ pub mod pgoutput;
 pub mod readmodel;
 pub mod reverse;
 pub mod route;
+pub mod rows;
 pub mod run;
 pub mod source;
 pub mod sql;

@@ -10,19 +10,49 @@
 //! Read models of counts and sums over a table with full replica identity
 //! are kept incrementally instead ([`crate::delta`]); this recomputation is
 //! for the others (min, max, latest value, distinct counts).
+//!
+//! Over a source table with full replica identity, only the groups the
+//! changes touched are recomputed: the old and new row images of each
+//! change are kept (up to [`MAX_TOUCHED_ROWS`]), the source evaluates the
+//! read model's group expressions over them, and the target deletes those
+//! groups and inserts what the read model's query, restricted to them,
+//! returns on the source, in one transaction. A truncate, a change without
+//! its old row, too many rows or a touched group with a NULL key fall back
+//! to recomputing the whole read model, as does any error of the per-group
+//! path.
 
 use std::collections::BTreeSet;
 
 use futures_util::{SinkExt, StreamExt};
 use shardline_topology::{output_name, quote_ident, quote_table, ConnString, ReadModel, Topology};
 
+use crate::delta::{DeltaModel, Recorded, COLUMNS_SQL};
+use crate::pgoutput::{LogicalMessage, Relation};
 use crate::route::normalise;
 use crate::run::CdcError;
+
+/// Row images kept per read model between refreshes; beyond this the whole
+/// read model is recomputed.
+pub const MAX_TOUCHED_ROWS: usize = 20_000;
 
 struct Model {
     read_model: ReadModel,
     from: String,
     target: ConnString,
+    /// Row images of the changes since the last refresh (full replica
+    /// identity only).
+    touched: Option<DeltaModel>,
+    /// The next refresh recomputes everything.
+    whole: bool,
+}
+
+/// What one refresh round did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refreshed {
+    /// Read models recomputed whole.
+    pub whole: usize,
+    /// Read models recomputed for their touched groups only.
+    pub groups: usize,
 }
 
 #[derive(Default)]
@@ -46,6 +76,8 @@ impl Refresher {
                     read_model: rm.clone(),
                     from: normalise(&rm.from),
                     target,
+                    touched: None,
+                    whole: true,
                 })
             })
             .collect();
@@ -62,33 +94,99 @@ impl Refresher {
         self
     }
 
-    /// A change to `table` (`schema.name`) makes the read models over it stale.
+    /// Reads the source tables' columns, so that read models over tables
+    /// with full replica identity are recomputed per touched group.
+    pub async fn prepare_groups(
+        &mut self,
+        source: &tokio_postgres::Client,
+    ) -> Result<(), tokio_postgres::Error> {
+        for m in &mut self.models {
+            let rows = source.query(COLUMNS_SQL, &[&m.from]).await?;
+            if rows.first().is_some_and(|r| r.get::<_, bool>(2)) {
+                let columns = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                m.touched = Some(DeltaModel::for_groups(&m.read_model, 0, columns));
+                m.whole = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// A change to `table` (`schema.name`) makes the read models over it
+    /// stale, wholly (a truncate, or any change not given to
+    /// [`Refresher::touch_row`]).
     pub fn touch(&mut self, table: &str) {
-        for (i, m) in self.models.iter().enumerate() {
+        for (i, m) in self.models.iter_mut().enumerate() {
             if m.from == table {
                 self.dirty.insert(i);
+                m.whole = true;
+                if let Some(t) = &mut m.touched {
+                    t.take_rows();
+                }
             }
         }
     }
 
-    /// Recomputes every stale read model; returns how many.
-    pub async fn refresh(&mut self, source: &ConnString) -> Result<usize, CdcError> {
-        let dirty = std::mem::take(&mut self.dirty);
-        for &i in &dirty {
-            if let Err(e) = refresh_one(&self.models[i], source).await {
-                self.dirty.extend(dirty.iter().copied());
-                return Err(e);
+    /// An insert, update or delete of `table` makes the groups of its row
+    /// images stale.
+    pub fn touch_row(&mut self, table: &str, relation: &Relation, message: &LogicalMessage) {
+        for (i, m) in self.models.iter_mut().enumerate() {
+            if m.from != table {
+                continue;
+            }
+            self.dirty.insert(i);
+            if m.whole {
+                continue;
+            }
+            let Some(t) = &mut m.touched else {
+                m.whole = true;
+                continue;
+            };
+            if t.record(relation, message) == Recorded::Incomplete || t.pending() > MAX_TOUCHED_ROWS
+            {
+                m.whole = true;
+                t.take_rows();
             }
         }
-        Ok(dirty.len())
+    }
+
+    /// Recomputes every stale read model, whole or per touched group.
+    pub async fn refresh(&mut self, source: &ConnString) -> Result<Refreshed, CdcError> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut done = Refreshed::default();
+        for &i in &dirty {
+            let m = &mut self.models[i];
+            let rows = m.touched.as_mut().map(DeltaModel::take_rows);
+            let mut per_group = false;
+            if let Some(rows) = rows.filter(|r| !m.whole && !r.is_empty()) {
+                match refresh_groups(m, &rows, source).await {
+                    Ok(done) => per_group = done,
+                    Err(e) => {
+                        tracing::debug!(read_model = %m.read_model.name, error = %e, "per-group recompute failed; recomputing whole");
+                    }
+                }
+            }
+            if !per_group {
+                if let Err(e) = refresh_one(m, source).await {
+                    for &j in &dirty {
+                        self.models[j].whole = true;
+                    }
+                    self.dirty.extend(dirty.iter().copied());
+                    return Err(e);
+                }
+            }
+            if per_group {
+                done.groups += 1;
+            } else {
+                done.whole += 1;
+            }
+            m.whole = m.touched.is_none();
+        }
+        Ok(done)
     }
 }
 
-async fn refresh_one(model: &Model, source: &ConnString) -> Result<(), CdcError> {
-    let rm = &model.read_model;
-    let src = source.connect().await?;
-    let tgt = model.target.connect().await?;
-    let failed = |db: &ConnString, e: tokio_postgres::Error| CdcError::Query {
+fn failed(rm: &ReadModel, db: &ConnString, e: tokio_postgres::Error) -> CdcError {
+    CdcError::Query {
         target: db.to_string(),
         cause: format!(
             "read model {}: {}",
@@ -97,41 +195,133 @@ async fn refresh_one(model: &Model, source: &ConnString) -> Result<(), CdcError>
                 .map(|d| d.message().to_string())
                 .unwrap_or_else(|| e.to_string())
         ),
+    }
+}
+
+/// Streams the binary COPY of `query` on `src` into `into` on `tgt`.
+async fn copy_across(
+    rm: &ReadModel,
+    (src, source): (&tokio_postgres::Client, &ConnString),
+    (tgt, target): (&tokio_postgres::Client, &ConnString),
+    query: &str,
+    into: &str,
+) -> Result<(), CdcError> {
+    let rows = src
+        .copy_out(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
+        .await
+        .map_err(|e| failed(rm, source, e))?;
+    let sink = tgt
+        .copy_in::<_, bytes::Bytes>(&format!("COPY {into} FROM STDIN (FORMAT binary)"))
+        .await
+        .map_err(|e| failed(rm, target, e))?;
+    futures_util::pin_mut!(rows);
+    futures_util::pin_mut!(sink);
+    // The binary stream passes through whole: header, tuples, trailer.
+    while let Some(chunk) = rows.next().await {
+        sink.send(chunk.map_err(|e| failed(rm, source, e))?)
+            .await
+            .map_err(|e| failed(rm, target, e))?;
+    }
+    sink.finish().await.map_err(|e| failed(rm, target, e))?;
+    Ok(())
+}
+
+/// Recomputes the groups of `rows` (row images of the source table) in one
+/// target transaction. `Ok(false)`: a touched group has a NULL key, which
+/// `IN` cannot select; the caller recomputes everything.
+async fn refresh_groups(
+    model: &Model,
+    rows: &[(i8, Vec<Option<String>>)],
+    source: &ConnString,
+) -> Result<bool, CdcError> {
+    let rm = &model.read_model;
+    let Some(spec) = model.touched.as_ref().map(|t| t.spec.clone()) else {
+        return Ok(false);
     };
-    let columns: Vec<String> = rm
-        .group_by
+    let alias = model.from.rsplit('.').next().unwrap_or(&model.from);
+    let touched = spec.touched_groups_sql(rows.iter().map(|(_, r)| r.as_slice()), alias);
+    let src = source.connect().await?;
+    let tgt = model.target.connect().await?;
+    let has_null: bool = src
+        .query_one(
+            &format!("SELECT coalesce(bool_or(NOT (g IS NOT NULL)), false) FROM ({touched}) g"),
+            &[],
+        )
+        .await
+        .map_err(|e| failed(rm, source, e))?
+        .get(0);
+    if has_null {
+        return Ok(false);
+    }
+    let names: Vec<String> = rm.group_columns().iter().map(|c| quote_ident(c)).collect();
+    let names = names.join(", ");
+    let table = quote_table(&rm.name);
+    tgt.batch_execute(&format!(
+        "BEGIN; CREATE TEMP TABLE shardline_touched ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA"
+    ))
+    .await
+    .map_err(|e| failed(rm, &model.target, e))?;
+    let result = async {
+        copy_across(
+            rm,
+            (&src, source),
+            (&tgt, &model.target),
+            &touched,
+            &format!("shardline_touched ({names})"),
+        )
+        .await?;
+        tgt.batch_execute(&format!(
+            "DELETE FROM {table} WHERE ({names}) IN (SELECT {names} FROM shardline_touched)"
+        ))
+        .await
+        .map_err(|e| failed(rm, &model.target, e))?;
+        copy_across(
+            rm,
+            (&src, source),
+            (&tgt, &model.target),
+            &spec.groups_query(rm, &touched),
+            &format!("{table} ({})", all_columns(rm).join(", ")),
+        )
+        .await?;
+        tgt.batch_execute("COMMIT")
+            .await
+            .map_err(|e| failed(rm, &model.target, e))
+    }
+    .await;
+    if result.is_err() {
+        let _ = tgt.batch_execute("ROLLBACK").await;
+    }
+    result.map(|()| true)
+}
+
+fn all_columns(rm: &ReadModel) -> Vec<String> {
+    rm.group_by
         .iter()
         .chain(&rm.aggregates)
         .map(|c| quote_ident(&output_name(c)))
-        .collect();
+        .collect()
+}
+
+async fn refresh_one(model: &Model, source: &ConnString) -> Result<(), CdcError> {
+    let rm = &model.read_model;
+    let src = source.connect().await?;
+    let tgt = model.target.connect().await?;
     let table = quote_table(&rm.name);
     tgt.batch_execute(&format!("BEGIN; DELETE FROM {table}"))
         .await
-        .map_err(|e| failed(&model.target, e))?;
+        .map_err(|e| failed(rm, &model.target, e))?;
     let result = async {
-        let rows = src
-            .copy_out(&format!("COPY ({}) TO STDOUT (FORMAT binary)", rm.query()))
-            .await
-            .map_err(|e| failed(source, e))?;
-        let sink = tgt
-            .copy_in::<_, bytes::Bytes>(&format!(
-                "COPY {table} ({}) FROM STDIN (FORMAT binary)",
-                columns.join(", ")
-            ))
-            .await
-            .map_err(|e| failed(&model.target, e))?;
-        futures_util::pin_mut!(rows);
-        futures_util::pin_mut!(sink);
-        // The binary stream passes through whole: header, tuples, trailer.
-        while let Some(chunk) = rows.next().await {
-            sink.send(chunk.map_err(|e| failed(source, e))?)
-                .await
-                .map_err(|e| failed(&model.target, e))?;
-        }
-        sink.finish().await.map_err(|e| failed(&model.target, e))?;
+        copy_across(
+            rm,
+            (&src, source),
+            (&tgt, &model.target),
+            &rm.query(),
+            &format!("{table} ({})", all_columns(rm).join(", ")),
+        )
+        .await?;
         tgt.batch_execute("COMMIT")
             .await
-            .map_err(|e| failed(&model.target, e))
+            .map_err(|e| failed(rm, &model.target, e))
     }
     .await;
     if result.is_err() {

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::apply::{self, Applier, ApplyError, Command};
-use crate::change::{ChangeError, Op, Tables};
+use crate::change::{ChangeError, RowPlan, Tables};
 use crate::confirm::Confirmations;
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, DecodeError, LogicalMessage};
@@ -98,6 +98,8 @@ pub struct RunReport {
     pub skipped: u64,
     /// Read models recomputed because their source table changed.
     pub read_model_refreshes: u64,
+    /// Of those, recomputed for the groups the changes touched only.
+    pub read_model_group_refreshes: u64,
     pub confirmed_lsn: String,
     pub seconds: f64,
 }
@@ -158,6 +160,13 @@ struct Txn {
 /// monolith start so; the transactions they write are not streamed out
 /// again.
 pub const REVERSE_ORIGIN_PREFIX: &str = "shardline.reverse.";
+
+impl RunReport {
+    fn refreshed(&mut self, done: crate::readmodel::Refreshed) {
+        self.read_model_refreshes += (done.whole + done.groups) as u64;
+        self.read_model_group_refreshes += done.groups as u64;
+    }
+}
 
 /// Streams until `stop` turns true or the stream fails.
 pub async fn run(
@@ -289,6 +298,12 @@ pub async fn run(
     let mut report = RunReport::default();
     let incremental: Vec<&str> = deltas.iter().map(|m| m.name.as_str()).collect();
     let mut read_models = crate::readmodel::Refresher::new(topology).without(&incremental);
+    if jsonl.is_none() {
+        read_models
+            .prepare_groups(&source)
+            .await
+            .map_err(|e| query_error(&topology.source, e))?;
+    }
     let mut refresh = tokio::time::interval(options.read_model_refresh);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat = tokio::time::interval(options.heartbeat);
@@ -364,7 +379,7 @@ pub async fn run(
                     publish_metrics(&metrics, &mut confirmations, &applied, source_seen, &report);
                 }
                 _ = refresh.tick() => {
-                    report.read_model_refreshes += read_models.refresh(&topology.source).await? as u64;
+                    report.refreshed(read_models.refresh(&topology.source).await?);
                 }
             }
         }
@@ -395,7 +410,7 @@ pub async fn run(
         metrics.error();
     }
     if outcome.is_ok() && apply_error.is_none() {
-        report.read_model_refreshes += read_models.refresh(&topology.source).await? as u64;
+        report.refreshed(read_models.refresh(&topology.source).await?);
     }
     report.confirmed_lsn = confirmations.confirmed().to_string();
     report.seconds = started.elapsed().as_secs_f64();
@@ -512,7 +527,9 @@ async fn handle(
         | LogicalMessage::Delete { relation, .. } => {
             report.changes += 1;
             let table = tables.get(*relation)?;
-            upkeep.refresher.touch(&table.name());
+            upkeep
+                .refresher
+                .touch_row(&table.name(), &table.relation, &message);
             for m in upkeep.deltas.iter_mut().filter(|m| m.from == table.name()) {
                 let copied = copied_at
                     .get(&format!("public.{}", m.name))
@@ -534,17 +551,17 @@ async fn handle(
                 report.skipped += 1;
                 return Ok(());
             }
-            for op in tables.plan(&message)? {
-                match op {
-                    Op::Exec { target, sql } => {
+            for plan in tables.plan_rows(&message)? {
+                match plan {
+                    RowPlan::Row { target, op } => {
                         if wanted(target) {
                             txn.touched.insert(target);
-                            send(&targets[target], Command::Exec(sql)).await?;
+                            send(&targets[target], Command::Row(op)).await?;
                         } else {
                             report.skipped += 1;
                         }
                     }
-                    Op::Move {
+                    RowPlan::Move {
                         from,
                         to,
                         table,
@@ -595,7 +612,8 @@ async fn handle(
                         .is_some_and(|lsn| commit_lsn <= *lsn);
                     if !copied && wanted(m.target) {
                         txn.touched.insert(m.target);
-                        send(&targets[m.target], Command::Exec(m.truncate_sql())).await?;
+                        m.take_rows();
+                        send(&targets[m.target], Command::ResetModel(m.spec.clone())).await?;
                     }
                 }
                 if already_copied(tables, *id) {
@@ -635,16 +653,19 @@ struct Upkeep<'a> {
     deltas: &'a mut Vec<crate::delta::DeltaModel>,
 }
 
-/// Sends one read model's buffered adjustments to its database, inside the
-/// open source transaction there.
+/// Sends one read model's buffered adjustments to its database's applier,
+/// inside the open source transaction there (it nets them with the rest of
+/// its commit group).
 async fn flush_delta(
     model: &mut crate::delta::DeltaModel,
     txn: &mut Txn,
     targets: &[Target],
 ) -> Result<(), CdcError> {
-    if let Some(sql) = model.take_sql() {
+    if model.pending() > 0 {
         txn.touched.insert(model.target);
-        send(&targets[model.target], Command::Exec(sql)).await?;
+        let rows = model.take_rows();
+        let spec = model.spec.clone();
+        send(&targets[model.target], Command::Delta { spec, rows }).await?;
     }
     Ok(())
 }

@@ -22,11 +22,11 @@ pub fn push_literal(out: &mut String, value: Value<'_>) {
         Some(bytes) => {
             out.push('\'');
             let text = String::from_utf8_lossy(bytes);
-            for c in text.chars() {
-                if c == '\'' {
-                    out.push('\'');
+            for (i, part) in text.split('\'').enumerate() {
+                if i > 0 {
+                    out.push_str("''");
                 }
-                out.push(c);
+                out.push_str(part);
             }
             out.push('\'');
         }

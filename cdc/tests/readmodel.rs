@@ -188,3 +188,106 @@ async fn a_source_table_without_full_identity_falls_back_to_recomputing() {
     let (source, target) = both(&f, "daily");
     assert_eq!(target, source);
 }
+
+/// Polls `f` every 100 ms until it returns true (10 s at most).
+async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_max_read_models_are_recomputed_for_the_touched_groups_only() {
+    let f = fleet();
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        read_model_refresh: Duration::from_millis(300),
+        ..RunOptions::default()
+    };
+    let (stop_tx, cdc) = spawn_cdc(&f.topology, &options);
+    wait_streaming(&f.source).await;
+    f.source
+        .psql("postgres", "INSERT INTO payments SELECT m, i, i * 1.5, 'captured', (ARRAY['EUR','USD','GBP'])[1 + i % 3], now(), NULL
+                           FROM generate_series(1, 5) m, generate_series(1, 30) i")
+        .unwrap();
+    let top = |filter: &str| {
+        let sql =
+            format!("SELECT string_agg(t::text, ' ' ORDER BY currency) FROM top t WHERE {filter}");
+        (
+            f.source
+                .psql(
+                    "postgres",
+                    &format!("WITH top AS ({}) {sql}", f.topology.read_models[1].query()),
+                )
+                .unwrap(),
+            f.analytics.psql("postgres", &sql).unwrap(),
+        )
+    };
+    assert!(
+        eventually(|| {
+            let (s, t) = top("true");
+            s == t
+        })
+        .await,
+        "{:?}",
+        top("true")
+    );
+    // A group no change touches: a whole recompute would delete it, a
+    // per-group one leaves it alone.
+    f.analytics
+        .psql("postgres", "INSERT INTO top VALUES ('XXX', 1, 1)")
+        .unwrap();
+    f.source
+        .psql("postgres", "UPDATE payments SET amount = 999 WHERE merchant_id = 1 AND id = 3; DELETE FROM payments WHERE currency = 'USD';
+                           UPDATE payments SET currency = 'CHF' WHERE merchant_id = 2 AND id = 2")
+        .unwrap();
+    assert!(
+        eventually(|| {
+            let (s, t) = top("currency <> 'XXX'");
+            s == t
+        })
+        .await,
+        "{:?}",
+        top("currency <> 'XXX'")
+    );
+    let (source, _) = top("true");
+    assert!(
+        source.contains("999") && source.contains("CHF") && !source.contains("USD"),
+        "{source}"
+    );
+    assert_eq!(
+        f.analytics
+            .psql(
+                "postgres",
+                "SELECT count(*) FROM top WHERE currency = 'XXX'"
+            )
+            .unwrap()
+            .trim(),
+        "1",
+        "only the touched groups (EUR, USD, CHF and GBP) were recomputed"
+    );
+    // A truncate recomputes everything.
+    f.source
+        .psql("postgres", "TRUNCATE payments; INSERT INTO payments VALUES (3, 1, 5, 'captured', 'USD', now(), NULL)")
+        .unwrap();
+    assert!(
+        eventually(|| {
+            let (s, t) = top("true");
+            s == t
+        })
+        .await,
+        "{:?}",
+        top("true")
+    );
+    stop_tx.send(true).unwrap();
+    let report = cdc.await.unwrap().unwrap();
+    assert!(report.read_model_group_refreshes >= 1, "{report:?}");
+    assert!(
+        report.read_model_refreshes > report.read_model_group_refreshes,
+        "{report:?}"
+    );
+}

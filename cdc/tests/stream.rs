@@ -668,3 +668,61 @@ async fn changes_sharing_one_commit_lsn_all_arrive_after_a_failed_apply_debezium
         1001
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_touched_again_in_one_transaction_or_commit_group_end_as_on_the_source() {
+    // The appliers batch inserts into multi-row INSERTs and fold later
+    // updates and deletes of those rows into them: updates with unchanged
+    // TOAST, primary key changes, deletes, the same key inserted again, a
+    // statement of another table in between, and many small transactions
+    // grouped into one target commit.
+    let f = fleet();
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let (stop_tx, cdc) = spawn_cdc(&f.topology, &options);
+    wait_streaming(&f.source).await;
+    let big = "ü".repeat(5000);
+    f.source
+        .psql(
+            "postgres",
+            &format!(
+                "BEGIN;
+                 INSERT INTO payments SELECT m, i, 1, CASE WHEN i % 2 = 0 THEN '{big}' END, NULL
+                   FROM generate_series(1, 6) m, generate_series(1, 20) i;
+                 UPDATE payments SET amount = amount + 1 WHERE id % 3 = 0;
+                 UPDATE payments SET id = id + 100 WHERE id % 4 = 0;
+                 DELETE FROM payments WHERE id = 5;
+                 INSERT INTO payments VALUES (1, 5, 42, 'again', NULL);
+                 INSERT INTO payouts VALUES (1000, 1, 1);
+                 UPDATE payments SET amount = 7, meta = '{{\"x\": 1}}' WHERE id = 104;
+                 DELETE FROM payments WHERE id = 7 AND merchant_id < 4;
+                 COMMIT"
+            ),
+        )
+        .unwrap();
+    f.source
+        .psql(
+            "postgres",
+            "DO $$ BEGIN
+                   FOR i IN 1..300 LOOP
+                     INSERT INTO payments VALUES (1 + i % 6, 1000 + i, 1, NULL, NULL);
+                     UPDATE payments SET amount = 2, note = 'captured' WHERE merchant_id = 1 + i % 6 AND id = 1000 + i;
+                     IF i % 7 = 0 THEN DELETE FROM payments WHERE merchant_id = 1 + i % 6 AND id = 1000 + i; END IF;
+                     COMMIT;
+                   END LOOP;
+                 END $$",
+        )
+        .unwrap();
+    wait_caught_up(&f.source, &options.slot).await;
+    stop_tx.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+    assert_converged(&f);
+    assert_eq!(
+        rows(&f.source, "payments", "note = 'captured'")
+            .lines()
+            .count(),
+        300 - 300 / 7
+    );
+}
