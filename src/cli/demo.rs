@@ -13,6 +13,8 @@ use shardline_gen::GenRequest;
 use shardline_topology::{ContextKind, ShardKey, Topology};
 use tokio::sync::watch;
 
+mod cutover;
+
 use super::dev::{self, DirArgs, UpArgs};
 use super::progress::Progress;
 use super::Global;
@@ -94,7 +96,16 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     step(7, "export a read model and the sharded payments to Parquet");
     export(&topology, &args.dir).await?;
 
-    step(8, "an application writes payments through the router");
+    step(
+        8,
+        "a staged cutover (5%, 20%, 100%) while payments flow through the router",
+    );
+    cutover::staged(&topology).await?;
+
+    step(
+        9,
+        "after the cutover, the router sends each payment to its shard",
+    );
     through_router(&topology).await?;
 
     println!(
