@@ -90,9 +90,39 @@ pub enum ApplyError {
     Target { target: String, cause: String },
 }
 
+/// The advisory lock class of a slot's applier on a target (the key is
+/// the slot name's hash).
+const APPLIER_LOCK: i32 = 0x7368_6c61;
+
 /// A target's recorded position for a slot: the commit LSN of the last
 /// source transaction it holds (zero when it has none).
+///
+/// First this session takes the slot's applier lock on the target and
+/// keeps it while it lives. A killed cdc's backend may still be running
+/// its last group, and commit it after a new cdc read the position: the
+/// new one would then apply that group a second time (read-model MERGEs
+/// are not idempotent). The old backend holds the lock until it ends.
 pub async fn recorded_position(client: &Client, slot: &str) -> Result<Lsn, tokio_postgres::Error> {
+    let lock = "SELECT pg_try_advisory_lock($1, hashtext($2::text))";
+    let free: bool = client
+        .query_one(lock, &[&APPLIER_LOCK, &slot])
+        .await?
+        .get(0);
+    if !free {
+        tracing::warn!(
+            slot,
+            "an earlier cdc session still applies to this target; waiting up to 60 s for it to end"
+        );
+        client.batch_execute("SET lock_timeout = '60s'").await?;
+        let waited = client
+            .execute(
+                "SELECT pg_advisory_lock($1, hashtext($2::text))",
+                &[&APPLIER_LOCK, &slot],
+            )
+            .await;
+        client.batch_execute("RESET lock_timeout").await?;
+        waited?;
+    }
     // Several streams may share a target (every shard's way back writes
     // to the monolith): concurrent CREATE … IF NOT EXISTS can still collide
     // in the catalog, so they take turns. One query string runs as one
