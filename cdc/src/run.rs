@@ -152,7 +152,8 @@ struct Txn {
     info: crate::jsonl::TxnInfo,
     touched: BTreeSet<usize>,
     /// Written by the other direction of a cutover (its origin starts with
-    /// [`RunOptions::skip_origin`]): the targets already have it.
+    /// [`RunOptions::skip_origin`]): the targets already have its rows; only
+    /// read models take its changes.
     echo: bool,
 }
 
@@ -488,20 +489,14 @@ async fn handle(
     report: &mut RunReport,
 ) -> Result<(), CdcError> {
     let message = pgoutput::decode(data)?;
-    match &message {
-        LogicalMessage::Origin { name, .. } if name.starts_with(known.skip_origin) => {
+    // An echo's rows are already on the shards, but the read models have
+    // only the monolith's stream to learn of them: they are kept, the rows
+    // are not applied.
+    if let LogicalMessage::Origin { name, .. } = &message {
+        if name.starts_with(known.skip_origin) {
             txn.echo = true;
             return Ok(());
         }
-        LogicalMessage::Insert { .. }
-        | LogicalMessage::Update { .. }
-        | LogicalMessage::Delete { .. }
-        | LogicalMessage::Truncate { .. }
-            if txn.echo =>
-        {
-            return Ok(());
-        }
-        _ => {}
     }
     let Known {
         routes,
@@ -546,6 +541,9 @@ async fn handle(
                 if m.pending() >= crate::delta::MAX_PENDING_ROWS {
                     flush_delta(m, txn, targets).await?;
                 }
+            }
+            if txn.echo {
+                return Ok(());
             }
             if already_copied(tables, *relation) {
                 report.skipped += 1;
@@ -616,7 +614,7 @@ async fn handle(
                         send(&targets[m.target], Command::ResetModel(m.spec.clone())).await?;
                     }
                 }
-                if already_copied(tables, *id) {
+                if txn.echo || already_copied(tables, *id) {
                     continue;
                 }
                 let table = tables.get(*id)?;
