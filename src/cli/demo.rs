@@ -10,7 +10,7 @@ use std::time::Duration;
 use shardline_backfill::BackfillRequest;
 use shardline_cdc::run::RunOptions;
 use shardline_gen::GenRequest;
-use shardline_topology::{ContextKind, ShardKey, Topology};
+use shardline_topology::{ContextKind, RouterUser, ShardKey, Topology};
 use tokio::sync::watch;
 
 mod cutover;
@@ -268,8 +268,6 @@ async fn follow_live_load(topology: &Topology) -> anyhow::Result<()> {
 /// landed: merchant → bucket → shard, read back through the router and
 /// on the shard itself.
 async fn through_router(topology: &Topology) -> anyhow::Result<()> {
-    use std::sync::Arc;
-    use tokio_postgres::NoTls;
     // Far above the generated history's payment ids.
     const FIRST_ID: i64 = 9_000_000_000_000;
     let (Some(context), Some(user)) = (topology.sharded_context(), topology.router.users.first())
@@ -282,22 +280,8 @@ async fn through_router(topology: &Topology) -> anyhow::Result<()> {
     else {
         return Ok(());
     };
-    let proxy = shardline_router::Proxy::new(topology)
-        .map_err(|e| super::output::Hint::new(e.to_string(), e.hint()))?;
-    let proxy = Arc::new(proxy);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let serving = Arc::clone(&proxy);
-    let server = tokio::spawn(async move { serving.serve(listener).await });
-    let (app, connection) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(port)
-        .user(&user.name)
-        .password(user.password.expose())
-        .dbname("shardline")
-        .connect(NoTls)
-        .await?;
-    tokio::spawn(connection);
+    let (port, server) = start_router(topology).await?;
+    let app = connect_app(port, user).await?;
     println!("   router on 127.0.0.1:{port}, user {}", user.name);
     let insert = app
         .prepare(
@@ -351,6 +335,34 @@ async fn through_router(topology: &Topology) -> anyhow::Result<()> {
     }
     server.abort();
     Ok(())
+}
+
+/// A router on a free loopback port: its port, and the task serving it.
+async fn start_router(
+    topology: &Topology,
+) -> anyhow::Result<(u16, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let proxy = shardline_router::Proxy::new(topology)
+        .map_err(|e| super::output::Hint::new(e.to_string(), e.hint()))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    Ok((
+        port,
+        tokio::spawn(async move { proxy.serve(listener).await }),
+    ))
+}
+
+/// An application's connection to the demo's router.
+async fn connect_app(port: u16, user: &RouterUser) -> anyhow::Result<tokio_postgres::Client> {
+    let (app, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user(&user.name)
+        .password(user.password.expose())
+        .dbname("shardline")
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(connection);
+    Ok(app)
 }
 
 /// How the biggest merchants spread over the shards.

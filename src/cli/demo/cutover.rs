@@ -16,7 +16,6 @@ use shardline_cutover::{Selector, StartRequest, DEFAULT_MAX_PAUSE};
 use shardline_topology::Topology;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_postgres::NoTls;
 
 /// Payment ids of this step, far above the generated history's.
 const FIRST_ID: i64 = 8_000_000_000_000;
@@ -68,14 +67,7 @@ pub async fn staged(topology: &Topology) -> anyhow::Result<()> {
         }
     }
 
-    let proxy = Arc::new(
-        shardline_router::Proxy::new(&topology)
-            .map_err(|e| super::super::output::Hint::new(e.to_string(), e.hint()))?,
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let serving = Arc::clone(&proxy);
-    let router = tokio::spawn(async move { serving.serve(listener).await });
+    let (port, router) = super::start_router(&topology).await?;
 
     let merchants: Vec<i64> = topology
         .source
@@ -97,15 +89,7 @@ pub async fn staged(topology: &Topology) -> anyhow::Result<()> {
         let (merchants, load, stop) = (merchants.clone(), load.clone(), stop.clone());
         let user = topology.router.users[0].clone();
         clients.spawn(async move {
-            let (app, connection) = tokio_postgres::Config::new()
-                .host("127.0.0.1")
-                .port(port)
-                .user(&user.name)
-                .password(user.password.expose())
-                .dbname("shardline")
-                .connect(NoTls)
-                .await?;
-            tokio::spawn(connection);
+            let app = super::connect_app(port, &user).await?;
             pay(&app, n, &merchants, &load, &stop).await
         });
     }
