@@ -2,7 +2,7 @@
 //! against real servers, end with exactly the source's rows on every shard.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -135,6 +135,34 @@ fn assert_equal(f: &Fleet) {
         digest(&f.analytics, "merchants", "true"),
         digest(&f.source, "merchants", "true")
     );
+}
+
+/// Runs cdc with `args` until the slot confirmed the source's position of
+/// now (at most 90 s), then stops it with SIGTERM: whether it caught up,
+/// and its output.
+fn catch_up_and_stop(f: &Fleet, args: &[&str]) -> (bool, Output) {
+    let child = shardline(f, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let target = f
+        .source
+        .psql("postgres", "SELECT pg_current_wal_insert_lsn()")
+        .unwrap();
+    let caught_up = (0..900).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        f.source
+            .psql("postgres", &format!("SELECT confirmed_flush_lsn >= '{}' FROM pg_replication_slots WHERE slot_name = 'shardline'", target.trim()))
+            .unwrap()
+            .trim()
+            == "t"
+    });
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    (caught_up, child.wait_with_output().unwrap())
 }
 
 fn kill_after(mut child: Child, delay: Duration) -> bool {
@@ -303,31 +331,10 @@ fn cdc_killed_with_sigkill_resumes_and_applies_every_change_once() {
     );
 
     // A last, clean run catches up, then stops on SIGTERM.
-    let child = shardline(
+    let (caught_up, out) = catch_up_and_stop(
         &f,
         &["--format", "json", "cdc", "run", "--heartbeat-secs", "1"],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let target = f
-        .source
-        .psql("postgres", "SELECT pg_current_wal_insert_lsn()")
-        .unwrap();
-    let caught_up = (0..900).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        f.source
-            .psql("postgres", &format!("SELECT confirmed_flush_lsn >= '{}' FROM pg_replication_slots WHERE slot_name = 'shardline'", target.trim()))
-            .unwrap()
-            .trim()
-            == "t"
-    });
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    );
     assert!(
         caught_up,
         "cdc did not catch up: {}",
@@ -428,28 +435,7 @@ fn cdc_killed_during_grouped_read_model_commits_keeps_the_read_model_exact() {
         "cdc was killed mid-stream at least 3 times ({kills})"
     );
 
-    let child = shardline(&f, &["-q", "cdc", "run", "--heartbeat-secs", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let target = f
-        .source
-        .psql("postgres", "SELECT pg_current_wal_insert_lsn()")
-        .unwrap();
-    let caught_up = (0..900).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        f.source
-            .psql("postgres", &format!("SELECT confirmed_flush_lsn >= '{}' FROM pg_replication_slots WHERE slot_name = 'shardline'", target.trim()))
-            .unwrap()
-            .trim()
-            == "t"
-    });
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let (caught_up, out) = catch_up_and_stop(&f, &["-q", "cdc", "run", "--heartbeat-secs", "1"]);
     assert!(
         caught_up && out.status.success(),
         "{}",
