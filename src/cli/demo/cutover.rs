@@ -51,18 +51,18 @@ pub async fn staged(topology: &Topology) -> anyhow::Result<()> {
     // A stage must not switch before every way back is streaming.
     for shard in &shards {
         let client = shard.connect().await?;
-        for _ in 0..300 {
-            let streaming: bool = client
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE active AND slot_name LIKE 'shardline_reverse_%')",
-                    &[],
-                )
-                .await?
-                .get(0);
-            if streaming {
-                break;
+        let streaming = "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE active AND slot_name LIKE 'shardline_reverse_%')";
+        let mut waited = 0;
+        while !client.query_one(streaming, &[]).await?.get::<_, bool>(0) {
+            if let Some(ended) = streams.try_join_next() {
+                ended??;
+                anyhow::bail!("a CDC stream ended before the way back was streaming");
             }
-            anyhow::ensure!(!streams.is_empty(), "a CDC stream stopped");
+            waited += 1;
+            anyhow::ensure!(
+                waited < 300,
+                "the way back from {shard} did not start streaming within 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
