@@ -405,6 +405,19 @@ fn group_exprs(rm: &ReadModel) -> Vec<String> {
 }
 
 impl DeltaSpec {
+    /// How row images sent as `VALUES` text become typed columns: the casts
+    /// `v.c0::type AS name, …` and the `VALUES` aliases `c0, c1, …`.
+    fn value_columns(&self) -> (String, String) {
+        let casts: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, (name, ty))| format!("v.c{i}::{ty} AS {}", quote_ident(name)))
+            .collect();
+        let aliases: Vec<String> = (0..self.columns.len()).map(|i| format!("c{i}")).collect();
+        (casts.join(", "), aliases.join(", "))
+    }
+
     /// The distinct groups of row images, evaluated by PostgreSQL with the
     /// read model's own group expressions: `SELECT DISTINCT <exprs> FROM
     /// (<images cast to the source's types>) AS <alias>`. `alias` is the
@@ -428,18 +441,12 @@ impl DeltaSpec {
             }
             values.push(')');
         }
-        let aliases: Vec<String> = (0..self.columns.len()).map(|i| format!("c{i}")).collect();
-        let casts: Vec<String> = self
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, (name, ty))| format!("v.c{i}::{ty} AS {}", quote_ident(name)))
-            .collect();
+        let (casts, aliases) = self.value_columns();
         format!(
             "SELECT DISTINCT {} FROM (SELECT {} FROM (VALUES {values}) AS v({})) AS {}",
             self.group_exprs.join(", "),
-            casts.join(", "),
-            aliases.join(", "),
+            casts,
+            aliases,
             quote_ident(alias),
         )
     }
@@ -484,13 +491,7 @@ impl DeltaSpec {
             }
             values.push(')');
         }
-        let aliases: Vec<String> = (0..self.columns.len()).map(|i| format!("c{i}")).collect();
-        let casts: Vec<String> = self
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, (name, ty))| format!("v.c{i}::{ty} AS {}", quote_ident(name)))
-            .collect();
+        let (casts, aliases) = self.value_columns();
         let positions: Vec<String> = (1..=self.group_by.len()).map(|i| i.to_string()).collect();
         let deltas: Vec<String> = self
             .aggregates
@@ -538,8 +539,7 @@ impl DeltaSpec {
             table = self.table,
             group_by = self.group_by.join(", "),
             deltas = deltas.join(", "),
-            casts = casts.join(", "),
-            aliases = aliases.join(", "),
+
             positions = positions.join(", "),
             on = on.join(" AND "),
             set = set.join(", "),
