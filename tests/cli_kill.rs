@@ -165,6 +165,16 @@ fn catch_up_and_stop(f: &Fleet, args: &[&str]) -> (bool, Output) {
     (caught_up, child.wait_with_output().unwrap())
 }
 
+/// Starts cdc and SIGKILLs it after `delay`: whether it was still running.
+fn cdc_killed_after(f: &Fleet, delay: Duration) -> bool {
+    let child = shardline(f, &["-q", "cdc", "run", "--heartbeat-secs", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    kill_after(child, delay)
+}
+
 fn kill_after(mut child: Child, delay: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < delay {
@@ -314,12 +324,7 @@ fn cdc_killed_with_sigkill_resumes_and_applies_every_change_once() {
     let churner = std::thread::spawn(move || churn(&churn_source, 50));
     let mut kills = 0;
     while !churner.is_finished() {
-        let child = shardline(&f, &["-q", "cdc", "run", "--heartbeat-secs", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        if kill_after(child, Duration::from_millis(rng.random_range(500..3000))) {
+        if cdc_killed_after(&f, Duration::from_millis(rng.random_range(500..3000))) {
             kills += 1;
         }
     }
@@ -419,12 +424,7 @@ fn cdc_killed_during_grouped_read_model_commits_keeps_the_read_model_exact() {
     // On an idle machine the churn can end before three kills: the backlog
     // is still being applied then, so killing goes on until three landed.
     while !churner.is_finished() || kills < 3 {
-        let child = shardline(&f, &["-q", "cdc", "run", "--heartbeat-secs", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        if kill_after(child, Duration::from_millis(rng.random_range(200..1500))) {
+        if cdc_killed_after(&f, Duration::from_millis(rng.random_range(200..1500))) {
             kills += 1;
         }
     }
