@@ -90,15 +90,22 @@ impl Fleet {
     }
 
     fn cdc(&self) -> Kill {
-        let child = self.spawn(&["-q", "cdc", "run", "--heartbeat-secs", "1"]);
+        self.streaming(&["-q", "cdc", "run", "--heartbeat-secs", "1"], "", "1")
+    }
+
+    /// Runs cdc with `args` until as many slots whose name is LIKE
+    /// `slots%` are active as `want` says (the server holds the monolith
+    /// and every shard).
+    fn streaming(&self, args: &[&str], slots: &str, want: &str) -> Kill {
+        let child = self.spawn(args);
+        let active = format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name LIKE '{slots}%'"
+        );
         let streaming = (0..300).any(|_| {
             std::thread::sleep(Duration::from_millis(100));
-            self.sql(
-                "mono",
-                "SELECT count(*) FROM pg_replication_slots WHERE active",
-            ) == "1"
+            self.sql("mono", &active) == want
         });
-        assert!(streaming, "cdc did not start streaming");
+        assert!(streaming, "{args:?} did not start streaming");
         Kill(child)
     }
 
@@ -124,16 +131,11 @@ impl Fleet {
 
     /// Starts the streams from the shards back to the monolith.
     fn reverse_cdc(&self) -> Kill {
-        let child = self.spawn(&["-q", "cdc", "run", "--reverse", "--heartbeat-secs", "1"]);
-        let streaming = (0..300).any(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            self.sql(
-                "mono",
-                "SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name LIKE 'shardline_reverse_%'",
-            ) == "2"
-        });
-        assert!(streaming, "reverse cdc did not start streaming");
-        Kill(child)
+        self.streaming(
+            &["-q", "cdc", "run", "--reverse", "--heartbeat-secs", "1"],
+            "shardline_reverse_",
+            "2",
+        )
     }
 
     /// Waits until every slot (one server: forward and reverse) confirmed
