@@ -84,6 +84,18 @@ pub async fn ensure(client: &mut Client) -> Result<(), tokio_postgres::Error> {
     txn.commit().await
 }
 
+/// Removes the control schema's tables: every bucket is the monolith's
+/// again and no stage or router is remembered (a fleet that starts over,
+/// as the demo's does).
+pub async fn forget(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(
+            "DROP TABLE IF EXISTS shardline.cutover_buckets, shardline.cutover_cohorts, shardline.cutover_routers;
+             DROP SEQUENCE IF EXISTS shardline.cutover_epoch;",
+        )
+        .await
+}
+
 /// Whether the control schema exists (a monolith no cutover has touched
 /// has none: every bucket is its own).
 pub async fn exists(client: &Client) -> Result<bool, tokio_postgres::Error> {

@@ -174,15 +174,7 @@ pub async fn staged(topology: &Topology) -> anyhow::Result<()> {
 /// cutover state and the ways back of an earlier run are removed (a way
 /// back's slot would otherwise replay this run's backfill to the monolith).
 async fn forget_earlier_run(topology: &Topology) -> anyhow::Result<()> {
-    topology
-        .source
-        .connect()
-        .await?
-        .batch_execute(
-            "DROP TABLE IF EXISTS shardline.cutover_buckets, shardline.cutover_cohorts, shardline.cutover_routers;
-             DROP SEQUENCE IF EXISTS shardline.cutover_epoch;",
-        )
-        .await?;
+    shardline_cutover::control::forget(&topology.source.connect().await?).await?;
     let shards = topology
         .sharded_context()
         .map_or(0, |c| c.databases().len());
