@@ -9,6 +9,7 @@
 //! and then on every database of it.
 
 use shardline_topology::{quote_ident, quote_table, ConnString, ContextKind, Topology};
+use tokio_postgres::types::Kind;
 use tokio_postgres::Client;
 
 use crate::error::ExportError;
@@ -174,18 +175,17 @@ pub async fn describe(
         .prepare(&select.describe_sql())
         .await
         .map_err(|e| ExportError::query(database, e))?;
-    stmt.columns()
-        .iter()
-        .map(|c| {
-            column_spec(
-                c.name(),
-                c.type_(),
-                c.type_modifier(),
-                numeric,
-                cast_unknown,
-            )
-            .map_err(|e| {
-                let pg_type = crate::types::type_name(c.type_(), c.type_modifier());
+    let mut specs = Vec::with_capacity(stmt.columns().len());
+    for c in stmt.columns() {
+        let typmod = match c.type_().kind() {
+            Kind::Domain(_) if c.type_modifier() == -1 => {
+                domain_typmod(client, database, c.type_().oid()).await?
+            }
+            _ => c.type_modifier(),
+        };
+        let spec =
+            column_spec(c.name(), c.type_(), typmod, numeric, cast_unknown).map_err(|e| {
+                let pg_type = crate::types::type_name(c.type_(), typmod);
                 match e {
                     Unmapped::Unsupported => ExportError::UnsupportedType {
                         column: c.name().to_string(),
@@ -196,9 +196,28 @@ pub async fn describe(
                         pg_type,
                     },
                 }
-            })
-        })
-        .collect()
+            })?;
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+/// The modifier a domain gives its base type (`CREATE DOMAIN amount AS
+/// numeric(18,2)`), from the nearest domain in its chain that has one.
+async fn domain_typmod(client: &Client, database: &str, domain: u32) -> Result<i32, ExportError> {
+    const SQL: &str = "
+        WITH RECURSIVE chain(oid, base, typmod, depth) AS (
+            SELECT oid, typbasetype, typtypmod, 0 FROM pg_type WHERE oid = $1
+            UNION ALL
+            SELECT t.oid, t.typbasetype, t.typtypmod, c.depth + 1
+              FROM pg_type t JOIN chain c ON t.oid = c.base
+             WHERE c.typmod = -1 AND t.typtype = 'd')
+        SELECT coalesce((SELECT typmod FROM chain WHERE typmod <> -1 ORDER BY depth LIMIT 1), -1)";
+    client
+        .query_one(SQL, &[&domain])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| ExportError::query(database, e))
 }
 
 /// The planner's row estimate for a table (0 for a query).

@@ -175,10 +175,10 @@ fn value_type(ty: &Type, typmod: i32, numeric: NumericPolicy) -> Result<ValueTyp
                 elem, typmod, numeric,
             )?)))
         }
-        // A domain travels in its base type's binary form; the base
-        // type's own modifier is not described, so numeric domains count as
-        // unconstrained.
-        Kind::Domain(base) => return value_type(base, -1, numeric),
+        // A domain travels in its base type's binary form, under the
+        // domain's modifier ([`crate::plan`] looks it up: the server
+        // describes a domain column without one).
+        Kind::Domain(base) => return value_type(base, typmod, numeric),
         _ => {}
     }
     Ok(match *ty {

@@ -245,3 +245,59 @@ async fn values_without_an_exact_parquet_value_stop_the_export_naming_the_column
     );
     assert!(!dir.path().join("out").exists());
 }
+
+#[tokio::test]
+async fn domains_export_as_their_base_type_under_the_domains_modifier() {
+    let pg = PgServer::start().unwrap();
+    pg.psql(
+        "postgres",
+        "CREATE DOMAIN amount AS numeric(18,2);
+         CREATE DOMAIN positive_amount AS amount CHECK (VALUE > 0);
+         CREATE DOMAIN merchant AS bigint;
+         CREATE DOMAIN loose AS numeric;
+         CREATE TABLE fees (id merchant, fee positive_amount, gross amount, note loose);
+         INSERT INTO fees SELECT i, i * 1.25, -i * 0.5, i / 3.0 FROM generate_series(1, 50) i;",
+    )
+    .unwrap();
+    let t = topology(&pg, "");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fees");
+    let mut req = ExportRequest::new(What::Table("fees".into()), &out);
+    req.from = From::Source;
+    run(&t, &req).await.unwrap();
+    let read = read_parquet(&out, false);
+    let type_of = |name: &str| {
+        read["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["type"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(type_of("id"), "int64");
+    assert_eq!(type_of("fee"), "decimal128(18, 2)");
+    assert_eq!(type_of("gross"), "decimal128(18, 2)");
+    assert_eq!(type_of("note"), "string");
+    let want = pg_rows(
+        &pg.url("postgres"),
+        "SELECT id::text, fee::text, gross::text, note::text FROM fees",
+    )
+    .await;
+    assert_same_rows(&["id", "fee", "gross", "note"], rows_of(&read), want);
+
+    // A domain without a modifier over numeric is unconstrained, as numeric is.
+    let mut strict = ExportRequest::new(
+        What::Query("SELECT note FROM fees".into()),
+        dir.path().join("strict"),
+    );
+    strict.from = From::Source;
+    strict.numeric = NumericPolicy::Error;
+    let err = run(&t, &strict).await.unwrap_err();
+    assert!(
+        matches!(&err, ExportError::UnconstrainedNumeric { column, .. } if column == "note"),
+        "{err}"
+    );
+}
