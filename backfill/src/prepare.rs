@@ -46,8 +46,7 @@ pub async fn prepare(
     }
     let mut target_clients: Vec<Client> = Vec::new();
     let mut tables = Vec::new();
-    let mut to_create = Vec::new();
-    let mut differences = Vec::new();
+    let mut found = Findings::default();
 
     let wanted = |t: &str| {
         request.tables.as_ref().is_none_or(|list| {
@@ -141,8 +140,7 @@ pub async fn prepare(
             &target_clients,
             request.create,
             true,
-            &mut to_create,
-            &mut differences,
+            &mut found,
         )
         .await?;
         tables.push(Arc::new(TableCopy {
@@ -173,8 +171,7 @@ pub async fn prepare(
             &target_clients,
             request.create,
             false,
-            &mut to_create,
-            &mut differences,
+            &mut found,
         )
         .await?;
         tables.push(Arc::new(TableCopy {
@@ -184,16 +181,24 @@ pub async fn prepare(
             query: Some(rm.query()),
         }));
     }
-    if !differences.is_empty() {
-        return Err(BackfillError::Differences(differences));
+    if !found.differences.is_empty() {
+        return Err(BackfillError::Differences(found.differences));
     }
     Ok(Prepared {
         source: topology.source.clone(),
         targets,
         tables,
-        to_create,
+        to_create: found.to_create,
         routes,
     })
+}
+
+/// What checking the targets found: tables to create, and differences
+/// between existing target tables and the source.
+#[derive(Default)]
+struct Findings {
+    to_create: Vec<(usize, TableDef)>,
+    differences: Vec<String>,
 }
 
 async fn check_targets(
@@ -203,8 +208,7 @@ async fn check_targets(
     clients: &[Client],
     create: bool,
     strict_nulls: bool,
-    to_create: &mut Vec<(usize, TableDef)>,
-    differences: &mut Vec<String>,
+    found: &mut Findings,
 ) -> Result<(), BackfillError> {
     for &i in ids {
         let name = targets[i].to_string();
@@ -212,7 +216,7 @@ async fn check_targets(
             .await
             .map_err(|e| query_error(&name, e))?
         {
-            None if create => to_create.push((i, def.clone())),
+            None if create => found.to_create.push((i, def.clone())),
             None => {
                 return Err(BackfillError::TargetMissing {
                     table: def.name.clone(),
@@ -220,7 +224,9 @@ async fn check_targets(
                 })
             }
             Some(existing) => {
-                differences.extend(catalog::differences(def, &existing, &name, strict_nulls))
+                found
+                    .differences
+                    .extend(catalog::differences(def, &existing, &name, strict_nulls))
             }
         }
     }

@@ -175,7 +175,7 @@ async fn copy_once(
 ) -> Result<crate::copy::Copied, BackfillError> {
     let mut needed = Vec::new();
     for &i in &chunk.table.targets {
-        if !clients.contains_key(&i) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = clients.entry(i) {
             let client =
                 shared.prepared_targets[i]
                     .connect()
@@ -196,7 +196,7 @@ async fn copy_once(
             {
                 tracing::debug!(error = %e, "target keeps triggers and foreign key checks");
             }
-            clients.insert(i, client);
+            slot.insert(client);
         }
         let name = shared.prepared_targets[i].to_string();
         let done = control::done_on_target(

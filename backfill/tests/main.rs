@@ -431,8 +431,7 @@ async fn a_stop_request_rolls_back_in_flight_chunks_and_the_next_run_finishes() 
     let err = job
         .await
         .unwrap()
-        .err()
-        .expect("a stopped job is not a success");
+        .expect_err("a stopped job is not a success");
     assert!(matches!(err, BackfillError::Interrupted), "{err}");
     let prepared = prepare(&f.topology, &request(400)).await.unwrap();
     let (_stop, stop_rx) = watch::channel(false);
@@ -457,11 +456,7 @@ async fn a_shard_lost_mid_run_is_named_and_the_job_resumes_after_it_returns() {
     let (job, mut done_rx) = start(&f, &slow, stop_rx).await;
     done_rx.recv().await.unwrap();
     f.shards[1].stop().unwrap();
-    let err = job
-        .await
-        .unwrap()
-        .err()
-        .expect("a lost shard stops the job");
+    let err = job.await.unwrap().expect_err("a lost shard stops the job");
     let port = f.shards[1].port().to_string();
     assert!(
         err.to_string().contains(&port),

@@ -54,7 +54,7 @@ pub struct Args {
 
 pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     if args.chunk_rows == 0 {
-        return Err(Hint::new(
+        return Err(Hint::error(
             "--chunk-rows must be at least 1",
             "shardline backfill --chunk-rows 200000",
         ));
@@ -174,7 +174,7 @@ fn short(table: &str) -> String {
 
 fn hinted(e: BackfillError) -> anyhow::Error {
     match e.hint() {
-        Some(hint) => Hint::new(e.to_string(), hint),
+        Some(hint) => Hint::error(e.to_string(), hint),
         None => e.into(),
     }
 }

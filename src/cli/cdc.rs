@@ -189,7 +189,7 @@ async fn run_reverse(
         .map(|c| c.databases().len())
         .unwrap_or(0);
     if shards == 0 {
-        return Err(Hint::new(
+        return Err(Hint::error(
             "the topology has no single sharded context to stream back from",
             "define one [contexts.NAME] with shard_key and shards",
         ));
@@ -248,5 +248,5 @@ fn hinted(e: CdcError) -> anyhow::Error {
         }
         _ => return e.into(),
     };
-    Hint::new(e.to_string(), hint)
+    Hint::error(e.to_string(), hint)
 }

@@ -249,7 +249,7 @@ fn request(
     verify: bool,
 ) -> anyhow::Result<StartRequest> {
     if !(max_pause > 0.0 && max_pause <= 3600.0) {
-        return Err(Hint::new(
+        return Err(Hint::error(
             format!("--max-pause {max_pause}: must be above 0 and at most 3600 seconds"),
             "the default is 30; a switch usually pauses well under a second",
         ));
@@ -289,5 +289,5 @@ fn print_stage(report: &shardline_cutover::StageReport, g: &Global) -> anyhow::R
 
 fn hinted(e: CutoverError) -> anyhow::Error {
     let hint = e.hint();
-    Hint::new(e.to_string(), hint)
+    Hint::error(e.to_string(), hint)
 }

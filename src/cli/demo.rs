@@ -137,7 +137,7 @@ async fn export(topology: &Topology, dir: &std::path::Path) -> anyhow::Result<()
         request.overwrite = true;
         let summary = shardline_export::export(topology, &request, &Progress::default(), None)
             .await
-            .map_err(|e| super::output::Hint::new(e.to_string(), e.hint()))?;
+            .map_err(|e| super::output::Hint::error(e.to_string(), e.hint()))?;
         print!("   {table}: {}", super::export::text(&summary));
     }
     Ok(())
@@ -342,7 +342,7 @@ async fn start_router(
     topology: &Topology,
 ) -> anyhow::Result<(u16, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let proxy = shardline_router::Proxy::new(topology)
-        .map_err(|e| super::output::Hint::new(e.to_string(), e.hint()))?;
+        .map_err(|e| super::output::Hint::error(e.to_string(), e.hint()))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     Ok((

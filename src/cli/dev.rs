@@ -146,7 +146,7 @@ fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
 
 fn load(dir: &Path) -> anyhow::Result<Fleet> {
     Fleet::load(&absolute(dir)?)?.ok_or_else(|| {
-        Hint::new(
+        Hint::error(
             format!("no fleet in {}", dir.display()),
             "start one with `shardline dev up`, or pass the --dir it used",
         )

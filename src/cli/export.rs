@@ -118,7 +118,7 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     let summary = match summary {
         Ok(s) => s,
         Err(ExportError::Interrupted) => return Err(Interrupted.into()),
-        Err(e) => return Err(Hint::new(e.to_string(), e.hint())),
+        Err(e) => return Err(Hint::error(e.to_string(), e.hint())),
     };
     match g.format {
         Format::Json => print_json(&summary)?,
@@ -142,7 +142,7 @@ fn request(args: Args) -> anyhow::Result<ExportRequest> {
     };
     if let Some(p) = &args.partition_by {
         r.partition_by = Some(PartitionBy::parse(p).map_err(|e| {
-            Hint::new(
+            Hint::error(
                 e,
                 "shardline export --table payments --out DIR --partition-by 'day(created_at)'",
             )
@@ -155,14 +155,14 @@ fn request(args: Args) -> anyhow::Result<ExportRequest> {
         ("--max-open-files", args.max_open_files),
     ] {
         if v == 0 {
-            return Err(Hint::new(
+            return Err(Hint::error(
                 format!("{name} must be at least 1"),
                 "leave it out for the default",
             ));
         }
     }
     if args.max_file_rows == Some(0) {
-        return Err(Hint::new(
+        return Err(Hint::error(
             "--max-file-rows must be at least 1",
             "leave it out for one file per partition and database",
         ));

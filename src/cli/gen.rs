@@ -33,7 +33,7 @@ pub struct Args {
 
 pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     if args.rows == 0 {
-        return Err(Hint::new(
+        return Err(Hint::error(
             "--rows must be at least 1",
             "shardline gen --rows 100000",
         ));
@@ -57,7 +57,7 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     })
     .await
     .map_err(|e| match e.hint() {
-        Some(hint) => Hint::new(gen_message(&e, &topology.source.to_string()), hint),
+        Some(hint) => Hint::error(gen_message(&e, &topology.source.to_string()), hint),
         None => anyhow::Error::new(e),
     })?;
     progress.finish();

@@ -64,7 +64,7 @@ pub struct Hint {
 }
 
 impl Hint {
-    pub fn new(message: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
+    pub fn error(message: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
         Hint {
             message: message.into(),
             hint: hint.into(),

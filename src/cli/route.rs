@@ -34,13 +34,13 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     let topology = g.topology()?;
     let context: &Context = match &args.context {
         Some(name) => topology.context(name).ok_or_else(|| {
-            Hint::new(
+            Hint::error(
                 format!("no context named {name:?}"),
                 "see [contexts.*] in the topology",
             )
         })?,
         None => topology.sharded_context().ok_or_else(|| {
-            Hint::new(
+            Hint::error(
                 "the topology has no single sharded context",
                 "name one with --context",
             )
@@ -50,7 +50,7 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
         placement, shards, ..
     } = &context.kind
     else {
-        return Err(Hint::new(
+        return Err(Hint::error(
             format!("context {:?} is not sharded", context.name),
             "route applies to a context with shard_key and shards",
         ));

@@ -34,17 +34,17 @@ pub struct Args {
 pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     let topology = g.topology()?;
     if args.pool_size == 0 {
-        return Err(Hint::new(
+        return Err(Hint::error(
             "--pool-size must be at least 1",
             "the default is 32",
         ));
     }
     let proxy = Proxy::with_pool_size(&topology, args.pool_size)
-        .map_err(|e| Hint::new(e.to_string(), e.hint()))?;
+        .map_err(|e| Hint::error(e.to_string(), e.hint()))?;
     let proxy = Arc::new(proxy);
     let listen = args.listen.unwrap_or(topology.router.listen);
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-        Hint::new(
+        Hint::error(
             format!("cannot listen on {listen}: {e}"),
             "is another router or PgBouncer on that port? pass --listen HOST:PORT",
         )
@@ -56,7 +56,7 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
         shardline_metrics::serve(addr, Arc::new(move || p.metrics()), stop.clone())
             .await
             .map_err(|e| {
-                Hint::new(
+                Hint::error(
                     format!("cannot serve metrics on {addr}: {e}"),
                     "choose a free address for --metrics-listen, such as 127.0.0.1:9188",
                 )
@@ -68,7 +68,7 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     }
     tokio::select! {
         served = proxy.serve(listener) => {
-            served.map_err(|e| Hint::new(format!("router stopped: {e}"), "see the log above"))?;
+            served.map_err(|e| Hint::error(format!("router stopped: {e}"), "see the log above"))?;
             Ok(exit::OK)
         }
         // Stopping a server on SIGINT/SIGTERM is its normal end.

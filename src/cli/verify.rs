@@ -102,7 +102,7 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
             )
         })
         .await;
-    let report = report.map_err(|e: VerifyError| Hint::new(e.to_string(), e.hint()))?;
+    let report = report.map_err(|e: VerifyError| Hint::error(e.to_string(), e.hint()))?;
     match g.format {
         Format::Json => print_json(&report)?,
         Format::Markdown => print!("{}", markdown(&report)),

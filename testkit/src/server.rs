@@ -478,7 +478,7 @@ fn copy_template(bindir: &Bindir, owner: &ServerOwner, data: &Path) -> Result<()
                 .map_err(TestkitError::io("creating the template directory"))?;
             owner.chown(&root)?;
             init_cluster(bindir, owner, &root, &root.join("data"), None)?;
-            spawn_watcher(bindir, owner, &root).map(|w| std::mem::forget(w))?;
+            spawn_watcher(bindir, owner, &root).map(std::mem::forget)?;
             Ok(root.join("data"))
         };
         build().map_err(|e| e.to_string())

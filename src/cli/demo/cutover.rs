@@ -108,7 +108,7 @@ pub async fn staged(topology: &Topology) -> anyhow::Result<()> {
         };
         let report = shardline_cutover::start(&topology, &request)
             .await
-            .map_err(|e| super::super::output::Hint::new(e.to_string(), e.hint()))?;
+            .map_err(|e| super::super::output::Hint::error(e.to_string(), e.hint()))?;
         println!(
             "   {percent:>3}%: {} buckets moved, paused {:.0} ms (drain {:.0} ms, CDC catch-up {:.0} ms); {} of {} buckets on the shards; {} payments so far, {} failed",
             report.buckets.len(),
