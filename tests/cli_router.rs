@@ -1,5 +1,6 @@
 //! `shardline router` through the built binary: refuses a topology without
-//! users, then serves psql and pgbench (simple, extended, prepared).
+//! users, then serves psql and pgbench (simple, extended, prepared), also
+//! over TLS, and refuses bad TLS files before it listens.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
@@ -217,5 +218,159 @@ impl Drop for Kill {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// `topology` with `[router]` TLS settings.
+fn tls_topology(dir: &std::path::Path, server: &PgServer, router: &str) -> String {
+    let config = topology(dir, server, true);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        "[[router.users]]",
+        &format!("[router]\n{router}\n[[router.users]]"),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+#[test]
+fn under_tls_require_psql_and_pgbench_run_encrypted_and_plain_clients_are_refused() {
+    let server = fleet();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = shardline_testkit::TestCerts::generate(dir.path()).unwrap();
+    // Relative paths start at the topology file's directory.
+    let config = tls_topology(
+        dir.path(),
+        &server,
+        "tls = \"require\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"",
+    );
+    let log = dir.path().join("router.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(["--config", &config, "--format", "json", "router"])
+        .args(["--listen", "127.0.0.1:0"])
+        .env("SHARDLINE_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut guard = Kill(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let port = loop {
+        let line = lines.next().expect("router printed its address").unwrap();
+        if let Some(addr) = line.split('"').nth(3).filter(|_| line.contains("listen")) {
+            break addr.rsplit(':').next().unwrap().to_string();
+        }
+    };
+    let ca = certs.ca.display().to_string();
+    let psql = |sslmode: &str, sql: &str| {
+        Command::new(server.bindir().program("psql"))
+            .args(["-X", "-A", "-t", "-c", sql])
+            .arg(format!(
+                "host=127.0.0.1 port={port} user=app dbname=app sslmode={sslmode} sslrootcert={ca}"
+            ))
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .unwrap()
+    };
+    // verify-full: the router presents the CA's certificate for 127.0.0.1.
+    let out = psql(
+        "verify-full",
+        "INSERT INTO payments (id, merchant_id, amount) VALUES (1, 7, 5), (2, 8, 5)",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = psql(
+        "require",
+        "SELECT count(*) FROM payments WHERE merchant_id = 7",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+
+    let out = psql("disable", "SELECT 1");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FATAL:  the router requires TLS; connect with sslmode=require"),
+        "{err}"
+    );
+    // prefer, libpq's default, negotiates TLS.
+    let out = psql(
+        "prefer",
+        "SELECT count(*) FROM payments WHERE merchant_id = 8",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+
+    let script = dir.path().join("payment.sql");
+    std::fs::write(
+        &script,
+        "\\set m random(1, 1000)\n\\set id random(1, 1000000000)\nINSERT INTO payments (id, merchant_id, amount) VALUES (:id, :m, 1) ON CONFLICT DO NOTHING;\nSELECT amount FROM payments WHERE merchant_id = :m AND id = :id;\n",
+    )
+    .unwrap();
+    let out = Command::new(server.bindir().program("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port, "-U", "app"])
+        .args(["-n", "-c", "2", "-T", "3", "-M", "prepared", "-f"])
+        .arg(&script)
+        .arg("app")
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGSSLMODE", "require")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: u64 = report
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|n| n.split('/').next()?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(done > 10, "{report}");
+
+    // The debug log saw every client and never the password.
+    let _ = guard.0.kill();
+    let _ = guard.0.wait();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("client connected"), "{logged}");
+    assert!(!logged.contains(PASSWORD), "{logged}");
+}
+
+#[test]
+fn bad_tls_files_stop_the_router_with_a_hint_before_it_listens() {
+    let server = fleet();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = shardline_testkit::TestCerts::generate(dir.path()).unwrap();
+    let (cert, key, other) = (
+        certs.cert.display().to_string(),
+        certs.key.display().to_string(),
+        certs.other_key.display().to_string(),
+    );
+    for (router, expect) in [
+        (
+            format!("tls_cert = \"{cert}.gone\"\ntls_key = \"{key}\""),
+            format!("[router] tls_cert {cert}.gone: No such file"),
+        ),
+        (
+            format!("tls_cert = \"{cert}\"\ntls_key = \"{other}\""),
+            format!("[router] tls_key {other} is not the private key of the certificate in tls_cert {cert}"),
+        ),
+        (
+            "tls = \"require\"".to_string(),
+            "router.tls: \"require\" needs a certificate".to_string(),
+        ),
+    ] {
+        let config = tls_topology(dir.path(), &server, &router);
+        let out = Command::new(env!("CARGO_BIN_EXE_shardline"))
+            .args(["--config", &config, "router", "--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{router}: {err}");
+        assert!(err.contains(&expect) && err.contains("hint:"), "{err}");
+        assert!(!err.contains("listening"), "{router}: it listened: {err}");
     }
 }

@@ -59,6 +59,7 @@ mod server;
 mod session;
 mod statement;
 mod stats;
+mod tls;
 mod tree;
 
 pub use backend::BackendError;

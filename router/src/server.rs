@@ -11,6 +11,7 @@ use crate::backend::{Manager, Pool};
 use crate::scram::Verifier;
 use crate::session::Session;
 use crate::stats::{DbStats, PoolState, Stats};
+use crate::tls::Tls;
 use crate::Router;
 
 /// Connections per database pool when the topology does not say: enough
@@ -30,6 +31,8 @@ pub(crate) struct Shared {
     /// The cutover state, when the topology enables cutover; the monolith
     /// then has the last pool, after every context's.
     pub cohorts: Option<Arc<crate::Cohorts>>,
+    /// TLS for clients, when `[router]` sets it up.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl Shared {
@@ -67,6 +70,18 @@ pub enum ProxyError {
     NoUsers,
     #[error("cannot build the pool for {database}: {cause}")]
     Pool { database: String, cause: String },
+    #[error("[router] {file} {}: {cause}", path.display())]
+    TlsFile {
+        /// The topology key naming the file: `tls_cert` or `tls_key`.
+        file: &'static str,
+        path: std::path::PathBuf,
+        cause: String,
+    },
+    #[error("[router] tls_key {} is not the private key of the certificate in tls_cert {}", key.display(), cert.display())]
+    TlsKeyMismatch {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
 }
 
 impl ProxyError {
@@ -74,6 +89,8 @@ impl ProxyError {
         match self {
             Self::NoUsers => "add [[router.users]] name = \"…\" password = \"…\" to shardline.toml (`shardline dev up` writes one)",
             Self::Pool { .. } => "check the connection strings of the contexts in shardline.toml",
+            Self::TlsFile { .. } => "tls_cert is the PEM certificate chain, tls_key its unencrypted PEM key; relative paths start at the topology file's directory",
+            Self::TlsKeyMismatch { .. } => "compare `openssl x509 -noout -pubkey -in CERT` with `openssl pkey -pubout -in KEY`; tls_key must be the key the certificate was issued for",
         }
     }
 }
@@ -87,6 +104,7 @@ impl Proxy {
         if topology.router.users.is_empty() {
             return Err(ProxyError::NoUsers);
         }
+        let tls = topology.router.tls.as_ref().map(Tls::load).transpose()?;
         let pool = |conn: &ConnString, stats: Arc<DbStats>| {
             Pool::builder(Manager {
                 conn: conn.clone(),
@@ -140,6 +158,7 @@ impl Proxy {
                 stats,
                 cancels: Arc::default(),
                 cohorts,
+                tls,
             }),
         })
     }

@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use crate::backend::{BackendError, Pooled};
 use crate::message::{self as msg, Frame, FrameError};
 use crate::server::Shared;
+use crate::tls::ClientStream;
 use crate::Target;
 use transaction::Txn;
 
@@ -67,7 +68,7 @@ impl From<std::io::Error> for Fatal {
 
 pub(crate) struct Session {
     shared: Arc<Shared>,
-    client: TcpStream,
+    client: ClientStream,
     inbuf: BytesMut,
     out: BytesMut,
     backends: HashMap<Db, Pooled>,
@@ -86,7 +87,7 @@ impl Session {
         client.set_nodelay(true).ok();
         Self {
             shared,
-            client,
+            client: ClientStream::Plain(client),
             inbuf: BytesMut::with_capacity(8192),
             out: BytesMut::with_capacity(8192),
             backends: HashMap::new(),
@@ -179,6 +180,8 @@ impl Session {
         if !self.out.is_empty() {
             self.client.write_all(&self.out).await?;
             self.out.clear();
+            // TLS may hold back the last record; plain TCP returns at once.
+            self.client.flush().await?;
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::{Client, NoTls};
 
 mod ops;
+mod tls;
 
 const SCHEMA: &str = "
 CREATE TABLE payments (id bigint, merchant_id bigint NOT NULL, amount numeric(18,2), status text,

@@ -17,8 +17,11 @@ use super::{exit, signals, Format, Global};
   psql -h 127.0.0.1 -p 6432 -U shardline -c 'SELECT * FROM payments WHERE merchant_id = 42'
   psql -h 127.0.0.1 -p 6432 -U shardline -c 'SHOW shardline.shards'    # also: SHOW shardline.stats
   shardline router --metrics-listen 127.0.0.1:9188   # curl http://127.0.0.1:9188/metrics
+  psql 'host=127.0.0.1 port=6432 user=shardline sslmode=verify-full sslrootcert=ca.pem'
 
-Clients log in with SCRAM-SHA-256 as a user of [[router.users]].")]
+Clients log in with SCRAM-SHA-256 as a user of [[router.users]].
+TLS: [router] tls_cert = \"router.pem\", tls_key = \"router.key\" (PEM) turn it on for
+clients that ask (sslmode=prefer/require/verify-full); tls = \"require\" refuses the others.")]
 pub struct Args {
     /// Address to listen on [default: the topology's [router] listen]
     #[arg(long, value_name = "HOST:PORT")]

@@ -18,10 +18,12 @@
 mod fleet;
 mod install;
 mod server;
+mod tls;
 
 pub use fleet::{Fleet, Member, MemberSpec, MemberStatus};
 pub use install::{find_bindir, Bindir};
 pub use server::{PgServer, PgServerBuilder};
+pub use tls::TestCerts;
 
 /// Errors of starting and driving a server.
 #[derive(Debug, thiserror::Error)]

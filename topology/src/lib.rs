@@ -20,7 +20,7 @@ pub use conn::{ConnString, ConnStringError, ConnectError};
 pub use placement::{Placement, PlacementError, ShardKey, ShardKeyType};
 pub use topology::{
     output_name, parse_interval, Context, ContextKind, CutoverConfig, Problem, ReadModel,
-    RouterConfig, RouterUser, Secret, Topology, TopologyError, DEFAULT_APPLY_INTERVAL,
+    RouterConfig, RouterTls, RouterUser, Secret, Topology, TopologyError, DEFAULT_APPLY_INTERVAL,
     MAX_APPLY_INTERVAL,
 };
 

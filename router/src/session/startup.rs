@@ -8,12 +8,20 @@ use crate::message::{self as msg, Frame, FrameError};
 
 impl Session {
     pub(super) async fn startup(&mut self) -> Result<bool, Fatal> {
+        let shared = self.shared.clone();
+        let tls = shared.tls.as_ref();
+        self.client.direct(tls).await?;
         let params = loop {
             let (code, body) = msg::read_startup(&mut self.client).await?;
             match code {
-                msg::SSL_REQUEST | msg::GSSENC_REQUEST => self.client.write_all(b"N").await?,
+                msg::SSL_REQUEST => self.client.ssl_request(tls).await?,
+                msg::GSSENC_REQUEST => self.client.write_all(b"N").await?,
                 msg::CANCEL_REQUEST => {
                     self.shared.cancels.cancel_request(&body).await;
+                    return Ok(false);
+                }
+                msg::PROTOCOL_3_0 if self.client.refuse(tls, &mut self.out) => {
+                    self.flush().await?;
                     return Ok(false);
                 }
                 msg::PROTOCOL_3_0 => break msg::startup_params(&body)?,

@@ -221,3 +221,60 @@ fn apply_interval_defaults_to_continuous_and_refuses_nonsense() {
     assert_eq!(p.line, Some(17));
     assert!(p.message.contains("\"soon\" is not an interval"), "{p:?}");
 }
+
+#[test]
+fn router_tls_defaults_to_allow_with_a_certificate_and_off_without() {
+    assert_eq!(parse(GOOD).unwrap().router.tls, None);
+    let with = |extra: &str| {
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:7432\"\n",
+            &format!("listen = \"127.0.0.1:7432\"\n{extra}"),
+        );
+        Topology::parse(&text, Path::new("/etc/shardline/shardline.toml"))
+    };
+    let files = "tls_cert = \"router.crt\"\ntls_key = \"/keys/router.key\"\n";
+    let allow = with(files).unwrap().router.tls.unwrap();
+    assert_eq!(
+        allow,
+        RouterTls {
+            // Relative to the topology file; absolute as written.
+            cert: PathBuf::from("/etc/shardline/router.crt"),
+            key: PathBuf::from("/keys/router.key"),
+            required: false,
+        }
+    );
+    let require = with(&format!("{files}tls = \"require\"\n")).unwrap();
+    assert!(require.router.tls.unwrap().required);
+    let off = with(&format!("{files}tls = \"off\"\n")).unwrap();
+    assert_eq!(off.router.tls, None);
+    assert_eq!(with("tls = \"off\"\n").unwrap().router.tls, None);
+}
+
+#[test]
+fn router_tls_without_its_files_or_with_an_unknown_mode_is_refused() {
+    let problem = |extra: &str| {
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:7432\"\n",
+            &format!("listen = \"127.0.0.1:7432\"\n{extra}"),
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        found.into_iter().next().unwrap()
+    };
+    let p = problem("tls = \"require\"\n");
+    assert_eq!((p.key.as_str(), p.line), ("router.tls", Some(27)), "{p:?}");
+    assert!(
+        p.message.contains("\"require\" needs a certificate") && p.message.contains("tls_cert"),
+        "{p:?}"
+    );
+    let p = problem("tls_cert = \"router.crt\"\n");
+    assert_eq!(p.key, "router.tls_key", "{p:?}");
+    let p = problem("tls_key = \"router.key\"\n");
+    assert_eq!(p.key, "router.tls_cert", "{p:?}");
+    let p = problem("tls = \"prefer\"\n");
+    assert_eq!(p.key, "router.tls", "{p:?}");
+    assert!(p.message.contains("\"prefer\" is not a TLS mode"), "{p:?}");
+    let p = problem("tls_cert = \" \"\ntls_key = \"k.pem\"\n");
+    assert_eq!(p.key, "router.tls_cert", "{p:?}");
+    assert!(p.message.contains("empty path"), "{p:?}");
+}
