@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -15,9 +14,10 @@ use serde::Deserialize;
 use crate::conn::ConnString;
 use crate::placement::{Placement, ShardKeyType, DEFAULT_BUCKETS};
 
-/// Where the router listens when the topology does not say: the port
-/// PgBouncer made familiar for a PostgreSQL-speaking proxy.
-pub const DEFAULT_ROUTER_LISTEN: &str = "127.0.0.1:6432";
+mod router;
+
+use router::RawRouter;
+pub use router::{RouterConfig, RouterTls, RouterUser, Secret, DEFAULT_ROUTER_LISTEN};
 
 /// The context read models are kept in unless they name another.
 pub const DEFAULT_READ_MODEL_CONTEXT: &str = "analytics";
@@ -137,79 +137,6 @@ pub fn output_name(expr: &str) -> String {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct RouterConfig {
-    pub listen: SocketAddr,
-    pub users: Vec<RouterUser>,
-    /// TLS for the router's clients; `None` when `tls = "off"` (the
-    /// default without a certificate).
-    pub tls: Option<RouterTls>,
-}
-
-/// `[router] tls_cert`, `tls_key` and `tls`: the files are only named
-/// here (relative paths resolved against the topology file's directory);
-/// the router reads and checks them when it starts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RouterTls {
-    /// PEM: the server certificate, then any intermediates.
-    pub cert: PathBuf,
-    /// PEM: the private key (PKCS#8, RSA or SEC1).
-    pub key: PathBuf,
-    /// `tls = "require"`: a client that does not ask for TLS is refused.
-    pub required: bool,
-}
-
-/// How the router treats a client that does or does not ask for TLS.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TlsMode {
-    /// Every SSLRequest is answered `N`.
-    Off,
-    /// TLS for clients that ask, plain connections for the others.
-    Allow,
-    /// TLS for every client; one that does not ask is refused (28000).
-    Require,
-}
-
-impl std::str::FromStr for TlsMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "off" => Ok(Self::Off),
-            "allow" => Ok(Self::Allow),
-            "require" => Ok(Self::Require),
-            _ => Err(format!(
-                "{s:?} is not a TLS mode: write \"off\", \"allow\" or \"require\""
-            )),
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct RouterUser {
-    pub name: String,
-    pub password: Secret,
-}
-
-/// A secret that never prints itself.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(********)")
-    }
-}
-
 /// One broken rule of a topology file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -319,24 +246,6 @@ struct RawReadModel {
     group_by: Vec<String>,
     aggregates: Vec<String>,
     context: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRouter {
-    listen: Option<String>,
-    #[serde(default)]
-    users: Vec<RawRouterUser>,
-    tls: Option<String>,
-    tls_cert: Option<String>,
-    tls_key: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRouterUser {
-    name: String,
-    password: String,
 }
 
 impl Topology {
@@ -733,124 +642,6 @@ impl Validator<'_> {
             });
         }
         out
-    }
-
-    fn router(&mut self, raw: Option<RawRouter>, path: &Path) -> Option<RouterConfig> {
-        let raw = raw.unwrap_or(RawRouter {
-            listen: None,
-            users: Vec::new(),
-            tls: None,
-            tls_cert: None,
-            tls_key: None,
-        });
-        let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_ROUTER_LISTEN);
-        let listen = match listen_text.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                self.problem(
-                    &[Seg::Key("router"), Seg::Key("listen")],
-                    format!("{listen_text:?} is not an address like \"127.0.0.1:6432\""),
-                );
-                None
-            }
-        };
-        let mut users = Vec::new();
-        let mut seen = HashMap::new();
-        for (i, u) in raw.users.into_iter().enumerate() {
-            let at = |key: &'static str| {
-                [
-                    Seg::Key("router"),
-                    Seg::Key("users"),
-                    Seg::Index(i),
-                    Seg::Key(key),
-                ]
-            };
-            if u.name.trim().is_empty() {
-                self.problem(&at("name"), "empty user name");
-            } else if seen.insert(u.name.clone(), i).is_some() {
-                self.problem(&at("name"), format!("user {:?} is listed twice", u.name));
-            }
-            if u.password.is_empty() {
-                self.problem(&at("password"), "empty password; SCRAM needs one");
-            }
-            users.push(RouterUser {
-                name: u.name,
-                password: Secret::new(u.password),
-            });
-        }
-        let tls = self.router_tls(raw.tls, raw.tls_cert, raw.tls_key, path);
-        Some(RouterConfig {
-            listen: listen?,
-            users,
-            tls: tls?,
-        })
-    }
-
-    /// `tls`, `tls_cert` and `tls_key` of `[router]`: the mode defaults to
-    /// `allow` with a certificate and `off` without; a certificate goes
-    /// with its key.
-    fn router_tls(
-        &mut self,
-        mode: Option<String>,
-        cert: Option<String>,
-        key: Option<String>,
-        path: &Path,
-    ) -> Option<Option<RouterTls>> {
-        let at = |key: &'static str| [Seg::Key("router"), Seg::Key(key)];
-        let before = self.problems.len();
-        let mode = match mode.as_deref().map(str::parse::<TlsMode>) {
-            None if cert.is_some() => TlsMode::Allow,
-            None => TlsMode::Off,
-            Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                self.problem(&at("tls"), e);
-                TlsMode::Off
-            }
-        };
-        let file = |v: &mut Self, key: &'static str, value: &Option<String>| match value {
-            Some(p) if p.trim().is_empty() => {
-                v.problem(&at(key), "empty path");
-                None
-            }
-            Some(p) => Some(path.parent().unwrap_or(Path::new("")).join(p)),
-            None => None,
-        };
-        let cert_path = file(self, "tls_cert", &cert);
-        let key_path = file(self, "tls_key", &key);
-        match (&cert, &key) {
-            (Some(_), None) => self.problem(
-                &at("tls_key"),
-                "missing: tls_cert needs the PEM file of its private key",
-            ),
-            (None, Some(_)) => self.problem(
-                &at("tls_cert"),
-                "missing: tls_key needs the PEM file of the certificate it signs for",
-            ),
-            (None, None) if mode != TlsMode::Off => self.problem(
-                &at("tls"),
-                format!(
-                    "\"{}\" needs a certificate: set tls_cert and tls_key (PEM files)",
-                    if mode == TlsMode::Require {
-                        "require"
-                    } else {
-                        "allow"
-                    }
-                ),
-            ),
-            _ => {}
-        }
-        if self.problems.len() > before {
-            return None;
-        }
-        Some(match (mode, cert_path, key_path) {
-            (TlsMode::Off, _, _) => None,
-            (mode, Some(cert), Some(key)) => Some(RouterTls {
-                cert,
-                key,
-                required: mode == TlsMode::Require,
-            }),
-            _ => None,
-        })
     }
 }
 
