@@ -53,6 +53,13 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Commit a group of source transactions at this size even when more are
 /// queued, so locks and the durable position do not lag far behind.
 const MAX_GROUPED_TRANSACTIONS: usize = 2_000;
+/// How long a group may stay open for transactions the stream already
+/// holds (see [`Command::Commit`]'s `more`). While the stream catches up
+/// on a backlog, the coordinator hands each target a few transactions at
+/// a time; committing whenever the queue runs empty would make every
+/// group tiny, and each commit costs the target a flush, a progress upsert
+/// and its statements' parse and plan. Bounds the latency this adds.
+pub const MAX_GROUP_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What the coordinator asks of an applier.
 #[derive(Debug)]
@@ -80,6 +87,10 @@ pub enum Command {
         end_lsn: Lsn,
         /// Microseconds since 2000-01-01, as the source stamped the commit.
         commit_time: i64,
+        /// The stream already holds further transactions: the group may
+        /// wait for them (up to [`MAX_GROUP_WAIT`]) instead of committing
+        /// when the queue runs empty.
+        more: bool,
     },
 }
 
@@ -176,6 +187,12 @@ pub struct Applier {
 
 struct Pending {
     batch: String,
+    /// When the open group's first source transaction completed.
+    group_started: Option<tokio::time::Instant>,
+    /// The last complete transaction said more were on their way.
+    more: bool,
+    /// Target transactions committed, for the log.
+    commits: u64,
     rows: Batcher,
     deltas: Vec<Netted>,
     in_transaction: bool,
@@ -241,6 +258,9 @@ impl Applier {
         }
         let mut p = Pending {
             batch: String::new(),
+            group_started: None,
+            more: false,
+            commits: 0,
             rows: Batcher::new(),
             deltas: Vec::new(),
             in_transaction: false,
@@ -250,19 +270,27 @@ impl Applier {
         };
         let mut last_commit = tokio::time::Instant::now();
         loop {
-            let command = match self.apply_interval {
-                // Complete transactions wait for the interval to end.
-                Some(interval) if p.grouped > 0 && !p.partial => {
+            // Complete transactions wait for the interval to end, or for
+            // the transactions the stream said were coming.
+            let deadline = match (self.apply_interval, p.group_started) {
+                _ if p.grouped == 0 || p.partial => None,
+                (Some(interval), _) => Some(last_commit + interval),
+                (None, Some(started)) if p.more => Some(started + MAX_GROUP_WAIT),
+                (None, Some(_)) => Some(tokio::time::Instant::now()),
+                (None, None) => None,
+            };
+            let command = match deadline {
+                Some(deadline) => {
                     tokio::select! {
                         c = commands.recv() => c,
-                        _ = tokio::time::sleep_until(last_commit + interval) => {
+                        _ = tokio::time::sleep_until(deadline) => {
                             self.commit(&mut p, &durable).await?;
                             last_commit = tokio::time::Instant::now();
                             continue;
                         }
                     }
                 }
-                _ => commands.recv().await,
+                None => commands.recv().await,
             };
             let Some(command) = command else { break };
             match command {
@@ -337,15 +365,19 @@ impl Applier {
                     commit_lsn,
                     end_lsn,
                     commit_time,
+                    more,
                 } => {
                     p.begin();
                     p.last = Some((commit_lsn, end_lsn, commit_time));
                     p.grouped += 1;
                     p.partial = false;
+                    p.more = more;
+                    let started = *p.group_started.get_or_insert_with(tokio::time::Instant::now);
                     let due = match self.apply_interval {
                         Some(interval) => last_commit.elapsed() >= interval,
                         None => {
-                            commands.is_empty()
+                            let waits = more && started.elapsed() < MAX_GROUP_WAIT;
+                            (commands.is_empty() && !waits)
                                 || p.grouped >= MAX_GROUPED_TRANSACTIONS
                                 || p.batch.len() >= MAX_BATCH_BYTES
                         }
@@ -370,7 +402,7 @@ impl Applier {
             folded,
             single,
         } = p.rows.stats;
-        tracing::debug!(target = %self.name, inserts, inserted_rows, folded, single, "row changes batched");
+        tracing::debug!(target = %self.name, commits = p.commits, inserts, inserted_rows, folded, single, "row changes batched");
         if p.in_transaction {
             self.client
                 .batch_execute("ROLLBACK")
@@ -407,6 +439,8 @@ impl Applier {
         p.in_transaction = false;
         p.grouped = 0;
         p.last = None;
+        p.group_started = None;
+        p.commits += 1;
         let _ = durable.send((self.target, end_lsn));
         Ok(())
     }

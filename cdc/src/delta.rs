@@ -21,7 +21,6 @@
 //! full replica identity) are recomputed from the source by
 //! [`crate::readmodel::Refresher`].
 
-use std::fmt::Write;
 
 use std::sync::Arc;
 
@@ -29,7 +28,6 @@ use rustc_hash::FxHashMap;
 use shardline_topology::{output_name, quote_ident, quote_table, ReadModel};
 
 use crate::pgoutput::{ColumnValue, LogicalMessage, OldTuple, Relation};
-use crate::sql::push_literal;
 
 /// Delta rows buffered per read model before they are sent as one `MERGE`:
 /// bounds memory on large source transactions, and keeps each statement
@@ -405,17 +403,34 @@ fn group_exprs(rm: &ReadModel) -> Vec<String> {
 }
 
 impl DeltaSpec {
-    /// How row images sent as `VALUES` text become typed columns: the casts
-    /// `v.c0::type AS name, …` and the `VALUES` aliases `c0, c1, …`.
-    fn value_columns(&self) -> (String, String) {
+    /// How row images sent as text become typed columns: the casts
+    /// `v.c0::type AS name, …` of the row source's columns `c0, c1, …`.
+    fn casts(&self) -> String {
         let casts: Vec<String> = self
             .columns
             .iter()
             .enumerate()
             .map(|(i, (name, ty))| format!("v.c{i}::{ty} AS {}", quote_ident(name)))
             .collect();
-        let aliases: Vec<String> = (0..self.columns.len()).map(|i| format!("c{i}")).collect();
-        (casts.join(", "), aliases.join(", "))
+        casts.join(", ")
+    }
+
+    /// Row images (with their weights, if any) as the row source
+    /// `v([shardline_sign,] c0, c1, …)`, one text array per column
+    /// ([`crate::sql::unnest`]).
+    fn row_source(&self, weights: Option<&[i64]>, rows: &[&[Option<String>]]) -> String {
+        let mut names = Vec::with_capacity(self.columns.len() + 1);
+        let mut columns: Vec<(&str, Vec<Option<&str>>)> = Vec::with_capacity(names.capacity());
+        let weights: Option<Vec<String>> = weights.map(|w| w.iter().map(i64::to_string).collect());
+        if let Some(w) = &weights {
+            names.push("shardline_sign".to_string());
+            columns.push(("int8", w.iter().map(|s| Some(s.as_str())).collect()));
+        }
+        for i in 0..self.columns.len() {
+            names.push(format!("c{i}"));
+            columns.push(("text", rows.iter().map(|r| r[i].as_deref()).collect()));
+        }
+        crate::sql::unnest(columns, "v", &names)
     }
 
     /// The distinct groups of row images, evaluated by PostgreSQL with the
@@ -427,26 +442,12 @@ impl DeltaSpec {
         rows: impl IntoIterator<Item = &'a [Option<String>]>,
         alias: &str,
     ) -> String {
-        let mut values = String::new();
-        for (i, row) in rows.into_iter().enumerate() {
-            if i > 0 {
-                values.push_str(", ");
-            }
-            values.push('(');
-            for (j, v) in row.iter().enumerate() {
-                if j > 0 {
-                    values.push_str(", ");
-                }
-                push_literal(&mut values, v.as_deref().map(str::as_bytes));
-            }
-            values.push(')');
-        }
-        let (casts, aliases) = self.value_columns();
+        let rows: Vec<&[Option<String>]> = rows.into_iter().collect();
         format!(
-            "SELECT DISTINCT {} FROM (SELECT {} FROM (VALUES {values}) AS v({})) AS {}",
+            "SELECT DISTINCT {} FROM (SELECT {} FROM {}) AS {}",
             self.group_exprs.join(", "),
-            casts,
-            aliases,
+            self.casts(),
+            self.row_source(None, &rows),
             quote_ident(alias),
         )
     }
@@ -479,19 +480,9 @@ impl DeltaSpec {
     /// The `MERGE` that applies delta rows, each with its weight (how many
     /// times the row image is added, negative for removed).
     pub fn merge<'a>(&self, rows: impl IntoIterator<Item = (i64, &'a [Option<String>])>) -> String {
-        let mut values = String::new();
-        for (i, (sign, row)) in rows.into_iter().enumerate() {
-            if i > 0 {
-                values.push_str(", ");
-            }
-            let _ = write!(values, "({sign}");
-            for v in row {
-                values.push_str(", ");
-                push_literal(&mut values, v.as_deref().map(str::as_bytes));
-            }
-            values.push(')');
-        }
-        let (casts, aliases) = self.value_columns();
+        let (weights, rows): (Vec<i64>, Vec<&[Option<String>]>) = rows.into_iter().unzip();
+        let source = self.row_source(Some(&weights), &rows);
+        let casts = self.casts();
         let positions: Vec<String> = (1..=self.group_by.len()).map(|i| i.to_string()).collect();
         let deltas: Vec<String> = self
             .aggregates
@@ -532,7 +523,7 @@ impl DeltaSpec {
             .collect();
         let from_g: Vec<String> = all.iter().map(|c| format!("g.{c}")).collect();
         format!(
-            "MERGE INTO {table} AS t USING (SELECT {group_by}, {deltas} FROM (SELECT v.shardline_sign, {casts} FROM (VALUES {values}) AS v(shardline_sign, {aliases})) AS d{filter} GROUP BY {positions}) AS g ON {on} \
+            "MERGE INTO {table} AS t USING (SELECT {group_by}, {deltas} FROM (SELECT v.shardline_sign, {casts} FROM {source}) AS d{filter} GROUP BY {positions}) AS g ON {on} \
              WHEN MATCHED AND t.{count} + g.{count} = 0 THEN DELETE \
              WHEN MATCHED THEN UPDATE SET {set} \
              WHEN NOT MATCHED AND g.{count} <> 0 THEN INSERT ({all}) VALUES ({from_g})",
@@ -793,7 +784,7 @@ mod tests {
         let sql = m.take_sql().unwrap();
         assert_eq!(m.pending(), 0);
         assert!(sql.starts_with("MERGE INTO \"daily\" AS t USING (SELECT merchant_id, date_trunc('day', created_at) AS day, sum(shardline_sign)::bigint AS \"n\", sum(shardline_sign * (amount)) AS \"v\" FROM (SELECT v.shardline_sign, v.c0::bigint AS \"merchant_id\", v.c1::numeric(18,2) AS \"amount\""), "{sql}");
-        assert!(sql.contains("(VALUES (1, '7', '1.50', 'captured', '2026-01-01 10:00:00+00'), (-1, '7', NULL, 'it''s', NULL))"), "{sql}");
+        assert!(sql.contains(r#"FROM unnest('{"1","-1"}'::int8[], '{"7","7"}'::text[], '{"1.50",NULL}'::text[], '{"captured","it''s"}'::text[], '{"2026-01-01 10:00:00+00",NULL}'::text[]) AS v(shardline_sign, c0, c1, c2, c3)) AS d"#), "{sql}");
         assert!(sql.contains("AS d WHERE status = 'captured' GROUP BY 1, 2) AS g ON t.\"merchant_id\" = g.\"merchant_id\" AND t.\"day\" = g.\"day\""), "{sql}");
         assert!(
             sql.contains("WHEN MATCHED AND t.\"n\" + g.\"n\" = 0 THEN DELETE"),

@@ -284,6 +284,10 @@ pub async fn run(
         .await
         .map_err(|e| CdcError::Stream(e.to_string()))?;
     tracing::info!(slot = %options.slot, from = %slot.confirmed_flush, targets = targets.len(), "streaming");
+    // Events the stream's reader has queued that the loop has not taken
+    // yet: a backlog, so a target's group may wait for what follows.
+    let stream_metrics = stream.metrics();
+    let mut received: u64 = 0;
 
     let mut confirmations = Confirmations::new(slot.confirmed_flush);
     let primary_keys = source::primary_keys(&source, &routes).await?;
@@ -325,6 +329,7 @@ pub async fn run(
                 }
                 event = stream.recv() => {
                     let event = event.map_err(|e| CdcError::Stream(e.to_string()))?;
+                    received += 1;
                     let Some(event) = event else {
                         return Err(CdcError::Stream("the source ended the stream".into()));
                     };
@@ -350,8 +355,9 @@ pub async fn run(
                             }
                             let mut t = t;
                             flush_deltas(&mut deltas, &mut t, &targets).await?;
+                            let more = stream_metrics.events_forwarded() > received;
                             for &target in &t.touched {
-                                let commit = Command::Commit { commit_lsn: Lsn(lsn.0), end_lsn: Lsn(end_lsn.0), commit_time: commit_time_micros };
+                                let commit = Command::Commit { commit_lsn: Lsn(lsn.0), end_lsn: Lsn(end_lsn.0), commit_time: commit_time_micros, more };
                                 send(&targets[target], commit).await?;
                             }
                             report.transactions += 1;

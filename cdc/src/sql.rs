@@ -33,6 +33,57 @@ pub fn push_literal(out: &mut String, value: Value<'_>) {
     }
 }
 
+/// Appends one element of a text array literal written inside a SQL string
+/// literal: `"…"` with `\` and `"` escaped for the array parser and `'`
+/// doubled for the string; NULL unquoted. A whole column of values thus
+/// travels as one literal (`'{"a","b",NULL}'::text[]`): the target parses
+/// one constant instead of one per value, which is what makes a statement
+/// over thousands of rows cheap to parse and plan.
+pub fn push_array_element(out: &mut String, value: Option<&str>) {
+    let Some(text) = value else {
+        out.push_str("NULL");
+        return;
+    };
+    out.push('"');
+    let mut rest = text;
+    while let Some(at) = rest.find(['\\', '"', '\'']) {
+        out.push_str(&rest[..at]);
+        out.push_str(match rest.as_bytes()[at] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "''",
+        });
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
+    out.push('"');
+}
+
+/// `unnest('{…}'::type[], …) AS alias(names)`: columns of values as one
+/// row source, each column one array literal (see [`push_array_element`]).
+/// `columns` holds, per column, its element type and its values.
+pub fn unnest<'a, I>(columns: Vec<(&str, I)>, alias: &str, names: &[String]) -> String
+where
+    I: IntoIterator<Item = Option<&'a str>>,
+{
+    let mut sql = String::from("unnest(");
+    for (i, (ty, values)) in columns.into_iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("'{");
+        for (j, v) in values.into_iter().enumerate() {
+            if j > 0 {
+                sql.push(',');
+            }
+            push_array_element(&mut sql, v);
+        }
+        let _ = write!(sql, "}}'::{ty}[]");
+    }
+    let _ = write!(sql, ") AS {alias}({})", names.join(", "));
+    sql
+}
+
 /// `INSERT INTO table (cols) VALUES (...), (...)` for rows of equal shape.
 pub fn insert<'a>(
     table: &str,
@@ -115,6 +166,22 @@ mod tests {
         let mut s = String::new();
         push_literal(&mut s, None);
         assert_eq!(s, "NULL");
+    }
+
+    #[test]
+    fn array_elements_escape_for_the_array_parser_and_the_string() {
+        let mut s = String::new();
+        for v in [Some("plain"), Some(r#"a"b\c'd"#), Some(""), Some("NULL"), None] {
+            push_array_element(&mut s, v);
+            s.push(',');
+        }
+        assert_eq!(s, r#""plain","a\"b\\c''d","","NULL",NULL,"#);
+        let u = unnest(
+            vec![("int8", vec![Some("1"), Some("-1")]), ("text", vec![Some("x"), None])],
+            "v",
+            &["s".to_string(), "c0".to_string()],
+        );
+        assert_eq!(u, r#"unnest('{"1","-1"}'::int8[], '{"x",NULL}'::text[]) AS v(s, c0)"#);
     }
 
     #[test]
