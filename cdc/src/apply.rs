@@ -25,12 +25,17 @@
 
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 
 use crate::delta::{DeltaSpec, Netted, MAX_NETTED_ROWS};
 use crate::lsn::Lsn;
 use crate::rows::{BatchStats, Batcher, RowOp};
+use crate::script::{Part, Script};
 
 /// The control table of CDC progress, created on every target.
 pub const PROGRESS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS shardline;
@@ -71,7 +76,7 @@ pub enum Command {
     /// transaction (netted with the rest of the group).
     Delta {
         spec: Arc<DeltaSpec>,
-        rows: Vec<(i8, Vec<Option<String>>)>,
+        rows: Vec<(i8, crate::delta::DeltaRow)>,
     },
     /// The read model's source table was truncated: empty it, and drop its
     /// adjustments held so far.
@@ -186,7 +191,9 @@ pub struct Applier {
 }
 
 struct Pending {
-    batch: String,
+    batch: Script,
+    /// `COPY` statements prepared on this connection, by their text.
+    copy_statements: HashMap<String, tokio_postgres::Statement>,
     /// When the open group's first source transaction completed.
     group_started: Option<tokio::time::Instant>,
     /// The last complete transaction said more were on their way.
@@ -257,7 +264,8 @@ impl Applier {
             tracing::debug!(target = %self.name, error = %e, "target transactions carry no replication origin");
         }
         let mut p = Pending {
-            batch: String::new(),
+            batch: Script::new(),
+            copy_statements: HashMap::new(),
             group_started: None,
             more: false,
             commits: 0,
@@ -301,7 +309,7 @@ impl Applier {
                     p.batch.push(';');
                     p.partial = true;
                     if p.batch.len() >= MAX_BATCH_BYTES {
-                        self.send(&mut p.batch).await?;
+                        self.send(&mut p).await?;
                     }
                 }
                 Command::Row(op) => {
@@ -309,7 +317,7 @@ impl Applier {
                     p.rows.push(op, &mut p.batch);
                     p.partial = true;
                     if p.batch.len() >= MAX_BATCH_BYTES {
-                        self.send(&mut p.batch).await?;
+                        self.send(&mut p).await?;
                     }
                 }
                 Command::Delta { spec, rows } => {
@@ -330,7 +338,7 @@ impl Applier {
                             p.batch.push(';');
                         }
                         if p.batch.len() >= MAX_BATCH_BYTES {
-                            self.send(&mut p.batch).await?;
+                            self.send(&mut p).await?;
                         }
                     }
                 }
@@ -346,7 +354,7 @@ impl Applier {
                 }
                 Command::Fetch { sql, reply } => {
                     p.rows.flush(&mut p.batch);
-                    self.send(&mut p.batch).await?;
+                    self.send(&mut p).await?;
                     let row = self
                         .client
                         .query_opt(&sql, &[])
@@ -372,7 +380,9 @@ impl Applier {
                     p.grouped += 1;
                     p.partial = false;
                     p.more = more;
-                    let started = *p.group_started.get_or_insert_with(tokio::time::Instant::now);
+                    let started = *p
+                        .group_started
+                        .get_or_insert_with(tokio::time::Instant::now);
                     let due = match self.apply_interval {
                         Some(interval) => last_commit.elapsed() >= interval,
                         None => {
@@ -398,11 +408,12 @@ impl Applier {
         }
         let BatchStats {
             inserts,
+            copies,
             inserted_rows,
             folded,
             single,
         } = p.rows.stats;
-        tracing::debug!(target = %self.name, commits = p.commits, inserts, inserted_rows, folded, single, "row changes batched");
+        tracing::debug!(target = %self.name, commits = p.commits, inserts, copies, inserted_rows, folded, single, "row changes batched");
         if p.in_transaction {
             self.client
                 .batch_execute("ROLLBACK")
@@ -435,7 +446,7 @@ impl Applier {
              COMMIT;",
             slot = self.slot.replace('\'', "''"),
         ));
-        self.send(&mut p.batch).await?;
+        self.send(p).await?;
         p.in_transaction = false;
         p.grouped = 0;
         p.last = None;
@@ -445,15 +456,42 @@ impl Applier {
         Ok(())
     }
 
-    async fn send(&self, batch: &mut String) -> Result<(), ApplyError> {
-        if batch.is_empty() {
-            return Ok(());
+    /// Runs what the batch holds, in order.
+    async fn send(&self, p: &mut Pending) -> Result<(), ApplyError> {
+        for part in p.batch.take() {
+            match part {
+                Part::Sql(sql) => self
+                    .client
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|e| self.error(e))?,
+                Part::Copy { statement, data } => {
+                    let prepared = match p.copy_statements.get(&statement) {
+                        Some(s) => s.clone(),
+                        None => {
+                            let s = self
+                                .client
+                                .prepare(&statement)
+                                .await
+                                .map_err(|e| self.error(e))?;
+                            p.copy_statements.insert(statement, s.clone());
+                            s
+                        }
+                    };
+                    let sink = self
+                        .client
+                        .copy_in::<_, Bytes>(&prepared)
+                        .await
+                        .map_err(|e| self.error(e))?;
+                    futures_util::pin_mut!(sink);
+                    sink.send(Bytes::from(data))
+                        .await
+                        .map_err(|e| self.error(e))?;
+                    sink.finish().await.map_err(|e| self.error(e))?;
+                }
+            }
         }
-        let sql = std::mem::take(batch);
-        self.client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| self.error(e))
+        Ok(())
     }
 
     fn error(&self, e: tokio_postgres::Error) -> ApplyError {

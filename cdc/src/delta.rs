@@ -21,13 +21,17 @@
 //! full replica identity) are recomputed from the source by
 //! [`crate::readmodel::Refresher`].
 
-
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use shardline_topology::{output_name, quote_ident, quote_table, ReadModel};
 
 use crate::pgoutput::{ColumnValue, LogicalMessage, OldTuple, Relation};
+use crate::rows::Cell;
+
+/// One row image of a delta: the values of the read model's columns, as
+/// the stream sent them (slices of its messages, not copies).
+pub type DeltaRow = Vec<Cell>;
 
 /// Delta rows buffered per read model before they are sent as one `MERGE`:
 /// bounds memory on large source transactions, and keeps each statement
@@ -144,7 +148,11 @@ pub struct DeltaModel {
     pub target: usize,
     /// How its adjustments become SQL, shared with the applier.
     pub spec: Arc<DeltaSpec>,
-    pending: Vec<(i8, Vec<Option<String>>)>,
+    pending: Vec<(i8, DeltaRow)>,
+    /// The relation last recorded and where each of the spec's columns is
+    /// in its rows (a relation's columns never change within a run: see
+    /// [`crate::change::ChangeError::ColumnsChanged`]).
+    positions: Option<(u32, Vec<Option<usize>>)>,
 }
 
 /// The SQL side of an incremental read model.
@@ -208,6 +216,7 @@ impl DeltaModel {
                 columns,
             }),
             pending: Vec::new(),
+            positions: None,
         })
     }
 
@@ -233,6 +242,7 @@ impl DeltaModel {
                 columns,
             }),
             pending: Vec::new(),
+            positions: None,
         }
     }
 
@@ -243,12 +253,19 @@ impl DeltaModel {
     /// Buffers the delta rows of one insert, update or delete of the
     /// source table described by `relation`.
     pub fn record(&mut self, relation: &Relation, message: &LogicalMessage) -> Recorded {
-        let position: Vec<Option<usize>> = self
-            .spec
-            .columns
-            .iter()
-            .map(|(c, _)| relation.columns.iter().position(|rc| &rc.name == c))
-            .collect();
+        let known = matches!(&self.positions, Some((id, _)) if *id == relation.id);
+        if !known {
+            let positions = self
+                .spec
+                .columns
+                .iter()
+                .map(|(c, _)| relation.columns.iter().position(|rc| &rc.name == c))
+                .collect();
+            self.positions = Some((relation.id, positions));
+        }
+        let Some((_, position)) = &self.positions else {
+            return Recorded::Incomplete;
+        };
         let image = |values: &[ColumnValue], fallback: Option<&[ColumnValue]>| {
             position
                 .iter()
@@ -256,22 +273,18 @@ impl DeltaModel {
                     let Some(i) = *p else { return Some(None) };
                     match values.get(i)? {
                         ColumnValue::Null => Some(None),
-                        ColumnValue::Text(b) | ColumnValue::Binary(b) => {
-                            Some(Some(String::from_utf8_lossy(b).into_owned()))
-                        }
+                        ColumnValue::Text(b) | ColumnValue::Binary(b) => Some(Some(b.clone())),
                         // Unchanged: the old row's value is the new one.
                         ColumnValue::UnchangedToast => match fallback?.get(i)? {
-                            ColumnValue::Text(b) | ColumnValue::Binary(b) => {
-                                Some(Some(String::from_utf8_lossy(b).into_owned()))
-                            }
+                            ColumnValue::Text(b) | ColumnValue::Binary(b) => Some(Some(b.clone())),
                             ColumnValue::Null => Some(None),
                             ColumnValue::UnchangedToast => None,
                         },
                     }
                 })
-                .collect::<Option<Vec<_>>>()
+                .collect::<Option<DeltaRow>>()
         };
-        let rows: Option<Vec<(i8, Vec<Option<String>>)>> = match message {
+        let rows: Option<Vec<(i8, DeltaRow)>> = match message {
             LogicalMessage::Insert { new, .. } => image(&new.0, None).map(|r| vec![(1, r)]),
             LogicalMessage::Update {
                 old: Some(OldTuple::Full(old)),
@@ -310,7 +323,7 @@ impl DeltaModel {
     }
 
     /// The buffered delta rows (and empties the buffer).
-    pub fn take_rows(&mut self) -> Vec<(i8, Vec<Option<String>>)> {
+    pub fn take_rows(&mut self) -> Vec<(i8, DeltaRow)> {
         std::mem::take(&mut self.pending)
     }
 
@@ -418,17 +431,26 @@ impl DeltaSpec {
     /// Row images (with their weights, if any) as the row source
     /// `v([shardline_sign,] c0, c1, …)`, one text array per column
     /// ([`crate::sql::unnest`]).
-    fn row_source(&self, weights: Option<&[i64]>, rows: &[&[Option<String>]]) -> String {
+    fn row_source(&self, weights: Option<&[i64]>, rows: &[&[Cell]]) -> String {
         let mut names = Vec::with_capacity(self.columns.len() + 1);
-        let mut columns: Vec<(&str, Vec<Option<&str>>)> = Vec::with_capacity(names.capacity());
         let weights: Option<Vec<String>> = weights.map(|w| w.iter().map(i64::to_string).collect());
+        // Text as the stream sent it; a byte that is not UTF-8 (a
+        // SQL_ASCII source) becomes U+FFFD, as in every statement.
+        let texts: Vec<Vec<Option<std::borrow::Cow<'_, str>>>> = (0..self.columns.len())
+            .map(|i| {
+                rows.iter()
+                    .map(|r| r[i].as_deref().map(String::from_utf8_lossy))
+                    .collect()
+            })
+            .collect();
+        let mut columns: Vec<(&str, Vec<Option<&str>>)> = Vec::with_capacity(texts.len() + 1);
         if let Some(w) = &weights {
             names.push("shardline_sign".to_string());
             columns.push(("int8", w.iter().map(|s| Some(s.as_str())).collect()));
         }
-        for i in 0..self.columns.len() {
+        for (i, column) in texts.iter().enumerate() {
             names.push(format!("c{i}"));
-            columns.push(("text", rows.iter().map(|r| r[i].as_deref()).collect()));
+            columns.push(("text", column.iter().map(|v| v.as_deref()).collect()));
         }
         crate::sql::unnest(columns, "v", &names)
     }
@@ -439,10 +461,10 @@ impl DeltaSpec {
     /// source table's name, so qualified column references resolve too.
     pub fn touched_groups_sql<'a>(
         &self,
-        rows: impl IntoIterator<Item = &'a [Option<String>]>,
+        rows: impl IntoIterator<Item = &'a [Cell]>,
         alias: &str,
     ) -> String {
-        let rows: Vec<&[Option<String>]> = rows.into_iter().collect();
+        let rows: Vec<&[Cell]> = rows.into_iter().collect();
         format!(
             "SELECT DISTINCT {} FROM (SELECT {} FROM {}) AS {}",
             self.group_exprs.join(", "),
@@ -479,8 +501,8 @@ impl DeltaSpec {
 
     /// The `MERGE` that applies delta rows, each with its weight (how many
     /// times the row image is added, negative for removed).
-    pub fn merge<'a>(&self, rows: impl IntoIterator<Item = (i64, &'a [Option<String>])>) -> String {
-        let (weights, rows): (Vec<i64>, Vec<&[Option<String>]>) = rows.into_iter().unzip();
+    pub fn merge<'a>(&self, rows: impl IntoIterator<Item = (i64, &'a [Cell])>) -> String {
+        let (weights, rows): (Vec<i64>, Vec<&[Cell]>) = rows.into_iter().unzip();
         let source = self.row_source(Some(&weights), &rows);
         let casts = self.casts();
         let positions: Vec<String> = (1..=self.group_by.len()).map(|i| i.to_string()).collect();
@@ -552,7 +574,7 @@ pub const MAX_NETTED_ROWS: usize = 5_000;
 #[derive(Debug)]
 pub struct Netted {
     pub spec: Arc<DeltaSpec>,
-    rows: FxHashMap<Vec<Option<String>>, i64>,
+    rows: FxHashMap<DeltaRow, i64>,
 }
 
 impl Netted {
@@ -563,7 +585,7 @@ impl Netted {
         }
     }
 
-    pub fn add(&mut self, rows: Vec<(i8, Vec<Option<String>>)>) {
+    pub fn add(&mut self, rows: Vec<(i8, DeltaRow)>) {
         for (sign, row) in rows {
             *self.rows.entry(row).or_insert(0) += i64::from(sign);
         }
@@ -588,7 +610,9 @@ impl Netted {
     /// buffer); `None` when nothing is left.
     pub fn take_sql(&mut self) -> Option<String> {
         let rows = std::mem::take(&mut self.rows);
-        let mut live: Vec<(i64, &[Option<String>])> = rows
+        // In the map's order: the MERGE sums per group, so the order of its
+        // rows changes nothing.
+        let live: Vec<(i64, &[Cell])> = rows
             .iter()
             .filter(|(_, w)| **w != 0)
             .map(|(row, w)| (*w, row.as_slice()))
@@ -596,8 +620,6 @@ impl Netted {
         if live.is_empty() {
             return None;
         }
-        // A stable order: the same rows give the same statement.
-        live.sort_unstable_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(&b.0)));
         Some(self.spec.merge(live))
     }
 }

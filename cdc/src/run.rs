@@ -518,7 +518,7 @@ async fn handle(
         tables
             .get(relation)
             .ok()
-            .and_then(|t| copied_at.get(&t.name()))
+            .and_then(|t| copied_at.get(t.name()))
             .is_some_and(|lsn| commit_lsn <= *lsn)
     };
     match &message {
@@ -530,7 +530,7 @@ async fn handle(
             let table = tables.get(*relation)?;
             upkeep
                 .refresher
-                .touch_row(&table.name(), &table.relation, &message);
+                .touch_row(table.name(), &table.relation, &message);
             for m in upkeep.deltas.iter_mut().filter(|m| m.from == table.name()) {
                 let copied = copied_at
                     .get(&format!("public.{}", m.name))
@@ -541,7 +541,7 @@ async fn handle(
                 if m.record(&table.relation, &message) == crate::delta::Recorded::Incomplete {
                     return Err(CdcError::IncompleteChange {
                         read_model: m.name.clone(),
-                        table: table.name(),
+                        table: table.name().to_string(),
                     });
                 }
                 if m.pending() >= crate::delta::MAX_PENDING_ROWS {
@@ -608,7 +608,7 @@ async fn handle(
         }
         LogicalMessage::Truncate { relations, .. } => {
             for id in relations {
-                let name = tables.get(*id)?.name();
+                let name = tables.get(*id)?.name().to_string();
                 upkeep.refresher.touch(&name);
                 for m in upkeep.deltas.iter_mut().filter(|m| m.from == name) {
                     let copied = copied_at

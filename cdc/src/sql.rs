@@ -84,6 +84,35 @@ where
     sql
 }
 
+/// Appends one value of a `COPY … FROM STDIN` row in text format: `\N`
+/// for NULL; backslash, newline, carriage return and tab escaped, so no
+/// value can end its field, its row or the data.
+pub fn push_copy_value(out: &mut Vec<u8>, value: Value<'_>) {
+    let Some(bytes) = value else {
+        out.extend_from_slice(b"\\N");
+        return;
+    };
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(escaped);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+/// `COPY table (cols) FROM STDIN`.
+pub fn copy_from_stdin(table: &str, columns: &[&str]) -> String {
+    format!("COPY {table} ({}) FROM STDIN", idents(columns))
+}
+
 /// `INSERT INTO table (cols) VALUES (...), (...)` for rows of equal shape.
 pub fn insert<'a>(
     table: &str,
@@ -171,17 +200,40 @@ mod tests {
     #[test]
     fn array_elements_escape_for_the_array_parser_and_the_string() {
         let mut s = String::new();
-        for v in [Some("plain"), Some(r#"a"b\c'd"#), Some(""), Some("NULL"), None] {
+        for v in [
+            Some("plain"),
+            Some(r#"a"b\c'd"#),
+            Some(""),
+            Some("NULL"),
+            None,
+        ] {
             push_array_element(&mut s, v);
             s.push(',');
         }
         assert_eq!(s, r#""plain","a\"b\\c''d","","NULL",NULL,"#);
         let u = unnest(
-            vec![("int8", vec![Some("1"), Some("-1")]), ("text", vec![Some("x"), None])],
+            vec![
+                ("int8", vec![Some("1"), Some("-1")]),
+                ("text", vec![Some("x"), None]),
+            ],
             "v",
             &["s".to_string(), "c0".to_string()],
         );
-        assert_eq!(u, r#"unnest('{"1","-1"}'::int8[], '{"x",NULL}'::text[]) AS v(s, c0)"#);
+        assert_eq!(
+            u,
+            r#"unnest('{"1","-1"}'::int8[], '{"x",NULL}'::text[]) AS v(s, c0)"#
+        );
+    }
+
+    #[test]
+    fn copy_values_escape_what_would_end_a_field_or_row() {
+        let mut out = Vec::new();
+        push_copy_value(&mut out, Some(b"a\tb\nc\rd\\e\\.f 'g\""));
+        out.push(b'\t');
+        push_copy_value(&mut out, None);
+        out.push(b'\t');
+        push_copy_value(&mut out, Some(b"\\N"));
+        assert_eq!(out, b"a\\tb\\nc\\rd\\\\e\\\\.f 'g\"\t\\N\t\\\\N");
     }
 
     #[test]
