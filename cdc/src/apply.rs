@@ -6,10 +6,13 @@
 //! transaction: after a crash the target's recorded position says exactly
 //! which source transactions it has, so none is lost or applied twice.
 //! Source transactions queued back to back are grouped into one target
-//! commit (group commit), and statements travel in batches of one round trip.
+//! commit (group commit); while the stream holds a backlog a group also
+//! waits up to [`MAX_GROUP_WAIT`] for the transactions already on their way.
+//! Statements travel in batches of one round trip ([`crate::script`]).
 //!
 //! Row changes arrive as data ([`crate::rows::RowOp`]): runs of inserts
-//! into one table become one multi-row `INSERT`, and updates or deletes of
+//! into one table become one multi-row `INSERT` (or `COPY`, for long
+//! runs), and updates or deletes of
 //! rows still in such a run change the run instead of becoming statements
 //! ([`crate::rows::Batcher`]). Read-model adjustments of every source
 //! transaction in the group are netted and written as one `MERGE` per read
