@@ -6,10 +6,13 @@
 //! transaction: after a crash the target's recorded position says exactly
 //! which source transactions it has, so none is lost or applied twice.
 //! Source transactions queued back to back are grouped into one target
-//! commit (group commit), and statements travel in batches of one round trip.
+//! commit (group commit); while the stream holds a backlog a group also
+//! waits up to [`MAX_GROUP_WAIT`] for the transactions already on their way.
+//! Statements travel in batches of one round trip ([`crate::script`]).
 //!
 //! Row changes arrive as data ([`crate::rows::RowOp`]): runs of inserts
-//! into one table become one multi-row `INSERT`, and updates or deletes of
+//! into one table become one multi-row `INSERT` (or `COPY`, for long
+//! runs), and updates or deletes of
 //! rows still in such a run change the run instead of becoming statements
 //! ([`crate::rows::Batcher`]). Read-model adjustments of every source
 //! transaction in the group are netted and written as one `MERGE` per read
@@ -25,12 +28,17 @@
 
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 
 use crate::delta::{DeltaSpec, Netted, MAX_NETTED_ROWS};
 use crate::lsn::Lsn;
 use crate::rows::{BatchStats, Batcher, RowOp};
+use crate::script::{Part, Script};
 
 /// The control table of CDC progress, created on every target.
 pub const PROGRESS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS shardline;
@@ -53,6 +61,13 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Commit a group of source transactions at this size even when more are
 /// queued, so locks and the durable position do not lag far behind.
 const MAX_GROUPED_TRANSACTIONS: usize = 2_000;
+/// How long a group may stay open for transactions the stream already
+/// holds (see [`Command::Commit`]'s `more`). While the stream catches up
+/// on a backlog, the coordinator hands each target a few transactions at
+/// a time; committing whenever the queue runs empty would make every
+/// group tiny, and each commit costs the target a flush, a progress upsert
+/// and its statements' parse and plan. Bounds the latency this adds.
+pub const MAX_GROUP_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What the coordinator asks of an applier.
 #[derive(Debug)]
@@ -64,7 +79,7 @@ pub enum Command {
     /// transaction (netted with the rest of the group).
     Delta {
         spec: Arc<DeltaSpec>,
-        rows: Vec<(i8, Vec<Option<String>>)>,
+        rows: Vec<(i8, crate::delta::DeltaRow)>,
     },
     /// The read model's source table was truncated: empty it, and drop its
     /// adjustments held so far.
@@ -80,6 +95,10 @@ pub enum Command {
         end_lsn: Lsn,
         /// Microseconds since 2000-01-01, as the source stamped the commit.
         commit_time: i64,
+        /// The stream already holds further transactions: the group may
+        /// wait for them (up to [`MAX_GROUP_WAIT`]) instead of committing
+        /// when the queue runs empty.
+        more: bool,
     },
 }
 
@@ -175,7 +194,15 @@ pub struct Applier {
 }
 
 struct Pending {
-    batch: String,
+    batch: Script,
+    /// `COPY` statements prepared on this connection, by their text.
+    copy_statements: HashMap<String, tokio_postgres::Statement>,
+    /// When the open group's first source transaction completed.
+    group_started: Option<tokio::time::Instant>,
+    /// The last complete transaction said more were on their way.
+    more: bool,
+    /// Target transactions committed, for the log.
+    commits: u64,
     rows: Batcher,
     deltas: Vec<Netted>,
     in_transaction: bool,
@@ -240,7 +267,11 @@ impl Applier {
             tracing::debug!(target = %self.name, error = %e, "target transactions carry no replication origin");
         }
         let mut p = Pending {
-            batch: String::new(),
+            batch: Script::new(),
+            copy_statements: HashMap::new(),
+            group_started: None,
+            more: false,
+            commits: 0,
             rows: Batcher::new(),
             deltas: Vec::new(),
             in_transaction: false,
@@ -250,19 +281,27 @@ impl Applier {
         };
         let mut last_commit = tokio::time::Instant::now();
         loop {
-            let command = match self.apply_interval {
-                // Complete transactions wait for the interval to end.
-                Some(interval) if p.grouped > 0 && !p.partial => {
+            // Complete transactions wait for the interval to end, or for
+            // the transactions the stream said were coming.
+            let deadline = match (self.apply_interval, p.group_started) {
+                _ if p.grouped == 0 || p.partial => None,
+                (Some(interval), _) => Some(last_commit + interval),
+                (None, Some(started)) if p.more => Some(started + MAX_GROUP_WAIT),
+                (None, Some(_)) => Some(tokio::time::Instant::now()),
+                (None, None) => None,
+            };
+            let command = match deadline {
+                Some(deadline) => {
                     tokio::select! {
                         c = commands.recv() => c,
-                        _ = tokio::time::sleep_until(last_commit + interval) => {
+                        _ = tokio::time::sleep_until(deadline) => {
                             self.commit(&mut p, &durable).await?;
                             last_commit = tokio::time::Instant::now();
                             continue;
                         }
                     }
                 }
-                _ => commands.recv().await,
+                None => commands.recv().await,
             };
             let Some(command) = command else { break };
             match command {
@@ -273,7 +312,7 @@ impl Applier {
                     p.batch.push(';');
                     p.partial = true;
                     if p.batch.len() >= MAX_BATCH_BYTES {
-                        self.send(&mut p.batch).await?;
+                        self.send(&mut p).await?;
                     }
                 }
                 Command::Row(op) => {
@@ -281,7 +320,7 @@ impl Applier {
                     p.rows.push(op, &mut p.batch);
                     p.partial = true;
                     if p.batch.len() >= MAX_BATCH_BYTES {
-                        self.send(&mut p.batch).await?;
+                        self.send(&mut p).await?;
                     }
                 }
                 Command::Delta { spec, rows } => {
@@ -302,7 +341,7 @@ impl Applier {
                             p.batch.push(';');
                         }
                         if p.batch.len() >= MAX_BATCH_BYTES {
-                            self.send(&mut p.batch).await?;
+                            self.send(&mut p).await?;
                         }
                     }
                 }
@@ -318,7 +357,7 @@ impl Applier {
                 }
                 Command::Fetch { sql, reply } => {
                     p.rows.flush(&mut p.batch);
-                    self.send(&mut p.batch).await?;
+                    self.send(&mut p).await?;
                     let row = self
                         .client
                         .query_opt(&sql, &[])
@@ -337,15 +376,21 @@ impl Applier {
                     commit_lsn,
                     end_lsn,
                     commit_time,
+                    more,
                 } => {
                     p.begin();
                     p.last = Some((commit_lsn, end_lsn, commit_time));
                     p.grouped += 1;
                     p.partial = false;
+                    p.more = more;
+                    let started = *p
+                        .group_started
+                        .get_or_insert_with(tokio::time::Instant::now);
                     let due = match self.apply_interval {
                         Some(interval) => last_commit.elapsed() >= interval,
                         None => {
-                            commands.is_empty()
+                            let waits = more && started.elapsed() < MAX_GROUP_WAIT;
+                            (commands.is_empty() && !waits)
                                 || p.grouped >= MAX_GROUPED_TRANSACTIONS
                                 || p.batch.len() >= MAX_BATCH_BYTES
                         }
@@ -366,11 +411,12 @@ impl Applier {
         }
         let BatchStats {
             inserts,
+            copies,
             inserted_rows,
             folded,
             single,
         } = p.rows.stats;
-        tracing::debug!(target = %self.name, inserts, inserted_rows, folded, single, "row changes batched");
+        tracing::debug!(target = %self.name, commits = p.commits, inserts, copies, inserted_rows, folded, single, "row changes batched");
         if p.in_transaction {
             self.client
                 .batch_execute("ROLLBACK")
@@ -403,23 +449,52 @@ impl Applier {
              COMMIT;",
             slot = self.slot.replace('\'', "''"),
         ));
-        self.send(&mut p.batch).await?;
+        self.send(p).await?;
         p.in_transaction = false;
         p.grouped = 0;
         p.last = None;
+        p.group_started = None;
+        p.commits += 1;
         let _ = durable.send((self.target, end_lsn));
         Ok(())
     }
 
-    async fn send(&self, batch: &mut String) -> Result<(), ApplyError> {
-        if batch.is_empty() {
-            return Ok(());
+    /// Runs what the batch holds, in order.
+    async fn send(&self, p: &mut Pending) -> Result<(), ApplyError> {
+        for part in p.batch.take() {
+            match part {
+                Part::Sql(sql) => self
+                    .client
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|e| self.error(e))?,
+                Part::Copy { statement, data } => {
+                    let prepared = match p.copy_statements.get(&statement) {
+                        Some(s) => s.clone(),
+                        None => {
+                            let s = self
+                                .client
+                                .prepare(&statement)
+                                .await
+                                .map_err(|e| self.error(e))?;
+                            p.copy_statements.insert(statement, s.clone());
+                            s
+                        }
+                    };
+                    let sink = self
+                        .client
+                        .copy_in::<_, Bytes>(&prepared)
+                        .await
+                        .map_err(|e| self.error(e))?;
+                    futures_util::pin_mut!(sink);
+                    sink.send(Bytes::from(data))
+                        .await
+                        .map_err(|e| self.error(e))?;
+                    sink.finish().await.map_err(|e| self.error(e))?;
+                }
+            }
         }
-        let sql = std::mem::take(batch);
-        self.client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| self.error(e))
+        Ok(())
     }
 
     fn error(&self, e: tokio_postgres::Error) -> ApplyError {

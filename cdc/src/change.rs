@@ -93,6 +93,8 @@ pub enum ChangeError {
 #[derive(Clone, Debug)]
 pub struct Table {
     pub relation: Relation,
+    /// `schema.name`, unquoted.
+    name: String,
     /// `"schema"."name"`, quoted.
     pub qualified: String,
     pub route: TableRoute,
@@ -211,6 +213,7 @@ impl Tables {
         self.by_id.insert(
             relation.id,
             Table {
+                name,
                 relation,
                 qualified,
                 route,
@@ -259,11 +262,14 @@ impl Tables {
     pub fn plan_rows(&self, message: &LogicalMessage) -> Result<Vec<RowPlan>, ChangeError> {
         let each = |targets: Vec<usize>, op: RowOp| -> Vec<RowPlan> {
             let mut plans = Vec::with_capacity(targets.len());
-            for target in targets {
-                plans.push(RowPlan::Row {
-                    target,
-                    op: op.clone(),
-                });
+            if let Some((&last, others)) = targets.split_last() {
+                for &target in others {
+                    plans.push(RowPlan::Row {
+                        target,
+                        op: op.clone(),
+                    });
+                }
+                plans.push(RowPlan::Row { target: last, op });
             }
             plans
         };
@@ -342,13 +348,16 @@ impl Tables {
 }
 
 impl Table {
-    pub fn name(&self) -> String {
-        format!("{}.{}", self.relation.namespace, self.relation.name)
+    /// `schema.name`, unquoted.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     fn check_identity(&self) -> Result<(), ChangeError> {
         if self.relation.replica_identity == ReplicaIdentity::Nothing || self.key.is_empty() {
-            return Err(ChangeError::NoReplicaIdentity { table: self.name() });
+            return Err(ChangeError::NoReplicaIdentity {
+                table: self.name().to_string(),
+            });
         }
         Ok(())
     }
@@ -364,15 +373,7 @@ impl Table {
                 ColumnValue::UnchangedToast => Ok(None),
                 ColumnValue::Null => Ok(Some(None)),
                 ColumnValue::Text(b) | ColumnValue::Binary(b) => {
-                    std::str::from_utf8(b).map_err(|_| ChangeError::NotUtf8 {
-                        table: self.name(),
-                        column: self
-                            .relation
-                            .columns
-                            .get(i)
-                            .map(|c| c.name.clone())
-                            .unwrap_or_default(),
-                    })?;
+                    self.check_utf8(i, b)?;
                     Ok(Some(Some(b.clone())))
                 }
             })
@@ -381,12 +382,31 @@ impl Table {
 
     /// The key's values in a row image, in the order of [`Table::key`].
     fn key_cells(&self, tuple: &TupleData) -> Result<Vec<Cell>, ChangeError> {
-        let values = self.values(tuple)?;
-        Ok(self
-            .key
+        self.key
             .iter()
-            .map(|&i| values.get(i).cloned().flatten().flatten())
-            .collect())
+            .map(|&i| match tuple.0.get(i) {
+                Some(ColumnValue::Text(b) | ColumnValue::Binary(b)) => {
+                    self.check_utf8(i, b)?;
+                    Ok(Some(b.clone()))
+                }
+                _ => Ok(None),
+            })
+            .collect()
+    }
+
+    fn check_utf8(&self, column: usize, value: &[u8]) -> Result<(), ChangeError> {
+        match std::str::from_utf8(value) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(ChangeError::NotUtf8 {
+                table: self.name().to_string(),
+                column: self
+                    .relation
+                    .columns
+                    .get(column)
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default(),
+            }),
+        }
     }
 
     /// The targets a row image belongs on.
@@ -401,24 +421,24 @@ impl Table {
             } => {
                 let column = key_column.clone();
                 let index = self.shard_key.ok_or_else(|| ChangeError::NoShardKey {
-                    table: self.name(),
+                    table: self.name().to_string(),
                     op,
                     column: column.clone(),
                 })?;
                 let text = match tuple.0.get(index) {
                     Some(ColumnValue::Text(b)) | Some(ColumnValue::Binary(b)) => {
-                        String::from_utf8_lossy(b).into_owned()
+                        String::from_utf8_lossy(b)
                     }
                     Some(ColumnValue::Null) => {
                         return Err(ChangeError::NullShardKey {
-                            table: self.name(),
+                            table: self.name().to_string(),
                             op,
                             column,
                         })
                     }
                     _ => {
                         return Err(ChangeError::NoShardKey {
-                            table: self.name(),
+                            table: self.name().to_string(),
                             op,
                             column,
                         })
@@ -426,9 +446,9 @@ impl Table {
                 };
                 let key: ShardKey = placement.key_type().parse_key(&text).map_err(|e| {
                     ChangeError::BadShardKey {
-                        table: self.name(),
+                        table: self.name().to_string(),
                         column: column.clone(),
-                        value: text.clone(),
+                        value: text.to_string(),
                         why: e.to_string(),
                     }
                 })?;

@@ -21,15 +21,17 @@
 //! full replica identity) are recomputed from the source by
 //! [`crate::readmodel::Refresher`].
 
-use std::fmt::Write;
-
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use shardline_topology::{output_name, quote_ident, quote_table, ReadModel};
 
 use crate::pgoutput::{ColumnValue, LogicalMessage, OldTuple, Relation};
-use crate::sql::push_literal;
+use crate::rows::Cell;
+
+/// One row image of a delta: the values of the read model's columns, as
+/// the stream sent them (slices of its messages, not copies).
+pub type DeltaRow = Vec<Cell>;
 
 /// Delta rows buffered per read model before they are sent as one `MERGE`:
 /// bounds memory on large source transactions, and keeps each statement
@@ -146,7 +148,11 @@ pub struct DeltaModel {
     pub target: usize,
     /// How its adjustments become SQL, shared with the applier.
     pub spec: Arc<DeltaSpec>,
-    pending: Vec<(i8, Vec<Option<String>>)>,
+    pending: Vec<(i8, DeltaRow)>,
+    /// The relation last recorded and where each of the spec's columns is
+    /// in its rows (a relation's columns never change within a run: see
+    /// [`crate::change::ChangeError::ColumnsChanged`]).
+    positions: Option<(u32, Vec<Option<usize>>)>,
 }
 
 /// The SQL side of an incremental read model.
@@ -210,6 +216,7 @@ impl DeltaModel {
                 columns,
             }),
             pending: Vec::new(),
+            positions: None,
         })
     }
 
@@ -235,6 +242,7 @@ impl DeltaModel {
                 columns,
             }),
             pending: Vec::new(),
+            positions: None,
         }
     }
 
@@ -245,12 +253,19 @@ impl DeltaModel {
     /// Buffers the delta rows of one insert, update or delete of the
     /// source table described by `relation`.
     pub fn record(&mut self, relation: &Relation, message: &LogicalMessage) -> Recorded {
-        let position: Vec<Option<usize>> = self
-            .spec
-            .columns
-            .iter()
-            .map(|(c, _)| relation.columns.iter().position(|rc| &rc.name == c))
-            .collect();
+        let known = matches!(&self.positions, Some((id, _)) if *id == relation.id);
+        if !known {
+            let positions = self
+                .spec
+                .columns
+                .iter()
+                .map(|(c, _)| relation.columns.iter().position(|rc| &rc.name == c))
+                .collect();
+            self.positions = Some((relation.id, positions));
+        }
+        let Some((_, position)) = &self.positions else {
+            return Recorded::Incomplete;
+        };
         let image = |values: &[ColumnValue], fallback: Option<&[ColumnValue]>| {
             position
                 .iter()
@@ -258,22 +273,18 @@ impl DeltaModel {
                     let Some(i) = *p else { return Some(None) };
                     match values.get(i)? {
                         ColumnValue::Null => Some(None),
-                        ColumnValue::Text(b) | ColumnValue::Binary(b) => {
-                            Some(Some(String::from_utf8_lossy(b).into_owned()))
-                        }
+                        ColumnValue::Text(b) | ColumnValue::Binary(b) => Some(Some(b.clone())),
                         // Unchanged: the old row's value is the new one.
                         ColumnValue::UnchangedToast => match fallback?.get(i)? {
-                            ColumnValue::Text(b) | ColumnValue::Binary(b) => {
-                                Some(Some(String::from_utf8_lossy(b).into_owned()))
-                            }
+                            ColumnValue::Text(b) | ColumnValue::Binary(b) => Some(Some(b.clone())),
                             ColumnValue::Null => Some(None),
                             ColumnValue::UnchangedToast => None,
                         },
                     }
                 })
-                .collect::<Option<Vec<_>>>()
+                .collect::<Option<DeltaRow>>()
         };
-        let rows: Option<Vec<(i8, Vec<Option<String>>)>> = match message {
+        let rows: Option<Vec<(i8, DeltaRow)>> = match message {
             LogicalMessage::Insert { new, .. } => image(&new.0, None).map(|r| vec![(1, r)]),
             LogicalMessage::Update {
                 old: Some(OldTuple::Full(old)),
@@ -312,7 +323,7 @@ impl DeltaModel {
     }
 
     /// The buffered delta rows (and empties the buffer).
-    pub fn take_rows(&mut self) -> Vec<(i8, Vec<Option<String>>)> {
+    pub fn take_rows(&mut self) -> Vec<(i8, DeltaRow)> {
         std::mem::take(&mut self.pending)
     }
 
@@ -405,17 +416,43 @@ fn group_exprs(rm: &ReadModel) -> Vec<String> {
 }
 
 impl DeltaSpec {
-    /// How row images sent as `VALUES` text become typed columns: the casts
-    /// `v.c0::type AS name, …` and the `VALUES` aliases `c0, c1, …`.
-    fn value_columns(&self) -> (String, String) {
+    /// How row images sent as text become typed columns: the casts
+    /// `v.c0::type AS name, …` of the row source's columns `c0, c1, …`.
+    fn casts(&self) -> String {
         let casts: Vec<String> = self
             .columns
             .iter()
             .enumerate()
             .map(|(i, (name, ty))| format!("v.c{i}::{ty} AS {}", quote_ident(name)))
             .collect();
-        let aliases: Vec<String> = (0..self.columns.len()).map(|i| format!("c{i}")).collect();
-        (casts.join(", "), aliases.join(", "))
+        casts.join(", ")
+    }
+
+    /// Row images (with their weights, if any) as the row source
+    /// `v([shardline_sign,] c0, c1, …)`, one text array per column
+    /// ([`crate::sql::unnest`]).
+    fn row_source(&self, weights: Option<&[i64]>, rows: &[&[Cell]]) -> String {
+        let mut names = Vec::with_capacity(self.columns.len() + 1);
+        let weights: Option<Vec<String>> = weights.map(|w| w.iter().map(i64::to_string).collect());
+        // Text as the stream sent it; a byte that is not UTF-8 (a
+        // SQL_ASCII source) becomes U+FFFD, as in every statement.
+        let texts: Vec<Vec<Option<std::borrow::Cow<'_, str>>>> = (0..self.columns.len())
+            .map(|i| {
+                rows.iter()
+                    .map(|r| r[i].as_deref().map(String::from_utf8_lossy))
+                    .collect()
+            })
+            .collect();
+        let mut columns: Vec<(&str, Vec<Option<&str>>)> = Vec::with_capacity(texts.len() + 1);
+        if let Some(w) = &weights {
+            names.push("shardline_sign".to_string());
+            columns.push(("int8", w.iter().map(|s| Some(s.as_str())).collect()));
+        }
+        for (i, column) in texts.iter().enumerate() {
+            names.push(format!("c{i}"));
+            columns.push(("text", column.iter().map(|v| v.as_deref()).collect()));
+        }
+        crate::sql::unnest(columns, "v", &names)
     }
 
     /// The distinct groups of row images, evaluated by PostgreSQL with the
@@ -424,29 +461,15 @@ impl DeltaSpec {
     /// source table's name, so qualified column references resolve too.
     pub fn touched_groups_sql<'a>(
         &self,
-        rows: impl IntoIterator<Item = &'a [Option<String>]>,
+        rows: impl IntoIterator<Item = &'a [Cell]>,
         alias: &str,
     ) -> String {
-        let mut values = String::new();
-        for (i, row) in rows.into_iter().enumerate() {
-            if i > 0 {
-                values.push_str(", ");
-            }
-            values.push('(');
-            for (j, v) in row.iter().enumerate() {
-                if j > 0 {
-                    values.push_str(", ");
-                }
-                push_literal(&mut values, v.as_deref().map(str::as_bytes));
-            }
-            values.push(')');
-        }
-        let (casts, aliases) = self.value_columns();
+        let rows: Vec<&[Cell]> = rows.into_iter().collect();
         format!(
-            "SELECT DISTINCT {} FROM (SELECT {} FROM (VALUES {values}) AS v({})) AS {}",
+            "SELECT DISTINCT {} FROM (SELECT {} FROM {}) AS {}",
             self.group_exprs.join(", "),
-            casts,
-            aliases,
+            self.casts(),
+            self.row_source(None, &rows),
             quote_ident(alias),
         )
     }
@@ -478,20 +501,10 @@ impl DeltaSpec {
 
     /// The `MERGE` that applies delta rows, each with its weight (how many
     /// times the row image is added, negative for removed).
-    pub fn merge<'a>(&self, rows: impl IntoIterator<Item = (i64, &'a [Option<String>])>) -> String {
-        let mut values = String::new();
-        for (i, (sign, row)) in rows.into_iter().enumerate() {
-            if i > 0 {
-                values.push_str(", ");
-            }
-            let _ = write!(values, "({sign}");
-            for v in row {
-                values.push_str(", ");
-                push_literal(&mut values, v.as_deref().map(str::as_bytes));
-            }
-            values.push(')');
-        }
-        let (casts, aliases) = self.value_columns();
+    pub fn merge<'a>(&self, rows: impl IntoIterator<Item = (i64, &'a [Cell])>) -> String {
+        let (weights, rows): (Vec<i64>, Vec<&[Cell]>) = rows.into_iter().unzip();
+        let source = self.row_source(Some(&weights), &rows);
+        let casts = self.casts();
         let positions: Vec<String> = (1..=self.group_by.len()).map(|i| i.to_string()).collect();
         let deltas: Vec<String> = self
             .aggregates
@@ -532,7 +545,7 @@ impl DeltaSpec {
             .collect();
         let from_g: Vec<String> = all.iter().map(|c| format!("g.{c}")).collect();
         format!(
-            "MERGE INTO {table} AS t USING (SELECT {group_by}, {deltas} FROM (SELECT v.shardline_sign, {casts} FROM (VALUES {values}) AS v(shardline_sign, {aliases})) AS d{filter} GROUP BY {positions}) AS g ON {on} \
+            "MERGE INTO {table} AS t USING (SELECT {group_by}, {deltas} FROM (SELECT v.shardline_sign, {casts} FROM {source}) AS d{filter} GROUP BY {positions}) AS g ON {on} \
              WHEN MATCHED AND t.{count} + g.{count} = 0 THEN DELETE \
              WHEN MATCHED THEN UPDATE SET {set} \
              WHEN NOT MATCHED AND g.{count} <> 0 THEN INSERT ({all}) VALUES ({from_g})",
@@ -561,7 +574,7 @@ pub const MAX_NETTED_ROWS: usize = 5_000;
 #[derive(Debug)]
 pub struct Netted {
     pub spec: Arc<DeltaSpec>,
-    rows: FxHashMap<Vec<Option<String>>, i64>,
+    rows: FxHashMap<DeltaRow, i64>,
 }
 
 impl Netted {
@@ -572,7 +585,7 @@ impl Netted {
         }
     }
 
-    pub fn add(&mut self, rows: Vec<(i8, Vec<Option<String>>)>) {
+    pub fn add(&mut self, rows: Vec<(i8, DeltaRow)>) {
         for (sign, row) in rows {
             *self.rows.entry(row).or_insert(0) += i64::from(sign);
         }
@@ -597,7 +610,9 @@ impl Netted {
     /// buffer); `None` when nothing is left.
     pub fn take_sql(&mut self) -> Option<String> {
         let rows = std::mem::take(&mut self.rows);
-        let mut live: Vec<(i64, &[Option<String>])> = rows
+        // In the map's order: the MERGE sums per group, so the order of its
+        // rows changes nothing.
+        let live: Vec<(i64, &[Cell])> = rows
             .iter()
             .filter(|(_, w)| **w != 0)
             .map(|(row, w)| (*w, row.as_slice()))
@@ -605,8 +620,6 @@ impl Netted {
         if live.is_empty() {
             return None;
         }
-        // A stable order: the same rows give the same statement.
-        live.sort_unstable_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(&b.0)));
         Some(self.spec.merge(live))
     }
 }
@@ -793,7 +806,7 @@ mod tests {
         let sql = m.take_sql().unwrap();
         assert_eq!(m.pending(), 0);
         assert!(sql.starts_with("MERGE INTO \"daily\" AS t USING (SELECT merchant_id, date_trunc('day', created_at) AS day, sum(shardline_sign)::bigint AS \"n\", sum(shardline_sign * (amount)) AS \"v\" FROM (SELECT v.shardline_sign, v.c0::bigint AS \"merchant_id\", v.c1::numeric(18,2) AS \"amount\""), "{sql}");
-        assert!(sql.contains("(VALUES (1, '7', '1.50', 'captured', '2026-01-01 10:00:00+00'), (-1, '7', NULL, 'it''s', NULL))"), "{sql}");
+        assert!(sql.contains(r#"FROM unnest('{"1","-1"}'::int8[], '{"7","7"}'::text[], '{"1.50",NULL}'::text[], '{"captured","it''s"}'::text[], '{"2026-01-01 10:00:00+00",NULL}'::text[]) AS v(shardline_sign, c0, c1, c2, c3)) AS d"#), "{sql}");
         assert!(sql.contains("AS d WHERE status = 'captured' GROUP BY 1, 2) AS g ON t.\"merchant_id\" = g.\"merchant_id\" AND t.\"day\" = g.\"day\""), "{sql}");
         assert!(
             sql.contains("WHEN MATCHED AND t.\"n\" + g.\"n\" = 0 THEN DELETE"),

@@ -13,7 +13,8 @@
 //! reports where the slot and every target stand.
 //!
 //! [`rows`] is how an applier turns row changes into few statements
-//! (multi-row inserts, updates folded into them).
+//! (multi-row inserts or `COPY`, updates folded into them); [`script`]
+//! holds what it sends in one go.
 //!
 //! [`delta`] keeps count and sum read models current change by change, in
 //! the same target transaction as the progress mark; [`readmodel`]
@@ -38,6 +39,7 @@ pub mod reverse;
 pub mod route;
 pub mod rows;
 pub mod run;
+pub mod script;
 pub mod source;
 pub mod sql;
 pub mod status;

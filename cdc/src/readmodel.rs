@@ -231,7 +231,7 @@ async fn copy_across(
 /// `IN` cannot select; the caller recomputes everything.
 async fn refresh_groups(
     model: &Model,
-    rows: &[(i8, Vec<Option<String>>)],
+    rows: &[(i8, crate::delta::DeltaRow)],
     source: &ConnString,
 ) -> Result<bool, CdcError> {
     let rm = &model.read_model;

@@ -33,12 +33,17 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
+use crate::script::Script;
 use crate::sql;
 
 /// A run is written once it holds this many rows…
 pub const MAX_RUN_ROWS: usize = 2_000;
 /// …or this many bytes of values.
 pub const MAX_RUN_BYTES: usize = 1 << 20;
+/// A run of at least this many rows is written as `COPY` data, a shorter
+/// one as a multi-row `INSERT` (a `COPY` costs an extra round trip or two;
+/// see [`crate::script`]).
+pub const COPY_MIN_ROWS: usize = 64;
 
 /// What a table's row changes need to become SQL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,8 +137,10 @@ impl Run {
 /// Counts of what the batcher did, for tests and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchStats {
-    /// Multi-row `INSERT`s written.
+    /// Multi-row `INSERT`s and `COPY`s written.
     pub inserts: u64,
+    /// Of those, `COPY`s.
+    pub copies: u64,
     /// Rows they held.
     pub inserted_rows: u64,
     /// Updates and deletes folded into a run.
@@ -160,9 +167,8 @@ impl Batcher {
         self.run.is_none()
     }
 
-    /// Takes one change; appends to `out` (as `statement;`) whatever must
-    /// run now.
-    pub fn push(&mut self, op: RowOp, out: &mut String) {
+    /// Takes one change; appends to `out` whatever must run now.
+    pub fn push(&mut self, op: RowOp, out: &mut Script) {
         match op {
             RowOp::Insert { shape, row } => {
                 let same = self
@@ -277,26 +283,38 @@ impl Batcher {
         Ok(())
     }
 
-    fn single(&mut self, op: RowOp, out: &mut String) {
+    fn single(&mut self, op: RowOp, out: &mut Script) {
         self.stats.single += 1;
         out.push_str(&op.sql());
         out.push(';');
     }
 
-    /// Writes the run, if any, as one `INSERT`.
-    pub fn flush(&mut self, out: &mut String) {
+    /// Writes the run, if any, as one `INSERT` or `COPY`.
+    pub fn flush(&mut self, out: &mut Script) {
         let Some(run) = self.run.take() else { return };
         if run.live == 0 {
             return;
         }
         let columns: Vec<&str> = run.shape.columns.iter().map(String::as_str).collect();
-        let rows = run
-            .rows
-            .iter()
-            .flatten()
-            .map(|row| row.iter().map(|v| v.as_deref()).collect());
-        out.push_str(&sql::insert(&run.shape.qualified, &columns, rows));
-        out.push(';');
+        let rows = run.rows.iter().flatten();
+        if run.live >= COPY_MIN_ROWS {
+            let mut data = Vec::with_capacity(run.bytes + run.live * columns.len());
+            for row in rows {
+                for (i, v) in row.iter().enumerate() {
+                    if i > 0 {
+                        data.push(b'\t');
+                    }
+                    sql::push_copy_value(&mut data, v.as_deref());
+                }
+                data.push(b'\n');
+            }
+            out.copy(sql::copy_from_stdin(&run.shape.qualified, &columns), data);
+            self.stats.copies += 1;
+        } else {
+            let rows = rows.map(|row| row.iter().map(|v| v.as_deref()).collect());
+            out.push_str(&sql::insert(&run.shape.qualified, &columns, rows));
+            out.push(';');
+        }
         self.stats.inserts += 1;
         self.stats.inserted_rows += run.live as u64;
     }
@@ -359,12 +377,12 @@ mod tests {
 
     fn run(ops: Vec<RowOp>) -> (String, BatchStats) {
         let mut b = Batcher::new();
-        let mut out = String::new();
+        let mut out = Script::new();
         for op in ops {
             b.push(op, &mut out);
         }
         b.flush(&mut out);
-        (out, b.stats)
+        (out.text(), b.stats)
     }
 
     #[test]
@@ -479,7 +497,28 @@ mod tests {
             .collect();
         let (sql, stats) = run(ops);
         assert_eq!(stats.inserts, 2);
+        assert_eq!(
+            stats.copies, 1,
+            "the long piece is copied, the short one inserted"
+        );
         assert_eq!(stats.inserted_rows, MAX_RUN_ROWS as u64 + 5);
-        assert_eq!(sql.matches("INSERT INTO").count(), 2);
+        assert!(sql.starts_with("COPY \"public\".\"p\" (\"id\", \"status\", \"note\") FROM STDIN;\n0\ta\tn\n1\ta\tn\n"), "{sql}");
+        assert_eq!(sql.matches("INSERT INTO").count(), 1);
+    }
+
+    #[test]
+    fn long_runs_are_copied_with_their_folded_updates_and_without_their_deleted_rows() {
+        let s = shape(true);
+        let mut ops: Vec<RowOp> = (0..COPY_MIN_ROWS + 1)
+            .map(|i| insert(&s, &i.to_string(), "a"))
+            .collect();
+        ops.push(update(&s, "3", "3", "b\tc"));
+        ops.push(delete(&s, "4"));
+        ops.push(update(&s, "5", "500", "d"));
+        let (sql, stats) = run(ops);
+        assert_eq!((stats.copies, stats.folded, stats.single), (1, 3, 0));
+        assert_eq!(stats.inserted_rows, COPY_MIN_ROWS as u64);
+        assert!(sql.contains("\n3\tb\\tc\tn\n500\td\tn\n6\ta\tn\n"), "{sql}");
+        assert!(!sql.contains("\n4\t"), "{sql}");
     }
 }

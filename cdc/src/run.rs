@@ -284,6 +284,10 @@ pub async fn run(
         .await
         .map_err(|e| CdcError::Stream(e.to_string()))?;
     tracing::info!(slot = %options.slot, from = %slot.confirmed_flush, targets = targets.len(), "streaming");
+    // Events the stream's reader has queued that the loop has not taken
+    // yet: a backlog, so a target's group may wait for what follows.
+    let stream_metrics = stream.metrics();
+    let mut received: u64 = 0;
 
     let mut confirmations = Confirmations::new(slot.confirmed_flush);
     let primary_keys = source::primary_keys(&source, &routes).await?;
@@ -325,6 +329,7 @@ pub async fn run(
                 }
                 event = stream.recv() => {
                     let event = event.map_err(|e| CdcError::Stream(e.to_string()))?;
+                    received += 1;
                     let Some(event) = event else {
                         return Err(CdcError::Stream("the source ended the stream".into()));
                     };
@@ -350,8 +355,9 @@ pub async fn run(
                             }
                             let mut t = t;
                             flush_deltas(&mut deltas, &mut t, &targets).await?;
+                            let more = stream_metrics.events_forwarded() > received;
                             for &target in &t.touched {
-                                let commit = Command::Commit { commit_lsn: Lsn(lsn.0), end_lsn: Lsn(end_lsn.0), commit_time: commit_time_micros };
+                                let commit = Command::Commit { commit_lsn: Lsn(lsn.0), end_lsn: Lsn(end_lsn.0), commit_time: commit_time_micros, more };
                                 send(&targets[target], commit).await?;
                             }
                             report.transactions += 1;
@@ -512,7 +518,7 @@ async fn handle(
         tables
             .get(relation)
             .ok()
-            .and_then(|t| copied_at.get(&t.name()))
+            .and_then(|t| copied_at.get(t.name()))
             .is_some_and(|lsn| commit_lsn <= *lsn)
     };
     match &message {
@@ -524,7 +530,7 @@ async fn handle(
             let table = tables.get(*relation)?;
             upkeep
                 .refresher
-                .touch_row(&table.name(), &table.relation, &message);
+                .touch_row(table.name(), &table.relation, &message);
             for m in upkeep.deltas.iter_mut().filter(|m| m.from == table.name()) {
                 let copied = copied_at
                     .get(&format!("public.{}", m.name))
@@ -535,7 +541,7 @@ async fn handle(
                 if m.record(&table.relation, &message) == crate::delta::Recorded::Incomplete {
                     return Err(CdcError::IncompleteChange {
                         read_model: m.name.clone(),
-                        table: table.name(),
+                        table: table.name().to_string(),
                     });
                 }
                 if m.pending() >= crate::delta::MAX_PENDING_ROWS {
@@ -602,7 +608,7 @@ async fn handle(
         }
         LogicalMessage::Truncate { relations, .. } => {
             for id in relations {
-                let name = tables.get(*id)?.name();
+                let name = tables.get(*id)?.name().to_string();
                 upkeep.refresher.touch(&name);
                 for m in upkeep.deltas.iter_mut().filter(|m| m.from == name) {
                     let copied = copied_at

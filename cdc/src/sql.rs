@@ -33,6 +33,86 @@ pub fn push_literal(out: &mut String, value: Value<'_>) {
     }
 }
 
+/// Appends one element of a text array literal written inside a SQL string
+/// literal: `"…"` with `\` and `"` escaped for the array parser and `'`
+/// doubled for the string; NULL unquoted. A whole column of values thus
+/// travels as one literal (`'{"a","b",NULL}'::text[]`): the target parses
+/// one constant instead of one per value, which is what makes a statement
+/// over thousands of rows cheap to parse and plan.
+pub fn push_array_element(out: &mut String, value: Option<&str>) {
+    let Some(text) = value else {
+        out.push_str("NULL");
+        return;
+    };
+    out.push('"');
+    let mut rest = text;
+    while let Some(at) = rest.find(['\\', '"', '\'']) {
+        out.push_str(&rest[..at]);
+        out.push_str(match rest.as_bytes()[at] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "''",
+        });
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
+    out.push('"');
+}
+
+/// `unnest('{…}'::type[], …) AS alias(names)`: columns of values as one
+/// row source, each column one array literal (see [`push_array_element`]).
+/// `columns` holds, per column, its element type and its values.
+pub fn unnest<'a, I>(columns: Vec<(&str, I)>, alias: &str, names: &[String]) -> String
+where
+    I: IntoIterator<Item = Option<&'a str>>,
+{
+    let mut sql = String::from("unnest(");
+    for (i, (ty, values)) in columns.into_iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("'{");
+        for (j, v) in values.into_iter().enumerate() {
+            if j > 0 {
+                sql.push(',');
+            }
+            push_array_element(&mut sql, v);
+        }
+        let _ = write!(sql, "}}'::{ty}[]");
+    }
+    let _ = write!(sql, ") AS {alias}({})", names.join(", "));
+    sql
+}
+
+/// Appends one value of a `COPY … FROM STDIN` row in text format: `\N`
+/// for NULL; backslash, newline, carriage return and tab escaped, so no
+/// value can end its field, its row or the data.
+pub fn push_copy_value(out: &mut Vec<u8>, value: Value<'_>) {
+    let Some(bytes) = value else {
+        out.extend_from_slice(b"\\N");
+        return;
+    };
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(escaped);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+/// `COPY table (cols) FROM STDIN`.
+pub fn copy_from_stdin(table: &str, columns: &[&str]) -> String {
+    format!("COPY {table} ({}) FROM STDIN", idents(columns))
+}
+
 /// `INSERT INTO table (cols) VALUES (...), (...)` for rows of equal shape.
 pub fn insert<'a>(
     table: &str,
@@ -115,6 +195,45 @@ mod tests {
         let mut s = String::new();
         push_literal(&mut s, None);
         assert_eq!(s, "NULL");
+    }
+
+    #[test]
+    fn array_elements_escape_for_the_array_parser_and_the_string() {
+        let mut s = String::new();
+        for v in [
+            Some("plain"),
+            Some(r#"a"b\c'd"#),
+            Some(""),
+            Some("NULL"),
+            None,
+        ] {
+            push_array_element(&mut s, v);
+            s.push(',');
+        }
+        assert_eq!(s, r#""plain","a\"b\\c''d","","NULL",NULL,"#);
+        let u = unnest(
+            vec![
+                ("int8", vec![Some("1"), Some("-1")]),
+                ("text", vec![Some("x"), None]),
+            ],
+            "v",
+            &["s".to_string(), "c0".to_string()],
+        );
+        assert_eq!(
+            u,
+            r#"unnest('{"1","-1"}'::int8[], '{"x",NULL}'::text[]) AS v(s, c0)"#
+        );
+    }
+
+    #[test]
+    fn copy_values_escape_what_would_end_a_field_or_row() {
+        let mut out = Vec::new();
+        push_copy_value(&mut out, Some(b"a\tb\nc\rd\\e\\.f 'g\""));
+        out.push(b'\t');
+        push_copy_value(&mut out, None);
+        out.push(b'\t');
+        push_copy_value(&mut out, Some(b"\\N"));
+        assert_eq!(out, b"a\\tb\\nc\\rd\\\\e\\\\.f 'g\"\t\\N\t\\\\N");
     }
 
     #[test]

@@ -350,3 +350,90 @@ async fn min_max_read_models_are_recomputed_for_the_touched_groups_only() {
         "{report:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_killed_while_a_backlog_is_applied_in_groups_lose_and_repeat_nothing() {
+    // A backlog like the drain benchmark's (payments inserted, then
+    // captured), applied in open groups with COPY runs and netted MERGEs;
+    // the appliers' connections are terminated mid-way, twice, at
+    // different points, and cdc is started again each time.
+    let f = fleet();
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        read_model_refresh: Duration::from_secs(3600),
+        ..RunOptions::default()
+    };
+    let (stop_tx, cdc) = spawn_cdc(&f.topology, &options);
+    wait_streaming(&f.source).await;
+    stop_tx.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+    f.source
+        .psql(
+            "postgres",
+            "DO $$ BEGIN
+               FOR t IN 1..300 LOOP
+                 INSERT INTO payments SELECT m, 1000 * t + i, i * 0.5, 'authorized', 'EUR',
+                        timestamptz '2026-03-01' + (t % 3) * interval '1 day', E'n\\t' || t
+                   FROM generate_series(1, 4) m, generate_series(1, 40) i;
+                 UPDATE payments SET status = 'captured' WHERE id BETWEEN 1000 * t AND 1000 * t + 30;
+                 COMMIT;
+               END LOOP;
+             END $$",
+        )
+        .unwrap();
+    let servers: Vec<&PgServer> = f._shards.iter().chain([&f.analytics]).collect();
+    let mut killed = 0;
+    for delay in [150, 400] {
+        let (_stop_tx, cdc) = spawn_cdc(&f.topology, &options);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        for s in &servers {
+            s.psql(
+                "postgres",
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            )
+            .unwrap();
+        }
+        // Failed (a target went away) or, on a fast machine, done already.
+        killed += usize::from(cdc.await.unwrap().is_err());
+    }
+    assert!(
+        killed > 0,
+        "no run was interrupted: the backlog is too small"
+    );
+    let (stop_tx, cdc) = spawn_cdc(&f.topology, &options);
+    wait_caught_up(&f.source, &options.slot).await;
+    stop_tx.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+    let summary = "SELECT count(*) || ' ' || count(*) FILTER (WHERE status = 'captured') || ' ' || sum(amount) FROM payments";
+    let on_shards: Vec<Vec<f64>> = f
+        ._shards
+        .iter()
+        .map(|s| {
+            s.psql("postgres", summary)
+                .unwrap()
+                .split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect()
+        })
+        .collect();
+    let source: Vec<f64> = f
+        .source
+        .psql("postgres", summary)
+        .unwrap()
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let summed: Vec<f64> = (0..3)
+        .map(|i| on_shards.iter().map(|s| s[i]).sum())
+        .collect();
+    assert_eq!(
+        summed, source,
+        "rows, captured rows and amounts on the shards"
+    );
+    let (source, target) = both(&f, "daily");
+    assert_eq!(
+        target, source,
+        "the read model counts every captured payment once"
+    );
+}

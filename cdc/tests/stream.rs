@@ -726,3 +726,65 @@ async fn rows_touched_again_in_one_transaction_or_commit_group_end_as_on_the_sou
         300 - 300 / 7
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_long_runs_is_copied_in_large_groups_and_ends_as_on_the_source() {
+    // Written while cdc is stopped, so the stream holds a backlog: groups
+    // stay open for what follows, and each shard gets runs of hundreds of
+    // inserts, written as COPY. Values that COPY must escape (tab, newline,
+    // carriage return, backslash, a literal \N, NULL), rows updated, moved
+    // between keys and deleted inside the run, keys inserted again, and
+    // rows touched again in later transactions of the same group.
+    let f = fleet();
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let (stop_tx, cdc) = spawn_cdc(&f.topology, &options);
+    wait_streaming(&f.source).await;
+    stop_tx.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+    f.source
+        .psql(
+            "postgres",
+            r#"BEGIN;
+               INSERT INTO payments SELECT m, i, i / 100.0,
+                      CASE i % 5 WHEN 0 THEN E'tab\there\nnew\rline' WHEN 1 THEN E'back\\slash \\N' WHEN 2 THEN '\N' WHEN 3 THEN NULL ELSE 'ünï' END,
+                      CASE WHEN i % 2 = 0 THEN jsonb_build_object('k', E'a\tb', 'i', i) END
+                 FROM generate_series(1, 4) m, generate_series(1, 400) i;
+               UPDATE payments SET amount = amount + 1, note = E'up\\dated\t' WHERE id % 3 = 0;
+               UPDATE payments SET id = id + 1000 WHERE id % 10 = 0;
+               DELETE FROM payments WHERE id % 11 = 0;
+               INSERT INTO payments SELECT m, 11, 9, 'again', NULL FROM generate_series(1, 4) m;
+               COMMIT;"#,
+        )
+        .unwrap();
+    f.source
+        .psql(
+            "postgres",
+            "DO $$ BEGIN
+                   FOR t IN 1..40 LOOP
+                     INSERT INTO payments SELECT m, 100000 * t + i, 1, NULL, NULL
+                       FROM generate_series(1, 4) m, generate_series(1, 80) i;
+                     UPDATE payments SET note = 'captured' WHERE id BETWEEN 100000 * t AND 100000 * t + 40;
+                     -- rows of earlier transactions of the same group
+                     UPDATE payments SET amount = amount + t WHERE id BETWEEN 100000 * (t - 1) + 70 AND 100000 * (t - 1) + 75;
+                     DELETE FROM payments WHERE id = 100000 * (t - 1) + 80;
+                     COMMIT;
+                   END LOOP;
+                 END $$",
+        )
+        .unwrap();
+    let (stop_tx, cdc) = spawn_cdc(&f.topology, &options);
+    wait_caught_up(&f.source, &options.slot).await;
+    stop_tx.send(true).unwrap();
+    let report = cdc.await.unwrap().unwrap();
+    assert_eq!(report.transactions, 41);
+    assert_converged(&f);
+    let escaped = rows(
+        &f.source,
+        "payments",
+        r"note LIKE E'%\\N%' OR note LIKE E'%\t%'",
+    );
+    assert!(escaped.lines().count() > 100, "{escaped}");
+}
