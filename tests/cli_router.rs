@@ -76,6 +76,9 @@ fn psql_and_pgbench_in_every_query_mode_run_through_the_router() {
             "127.0.0.1:0",
             "--metrics-listen",
             &metrics_addr,
+            // The one-thread runtime: every other test runs the default.
+            "--threads",
+            "1",
         ])
         .stdout(Stdio::piped())
         .spawn()

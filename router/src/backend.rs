@@ -82,7 +82,15 @@ pub struct Backend {
     /// Off while the router runs its own statements (BEGIN, ROLLBACK,
     /// DISCARD ALL), which are not the clients' queries.
     counting: bool,
+    /// When the last ReadyForQuery arrived: the server was alive then.
+    ready_at: Option<Instant>,
 }
+
+/// How long after a ReadyForQuery a connection is taken to be alive
+/// without asking the kernel: a client's next statement usually comes well
+/// within this, and a server that went away in between fails that one
+/// statement, as it would if it went away while the statement ran.
+const FRESH: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Whether text sorts by its bytes in the connected database: default
 /// collation C or POSIX from the libc provider (`datlocprovider` exists
@@ -137,6 +145,7 @@ impl Backend {
             stats,
             sent_at: None,
             counting: true,
+            ready_at: None,
         };
         let mut out = BytesMut::new();
         let params = [
@@ -300,9 +309,11 @@ impl Backend {
                 match f.tag {
                     b'Z' => {
                         self.status = f.body().first().copied().unwrap_or(b'I');
+                        let now = Instant::now();
                         if let Some(t) = self.sent_at.take() {
-                            self.stats.query(t.elapsed());
+                            self.stats.query(now.saturating_duration_since(t));
                         }
+                        self.ready_at = Some(now);
                     }
                     b'E' if self.started && is_fatal(f.body()) => {
                         let (code, message) = message::error_fields(f.body());
@@ -337,6 +348,9 @@ impl Backend {
         if self.broken || !self.buf.is_empty() {
             self.broken = true;
             return true;
+        }
+        if self.ready_at.is_some_and(|t| t.elapsed() < FRESH) {
+            return false;
         }
         use std::os::fd::AsRawFd;
         let mut byte = 0u8;

@@ -2,8 +2,9 @@
 //!
 //! Applications send the same few hundred statement texts again and again
 //! (bind parameters keep values out of the text), so parsing once per text
-//! takes pg_query off the hot path. The bound keeps memory flat when a
-//! client inlines values into every text: the oldest entry is dropped first.
+//! takes pg_query off the hot path. Texts with inlined values are cached
+//! by their shape ([`crate::shape`]); the bound keeps memory flat when
+//! those are new every time anyway: the oldest entry is dropped first.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

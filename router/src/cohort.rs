@@ -557,9 +557,12 @@ impl Router {
         params: &[Param<'_>],
         key: Option<&ShardKey>,
     ) -> Touch {
-        let Ok(parsed) = self.parsed(sql) else {
+        let Ok((parsed, values)) = self.analysis(sql, params.len()) else {
             return Touch::All;
         };
+        let mut all = params.to_vec();
+        all.extend(values.iter().map(|v| Param::text(v)));
+        let params = all.as_slice();
         let schema = self.schema();
         let mut buckets: Vec<u32> = Vec::new();
         let mut key = key.cloned();

@@ -9,7 +9,9 @@
 //!   shard for a replicated table, or a multi-row INSERT split by shard),
 //!   or a [`RouteError`] saying why no target would be correct. It parses
 //!   with PostgreSQL's own grammar (pg_query) and caches the analysis by
-//!   statement text; it never opens a socket.
+//!   statement text, and by shape for texts that differ only in inlined
+//!   literals (`literal.rs` normalises, `shape.rs` checks the shape routes
+//!   as the text does); it never opens a socket.
 //! - [`Schema`] is the part of the topology routing reads: table →
 //!   context, shard key and placement (PostgreSQL's hash, key → bucket →
 //!   shard, from `shardline_topology`).
@@ -47,6 +49,7 @@ mod cancel;
 mod cohort;
 mod datum;
 mod error;
+mod literal;
 mod merge;
 mod message;
 mod numeric;
@@ -57,6 +60,7 @@ mod schema;
 mod scram;
 mod server;
 mod session;
+mod shape;
 mod statement;
 mod stats;
 mod tls;

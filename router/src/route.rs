@@ -115,7 +115,17 @@ pub(crate) struct Parsed {
 /// Routes statements by the topology; shared by every client session.
 pub struct Router {
     schema: Schema,
-    cache: Mutex<ParseCache<Parsed>>,
+    cache: Mutex<Caches>,
+}
+
+/// Parse results by text, and by shape ([`crate::shape`]).
+struct Caches {
+    texts: ParseCache<Parsed>,
+    /// A shape's analysis when it routes as its texts do, `None` when not.
+    shapes: ParseCache<Option<Arc<Parsed>>>,
+    /// Statements routed without a parse, and texts parsed.
+    hits: u64,
+    misses: u64,
 }
 
 impl Router {
@@ -126,7 +136,12 @@ impl Router {
     pub fn with_schema(schema: Schema, cache_capacity: usize) -> Self {
         Self {
             schema,
-            cache: Mutex::new(ParseCache::new(cache_capacity)),
+            cache: Mutex::new(Caches {
+                texts: ParseCache::new(cache_capacity),
+                shapes: ParseCache::new(cache_capacity),
+                hits: 0,
+                misses: 0,
+            }),
         }
     }
 
@@ -134,16 +149,50 @@ impl Router {
         &self.schema
     }
 
-    /// (hits, misses, entries) of the parse cache.
+    /// (hits, misses, entries) of the parse cache: statements routed
+    /// without parsing, texts parsed, texts and shapes held.
     pub fn cache_stats(&self) -> (u64, u64, usize) {
-        let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        (c.hits, c.misses, c.len())
+        let c = self.lock();
+        (c.hits, c.misses, c.texts.len() + c.shapes.len())
     }
 
+    /// The analysis of a text, cached by the text.
     pub(crate) fn parsed(&self, sql: &str) -> Result<Arc<Parsed>, RouteError> {
-        if let Some(p) = self.lock().get(sql) {
+        if let Some(p) = self.cached(sql) {
             return Ok(p);
         }
+        let parsed = Arc::new(self.analyse(sql)?);
+        self.lock().texts.insert(sql, parsed.clone());
+        Ok(parsed)
+    }
+
+    /// The cached analysis of a text, counted as a hit.
+    fn cached(&self, sql: &str) -> Option<Arc<Parsed>> {
+        let mut c = self.lock();
+        let found = c.texts.get(sql);
+        if found.is_some() {
+            c.hits += 1;
+        }
+        found
+    }
+
+    /// A shape's cached verdict, counted as a hit when it is usable.
+    pub(crate) fn shape_cached(&self, text: &str) -> Option<Option<Arc<Parsed>>> {
+        let mut c = self.lock();
+        let found = c.shapes.get(text).map(|v| v.as_ref().clone());
+        if let Some(Some(_)) = found {
+            c.hits += 1;
+        }
+        found
+    }
+
+    pub(crate) fn shape_insert(&self, text: &str, verdict: Option<Arc<Parsed>>) {
+        self.lock().shapes.insert(text, Arc::new(verdict));
+    }
+
+    /// Parses and analyses a text (uncached).
+    pub(crate) fn analyse(&self, sql: &str) -> Result<Parsed, RouteError> {
+        self.lock().misses += 1;
         let result = pg_query::parse(sql).map_err(|e| RouteError::Syntax {
             message: e.to_string(),
         })?;
@@ -184,15 +233,13 @@ impl Router {
                 }
             }
         }
-        let parsed = Arc::new(Parsed {
+        Ok(Parsed {
             statements,
             protobuf: result.protobuf,
-        });
-        self.lock().insert(sql, parsed.clone());
-        Ok(parsed)
+        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ParseCache<Parsed>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Caches> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -205,7 +252,75 @@ impl Router {
         params: &[Param<'_>],
         key: Option<&ShardKey>,
     ) -> Result<Route, RouteError> {
+        let parsed = match self.cached(sql) {
+            Some(p) => p,
+            None => {
+                if let Some(route) = self.route_shape(sql, params, key) {
+                    return Ok(route);
+                }
+                self.parsed(sql)?
+            }
+        };
+        self.route_parsed(&parsed, params, key)
+    }
+
+    /// Routes a text by parsing the text itself, never its shape: what
+    /// [`Router::route`] must agree with.
+    #[cfg(test)]
+    pub(crate) fn route_text(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+        key: Option<&ShardKey>,
+    ) -> Result<Route, RouteError> {
         let parsed = self.parsed(sql)?;
+        self.route_parsed(&parsed, params, key)
+    }
+
+    /// Routes a text by its shape, when the shape is known to route as the
+    /// text does and the statement goes to one database. `None`: route the
+    /// text itself (which also gives any error exactly as before).
+    fn route_shape(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+        key: Option<&ShardKey>,
+    ) -> Option<Route> {
+        let (parsed, values) = self.shape(sql, params.len())?;
+        let mut all = Vec::with_capacity(params.len() + values.len());
+        all.extend_from_slice(params);
+        all.extend(values.iter().map(|v| Param::text(v)));
+        let route = self.route_parsed(&parsed, &all, key).ok()?;
+        matches!(
+            route.target,
+            Target::Any | Target::Database { .. } | Target::Shard { .. } | Target::AnyShard { .. }
+        )
+        .then_some(route)
+    }
+
+    /// The analysis routing reads for a text: its own, or its shape's with
+    /// the literal values appended to `params` (for [`Router::touch`], to
+    /// which an over-approximation is as good).
+    pub(crate) fn analysis(
+        &self,
+        sql: &str,
+        given: usize,
+    ) -> Result<(Arc<Parsed>, Vec<String>), RouteError> {
+        if let Some(p) = self.cached(sql) {
+            return Ok((p, Vec::new()));
+        }
+        if let Some(found) = self.shape(sql, given) {
+            return Ok(found);
+        }
+        Ok((self.parsed(sql)?, Vec::new()))
+    }
+
+    fn route_parsed(
+        &self,
+        parsed: &Parsed,
+        params: &[Param<'_>],
+        key: Option<&ShardKey>,
+    ) -> Result<Route, RouteError> {
         let mut key = key.cloned();
         let mut kinds = Vec::with_capacity(parsed.statements.len());
         let mut target: Option<Target> = None;

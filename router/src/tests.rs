@@ -66,7 +66,20 @@ fn tx(shard: usize) -> Target {
 }
 
 fn target(r: &Router, sql: &str) -> Result<Target, RouteError> {
-    r.route(sql, &[], None).map(|r| r.target)
+    both(r, sql, &[], None).map(|r| r.target)
+}
+
+/// Routes a text the router's way (by its shape when the shape is known to
+/// route alike) and by the text itself; the two must agree, route or error.
+fn both(
+    r: &Router,
+    sql: &str,
+    params: &[Param<'_>],
+    key: Option<&ShardKey>,
+) -> Result<crate::Route, RouteError> {
+    let routed = r.route(sql, params, key);
+    assert_eq!(routed, r.route_text(sql, params, key), "{sql}");
+    routed
 }
 
 #[test]
@@ -116,30 +129,35 @@ fn bind_parameters_in_text_and_binary_pick_the_same_shard() {
         }],
     ] {
         assert_eq!(
-            r.route(sql, &params, None).unwrap().target,
+            both(&r, sql, &params, None).unwrap().target,
             tx(shard(&r, a))
         );
     }
     let insert = "INSERT INTO payments (id, merchant_id) VALUES ($1, $2)";
     assert_eq!(
-        r.route(insert, &[Param::text("9"), Param::binary(&int8, 20)], None)
-            .unwrap()
-            .target,
+        both(
+            &r,
+            insert,
+            &[Param::text("9"), Param::binary(&int8, 20)],
+            None
+        )
+        .unwrap()
+        .target,
         tx(shard(&r, a))
     );
     assert_eq!(
-        r.route(sql, &[], None),
+        both(&r, sql, &[], None),
         Err(RouteError::MissingParameter {
             number: 1,
             given: 0
         })
     );
     assert!(matches!(
-        r.route(sql, &[Param::binary(&[1, 2, 3], 0)], None),
+        both(&r, sql, &[Param::binary(&[1, 2, 3], 0)], None),
         Err(RouteError::ParameterType { number: 1, .. })
     ));
     assert!(matches!(
-        r.route(sql, &[Param::text("abc")], None),
+        both(&r, sql, &[Param::text("abc")], None),
         Err(RouteError::Key(_))
     ));
 }
@@ -213,7 +231,8 @@ fn a_multi_row_insert_is_split_by_shard_never_duplicated() {
     );
     // With bind parameters the rows cannot be re-numbered: refused.
     let (ta, tb) = (a.to_string(), b.to_string());
-    let bound = r.route(
+    let bound = both(
+        &r,
         "INSERT INTO payments (id, merchant_id) VALUES (1, $1), (2, $2)",
         &[Param::text(&ta), Param::text(&tb)],
         None,
@@ -367,12 +386,11 @@ fn a_subquery_without_its_own_key_is_refused() {
 fn the_session_key_routes_statements_without_one() {
     let r = router();
     let (a, b, _) = merchants(&r);
-    let route = r
-        .route(&format!("SET shardline.merchant_id = {a}"), &[], None)
-        .unwrap();
+    let route = both(&r, &format!("SET shardline.merchant_id = {a}"), &[], None).unwrap();
     assert_eq!(route.kinds, vec![Kind::SetKey(Some(ShardKey::Int(a)))]);
     let key = ShardKey::Int(a);
-    let got = r.route(
+    let got = both(
+        &r,
         "UPDATE payments SET status = 'x' WHERE id = 4",
         &[],
         Some(&key),
@@ -381,21 +399,19 @@ fn the_session_key_routes_statements_without_one() {
     // A key in the statement wins over the session's.
     let own = format!("SELECT * FROM payments WHERE merchant_id = {b}");
     assert_eq!(
-        r.route(&own, &[], Some(&key)).unwrap().target,
+        both(&r, &own, &[], Some(&key)).unwrap().target,
         tx(shard(&r, b))
     );
-    let reset = r
-        .route("RESET shardline.merchant_id", &[], Some(&key))
-        .unwrap();
+    let reset = both(&r, "RESET shardline.merchant_id", &[], Some(&key)).unwrap();
     assert_eq!(reset.kinds, vec![Kind::SetKey(None)]);
     // Set and used in one query string.
-    let both = r
-        .route(
-            &format!("SET shardline.merchant_id = {a}; DELETE FROM refunds WHERE id = 1"),
-            &[],
-            None,
-        )
-        .unwrap();
+    let both = both(
+        &r,
+        &format!("SET shardline.merchant_id = {a}; DELETE FROM refunds WHERE id = 1"),
+        &[],
+        None,
+    )
+    .unwrap();
     assert_eq!(both.target, tx(shard(&r, a)));
 }
 
@@ -485,16 +501,16 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
     ];
     for (sql, want) in cases {
         let params = [Param::text("5")];
-        let got = r.route(sql, &params, None).map(|r| r.target);
+        let got = both(&r, sql, &params, None).map(|r| r.target);
         assert_eq!(got, want, "{sql}");
     }
-    let paged = r
-        .route(
-            "SELECT id FROM payments ORDER BY id LIMIT 5 OFFSET 10",
-            &[],
-            None,
-        )
-        .map(|r| r.target);
+    let paged = both(
+        &r,
+        "SELECT id FROM payments ORDER BY id LIMIT 5 OFFSET 10",
+        &[],
+        None,
+    )
+    .map(|r| r.target);
     assert_eq!(
         paged,
         all(MergeShape::Rows {
@@ -505,13 +521,13 @@ fn scatter_selects_are_merged_only_when_provably_correct() {
         })
     );
     // avg: the shards run sum and count in its place.
-    let avg = r
-        .route(
-            "SELECT status, avg(amount) FILTER (WHERE amount > 0) AS a FROM payments GROUP BY status",
-            &[],
-            None,
-        )
-        .map(|r| r.target);
+    let avg = both(
+        &r,
+        "SELECT status, avg(amount) FILTER (WHERE amount > 0) AS a FROM payments GROUP BY status",
+        &[],
+        None,
+    )
+    .map(|r| r.target);
     assert_eq!(
         avg,
         all(MergeShape::Aggregate {
@@ -613,7 +629,7 @@ fn session_and_transaction_statements_go_anywhere() {
         ),
         ("SELECT * FROM pg_class", Kind::Read),
     ] {
-        let got = r.route(sql, &[Param::text("23")], None).unwrap();
+        let got = both(&r, sql, &[Param::text("23")], None).unwrap();
         assert_eq!((got.target, got.kinds), (Target::Any, vec![kind]), "{sql}");
     }
     for sql in [
@@ -640,7 +656,7 @@ fn statements_of_one_text_must_share_a_target() {
     let one = format!(
         "BEGIN; UPDATE payments SET status = 'x' WHERE merchant_id = {a}; INSERT INTO refunds (id, merchant_id) VALUES (1, {a}); COMMIT"
     );
-    let route = r.route(&one, &[], None).unwrap();
+    let route = both(&r, &one, &[], None).unwrap();
     assert_eq!(route.target, tx(shard(&r, a)));
     assert_eq!(route.kinds.len(), 4);
     let two = format!(
@@ -667,6 +683,110 @@ fn parse_results_are_cached_by_text() {
 }
 
 #[test]
+fn texts_differing_only_in_literals_share_one_parse() {
+    let r = router();
+    for m in 1..=20 {
+        let sql = format!(
+            "SELECT id, amount FROM payments WHERE merchant_id = {m} AND status = 'ok' ORDER BY id DESC LIMIT 10"
+        );
+        assert_eq!(r.route(&sql, &[], None).unwrap().target, tx(shard(&r, m)));
+    }
+    // The first text is parsed twice (as itself and as its shape, to
+    // compare them); the other nineteen not at all.
+    assert_eq!(r.cache_stats(), (19, 2, 2));
+    for m in 1..=5 {
+        let sql =
+            format!("INSERT INTO payments (id, merchant_id, amount) VALUES ({m}, {m}, 12.50)");
+        target(&r, &sql).unwrap();
+        let sql = format!("UPDATE payments SET status = 'x' WHERE merchant_id = '{m}'");
+        target(&r, &sql).unwrap();
+    }
+}
+
+#[test]
+fn a_shape_that_routes_otherwise_is_refused_and_its_texts_still_route() {
+    let r = router();
+    let (a, b, _) = merchants(&r);
+    // INTERVAL $1 does not parse: each text is parsed as itself.
+    for m in [a, b, a] {
+        let sql = format!(
+            "SELECT * FROM payments WHERE merchant_id = {m} AND created_at > now() - INTERVAL '1 day'"
+        );
+        assert_eq!(target(&r, &sql), Ok(tx(shard(&r, m))));
+    }
+    // `-$1` is no longer a key; the shape is refused, the text routes.
+    for m in [a, b] {
+        let sql = format!("DELETE FROM refunds WHERE merchant_id = -{m}");
+        assert_eq!(target(&r, &sql), Ok(tx(shard(&r, -m))));
+    }
+    // A cast the key cannot take keeps the literal a key only in the text.
+    let sql = format!("SELECT * FROM payments WHERE merchant_id = {a}::numeric");
+    assert_eq!(target(&r, &sql), Ok(tx(shard(&r, a))));
+    // SET with a placeholder does not parse.
+    let set = both(&r, &format!("SET shardline.merchant_id = {b}"), &[], None).unwrap();
+    assert_eq!(set.kinds, vec![Kind::SetKey(Some(ShardKey::Int(b)))]);
+}
+
+#[test]
+fn statements_on_several_shards_and_errors_come_from_the_text_itself() {
+    let r = router();
+    let (a, b, _) = merchants(&r);
+    // The merge needs the LIMIT and OFFSET values: only the text has them.
+    for (x, y) in [(a, b), (b, a)] {
+        let sql = format!(
+            "SELECT id FROM payments WHERE merchant_id IN ({x}, {y}) ORDER BY id LIMIT 5 OFFSET 2"
+        );
+        match target(&r, &sql) {
+            Ok(Target::Shards {
+                merge: Some(MergeShape::Rows { limit, offset, .. }),
+                ..
+            }) => assert_eq!((limit, offset), (Some(Limit::Count(5)), 2)),
+            other => panic!("{other:?}"),
+        }
+        let split = format!("INSERT INTO payments (id, merchant_id) VALUES (1, {x}), (2, {y})");
+        assert!(matches!(target(&r, &split), Ok(Target::Split { .. })));
+    }
+    // A key that is not a number fails as the text fails, not otherwise.
+    for bad in ["'nope'", "'1''2'", "99999999999999999999"] {
+        let sql = format!("SELECT * FROM payments WHERE merchant_id = {bad}");
+        assert!(matches!(target(&r, &sql), Err(RouteError::Key(_))), "{sql}");
+        let sql = format!(
+            "SELECT * FROM payments WHERE merchant_id = {bad} AND id IN (SELECT id FROM settlements)"
+        );
+        target(&r, &sql).unwrap_err();
+    }
+    let sql = format!("SELECT * FROM payments WHERE merchant_id = {a}");
+    assert_eq!(target(&r, &sql), Ok(tx(shard(&r, a))));
+}
+
+#[test]
+fn a_text_key_literal_is_read_as_postgresql_reads_it() {
+    let toml = TOPOLOGY.replace(
+        "shard_key = \"merchant_id\"",
+        "shard_key = \"merchant_id\"\nshard_key_type = \"text\"",
+    );
+    let r = Router::new(&Topology::parse(&toml, Path::new("t.toml")).unwrap());
+    let placement = placement(&r);
+    let on = |k: &str| tx(placement.shard(&ShardKey::Text(k.into())));
+    for (literal, key) in [
+        ("'o''brien'", "o'brien"),
+        ("'m-1'", "m-1"),
+        ("007", "7"),
+        ("'a--b'", "a--b"),
+    ] {
+        for _ in 0..2 {
+            let sql =
+                format!("SELECT * FROM payments WHERE merchant_id = {literal} -- it's {literal}");
+            assert_eq!(target(&r, &sql), Ok(on(key)), "{sql}");
+        }
+    }
+    let sql = "SELECT * FROM payments WHERE merchant_id = E'o\\'brien'";
+    assert_eq!(target(&r, sql), Ok(on("o'brien")));
+    let sql = "SELECT * FROM payments WHERE merchant_id = $$x'1$$ AND status = 'ok'";
+    assert_eq!(target(&r, sql), Ok(on("x'1")));
+}
+
+#[test]
 fn text_and_uuid_keys_follow_their_type() {
     let toml = TOPOLOGY.replace(
         "shard_key = \"merchant_id\"",
@@ -683,7 +803,8 @@ fn text_and_uuid_keys_follow_their_type() {
     let sql = format!("SELECT * FROM payments WHERE merchant_id = '{id}'");
     assert_eq!(target(&r, &sql), Ok(want.clone()));
     let bytes = *uuid_bytes(&key);
-    let got = r.route(
+    let got = both(
+        &r,
         "SELECT * FROM payments WHERE merchant_id = $1",
         &[Param::binary(&bytes, 2950)],
         None,
@@ -708,6 +829,6 @@ fn uuid_bytes(k: &ShardKey) -> &[u8; 16] {
 fn a_cast_parameter_is_read_as_the_cast_type() {
     let r = router();
     let sql = "SELECT * FROM payments WHERE merchant_id = $1::text::bigint";
-    let got = r.route(sql, &[Param::binary(b"12345678", 0)], None);
+    let got = both(&r, sql, &[Param::binary(b"12345678", 0)], None);
     assert_eq!(got.unwrap().target, tx(shard(&r, 12_345_678)));
 }
