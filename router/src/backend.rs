@@ -7,6 +7,7 @@
 //! statement follows the client to whichever pooled connection serves it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -74,6 +75,8 @@ pub struct Backend {
     started: bool,
     /// The server's BackendKeyData (process id, secret), for cancelling.
     pub cancel_key: Option<(i32, i32)>,
+    /// A message is in flight (see [`crate::cancel::BackendKey::running`]).
+    running: Arc<AtomicBool>,
     /// Host and port, where a CancelRequest for this backend goes.
     pub addr: (String, u16),
     stats: Arc<DbStats>,
@@ -141,6 +144,7 @@ impl Backend {
             bytewise_text: false,
             started: false,
             cancel_key: None,
+            running: Arc::new(AtomicBool::new(false)),
             addr: (conn.host(), conn.port()),
             stats,
             sent_at: None,
@@ -192,6 +196,7 @@ impl Backend {
                 port: self.addr.1,
                 pid,
                 secret,
+                running: self.running.clone(),
             })
     }
 
@@ -293,6 +298,9 @@ impl Backend {
         if self.started && self.counting && self.sent_at.is_none() {
             self.sent_at = Some(Instant::now());
         }
+        if self.started {
+            self.running.store(true, Ordering::Relaxed);
+        }
         if let Err(e) = self.stream.write_all(bytes).await {
             return Err(self.lost(e.to_string()));
         }
@@ -309,6 +317,7 @@ impl Backend {
                 match f.tag {
                     b'Z' => {
                         self.status = f.body().first().copied().unwrap_or(b'I');
+                        self.running.store(false, Ordering::Relaxed);
                         let now = Instant::now();
                         if let Some(t) = self.sent_at.take() {
                             self.stats.query(now.saturating_duration_since(t));

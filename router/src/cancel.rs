@@ -8,6 +8,7 @@
 //! clients; a wrong key cancels nothing and is not answered.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,12 +22,23 @@ use crate::message::CANCEL_REQUEST;
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A backend connection's address and BackendKeyData.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct BackendKey {
     pub host: String,
     pub port: u16,
     pub pid: i32,
     pub secret: i32,
+    /// On from a message sent until its ReadyForQuery: only a backend
+    /// running something is cancelled. An idle one a session merely holds
+    /// could take the signal late, into the client's next statement.
+    pub running: Arc<AtomicBool>,
+}
+
+impl PartialEq for BackendKey {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.host, self.port, self.pid, self.secret)
+            == (&other.host, other.port, other.pid, other.secret)
+    }
 }
 
 type Held = Arc<Mutex<HashMap<(usize, usize), BackendKey>>>;
@@ -77,6 +89,7 @@ impl Registry {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .values()
+                .filter(|k| k.running.load(Ordering::Relaxed))
                 .cloned()
                 .collect(),
             _ => Vec::new(),
@@ -161,8 +174,14 @@ mod tests {
             port: 5432,
             pid: 4242,
             secret: 7,
+            running: Arc::new(AtomicBool::new(false)),
         };
         a.hold((0, 1), Some(key.clone()));
+        assert!(
+            registry.backends(a.pid, a.secret).is_empty(),
+            "an idle backend is not cancelled"
+        );
+        key.running.store(true, Ordering::Relaxed);
         assert_eq!(registry.backends(a.pid, a.secret), vec![key]);
         assert!(registry
             .backends(a.pid, a.secret.wrapping_add(1))
