@@ -9,7 +9,7 @@ use shardline_cdc::run::{RunOptions, REVERSE_ORIGIN_PREFIX};
 use shardline_testkit::PgServer;
 use shardline_topology::{ConnString, Topology};
 
-use crate::stream::{spawn_cdc, wait_caught_up, wait_streaming};
+use crate::stream::{spawn_cdc, start_and_stop_cdc, wait_caught_up, wait_streaming};
 
 const SCHEMA: &str = "
 CREATE TYPE pay_status AS ENUM ('authorized', 'captured', 'refunded');
@@ -363,10 +363,7 @@ async fn targets_killed_while_a_backlog_is_applied_in_groups_lose_and_repeat_not
         read_model_refresh: Duration::from_secs(3600),
         ..RunOptions::default()
     };
-    let (stop_tx, cdc) = spawn_cdc(&f.topology, &options);
-    wait_streaming(&f.source).await;
-    stop_tx.send(true).unwrap();
-    cdc.await.unwrap().unwrap();
+    start_and_stop_cdc(&f.topology, &f.source, &options).await;
     f.source
         .psql(
             "postgres",

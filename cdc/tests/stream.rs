@@ -108,6 +108,15 @@ pub fn spawn_cdc(
     (stop_tx, cdc)
 }
 
+/// Runs cdc until it streams, then stops it: the slot and publication now
+/// exist, so what is written next waits in the slot as a backlog.
+pub async fn start_and_stop_cdc(topology: &Topology, source: &PgServer, options: &RunOptions) {
+    let (stop_tx, cdc) = spawn_cdc(topology, options);
+    wait_streaming(source).await;
+    stop_tx.send(true).unwrap();
+    cdc.await.unwrap().unwrap();
+}
+
 /// Waits until the slot confirms a position at or past the source's
 /// current WAL position (heartbeats carry it there once targets caught up).
 pub async fn wait_caught_up(source: &PgServer, slot: &str) {
@@ -740,10 +749,7 @@ async fn a_backlog_of_long_runs_is_copied_in_large_groups_and_ends_as_on_the_sou
         heartbeat: Duration::from_millis(200),
         ..RunOptions::default()
     };
-    let (stop_tx, cdc) = spawn_cdc(&f.topology, &options);
-    wait_streaming(&f.source).await;
-    stop_tx.send(true).unwrap();
-    cdc.await.unwrap().unwrap();
+    start_and_stop_cdc(&f.topology, &f.source, &options).await;
     f.source
         .psql(
             "postgres",
