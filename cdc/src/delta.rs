@@ -200,7 +200,26 @@ impl DeltaModel {
             .chain(&rm.aggregates)
             .map(String::as_str);
         let columns = referenced_columns(texts, &rm.from, columns);
-        Some(Self {
+        Some(Self::with(rm, target, aggregates, count, columns))
+    }
+
+    /// A recorder of the rows a change touched, for a read model that is
+    /// recomputed group by group (min, max, …): [`DeltaModel::record`]
+    /// buffers row images and [`DeltaSpec::touched_groups_sql`] finds
+    /// their groups; no `MERGE` is ever made of it.
+    pub fn for_groups(rm: &ReadModel, target: usize, columns: Vec<(String, String)>) -> Self {
+        let columns = referenced_columns(rm.group_by.iter().map(String::as_str), &rm.from, columns);
+        Self::with(rm, target, Vec::new(), String::new(), columns)
+    }
+
+    fn with(
+        rm: &ReadModel,
+        target: usize,
+        aggregates: Vec<Aggregate>,
+        count: String,
+        columns: Vec<(String, String)>,
+    ) -> Self {
+        Self {
             name: rm.name.clone(),
             from: crate::route::normalise(&rm.from),
             target,
@@ -213,32 +232,6 @@ impl DeltaModel {
                 filter: rm.filter.clone(),
                 aggregates,
                 count,
-                columns,
-            }),
-            pending: Vec::new(),
-            positions: None,
-        })
-    }
-
-    /// A recorder of the rows a change touched, for a read model that is
-    /// recomputed group by group (min, max, …): [`DeltaModel::record`]
-    /// buffers row images and [`DeltaSpec::touched_groups_sql`] finds
-    /// their groups; no `MERGE` is ever made of it.
-    pub fn for_groups(rm: &ReadModel, target: usize, columns: Vec<(String, String)>) -> Self {
-        let columns = referenced_columns(rm.group_by.iter().map(String::as_str), &rm.from, columns);
-        Self {
-            name: rm.name.clone(),
-            from: crate::route::normalise(&rm.from),
-            target,
-            spec: Arc::new(DeltaSpec {
-                name: rm.name.clone(),
-                table: quote_table(&rm.name),
-                group_by: rm.group_by.clone(),
-                group_names: rm.group_columns(),
-                group_exprs: group_exprs(rm),
-                filter: rm.filter.clone(),
-                aggregates: Vec::new(),
-                count: String::new(),
                 columns,
             }),
             pending: Vec::new(),
