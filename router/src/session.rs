@@ -41,6 +41,28 @@ type Db = (usize, usize);
 /// Bytes buffered for the client before a write is forced.
 const FLUSH_AT: usize = 64 * 1024;
 
+/// Appends a backend's frame to the client's output, writing the output
+/// out once it passes [`FLUSH_AT`]. Takes the two fields, not the session,
+/// so the caller can go on holding its backend.
+async fn relay_frame(
+    client: &mut ClientStream,
+    out: &mut BytesMut,
+    frame: &[u8],
+) -> Result<(), BackendError> {
+    out.extend_from_slice(frame);
+    if out.len() > FLUSH_AT {
+        client
+            .write_all(out)
+            .await
+            .map_err(|e| BackendError::Protocol {
+                target: "client".into(),
+                cause: e.to_string(),
+            })?;
+        out.clear();
+    }
+    Ok(())
+}
+
 struct Statement {
     sql: String,
     types: Vec<u32>,

@@ -12,10 +12,8 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::BytesMut;
 
-use tokio::io::AsyncWriteExt;
-
 use super::scatter::ScatterRead;
-use super::{Db, Fatal, Session, Statement, Txn, FLUSH_AT};
+use super::{relay_frame, Db, Fatal, Session, Statement, Txn};
 use crate::backend::{BackendError, Pooled};
 use crate::message::{self as msg, Frame};
 use crate::{Control, Format, Kind, Limit, MergeShape, Param, Target};
@@ -523,17 +521,7 @@ impl Session {
                 _ => true,
             };
             if relay {
-                self.out.extend_from_slice(&f.raw);
-                if self.out.len() > FLUSH_AT {
-                    self.client
-                        .write_all(&self.out)
-                        .await
-                        .map_err(|e| BackendError::Protocol {
-                            target: "client".into(),
-                            cause: e.to_string(),
-                        })?;
-                    self.out.clear();
-                }
+                relay_frame(&mut self.client, &mut self.out, &f.raw).await?;
             }
         }
     }

@@ -2,10 +2,9 @@
 //! answered by one database or merged from several (see [`super::scatter`]).
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
 
 use super::scatter::ScatterRead;
-use super::{Db, Fatal, Session, Txn, FLUSH_AT};
+use super::{relay_frame, Db, Fatal, Session, Txn};
 use crate::backend::BackendError;
 use crate::message::{self as msg, Frame};
 use crate::{Control, Kind, MergeShape, Target};
@@ -228,17 +227,7 @@ impl Session {
             if f.tag == b'Z' {
                 return Ok(b.status);
             }
-            self.out.extend_from_slice(&f.raw);
-            if self.out.len() > FLUSH_AT {
-                self.client
-                    .write_all(&self.out)
-                    .await
-                    .map_err(|e| BackendError::Protocol {
-                        target: "client".into(),
-                        cause: e.to_string(),
-                    })?;
-                self.out.clear();
-            }
+            relay_frame(&mut self.client, &mut self.out, &f.raw).await?;
         }
     }
 }
