@@ -39,6 +39,14 @@ pub enum BackendError {
     UnsupportedAuth { target: String, code: i32 },
     #[error("{target} broke the protocol: {cause}")]
     Protocol { target: String, cause: String },
+    /// The client's settings (startup parameters, SET) fail on this
+    /// backend; PostgreSQL's own error.
+    #[error("{target} rejects this session's settings: {code} {message}")]
+    Settings {
+        target: String,
+        code: String,
+        message: String,
+    },
 }
 
 impl BackendError {
@@ -51,6 +59,7 @@ impl BackendError {
             Self::Unreachable { .. } => "08001",
             Self::Refused { .. } | Self::UnsupportedAuth { .. } => "08004",
             Self::Protocol { .. } => "08P01",
+            Self::Settings { .. } => "22023",
         }
     }
 }
@@ -87,6 +96,9 @@ pub struct Backend {
     counting: bool,
     /// When the last ReadyForQuery arrived: the server was alive then.
     ready_at: Option<Instant>,
+    /// Which version of its client's settings the connection holds; 0:
+    /// none, as a pooled connection is (see [`crate::session`]).
+    pub settings: u64,
 }
 
 /// How long after a ReadyForQuery a connection is taken to be alive
@@ -106,6 +118,19 @@ const BYTEWISE_TEXT: &str = "SELECT d.datcollate IN ('C', 'POSIX')
                    WHERE a.attnum > 0 AND a.attcollation NOT IN (0, 100, 950, 951)
                      AND n.nspname NOT IN ('pg_catalog', 'information_schema'))
   FROM pg_database d WHERE d.datname = current_database()";
+
+/// Reads a session's settings back: every parameter the session set
+/// (source `session`) and the custom ones named in `$custom`, as
+/// `set_config` calls after a `RESET ALL`, and the role, which `RESET ALL`
+/// leaves alone; and the names of the statements prepared on the
+/// connection. client_encoding stays the router's UTF8.
+const SESSION_STATE: &str = "SELECT 'RESET ALL; SELECT ' || string_agg(format('set_config(%L, %L, false)', name, setting), ', ' ORDER BY ord, name),
+       (SELECT coalesce(json_agg(name), '[]')::text FROM pg_prepared_statements)
+  FROM (SELECT 1 AS ord, name, setting FROM pg_settings
+         WHERE source = 'session' AND name NOT IN ('role', 'client_encoding')
+        UNION SELECT 1, n, current_setting(n, true) FROM unnest(ARRAY[$custom]::text[]) n
+         WHERE current_setting(n, true) IS NOT NULL
+        UNION ALL SELECT 2, 'role', current_setting('role')) s";
 
 /// How long opening a backend connection (TCP and login) may take: a
 /// shard whose host is gone fails its statements after this, not after
@@ -150,6 +175,7 @@ impl Backend {
             sent_at: None,
             counting: true,
             ready_at: None,
+            settings: 0,
         };
         let mut out = BytesMut::new();
         let params = [
@@ -186,6 +212,11 @@ impl Backend {
                 _ => {}
             }
         }
+    }
+
+    /// Whether a message was sent that its ReadyForQuery has not answered yet.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
     }
 
     /// Where and with which key a CancelRequest reaches this backend.
@@ -402,31 +433,87 @@ impl Backend {
             let f = self.recv().await?;
             match f.tag {
                 b'E' if error.is_none() => error = Some(message::error_fields(f.body())),
+                b'S' => self.parameter_status(f.body()),
                 b'Z' => return Ok(error),
                 _ => {}
             }
         }
     }
 
+    /// Records a ParameterStatus the server sent after startup, so a
+    /// client that logs in later is told the value in force.
+    fn parameter_status(&mut self, mut body: &[u8]) {
+        let (Ok(name), Ok(value)) = (message::cstr(&mut body), message::cstr(&mut body)) else {
+            return;
+        };
+        match self.parameters.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => *v = value,
+            None => self.parameters.push((name, value)),
+        }
+    }
+
     /// The first column of the first row of router-made SQL, as text;
     /// `None` for no row, NULL or an error.
     async fn first_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
+        Ok(self.first_row(sql).await?.into_iter().next().flatten())
+    }
+
+    /// The first row of router-made SQL, as text; empty for no row or an
+    /// error.
+    async fn first_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, BackendError> {
         let mut out = BytesMut::new();
         message::query(&mut out, sql);
         self.send(&out).await?;
-        let mut value = None;
+        let mut row = None;
         loop {
             let f = self.recv().await?;
             match f.tag {
-                b'D' if value.is_none() => {
-                    value = crate::row::fields(f.body())
-                        .and_then(|fields| fields.first().copied().flatten())
-                        .map(|v| String::from_utf8_lossy(v).into_owned());
+                b'D' if row.is_none() => {
+                    row = crate::row::fields(f.body()).map(|fields| {
+                        fields
+                            .iter()
+                            .map(|v| v.map(|v| String::from_utf8_lossy(v).into_owned()))
+                            .collect()
+                    });
                 }
-                b'Z' => return Ok(value),
+                b'Z' => return Ok(row.unwrap_or_default()),
                 _ => {}
             }
         }
+    }
+
+    /// The session state a client's SET, RESET, DISCARD or DEALLOCATE
+    /// left on this connection, as a script that gives another connection
+    /// the same settings. Statements the client deallocated are forgotten
+    /// here, so the router prepares them again when they are used.
+    pub async fn session_state(&mut self, custom: &[String]) -> Result<String, BackendError> {
+        let names: Vec<String> = custom.iter().map(|n| crate::session::literal(n)).collect();
+        let sql = SESSION_STATE.replace("$custom", &names.join(", "));
+        let row = self.first_row(&sql).await?;
+        let (Some(Some(script)), Some(Some(prepared))) = (row.first(), row.get(1)) else {
+            return Err(self.protocol("no answer to the session-state query".into()));
+        };
+        let prepared: Vec<String> = serde_json::from_str(prepared)
+            .map_err(|e| self.protocol(format!("prepared statement list: {e}")))?;
+        self.prepared.retain(|name, _| prepared.contains(name));
+        Ok(script.clone())
+    }
+
+    /// Runs a script of [`Backend::session_state`] (or startup
+    /// parameters), unless this connection holds that version already.
+    pub async fn apply_settings(&mut self, script: &str, version: u64) -> Result<(), BackendError> {
+        if self.settings == version {
+            return Ok(());
+        }
+        if let Some((code, message)) = self.run(script).await? {
+            return Err(BackendError::Settings {
+                target: self.target.clone(),
+                code,
+                message,
+            });
+        }
+        self.settings = version;
+        Ok(())
     }
 
     /// Makes the connection fit for the next client: out of any
@@ -445,6 +532,7 @@ impl Backend {
             });
         }
         self.prepared.clear();
+        self.settings = 0;
         Ok(())
     }
 }

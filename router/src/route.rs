@@ -94,8 +94,20 @@ pub enum Kind {
     /// `SET shardline.merchant_id` (`None`: RESET).
     SetKey(Option<ShardKey>),
     Session,
+    /// SET, RESET, DISCARD or DEALLOCATE: session state the router copies
+    /// to every backend the client uses; the name of a custom parameter.
+    Setting(Option<String>),
+    /// SET LOCAL or SET TRANSACTION.
+    LocalSetting,
     Read,
     Write,
+}
+
+impl Kind {
+    /// SET, RESET, SET LOCAL and the like: statements about settings.
+    pub fn is_setting(&self) -> bool {
+        matches!(self, Self::Setting(_) | Self::LocalSetting)
+    }
 }
 
 /// The routing decision for a whole statement text.
@@ -329,6 +341,8 @@ impl Router {
                 Analyzed::Rejected(e) => return Err(e.clone()),
                 Analyzed::Control(c) => (Kind::Control(*c), Target::Any),
                 Analyzed::Session => (Kind::Session, Target::Any),
+                Analyzed::Setting(custom) => (Kind::Setting(custom.clone()), Target::Any),
+                Analyzed::LocalSetting => (Kind::LocalSetting, Target::Any),
                 Analyzed::SetKey(k) => {
                     let resolved = match k {
                         Some(k) => self.key_value(k, params, self.override_type())?,

@@ -8,7 +8,8 @@
 //! transaction, and its COMMIT then rolls back, as in PostgreSQL.
 //!
 //! The parts: [`startup`] (login), [`transaction`] (the client's
-//! transaction and the replies that move it), [`simple`] and [`extended`]
+//! transaction and the replies that move it), [`settings`] (SET and
+//! startup parameters on every backend), [`simple`] and [`extended`]
 //! (the two query protocols), [`scatter`] (statements on several shards),
 //! [`admin`] (the router's own SHOW), [`cutover`] (cohorts and holds).
 
@@ -16,9 +17,12 @@ mod admin;
 mod cutover;
 mod extended;
 mod scatter;
+mod settings;
 mod simple;
 mod startup;
 mod transaction;
+
+pub(crate) use settings::literal;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -74,6 +78,8 @@ struct Statement {
 #[derive(Debug)]
 pub(crate) enum Fatal {
     Client(FrameError),
+    /// The session's settings could not be read back after a change.
+    Settings(BackendError),
 }
 
 impl From<FrameError> for Fatal {
@@ -102,6 +108,7 @@ pub(crate) struct Session {
     cancel: Option<crate::cancel::Registration>,
     /// The open transaction's buckets, for a cutover's drain.
     cutover: crate::cohort::Registration,
+    settings: settings::Settings,
 }
 
 impl Session {
@@ -120,6 +127,7 @@ impl Session {
             skip_until_sync: false,
             cancel: None,
             cutover: Default::default(),
+            settings: Default::default(),
         }
     }
 
@@ -127,17 +135,26 @@ impl Session {
     /// resets and returns the backends.
     pub async fn run(mut self) {
         let result = self.serve().await;
-        if let Err(Fatal::Client(e)) = &result {
-            if let FrameError::Malformed(why) = e {
-                msg::error_response(
-                    &mut self.out,
-                    "08P01",
-                    &format!("invalid message: {why}"),
-                    None,
-                );
-                let _ = self.flush().await;
+        match &result {
+            Err(Fatal::Client(e)) => {
+                if let FrameError::Malformed(why) = e {
+                    msg::error_response(
+                        &mut self.out,
+                        "08P01",
+                        &format!("invalid message: {why}"),
+                        None,
+                    );
+                    let _ = self.flush().await;
+                }
+                tracing::debug!(error = %e, "client connection closed");
             }
-            tracing::debug!(error = %e, "client connection closed");
+            Err(Fatal::Settings(e)) => {
+                let m = format!("{e}; the session's settings are unknown, so the router closes the connection");
+                msg::error_response(&mut self.out, e.sqlstate(), &m, Some("connect again"));
+                let _ = self.flush().await;
+                tracing::warn!(error = %e, "cannot read a session's settings back");
+            }
+            Ok(()) => {}
         }
         self.release().await;
     }
@@ -149,6 +166,7 @@ impl Session {
         loop {
             if self.txn == Txn::Idle {
                 self.cutover_release();
+                self.read_back_settings().await?;
             }
             if self.batch.is_empty() || self.out.len() > FLUSH_AT {
                 self.flush().await?;
@@ -249,11 +267,14 @@ impl Session {
             }
             self.backends.insert(db, b);
         }
-        Ok(self.backends.get_mut(&db).expect("just inserted"))
+        let b = self.backends.get_mut(&db).expect("just inserted");
+        self.settings.apply(b).await?;
+        Ok(b)
     }
 
     /// Drops a backend that failed mid-exchange; it never returns to the pool.
     fn discard(&mut self, db: Db) {
+        self.settings.lost(db);
         if let Some(c) = &self.cancel {
             c.release(db);
         }

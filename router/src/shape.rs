@@ -89,7 +89,9 @@ impl Literals<'_> {
                 (Analyzed::Rejected(_), _) => false,
                 (_, Analyzed::Rejected(_)) => return Verdict::Unsure,
                 (Analyzed::Control(a), Analyzed::Control(b)) => a == b,
-                (Analyzed::Session, Analyzed::Session) => true,
+                (Analyzed::Session, Analyzed::Session)
+                | (Analyzed::LocalSetting, Analyzed::LocalSetting) => true,
+                (Analyzed::Setting(a), Analyzed::Setting(b)) => a == b,
                 (Analyzed::SetKey(a), Analyzed::SetKey(b)) => {
                     let key_type = self.router.schema().override_key_type();
                     match (a, b, key_type) {

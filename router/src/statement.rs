@@ -14,7 +14,7 @@ use shardline_topology::{ShardKey, ShardKeyType};
 use crate::error::RouteError;
 use crate::merge::{self, MergeShape};
 use crate::schema::{Role, Schema};
-use crate::tree::{self, child, int, list, node, node_of, string};
+use crate::tree::{self, boolean, child, int, list, node, node_of, string};
 
 /// A shard key as written in the statement.
 #[derive(Clone, Debug, PartialEq)]
@@ -106,9 +106,16 @@ pub(crate) enum Analyzed {
     Control(Control),
     /// `SET shardline.merchant_id = …` (`None`: RESET).
     SetKey(Option<KeyExpr>),
-    /// Touches no table of the topology: SET, SHOW, `SELECT 1`, catalog
+    /// Touches no table of the topology: SHOW, `SELECT 1`, catalog
     /// queries. Any backend answers it the same.
     Session,
+    /// `SET LOCAL` or `SET TRANSACTION`: lasts for the transaction.
+    LocalSetting,
+    /// Changes the session's state on the backend that runs it: SET,
+    /// RESET, DISCARD, DEALLOCATE. The router copies the new state to the
+    /// other backends the session uses. Carries the name of a custom
+    /// (dotted) parameter, which PostgreSQL does not list in pg_settings.
+    Setting(Option<String>),
     Data(Data),
     Rejected(RouteError),
 }
@@ -149,8 +156,17 @@ fn analyze_statement(stmt: &Value, schema: &Schema) -> Analyzed {
             Some(q) => analyze_statement(q, schema),
             None => Analyzed::Session,
         },
-        "VariableSetStmt" | "VariableShowStmt" | "DiscardStmt" | "DeallocateStmt"
-        | "ListenStmt" | "UnlistenStmt" | "NotifyStmt" | "CheckPointStmt" => Analyzed::Session,
+        "VariableSetStmt"
+            if boolean(fields, "is_local") || string(fields, "name").starts_with("TRANSACTION") =>
+        {
+            Analyzed::LocalSetting
+        }
+        "VariableSetStmt" => {
+            let name = string(fields, "name").to_ascii_lowercase();
+            Analyzed::Setting(name.contains('.').then_some(name))
+        }
+        "DiscardStmt" | "DeallocateStmt" => Analyzed::Setting(None),
+        "VariableShowStmt" | "ListenStmt" | "UnlistenStmt" | "NotifyStmt" | "CheckPointStmt" => Analyzed::Session,
         other => {
             // Utility statements (DDL, COPY, PREPARE, DO, …) on tables of the
             // topology would need running on every database of a context,

@@ -3,6 +3,7 @@
 //! SQLSTATE, transactions stay on one shard, broken clients stay alone.
 
 mod merge;
+mod settings;
 
 use std::path::Path;
 use std::process::Command;

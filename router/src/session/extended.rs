@@ -54,6 +54,8 @@ impl Session {
             }
             Ok(Plan::Local(effects)) => self.answer_locally(&batch, effects, sync),
             Ok(Plan::Forward(db, bound)) => self.forward(db, &batch, sync, bound).await,
+            Ok(Plan::Defer(db, texts)) if sync => self.defer_settings(db, &batch, texts).await,
+            Ok(Plan::Defer(db, _)) => self.forward(db, &batch, sync, false).await,
             Ok(Plan::Scatter(s)) => self.scatter_extended(&batch, s, sync).await,
         }
         Ok(())
@@ -68,6 +70,9 @@ impl Session {
         let mut last_bind_local: Option<bool> = None;
         let mut scatter: Option<Scatter> = None;
         let mut execute_limited = false;
+        let mut settings = Vec::new();
+        let mut setting_texts = Vec::new();
+        let mut only_settings = true;
         let failed = matches!(self.txn, Txn::Failed(_));
         let router = &self.shared.router;
         for f in batch {
@@ -141,6 +146,12 @@ impl Session {
                         continue;
                     }
                     local = false;
+                    settings.extend(route.kinds.iter().cloned());
+                    if route.kinds.iter().all(Kind::is_setting) {
+                        setting_texts.push(st.sql.clone());
+                    } else {
+                        only_settings = false;
+                    }
                     let dbs = self.target_dbs(&route.target);
                     let single = matches!(
                         route.target,
@@ -289,6 +300,10 @@ impl Session {
             })
             .or(homes.first().copied())
             .unwrap_or_else(|| self.default_db());
+        if only_settings && !setting_texts.is_empty() && matches!(self.txn, Txn::Pending(_)) {
+            return Ok(Plan::Defer(db, setting_texts));
+        }
+        self.settings.note(&settings, db);
         Ok(Plan::Forward(db, target.is_some()))
     }
 
@@ -324,6 +339,9 @@ impl Session {
                         }
                         Some(Kind::Control(c)) => {
                             let was_failed = matches!(self.txn, Txn::Failed(_));
+                            if let Txn::Pending(begin) = &self.txn {
+                                self.settings.end_pending(begin, c == Control::Commit);
+                            }
                             // A failed transaction's database still holds
                             // it open: that connection is dropped.
                             if let Txn::Failed(Some(db)) = self.txn {
@@ -355,6 +373,9 @@ impl Session {
             Txn::Pending(begin) if bound => Some(begin.clone()),
             _ => None,
         };
+        if pending.is_some() {
+            self.settings.began_on(db);
+        }
         let keeps_state = !bound && matches!(self.txn, Txn::Pending(_));
         if let Err(e) = self.backend(db).await {
             self.backend_failed(db, &e);
@@ -405,6 +426,29 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The extended protocol's `Session::defer_setting`: the batch runs in
+    /// a transaction on `db` that is rolled back, then the settings' texts
+    /// join the pending transaction's opening.
+    async fn defer_settings(&mut self, db: Db, batch: &[Frame], texts: Vec<String>) {
+        let Txn::Pending(begin) = self.txn.clone() else {
+            return;
+        };
+        self.txn = Txn::Pending("BEGIN".into());
+        self.forward(db, batch, true, true).await;
+        let valid = matches!(self.txn, Txn::Pinned(_));
+        if let Some(b) = self.backends.get_mut(&db) {
+            if b.run("ROLLBACK").await.is_err() {
+                self.discard(db);
+            }
+        }
+        self.txn = if valid {
+            self.settings.deferred = true;
+            Txn::Pending(format!("{begin};\n{}", texts.join(";\n")))
+        } else {
+            Txn::Failed(None)
+        };
     }
 
     /// Runs one bound SELECT on several shards and merges the answers.
@@ -702,4 +746,7 @@ enum Plan {
     /// Sent to one database; `true` when a bound statement chose it (so a
     /// pending BEGIN goes with it), `false` for preparing or describing.
     Forward(Db, bool),
+    /// Only settings, in a transaction the router has not begun anywhere
+    /// yet: their texts (see `Session::defer_setting`).
+    Defer(Db, Vec<String>),
 }

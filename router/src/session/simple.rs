@@ -55,7 +55,8 @@ impl Session {
                     self.ready();
                     return Ok(());
                 }
-                (Kind::Control(c @ (Control::Commit | Control::Rollback)), Txn::Pending(_)) => {
+                (Kind::Control(c @ (Control::Commit | Control::Rollback)), Txn::Pending(begin)) => {
+                    self.settings.end_pending(begin, *c == Control::Commit);
                     self.txn = Txn::Idle;
                     let tag = if *c == Control::Commit {
                         "COMMIT"
@@ -90,6 +91,20 @@ impl Session {
                 route.target,
                 Target::Broadcast { .. } | Target::Split { .. } | Target::Shards { .. }
             ) {
+                let settings_only = |kinds: &[Kind]| kinds.iter().all(Kind::is_setting);
+                let defer = match (&self.txn, route.kinds.as_slice()) {
+                    (Txn::Pending(_), kinds) => settings_only(kinds),
+                    (Txn::Idle, [Kind::Control(Control::Begin), rest @ ..]) => {
+                        !rest.is_empty() && settings_only(rest)
+                    }
+                    _ => false,
+                };
+                if defer {
+                    self.defer_setting(*db, &frame.raw, &sql).await;
+                    self.ready();
+                    return Ok(());
+                }
+                self.settings.note(&route.kinds, *db);
                 self.single(*db, &frame.raw, matches!(route.target, Target::Any))
                     .await;
                 self.ready();
@@ -199,6 +214,9 @@ impl Session {
             Txn::Pending(begin) if !any => Some(begin.clone()),
             _ => None,
         };
+        if pending.is_some() {
+            self.settings.began_on(db);
+        }
         let result = self.relay_query(db, raw, pending).await;
         match result {
             Ok(status) => {
@@ -208,6 +226,34 @@ impl Session {
             }
             Err(e) => self.backend_failed(db, &e),
         }
+    }
+
+    /// A SET or SET LOCAL in a transaction not yet begun on any database
+    /// (BEGIN was answered by the router, or comes in the same query): it
+    /// must last as long as the transaction, on whichever database the
+    /// transaction lands. It runs on `db` inside a transaction that is then
+    /// rolled back, so the client gets PostgreSQL's own answer, and its
+    /// error fails the transaction; its text then joins the transaction's
+    /// opening statements.
+    async fn defer_setting(&mut self, db: Db, raw: &Bytes, sql: &str) {
+        let (begin, opening) = match &self.txn {
+            Txn::Pending(begin) => (Some("BEGIN".to_string()), format!("{begin};\n{sql}")),
+            _ => (None, sql.to_string()),
+        };
+        let status = match self.relay_query(db, raw, begin).await {
+            Ok(status) => status,
+            Err(e) => return self.backend_failed(db, &e),
+        };
+        let b = self.backends.get_mut(&db).expect("backend");
+        if let Err(e) = b.run("ROLLBACK").await {
+            return self.backend_failed(db, &e);
+        }
+        self.txn = if status == b'E' {
+            Txn::Failed(None)
+        } else {
+            self.settings.deferred = true;
+            Txn::Pending(opening)
+        };
     }
 
     async fn relay_query(

@@ -4,6 +4,7 @@
 use tokio::io::AsyncWriteExt;
 
 use super::{Fatal, Session};
+use crate::backend::BackendError;
 use crate::message::{self as msg, Frame, FrameError};
 
 impl Session {
@@ -45,10 +46,18 @@ impl Session {
         if !self.authenticate(&user).await? {
             return Ok(false);
         }
+        self.startup_settings(&params)?;
         msg::authentication(&mut self.out, 0, &[]);
         let db = self.default_db();
         let parameters = match self.backend(db).await {
             Ok(b) => b.parameters.clone(),
+            // PostgreSQL refuses a login with a setting it rejects.
+            Err(BackendError::Settings { code, message, .. }) => {
+                msg::error_response(&mut self.out, &code, &message, None);
+                self.flush().await?;
+                return Ok(false);
+            }
+            // The client may still reach the other databases.
             Err(_) => Vec::new(),
         };
         let mut sent = Vec::new();

@@ -46,11 +46,11 @@ impl Session {
     pub(super) fn backend_failed(&mut self, db: Db, e: &BackendError) {
         self.discard(db);
         let m = format!("{}: {e}", self.db_name(db));
-        self.reject(
-            e.sqlstate(),
-            &m,
-            Some("the router retries with a new connection on the next statement"),
-        );
+        let hint = match e {
+            BackendError::Settings { .. } => "a client's settings (SET, startup parameters) must be valid on every database its statements reach",
+            _ => "the router retries with a new connection on the next statement",
+        };
+        self.reject(e.sqlstate(), &m, Some(hint));
         if let Txn::Failed(Some(d)) = self.txn {
             if d == db {
                 self.txn = Txn::Failed(None);
