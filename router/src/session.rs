@@ -149,7 +149,9 @@ impl Session {
                 tracing::debug!(error = %e, "client connection closed");
             }
             Err(Fatal::Settings(e)) => {
-                let m = format!("{e}; the session's settings are unknown, so the router closes the connection");
+                let m = format!(
+                    "{e}; the session's settings are unknown, so the router closes the connection"
+                );
                 msg::error_response(&mut self.out, e.sqlstate(), &m, Some("connect again"));
                 let _ = self.flush().await;
                 tracing::warn!(error = %e, "cannot read a session's settings back");

@@ -166,7 +166,9 @@ fn analyze_statement(stmt: &Value, schema: &Schema) -> Analyzed {
             Analyzed::Setting(name.contains('.').then_some(name))
         }
         "DiscardStmt" | "DeallocateStmt" => Analyzed::Setting(None),
-        "VariableShowStmt" | "ListenStmt" | "UnlistenStmt" | "NotifyStmt" | "CheckPointStmt" => Analyzed::Session,
+        "VariableShowStmt" | "ListenStmt" | "UnlistenStmt" | "NotifyStmt" | "CheckPointStmt" => {
+            Analyzed::Session
+        }
         other => {
             // Utility statements (DDL, COPY, PREPARE, DO, …) on tables of the
             // topology would need running on every database of a context,

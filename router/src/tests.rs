@@ -430,16 +430,28 @@ fn session_and_transaction_statements_go_anywhere() {
         ("ROLLBACK", Kind::Control(Control::Rollback)),
         ("SAVEPOINT a", Kind::Control(Control::Savepoint)),
         ("SET statement_timeout = 1000", Kind::Setting(None)),
-        ("SET SESSION search_path TO app, public", Kind::Setting(None)),
+        (
+            "SET SESSION search_path TO app, public",
+            Kind::Setting(None),
+        ),
         ("RESET ALL", Kind::Setting(None)),
-        ("SET app.Tenant = 'x'", Kind::Setting(Some("app.tenant".into()))),
+        (
+            "SET app.Tenant = 'x'",
+            Kind::Setting(Some("app.tenant".into())),
+        ),
         ("RESET app.tenant", Kind::Setting(Some("app.tenant".into()))),
         ("SET ROLE NONE", Kind::Setting(None)),
-        ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", Kind::Setting(None)),
+        (
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+            Kind::Setting(None),
+        ),
         ("DISCARD ALL", Kind::Setting(None)),
         ("DEALLOCATE ALL", Kind::Setting(None)),
         ("SET LOCAL statement_timeout = 1000", Kind::LocalSetting),
-        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", Kind::LocalSetting),
+        (
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            Kind::LocalSetting,
+        ),
         ("SHOW server_version", Kind::Session),
         ("SELECT 1", Kind::Read),
         (

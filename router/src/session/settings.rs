@@ -12,8 +12,8 @@
 
 use super::{Db, Fatal, Session};
 use crate::backend::{Backend, BackendError};
-use crate::Kind;
 use crate::message::FrameError;
+use crate::Kind;
 
 #[derive(Default)]
 pub(super) struct Settings {
@@ -129,7 +129,10 @@ impl Session {
     /// Takes the settings in the client's startup packet (TimeZone,
     /// application_name, `options=-c name=value`, …) as the session's
     /// first version. client_encoding stays UTF8, which the router speaks.
-    pub(super) fn startup_settings(&mut self, params: &[(String, String)]) -> Result<(), FrameError> {
+    pub(super) fn startup_settings(
+        &mut self,
+        params: &[(String, String)],
+    ) -> Result<(), FrameError> {
         let mut pairs = Vec::new();
         for (name, value) in params {
             match name.as_str() {
