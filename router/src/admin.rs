@@ -1,12 +1,14 @@
 //! Statements the router answers itself: `SHOW shardline.shards` (one row
 //! per backend database: where it is, the buckets it owns, its pool and
-//! whether it is up) and `SHOW shardline.stats` (per database: queries,
-//! errors, latency quantiles). Both are ordinary result sets, in the
+//! whether it is up), `SHOW shardline.stats` (per database: queries,
+//! errors, latency quantiles) and `SHOW shardline.clients` (one row per
+//! client: who, from where, its state, backends held, what pins it). Both are ordinary result sets, in the
 //! simple and the extended protocol, so psql, drivers and scripts read
 //! them as they read any query.
 
 use bytes::{BufMut, BytesMut};
 
+use crate::clients::Clients;
 use crate::message::{frame, put_cstr};
 use crate::schema::Schema;
 use crate::stats::{PoolState, Stats};
@@ -16,6 +18,7 @@ use crate::stats::{PoolState, Stats};
 pub enum Command {
     Shards,
     Stats,
+    Clients,
 }
 
 impl Command {
@@ -34,6 +37,7 @@ impl Command {
         match what.as_str() {
             "shardline.shards" => Some(Self::Shards),
             "shardline.stats" => Some(Self::Stats),
+            "shardline.clients" => Some(Self::Clients),
             _ => None,
         }
     }
@@ -45,6 +49,7 @@ pub enum Type {
     Int8,
     Float8,
     Text,
+    Timestamptz,
 }
 
 impl Type {
@@ -53,12 +58,13 @@ impl Type {
             Self::Int8 => 20,
             Self::Float8 => 701,
             Self::Text => 25,
+            Self::Timestamptz => 1184,
         }
     }
 
     fn len(self) -> i16 {
         match self {
-            Self::Int8 | Self::Float8 => 8,
+            Self::Int8 | Self::Float8 | Self::Timestamptz => 8,
             Self::Text => -1,
         }
     }
@@ -70,6 +76,8 @@ pub enum Value {
     Int(i64),
     Float(f64),
     Text(String),
+    /// A moment, as microseconds since the Unix epoch.
+    Timestamp(i64),
 }
 
 impl Value {
@@ -84,6 +92,12 @@ impl Value {
             (Self::Int(v), false) => v.to_string().into_bytes(),
             (Self::Float(v), false) => format!("{v:.3}").into_bytes(),
             (Self::Text(s), _) => s.as_bytes().to_vec(),
+            // PostgreSQL's binary timestamptz counts from 2000-01-01 UTC.
+            (Self::Timestamp(us), true) => (us - 946_684_800_000_000).to_be_bytes().to_vec(),
+            (Self::Timestamp(us), false) => chrono::DateTime::from_timestamp_micros(*us)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
+                .unwrap_or_default()
+                .into_bytes(),
         };
         out.put_i32(bytes.len() as i32);
         out.put_slice(&bytes);
@@ -137,13 +151,17 @@ impl ResultSet {
     }
 }
 
-/// The answer to `command` from the router's counters and pools.
+/// The answer to `command` from the router's counters, pools and clients.
 pub fn answer(
     command: Command,
     schema: &Schema,
     stats: &Stats,
     pools: &[Vec<PoolState>],
+    clients: &Clients,
 ) -> ResultSet {
+    if command == Command::Clients {
+        return clients_answer(clients);
+    }
     let int = |n: usize| Value::Int(n as i64);
     let text = |s: &str| Value::Text(s.to_string());
     let ms = |v: Option<f64>| v.map(Value::Float).unwrap_or(Value::Null);
@@ -180,7 +198,7 @@ pub fn answer(
                         db.last_error().map(Value::Text).unwrap_or(Value::Null),
                     ]
                 }
-                Command::Stats => vec![
+                Command::Stats | Command::Clients => vec![
                     text(&db.context),
                     shard,
                     text(&db.target),
@@ -206,7 +224,7 @@ pub fn answer(
             ("pool_waiting", Type::Int8),
             ("last_error", Type::Text),
         ],
-        Command::Stats => vec![
+        Command::Stats | Command::Clients => vec![
             ("context", Type::Text),
             ("shard", Type::Int8),
             ("database", Type::Text),
@@ -218,6 +236,43 @@ pub fn answer(
         ],
     };
     ResultSet { columns, rows }
+}
+
+/// One row per client, oldest first.
+fn clients_answer(clients: &Clients) -> ResultSet {
+    let text = |s: Option<String>| s.map(Value::Text).unwrap_or(Value::Null);
+    let rows = clients
+        .rows()
+        .into_iter()
+        .map(|c| {
+            let since = c
+                .since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(0);
+            vec![
+                text(c.user),
+                text(c.application_name),
+                Value::Text(c.addr.to_string()),
+                Value::Text(c.state.as_str().to_string()),
+                Value::Int(c.backends as i64),
+                text(c.pinned.map(str::to_string)),
+                Value::Timestamp(since),
+            ]
+        })
+        .collect();
+    ResultSet {
+        columns: vec![
+            ("user", Type::Text),
+            ("application_name", Type::Text),
+            ("address", Type::Text),
+            ("state", Type::Text),
+            ("backends", Type::Int8),
+            ("pinned", Type::Text),
+            ("connected_since", Type::Timestamptz),
+        ],
+        rows,
+    }
 }
 
 /// The result format codes of a Bind body (after its parameters).
@@ -259,6 +314,10 @@ mod tests {
             Command::parse("  show   SHARDLINE.STATS ;"),
             Some(Command::Stats)
         );
+        assert_eq!(
+            Command::parse("SHOW SHARDLINE.clients"),
+            Some(Command::Clients)
+        );
         assert_eq!(Command::parse("SHOW shardline.merchant_id"), None);
         assert_eq!(Command::parse("SHOW search_path"), None);
         assert_eq!(Command::parse("SHOW shardline.stats extra"), None);
@@ -280,6 +339,15 @@ mod tests {
         let mut bin = BytesMut::new();
         set.data_rows(&mut bin, &[1]);
         assert_eq!(&bin[7..19], b"\0\0\0\x08\0\0\0\0\0\0\0\x07");
+
+        // 2000-01-01 00:00:01.5 UTC: 1.5 s past PostgreSQL's epoch.
+        let at = Value::Timestamp(946_684_801_500_000);
+        let mut t = BytesMut::new();
+        at.encode(false, &mut t);
+        assert_eq!(&t[4..], b"2000-01-01 00:00:01.500000+00");
+        let mut b = BytesMut::new();
+        at.encode(true, &mut b);
+        assert_eq!(&b[4..], 1_500_000i64.to_be_bytes());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! statement follows the client to whichever pooled connection serves it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ use shardline_topology::ConnString;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::message::{self, read_frame, Frame, FrameError};
+use crate::message::{self, read_frame, take_frame, Frame, FrameError, MAX_BACKEND_MESSAGE};
 use crate::stats::DbStats;
 
 /// Why a backend could not be reached or used.
@@ -47,6 +47,17 @@ pub enum BackendError {
         code: String,
         message: String,
     },
+    /// No connection of the pool came free within `pool_timeout`.
+    #[error("no connection to {target} came free within pool_timeout ({} ms); all {size} of its pool are in use", waited.as_millis())]
+    PoolTimeout {
+        target: String,
+        waited: std::time::Duration,
+        size: usize,
+    },
+    /// The client hung up while its statement ran; the statement is
+    /// cancelled and its connection closed.
+    #[error("the client hung up while its statement ran on {target}")]
+    ClientGone { target: String },
 }
 
 impl BackendError {
@@ -55,7 +66,9 @@ impl BackendError {
             // connection_failure for a connection that broke, and
             // sqlclient_unable_to_establish_sqlconnection for one that
             // could not be opened, as libpq-based clients classify them.
-            Self::Lost { .. } => "08006",
+            Self::Lost { .. } | Self::ClientGone { .. } => "08006",
+            // too_many_connections, as PostgreSQL answers past max_connections.
+            Self::PoolTimeout { .. } => "53300",
             Self::Unreachable { .. } => "08001",
             Self::Refused { .. } | Self::UnsupportedAuth { .. } => "08004",
             Self::Protocol { .. } => "08P01",
@@ -86,6 +99,12 @@ pub struct Backend {
     pub cancel_key: Option<(i32, i32)>,
     /// A message is in flight (see [`crate::cancel::BackendKey::running`]).
     running: Arc<AtomicBool>,
+    /// Cancel requests for this connection being forwarded right now
+    /// (see [`crate::cancel::BackendKey::cancelling`]).
+    cancelling: Arc<AtomicUsize>,
+    /// How a read that waits long checks the server is still there; set
+    /// by the pool's manager.
+    liveness: Option<Arc<crate::liveness::Liveness>>,
     /// Host and port, where a CancelRequest for this backend goes.
     pub addr: (String, u16),
     stats: Arc<DbStats>,
@@ -158,6 +177,7 @@ impl Backend {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         stream.set_nodelay(true).ok();
+        crate::liveness::keepalive(&stream);
         let mut b = Self {
             stream,
             buf: BytesMut::with_capacity(8192),
@@ -170,6 +190,8 @@ impl Backend {
             started: false,
             cancel_key: None,
             running: Arc::new(AtomicBool::new(false)),
+            cancelling: Arc::default(),
+            liveness: None,
             addr: (conn.host(), conn.port()),
             stats,
             sent_at: None,
@@ -214,6 +236,16 @@ impl Backend {
         }
     }
 
+    /// `user@host:port/dbname`, for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Cancel requests for this connection picked up and not delivered.
+    pub fn cancels_in_flight(&self) -> usize {
+        self.cancelling.load(Ordering::Acquire)
+    }
+
     /// Whether a message was sent that its ReadyForQuery has not answered yet.
     pub fn is_running(&self) -> bool {
         self.running.load(Ordering::Relaxed)
@@ -228,6 +260,7 @@ impl Backend {
                 pid,
                 secret,
                 running: self.running.clone(),
+                cancelling: self.cancelling.clone(),
             })
     }
 
@@ -342,7 +375,10 @@ impl Backend {
     /// down, the backend terminated) is the end of the connection, not an
     /// answer to relay: it comes back as [`BackendError::Lost`].
     pub async fn recv(&mut self) -> Result<Frame, BackendError> {
-        let got = read_frame(&mut self.stream, &mut self.buf).await;
+        let got = match take_frame(&mut self.buf, MAX_BACKEND_MESSAGE) {
+            Ok(None) => self.read_watched().await,
+            buffered => buffered,
+        };
         let cause = match got {
             Ok(Some(f)) => {
                 match f.tag {
@@ -368,6 +404,34 @@ impl Backend {
             Err(e) => e.to_string(),
         };
         Err(self.lost(cause))
+    }
+
+    /// Reads a frame from the socket. While a statement runs, a wait past
+    /// `backend_read_timeout` asks [`crate::liveness`] whether the server
+    /// still answers: a slow statement goes on, a silent server ends it.
+    async fn read_watched(&mut self) -> Result<Option<Frame>, FrameError> {
+        let watch = (self.started && self.is_running())
+            .then(|| self.liveness.clone())
+            .flatten();
+        let Some(live) = watch else {
+            return read_frame(&mut self.stream, &mut self.buf, MAX_BACKEND_MESSAGE).await;
+        };
+        loop {
+            let read = read_frame(&mut self.stream, &mut self.buf, MAX_BACKEND_MESSAGE);
+            match tokio::time::timeout(live.wait, read).await {
+                Ok(got) => return got,
+                Err(_) if live.answers().await => continue,
+                Err(_) => {
+                    return Err(FrameError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "no answer within backend_read_timeout ({} ms), and a new connection got none either",
+                            live.wait.as_millis()
+                        ),
+                    )))
+                }
+            }
+        }
     }
 
     fn lost(&mut self, cause: String) -> BackendError {
@@ -501,10 +565,17 @@ impl Backend {
 
     /// Runs a script of [`Backend::session_state`] (or startup
     /// parameters), unless this connection holds that version already.
+    /// Version 0 is no settings: `RESET ALL` and the role (which `RESET
+    /// ALL` leaves alone) back to the connection's own.
     pub async fn apply_settings(&mut self, script: &str, version: u64) -> Result<(), BackendError> {
         if self.settings == version {
             return Ok(());
         }
+        let script = if version == 0 {
+            "RESET ALL; RESET ROLE"
+        } else {
+            script
+        };
         if let Some((code, message)) = self.run(script).await? {
             return Err(BackendError::Settings {
                 target: self.target.clone(),
@@ -516,13 +587,37 @@ impl Backend {
         Ok(())
     }
 
-    /// Makes the connection fit for the next client: out of any
-    /// transaction, no session state (`DISCARD ALL` drops prepared
-    /// statements, settings, temporary tables, advisory locks).
-    pub async fn reset(&mut self) -> Result<(), BackendError> {
+    /// Brings the connection out of whatever its client left it in: an
+    /// extended-protocol exchange without its Sync (after an error the
+    /// server ignores everything until one) is ended with a Sync and read
+    /// to its ReadyForQuery, and a transaction is rolled back. Session
+    /// state stays: under transaction pooling it is versioned
+    /// ([`Backend::settings`]) and replaced before the next client's use.
+    pub async fn settle(&mut self) -> Result<(), BackendError> {
+        if self.is_running() {
+            let counting = std::mem::replace(&mut self.counting, false);
+            let mut sync = BytesMut::new();
+            message::empty(&mut sync, b'S');
+            let drained = async {
+                self.send(&sync).await?;
+                while self.recv().await?.tag != b'Z' {}
+                Ok(())
+            }
+            .await;
+            self.counting = counting;
+            drained?;
+        }
         if self.status != b'I' {
             self.run("ROLLBACK").await?;
         }
+        Ok(())
+    }
+
+    /// Makes the connection fit for any next client: [`Backend::settle`],
+    /// then no session state (`DISCARD ALL` drops prepared statements,
+    /// settings, temporary tables, advisory locks, LISTEN).
+    pub async fn reset(&mut self) -> Result<(), BackendError> {
+        self.settle().await?;
         if let Some((code, message)) = self.run("DISCARD ALL").await? {
             self.broken = true;
             return Err(BackendError::Refused {
@@ -534,6 +629,26 @@ impl Backend {
         self.prepared.clear();
         self.settings = 0;
         Ok(())
+    }
+}
+
+impl Drop for Backend {
+    /// A connection dropped mid-statement (its client gone, a session
+    /// task that panicked, a broken exchange) has its statement cancelled,
+    /// so the server stops work nobody will read and frees its locks.
+    fn drop(&mut self) {
+        if !(self.started && self.is_running()) {
+            return;
+        }
+        let (Some(key), Ok(rt)) = (self.backend_key(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        rt.spawn(async move {
+            if let Err(e) = crate::cancel::forward(&key).await {
+                tracing::debug!(host = %key.host, port = key.port, error = %e, "cancelling an abandoned statement failed");
+            }
+        });
     }
 }
 
@@ -558,6 +673,32 @@ fn is_fatal(mut b: &[u8]) -> bool {
 pub struct Manager {
     pub conn: ConnString,
     pub stats: Arc<DbStats>,
+    pub liveness: Arc<crate::liveness::Liveness>,
+    /// The ParameterStatus values of the last connection opened: what a
+    /// client without settings of its own is told at login.
+    pub parameters: std::sync::Mutex<Option<Vec<(String, String)>>>,
+}
+
+impl Manager {
+    pub fn new(conn: ConnString, stats: Arc<DbStats>, read_timeout: std::time::Duration) -> Self {
+        Self {
+            liveness: Arc::new(crate::liveness::Liveness::new(
+                conn.clone(),
+                stats.clone(),
+                read_timeout,
+            )),
+            conn,
+            stats,
+            parameters: Default::default(),
+        }
+    }
+
+    pub fn parameters(&self) -> Option<Vec<(String, String)>> {
+        self.parameters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 impl deadpool::managed::Manager for Manager {
@@ -565,9 +706,14 @@ impl deadpool::managed::Manager for Manager {
     type Error = BackendError;
 
     async fn create(&self) -> Result<Backend, BackendError> {
-        let connected = Backend::connect(&self.conn, self.stats.clone()).await;
-        match &connected {
-            Ok(_) => self.stats.up(),
+        let mut connected = Backend::connect(&self.conn, self.stats.clone()).await;
+        match &mut connected {
+            Ok(b) => {
+                self.stats.up();
+                b.liveness = Some(self.liveness.clone());
+                *self.parameters.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(b.parameters.clone());
+            }
             Err(e) => self.stats.down(&e.to_string()),
         }
         connected
@@ -581,7 +727,7 @@ impl deadpool::managed::Manager for Manager {
         // Connections are reset when a client lets go of them; one that
         // could not be is never handed out again, nor one the server closed
         // while it sat in the pool.
-        if b.is_dead() || b.status != b'I' {
+        if b.is_dead() || b.status != b'I' || b.is_running() {
             return Err(deadpool::managed::RecycleError::Message(
                 "connection was not reset".into(),
             ));

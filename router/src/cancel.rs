@@ -6,9 +6,16 @@
 //! whatever the client is running now is cancelled wherever it runs. A
 //! backend that is idle ignores a cancel, as PostgreSQL does for its own
 //! clients; a wrong key cancels nothing and is not answered.
+//!
+//! Under transaction pooling a backend serves another client once its
+//! client lets go of it. A cancel picked up for it just before that must
+//! not reach the next client's statement: each forward is counted on the
+//! backend ([`BackendKey::cancelling`]) from the moment it is picked up,
+//! under the same lock a session takes to let go, and a session waits for
+//! that count to fall to zero before the backend goes back to its pool.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +39,17 @@ pub struct BackendKey {
     /// running something is cancelled. An idle one a session merely holds
     /// could take the signal late, into the client's next statement.
     pub running: Arc<AtomicBool>,
+    /// Cancels of this backend picked up and not yet delivered.
+    pub cancelling: Arc<AtomicUsize>,
+}
+
+/// A cancel picked up for a backend, counted on it until dropped.
+pub struct Forwarding(pub BackendKey);
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        self.0.cancelling.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl PartialEq for BackendKey {
@@ -82,16 +100,23 @@ impl Registry {
     }
 
     /// The backends to cancel for a client key; none for a wrong one.
-    pub fn backends(&self, pid: i32, secret: i32) -> Vec<BackendKey> {
+    /// Each is counted as being cancelled until its [`Forwarding`] drops.
+    pub fn backends(&self, pid: i32, secret: i32) -> Vec<Forwarding> {
         let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         match clients.get(&pid) {
-            Some((s, held)) if *s == secret => held
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .filter(|k| k.running.load(Ordering::Relaxed))
-                .cloned()
-                .collect(),
+            Some((s, held)) => {
+                if *s != secret {
+                    return Vec::new();
+                }
+                let held = held.lock().unwrap_or_else(|e| e.into_inner());
+                held.values()
+                    .filter(|k| k.running.load(Ordering::Relaxed))
+                    .map(|k| {
+                        k.cancelling.fetch_add(1, Ordering::AcqRel);
+                        Forwarding(k.clone())
+                    })
+                    .collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -108,15 +133,17 @@ impl Registry {
         if backends.is_empty() {
             tracing::debug!(pid, "cancel request with an unknown key ignored");
         }
-        for b in backends {
-            if let Err(e) = forward(&b).await {
+        for Forwarding(b) in &backends {
+            if let Err(e) = forward(b).await {
                 tracing::warn!(host = %b.host, port = b.port, error = %e, "forwarding a cancel request failed");
             }
         }
     }
 }
 
-async fn forward(b: &BackendKey) -> std::io::Result<()> {
+/// Sends a CancelRequest for one backend and waits until the server has
+/// handled it (it closes the connection after signalling the backend).
+pub(crate) async fn forward(b: &BackendKey) -> std::io::Result<()> {
     let mut out = BytesMut::with_capacity(16);
     out.put_i32(16);
     out.put_i32(CANCEL_REQUEST);
@@ -125,7 +152,10 @@ async fn forward(b: &BackendKey) -> std::io::Result<()> {
     let send = async {
         let mut s = TcpStream::connect((b.host.as_str(), b.port)).await?;
         s.write_all(&out).await?;
-        s.shutdown().await
+        let mut end = [0u8; 1];
+        // EOF (or a reset): the server is done with the request.
+        let _ = tokio::io::AsyncReadExt::read(&mut s, &mut end).await;
+        Ok(())
     };
     tokio::time::timeout(CANCEL_TIMEOUT, send)
         .await
@@ -142,9 +172,13 @@ impl Registration {
         };
     }
 
-    /// The client let go of its backend for `db`.
-    pub fn release(&self, db: (usize, usize)) {
-        self.hold(db, None);
+    /// The client let go of its backend for `db`; returns how many cancels
+    /// of it were picked up before and are still being delivered.
+    pub fn release(&self, db: (usize, usize)) -> usize {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.remove(&db)
+            .map(|k| k.cancelling.load(Ordering::Acquire))
+            .unwrap_or(0)
     }
 }
 
@@ -175,6 +209,7 @@ mod tests {
             pid: 4242,
             secret: 7,
             running: Arc::new(AtomicBool::new(false)),
+            cancelling: Arc::default(),
         };
         a.hold((0, 1), Some(key.clone()));
         assert!(
@@ -182,12 +217,18 @@ mod tests {
             "an idle backend is not cancelled"
         );
         key.running.store(true, Ordering::Relaxed);
-        assert_eq!(registry.backends(a.pid, a.secret), vec![key]);
+        let picked = registry.backends(a.pid, a.secret);
+        assert_eq!(picked.iter().map(|f| &f.0).collect::<Vec<_>>(), vec![&key]);
+        // Picked up and not delivered: letting go reports it.
+        assert_eq!(key.cancelling.load(Ordering::Relaxed), 1);
+        drop(picked);
+        assert_eq!(key.cancelling.load(Ordering::Relaxed), 0);
         assert!(registry
             .backends(a.pid, a.secret.wrapping_add(1))
             .is_empty());
         assert!(registry.backends(b.pid, b.secret).is_empty());
-        a.release((0, 1));
+        let _held = registry.backends(a.pid, a.secret);
+        assert_eq!(a.release((0, 1)), 1);
         assert!(registry.backends(a.pid, a.secret).is_empty());
         let (pid, secret) = (b.pid, b.secret);
         drop(b);

@@ -46,10 +46,12 @@ mod aggregate;
 mod backend;
 mod cache;
 mod cancel;
+mod clients;
 mod cohort;
 mod datum;
 mod error;
 mod literal;
+mod liveness;
 mod merge;
 mod message;
 mod numeric;
@@ -67,7 +69,7 @@ mod tls;
 mod tree;
 
 pub use backend::BackendError;
-pub use server::{Proxy, ProxyError, DEFAULT_POOL_SIZE};
+pub use server::{raise_fd_limit, Proxy, ProxyError, DEFAULT_POOL_SIZE};
 
 pub use cache::DEFAULT_CAPACITY;
 pub use cohort::Cohorts;
@@ -75,7 +77,7 @@ pub use error::RouteError;
 pub use merge::{Aggregate, Limit, MergeShape, Output, SortColumn, SortKey};
 pub use route::{Format, Kind, Param, Route, Router, Target};
 pub use schema::{ContextInfo, Role, Schema};
-pub use statement::{Control, Verb, KEY_SETTING};
+pub use statement::{Control, Pin, Verb, KEY_SETTING};
 
 #[cfg(test)]
 mod tests;

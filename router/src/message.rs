@@ -8,12 +8,20 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// The largest message the router accepts: PostgreSQL's own limit for a
-/// field is 1 GB; a client message past this is malformed or hostile.
-pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+/// The largest message a backend may send: PostgreSQL's own ceiling
+/// (`MaxAllocSize`). Clients are held to `[router] max_message_bytes`.
+pub const MAX_BACKEND_MESSAGE: usize = (1 << 30) - 1;
+
+/// The largest authentication message, as in PostgreSQL
+/// (`PG_MAX_AUTH_TOKEN_LENGTH`).
+pub const MAX_AUTH_MESSAGE: usize = 65_535;
 
 /// The largest startup packet, as in PostgreSQL (`MAX_STARTUP_PACKET_LENGTH`).
 const MAX_STARTUP: usize = 10_000;
+
+/// How much more buffer one read may reserve: a length header is only a
+/// claim, so memory grows with the bytes that actually arrive.
+const READ_CHUNK: usize = 64 * 1024;
 
 pub const PROTOCOL_3_0: i32 = 196_608;
 pub const SSL_REQUEST: i32 = 80_877_103;
@@ -42,28 +50,45 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// A length header past the limit (or below 4): refused unread.
+    #[error("message type {:?} declares {len} bytes; the limit is {max}", *tag as char)]
+    TooLong { tag: u8, len: i64, max: usize },
 }
 
-/// Reads one frame; `None` when the peer closed between messages.
+/// A whole frame at the front of `buf`, taken off it; `None` when more
+/// bytes are needed. A length over `max` (a type byte included) is refused
+/// before any of it is read.
+pub fn take_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 || len as usize > max.saturating_sub(1) {
+        return Err(FrameError::TooLong {
+            tag: buf[0],
+            len: len as i64,
+            max,
+        });
+    }
+    let total = len as usize + 1;
+    if buf.len() >= total {
+        let raw = buf.split_to(total).freeze();
+        return Ok(Some(Frame { tag: raw[0], raw }));
+    }
+    buf.reserve((total - buf.len()).min(READ_CHUNK));
+    Ok(None)
+}
+
+/// Reads one frame of at most `max` bytes; `None` when the peer closed
+/// between messages.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
+    max: usize,
 ) -> Result<Option<Frame>, FrameError> {
     loop {
-        if buf.len() >= 5 {
-            let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-            if len < 4 || len as usize > MAX_MESSAGE {
-                return Err(FrameError::Malformed(format!(
-                    "message type {:?} has length {len}",
-                    buf[0] as char
-                )));
-            }
-            let total = len as usize + 1;
-            if buf.len() >= total {
-                let raw = buf.split_to(total).freeze();
-                return Ok(Some(Frame { tag: raw[0], raw }));
-            }
-            buf.reserve(total - buf.len());
+        if let Some(f) = take_frame(buf, max)? {
+            return Ok(Some(f));
         }
         if r.read_buf(buf).await? == 0 {
             return if buf.is_empty() {
@@ -263,10 +288,26 @@ pub fn command_complete(out: &mut BytesMut, tag: &str) {
 
 /// An ErrorResponse with SQLSTATE, message and optional hint.
 pub fn error_response(out: &mut BytesMut, code: &str, message: &str, hint: Option<&str>) {
+    error_with_severity(out, "ERROR", code, message, hint);
+}
+
+/// An ErrorResponse of severity FATAL: the router closes the connection
+/// after it, as PostgreSQL does.
+pub fn fatal_response(out: &mut BytesMut, code: &str, message: &str, hint: Option<&str>) {
+    error_with_severity(out, "FATAL", code, message, hint);
+}
+
+fn error_with_severity(
+    out: &mut BytesMut,
+    severity: &str,
+    code: &str,
+    message: &str,
+    hint: Option<&str>,
+) {
     frame(out, b'E', |o| {
         for (field, value) in [
-            (b'S', "ERROR"),
-            (b'V', "ERROR"),
+            (b'S', severity),
+            (b'V', severity),
             (b'C', code),
             (b'M', message),
         ] {
@@ -385,21 +426,57 @@ mod tests {
         ready_for_query(&mut out, b'I');
         let mut src: &[u8] = &out;
         let mut buf = BytesMut::new();
-        let a = read_frame(&mut src, &mut buf).await.unwrap().unwrap();
+        let a = read_frame(&mut src, &mut buf, 1024).await.unwrap().unwrap();
         assert_eq!((a.tag, a.body()), (b'C', &b"SELECT 1\0"[..]));
-        let b = read_frame(&mut src, &mut buf).await.unwrap().unwrap();
+        let b = read_frame(&mut src, &mut buf, 1024).await.unwrap().unwrap();
         assert_eq!(b.body(), b"I");
-        assert!(read_frame(&mut src, &mut buf).await.unwrap().is_none());
+        assert!(read_frame(&mut src, &mut buf, 1024)
+            .await
+            .unwrap()
+            .is_none());
 
         let mut bad: &[u8] = &[b'Q', 0, 0, 0, 2];
         assert!(matches!(
-            read_frame(&mut bad, &mut BytesMut::new()).await,
-            Err(FrameError::Malformed(_))
+            read_frame(&mut bad, &mut BytesMut::new(), 1024).await,
+            Err(FrameError::TooLong { len: 2, .. })
         ));
         let mut cut: &[u8] = &[b'Q', 0, 0, 0, 9, b'x'];
         assert!(matches!(
-            read_frame(&mut cut, &mut BytesMut::new()).await,
+            read_frame(&mut cut, &mut BytesMut::new(), 1024).await,
             Err(FrameError::Closed)
+        ));
+        // A frame of exactly the limit passes; one byte more does not.
+        let mut out = BytesMut::new();
+        query(&mut out, &"x".repeat(100));
+        let n = out.len();
+        assert!(read_frame(&mut &out[..], &mut BytesMut::new(), n)
+            .await
+            .unwrap()
+            .is_some());
+        assert!(matches!(
+            read_frame(&mut &out[..], &mut BytesMut::new(), n - 1).await,
+            Err(FrameError::TooLong { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_huge_length_header_reserves_only_what_arrives() {
+        // A 1 GiB claim with a few bytes behind it: the buffer grows by the
+        // bytes read, never to the claim.
+        let mut head = vec![b'Q'];
+        head.extend_from_slice(&(1i32 << 30).to_be_bytes());
+        head.extend_from_slice(b"SELECT");
+        let mut buf = BytesMut::new();
+        let got = read_frame(&mut &head[..], &mut buf, usize::MAX).await;
+        assert!(matches!(got, Err(FrameError::Closed)), "{got:?}");
+        assert!(buf.capacity() < 1 << 20, "{}", buf.capacity());
+        let refused = read_frame(&mut &head[..], &mut BytesMut::new(), 64 << 20).await;
+        assert!(matches!(
+            refused,
+            Err(FrameError::TooLong {
+                len: 1_073_741_824,
+                ..
+            })
         ));
     }
 

@@ -10,7 +10,7 @@ use crate::cache::{ParseCache, DEFAULT_CAPACITY};
 use crate::error::RouteError;
 use crate::merge::{Aggregate, Limit, MergeShape, Output};
 use crate::schema::Schema;
-use crate::statement::{self, Analyzed, Constraint, Control, Data, KeyExpr};
+use crate::statement::{self, Analyzed, Constraint, Control, Data, KeyExpr, Pin};
 
 mod rewrite;
 use rewrite::{split_avg, split_insert, without_offset};
@@ -118,11 +118,15 @@ pub struct Route {
     pub target: Target,
     /// The text's statements in order.
     pub kinds: Vec<Kind>,
+    /// Session state the text leaves that cannot follow the client to
+    /// another backend.
+    pub pin: Option<Pin>,
 }
 
 /// A statement text, parsed and analysed once.
 pub(crate) struct Parsed {
     pub(crate) statements: Vec<Analyzed>,
+    pin: Option<Pin>,
     protobuf: protobuf::ParseResult,
 }
 
@@ -214,6 +218,7 @@ impl Router {
             message: e.to_string(),
         })?;
         let mut statements = statement::analyze(&tree, &self.schema);
+        let pin = statement::pin(&tree);
         for (index, st) in statements.iter_mut().enumerate() {
             if let Analyzed::Data(Data {
                 merge:
@@ -249,6 +254,7 @@ impl Router {
         }
         Ok(Parsed {
             statements,
+            pin,
             protobuf: result.protobuf,
         })
     }
@@ -380,6 +386,7 @@ impl Router {
         Ok(Route {
             target: target.unwrap_or(Target::Any),
             kinds,
+            pin: parsed.pin,
         })
     }
 

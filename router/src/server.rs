@@ -1,22 +1,36 @@
 //! The listening side: accepts clients and gives each a session over the
-//! shared router, pools and users.
+//! shared router, pools and users. A client past `max_client_conn` is
+//! told so (53300) by a short task of its own; the accept loop itself
+//! never waits on a client.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use shardline_topology::{ConnString, Topology};
-use tokio::net::TcpListener;
+use bytes::BytesMut;
+use shardline_topology::{ConnString, PoolMode, RouterLimits, Topology};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::backend::{Manager, Pool};
+use crate::clients::Clients;
+use crate::message as msg;
 use crate::scram::Verifier;
 use crate::session::Session;
 use crate::stats::{DbStats, PoolState, Stats};
 use crate::tls::Tls;
 use crate::Router;
 
-/// Connections per database pool when the topology does not say: enough
-/// for a few dozen busy clients per shard, far below `max_connections`.
-pub const DEFAULT_POOL_SIZE: usize = 32;
+/// Connections per database pool when the topology does not say.
+pub use shardline_topology::topology::DEFAULT_POOL_SIZE;
+
+/// How long a client refused for `max_client_conn` may take to send its
+/// startup packet and read the refusal.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Refusals being written at once; past this a client over the limit is
+/// closed without a word, so a flood costs no more than this many tasks.
+const MAX_REFUSALS: usize = 256;
 
 /// What every session shares.
 pub(crate) struct Shared {
@@ -33,6 +47,12 @@ pub(crate) struct Shared {
     pub cohorts: Option<Arc<crate::Cohorts>>,
     /// TLS for clients, when `[router]` sets it up.
     pub tls: Option<crate::tls::Tls>,
+    pub mode: PoolMode,
+    pub limits: RouterLimits,
+    /// Every client socket, for `max_client_conn` and `SHOW shardline.clients`.
+    pub clients: Arc<Clients>,
+    /// Refusals being written (see [`MAX_REFUSALS`]).
+    refusals: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -96,27 +116,32 @@ impl ProxyError {
 }
 
 impl Proxy {
+    /// A router as the topology's `[router]` section says.
     pub fn new(topology: &Topology) -> Result<Self, ProxyError> {
-        Self::with_pool_size(topology, DEFAULT_POOL_SIZE)
+        Self::with_pool_size(topology, topology.router.pool_size)
     }
 
+    /// [`Proxy::new`] with another pool size (`--pool-size`).
     pub fn with_pool_size(topology: &Topology, pool_size: usize) -> Result<Self, ProxyError> {
         if topology.router.users.is_empty() {
             return Err(ProxyError::NoUsers);
         }
         let tls = topology.router.tls.as_ref().map(Tls::load).transpose()?;
+        let limits = topology.router.limits.clone();
         let pool = |conn: &ConnString, stats: Arc<DbStats>| {
-            Pool::builder(Manager {
-                conn: conn.clone(),
-                stats,
-            })
-            .max_size(pool_size)
-            .runtime(deadpool::Runtime::Tokio1)
-            .build()
-            .map_err(|e| ProxyError::Pool {
-                database: conn.to_string(),
-                cause: e.to_string(),
-            })
+            let manager = Manager::new(conn.clone(), stats, limits.backend_read_timeout);
+            Pool::builder(manager)
+                .max_size(pool_size)
+                .wait_timeout(Some(limits.pool_timeout))
+                // The connection used last: its statements and settings
+                // are the likeliest to be the next client's too.
+                .queue_mode(deadpool::managed::QueueMode::Lifo)
+                .runtime(deadpool::Runtime::Tokio1)
+                .build()
+                .map_err(|e| ProxyError::Pool {
+                    database: conn.to_string(),
+                    cause: e.to_string(),
+                })
         };
         let mut pools = Vec::new();
         let mut stats = Stats::default();
@@ -159,6 +184,10 @@ impl Proxy {
                 cancels: Arc::default(),
                 cohorts,
                 tls,
+                mode: topology.router.pool_mode,
+                limits,
+                clients: Arc::default(),
+                refusals: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS)),
             }),
         })
     }
@@ -166,10 +195,12 @@ impl Proxy {
     /// Accepts clients until the listener fails; each runs on its own task,
     /// so one client's broken connection never touches another's.
     pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
+        raise_fd_limit();
         let _watch = self.shared.cohorts.clone().map(|c| {
             let task = tokio::spawn(c.watch());
             crate::cohort::AbortOnDrop(task)
         });
+        let max = self.shared.limits.max_client_conn;
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -180,15 +211,30 @@ impl Proxy {
                 }
                 Err(e) => return Err(e),
             };
+            let Some(seat) = self.shared.clients.admit(peer, max) else {
+                if let Ok(permit) = self.shared.refusals.clone().try_acquire_owned() {
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refuse(stream, max)).await;
+                        drop(permit);
+                    });
+                }
+                continue;
+            };
             tracing::debug!(%peer, "client connected");
             let shared = self.shared.clone();
-            tokio::spawn(Session::new(shared, stream).run());
+            tokio::spawn(Session::new(shared, stream, seat).run());
         }
     }
 
     /// The Prometheus text exposition of the router's counters.
     pub fn metrics(&self) -> String {
-        self.shared.stats.render(&self.shared.pool_states())
+        let mut text = self.shared.stats.render(&self.shared.pool_states());
+        let name = "shardline_router_clients";
+        text.push_str(&format!(
+            "# HELP {name} Client connections open, logged in or not.\n# TYPE {name} gauge\n{name} {}\n",
+            self.shared.clients.connected()
+        ));
+        text
     }
 
     /// Tells the monolith this router is gone, so no cutover waits for
@@ -202,6 +248,51 @@ impl Proxy {
     /// (hits, misses, entries) of the parse cache.
     pub fn cache_stats(&self) -> (u64, u64, usize) {
         self.shared.router.cache_stats()
+    }
+}
+
+/// Tells a client past `max_client_conn` so, as PostgreSQL does past
+/// `max_connections`: after its startup packet (an SSLRequest is answered
+/// `N` first), FATAL 53300.
+async fn refuse(mut stream: TcpStream, max: usize) {
+    loop {
+        match msg::read_startup(&mut stream).await {
+            Ok((msg::SSL_REQUEST | msg::GSSENC_REQUEST, _)) => {
+                if stream.write_all(b"N").await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => break,
+            Err(_) => return,
+        }
+    }
+    let mut out = BytesMut::new();
+    msg::fatal_response(
+        &mut out,
+        "53300",
+        &format!("sorry, too many clients already: max_client_conn ({max}) reached"),
+        Some("raise [router] max_client_conn, or have the application open fewer connections"),
+    );
+    let _ = stream.write_all(&out).await;
+}
+
+/// Raises this process's soft limit on open files to its hard limit: each
+/// client and each backend is a descriptor, and the usual soft limit of
+/// 1024 would refuse clients long before `max_client_conn`.
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write one rlimit we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open-file limit");
+            }
+        }
     }
 }
 

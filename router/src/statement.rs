@@ -123,6 +123,78 @@ pub(crate) enum Analyzed {
 /// The name of the router's override setting.
 pub const KEY_SETTING: &str = "shardline.merchant_id";
 
+/// Session state a statement leaves on its backend that the router cannot
+/// carry to another one: under transaction pooling it pins the client to
+/// the backends it holds for the rest of its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pin {
+    /// LISTEN: notifications arrive on that backend's connection.
+    Listen,
+    /// pg_advisory_lock and friends: a session lock, held until unlocked.
+    AdvisoryLock,
+    /// SET SESSION AUTHORIZATION: the settings read-back does not carry it.
+    SessionAuthorization,
+}
+
+impl Pin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Listen => "LISTEN",
+            Self::AdvisoryLock => "session advisory lock",
+            Self::SessionAuthorization => "SET SESSION AUTHORIZATION",
+        }
+    }
+}
+
+/// The session-level advisory lock functions (the `_xact_` ones end with
+/// the transaction and need no pin).
+const SESSION_LOCKS: [&str; 4] = [
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+];
+
+/// Whether any statement of a parse result pins its session.
+pub(crate) fn pin(parsed: &Value) -> Option<Pin> {
+    list(parsed, "stmts")
+        .iter()
+        .filter_map(|raw| raw.get("stmt"))
+        .find_map(pin_of)
+}
+
+fn pin_of(stmt: &Value) -> Option<Pin> {
+    match node(stmt)? {
+        ("ListenStmt", _) => Some(Pin::Listen),
+        ("VariableSetStmt", f)
+            if string(f, "name").eq_ignore_ascii_case("session_authorization") =>
+        {
+            Some(Pin::SessionAuthorization)
+        }
+        _ => calls_session_lock(stmt).then_some(Pin::AdvisoryLock),
+    }
+}
+
+/// Whether a function call anywhere in the tree takes a session lock.
+fn calls_session_lock(v: &Value) -> bool {
+    match v {
+        Value::Object(map) => {
+            if let Some(call) = node_of(v, "FuncCall") {
+                let name = tree::names(list(call, "funcname"));
+                if name
+                    .last()
+                    .is_some_and(|n| SESSION_LOCKS.contains(&n.to_ascii_lowercase().as_str()))
+                {
+                    return true;
+                }
+            }
+            map.values().any(calls_session_lock)
+        }
+        Value::Array(items) => items.iter().any(calls_session_lock),
+        _ => false,
+    }
+}
+
 /// Analyses every statement of a parse result.
 pub(crate) fn analyze(parsed: &Value, schema: &Schema) -> Vec<Analyzed> {
     list(parsed, "stmts")

@@ -663,3 +663,44 @@ fn a_cast_parameter_is_read_as_the_cast_type() {
     let got = both(&r, sql, &[Param::binary(b"12345678", 0)], None);
     assert_eq!(got.unwrap().target, tx(shard(&r, 12_345_678)));
 }
+
+#[test]
+fn state_that_cannot_follow_the_client_pins_it() {
+    use crate::Pin;
+    let r = router();
+    let pin = |sql: &str| r.route(sql, &[], None).map(|route| route.pin);
+    assert_eq!(pin("LISTEN payments_changed"), Ok(Some(Pin::Listen)));
+    assert_eq!(
+        pin("SELECT pg_advisory_lock(42)"),
+        Ok(Some(Pin::AdvisoryLock))
+    );
+    assert_eq!(
+        pin("SELECT pg_catalog.PG_TRY_ADVISORY_LOCK_SHARED(1, 2)"),
+        Ok(Some(Pin::AdvisoryLock))
+    );
+    // A lock taken in a subquery of a keyed read pins too.
+    assert_eq!(
+        pin("SELECT id FROM payments WHERE merchant_id = 7 AND (SELECT pg_advisory_lock(id))"),
+        Ok(Some(Pin::AdvisoryLock))
+    );
+    assert_eq!(
+        pin("SET SESSION AUTHORIZATION app_reader"),
+        Ok(Some(Pin::SessionAuthorization))
+    );
+    // Transaction-scoped locks, SET ROLE and plain settings follow the client.
+    for sql in [
+        "SELECT pg_advisory_xact_lock(42)",
+        "SELECT pg_advisory_unlock(42)",
+        "SET ROLE app_reader",
+        "SET statement_timeout = '5s'",
+        "SELECT * FROM payments WHERE merchant_id = 7",
+        "NOTIFY payments_changed",
+    ] {
+        assert_eq!(pin(sql), Ok(None), "{sql}");
+    }
+    // The shape cache keeps the pin of texts that differ in literals.
+    assert_eq!(
+        pin("SELECT pg_advisory_lock(43)"),
+        Ok(Some(Pin::AdvisoryLock))
+    );
+}

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use shardline_router::{Proxy, DEFAULT_POOL_SIZE};
+use shardline_router::Proxy;
 
 use super::output::{print_json, Hint};
 use super::{exit, signals, Format, Global};
@@ -21,15 +21,19 @@ use super::{exit, signals, Format, Global};
   shardline router --threads 1            # one thread: least CPU on a small shared machine
 
 Clients log in with SCRAM-SHA-256 as a user of [[router.users]].
+Pooling and limits: [router] pool_mode = \"transaction\" (default) or \"session\", pool_size,
+max_client_conn, pool_timeout, login_timeout, idle_in_transaction_timeout, idle_client_timeout,
+max_message_bytes, max_client_buffer_bytes, backend_read_timeout (see the README's Router section).
+  psql -h 127.0.0.1 -p 6432 -U shardline -c 'SHOW shardline.clients'   # who holds what, and why
 TLS: [router] tls_cert = \"router.pem\", tls_key = \"router.key\" (PEM) turn it on for
 clients that ask (sslmode=prefer/require/verify-full); tls = \"require\" refuses the others.")]
 pub struct Args {
     /// Address to listen on [default: the topology's [router] listen]
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<SocketAddr>,
-    /// Backend connections per database
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_POOL_SIZE)]
-    pool_size: usize,
+    /// Backend connections per database [default: the topology's [router] pool_size, 32]
+    #[arg(long, value_name = "N")]
+    pool_size: Option<usize>,
     /// Serve Prometheus metrics (queries, errors, latency histogram, pools, up/down per database) over HTTP on this address
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<SocketAddr>,
@@ -43,13 +47,14 @@ pub struct Args {
 
 pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
     let topology = g.topology()?;
-    if args.pool_size == 0 {
+    if args.pool_size == Some(0) {
         return Err(Hint::error(
             "--pool-size must be at least 1",
-            "the default is 32",
+            "leave it out for the topology's [router] pool_size (32 unless set)",
         ));
     }
-    let proxy = Proxy::with_pool_size(&topology, args.pool_size)
+    let pool_size = args.pool_size.unwrap_or(topology.router.pool_size);
+    let proxy = Proxy::with_pool_size(&topology, pool_size)
         .map_err(|e| Hint::error(e.to_string(), e.hint()))?;
     let proxy = Arc::new(proxy);
     let listen = args.listen.unwrap_or(topology.router.listen);

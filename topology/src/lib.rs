@@ -19,9 +19,9 @@ pub mod topology;
 pub use conn::{ConnString, ConnStringError, ConnectError};
 pub use placement::{Placement, PlacementError, ShardKey, ShardKeyType};
 pub use topology::{
-    output_name, parse_interval, Context, ContextKind, CutoverConfig, Problem, ReadModel,
-    RouterConfig, RouterTls, RouterUser, Secret, Topology, TopologyError, DEFAULT_APPLY_INTERVAL,
-    MAX_APPLY_INTERVAL,
+    output_name, parse_interval, Context, ContextKind, CutoverConfig, PoolMode, Problem, ReadModel,
+    RouterConfig, RouterLimits, RouterTls, RouterUser, Secret, Topology, TopologyError,
+    DEFAULT_APPLY_INTERVAL, MAX_APPLY_INTERVAL,
 };
 
 /// Quotes an identifier for SQL the way `quote_ident` does.

@@ -17,6 +17,13 @@ use crate::placement::{Placement, ShardKeyType, DEFAULT_BUCKETS};
 mod router;
 
 use router::RawRouter;
+/// The router's pooling keys and limits, with their defaults.
+pub use router::{
+    PoolMode, RouterLimits, DEFAULT_BACKEND_READ_TIMEOUT, DEFAULT_IDLE_CLIENT_TIMEOUT,
+    DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, DEFAULT_MAX_CLIENT_BUFFER_BYTES,
+    DEFAULT_MAX_CLIENT_CONN, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_POOL_MODE, DEFAULT_POOL_SIZE,
+    DEFAULT_POOL_TIMEOUT,
+};
 pub use router::{RouterConfig, RouterTls, RouterUser, Secret, DEFAULT_ROUTER_LISTEN};
 
 /// The context read models are kept in unless they name another.

@@ -1,10 +1,11 @@
-//! `SHOW shardline.shards` and `SHOW shardline.stats` in a session: the
+//! `SHOW shardline.shards`, `…stats` and `…clients` in a session: the
 //! router answers them itself ([`crate::admin`]), in the simple protocol
 //! and in an extended-protocol batch made only of them.
 
 use std::collections::HashMap;
 
-use super::{Session, Statement};
+use super::prepared::Statement;
+use super::Session;
 use crate::admin::{self, Command};
 use crate::message::{self as msg, Frame};
 
@@ -16,6 +17,7 @@ impl Session {
             shared.router.schema(),
             &shared.stats,
             &shared.pool_states(),
+            &shared.clients,
         )
     }
 
@@ -82,12 +84,10 @@ impl Session {
             match f.tag {
                 b'P' => {
                     if let Ok(p) = msg::parse_parse(f.body()) {
-                        let st = Statement {
-                            sql: p.sql,
-                            types: p.types,
-                            parse: f.raw.clone(),
-                        };
-                        self.statements.insert(p.name, st);
+                        let name = p.name.clone();
+                        // Past the client's cap the statement is not kept:
+                        // its Bind then finds no such statement.
+                        let _ = self.register(name, Statement::new(p, f.raw.clone()));
                     }
                     msg::empty(&mut self.out, b'1');
                 }
@@ -118,7 +118,7 @@ impl Session {
                 }
                 b'C' => {
                     if let Ok((b'S', name)) = msg::parse_target(f.body()) {
-                        self.statements.remove(&name);
+                        self.forget(&name);
                     }
                     msg::empty(&mut self.out, b'3');
                 }

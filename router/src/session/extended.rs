@@ -3,18 +3,17 @@
 //! database, or answered by the router when it only holds transaction
 //! control and `SET shardline.merchant_id`.
 //!
-//! Client statements are kept by the session; a backend that lacks one
-//! gets the client's own Parse replayed before the Bind or Describe that
-//! needs it, and the router swallows the ParseComplete it did not owe the
-//! client. So a statement prepared once works on every pooled connection.
+//! Client statements are kept by the session and prepared on whichever
+//! backend runs them ([`super::prepared`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use bytes::BytesMut;
 
+use super::prepared::{rewritten_name, Outgoing, Rewrite, Statement};
 use super::scatter::ScatterRead;
-use super::{relay_frame, Db, Fatal, Session, Statement, Txn};
-use crate::backend::{BackendError, Pooled};
+use super::{relay_frame, Db, Fatal, Session, Txn};
+use crate::backend::BackendError;
 use crate::message::{self as msg, Frame};
 use crate::{Control, Format, Kind, Limit, MergeShape, Param, Target};
 
@@ -24,9 +23,11 @@ impl Session {
     /// Handles the messages received since the last Sync (`sync`) or Flush.
     pub(super) async fn extended(&mut self, sync: bool) -> Result<(), Fatal> {
         let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
         if self.skip_until_sync {
             self.skip_until_sync = !sync;
             if sync {
+                self.close_exchange().await;
                 self.ready();
             }
             return Ok(());
@@ -73,8 +74,10 @@ impl Session {
         let mut settings = Vec::new();
         let mut setting_texts = Vec::new();
         let mut only_settings = true;
+        let mut pins = Vec::new();
         let failed = matches!(self.txn, Txn::Failed(_));
-        let router = &self.shared.router;
+        let shared = self.shared.clone();
+        let router = &shared.router;
         for f in batch {
             match f.tag {
                 b'P' => {
@@ -87,14 +90,8 @@ impl Session {
                             return Err((e.sqlstate(), e.to_string(), Some(e.hint().to_string())))
                         }
                     }
-                    self.statements.insert(
-                        p.name,
-                        Statement {
-                            sql: p.sql,
-                            types: p.types,
-                            parse: f.raw.clone(),
-                        },
-                    );
+                    let name = p.name.clone();
+                    self.register(name, Statement::new(p, f.raw.clone()))?;
                 }
                 b'B' => {
                     let bind = msg::parse_bind(f).map_err(|e| ("08P01", e.to_string(), None))?;
@@ -123,6 +120,9 @@ impl Session {
                         .route(&st.sql, &params, self.key.as_ref())
                         .map_err(|e| (e.sqlstate(), e.to_string(), Some(e.hint().to_string())))?;
                     let route = self.cutover_place(route, &st.sql, &params)?;
+                    if let Some(p) = route.pin {
+                        pins.push(p);
+                    }
                     let is_local = route.kinds.len() == 1
                         && matches!(
                             (&route.kinds[0], &self.txn),
@@ -249,7 +249,7 @@ impl Session {
                 b'C' => {
                     local = false;
                     if let Ok((b'S', name)) = msg::parse_target(f.body()) {
-                        self.statements.remove(&name);
+                        self.forget(&name);
                     }
                 }
                 b'E' if last_bind_local != Some(true) => {
@@ -265,6 +265,13 @@ impl Session {
                         }
                     }
                     if let Ok((b'S', name)) = msg::parse_target(f.body()) {
+                        if !self.statements.contains_key(&name) {
+                            return Err((
+                                "26000",
+                                format!("prepared statement \"{name}\" does not exist"),
+                                None,
+                            ));
+                        }
                         let is_control = self
                             .statements
                             .get(&name)
@@ -280,8 +287,31 @@ impl Session {
                 _ => {}
             }
         }
+        // Under transaction pooling the backend is kept from here to the
+        // end of the session.
+        for p in pins {
+            self.pin(p);
+        }
+        // An exchange the client left open with Flush continues where it is.
+        let open = self.open_exchange();
+        if let (Some(o), Some(t)) = (open, target) {
+            if o != t {
+                return Err((
+                    "0A000",
+                    format!(
+                        "statements before one Sync go to {} and {}; the router sends a pipeline to one database",
+                        self.db_name(o),
+                        self.db_name(t)
+                    ),
+                    Some("Sync between statements for different merchants".into()),
+                ));
+            }
+        }
         if local {
-            return Ok(Plan::Local(effects));
+            return Ok(match open {
+                Some(db) if effects.is_empty() => Plan::Forward(db, false),
+                _ => Plan::Local(effects),
+            });
         }
         if let Some(scatter) = scatter {
             if execute_limited {
@@ -294,6 +324,7 @@ impl Session {
             return Ok(Plan::Scatter(scatter));
         }
         let db = target
+            .or(open)
             .or(match self.txn {
                 Txn::Pinned(db) => Some(db),
                 _ => None,
@@ -393,18 +424,29 @@ impl Session {
             closes,
             expected,
             parsed_here,
+            ..
         } = Outgoing::build(b, batch, &self.statements, false, None);
         msg::empty(&mut out, if sync { b'S' } else { b'H' });
         let result = self
             .relay_batch(db, out, pending, sync, expected, parses, closes)
             .await;
         match result {
-            Ok(errored) => {
+            Ok(Relayed { errored, parsed }) => {
                 if errored {
                     if let Some(b) = self.backends.get_mut(&db) {
                         for name in &parsed_here {
                             b.prepared.remove(name);
                         }
+                    }
+                    // A Parse the server skipped or refused made nothing.
+                    let failed: Vec<String> = (batch.iter())
+                        .filter(|f| f.tag == b'P')
+                        .filter_map(|f| msg::parse_parse(f.body()).ok())
+                        .skip(parsed)
+                        .map(|p| p.name)
+                        .collect();
+                    for name in failed {
+                        self.forget(&name);
                     }
                 }
                 if sync {
@@ -520,6 +562,9 @@ impl Session {
         self.ready();
     }
 
+    /// Sends a batch and relays its answers: to the ReadyForQuery after a
+    /// Sync, or until each message is answered (or one fails) after a
+    /// Flush.
     #[allow(clippy::too_many_arguments)]
     async fn relay_batch(
         &mut self,
@@ -530,7 +575,8 @@ impl Session {
         expected: usize,
         mut parses: VecDeque<bool>,
         mut closes: VecDeque<bool>,
-    ) -> Result<bool, BackendError> {
+    ) -> Result<Relayed, BackendError> {
+        let cap = self.shared.limits.max_client_buffer_bytes;
         let b = self.backends.get_mut(&db).expect("backend");
         if let Some(begin) = begin {
             b.run(&begin).await?;
@@ -538,24 +584,30 @@ impl Session {
         }
         b.send(&out).await?;
         let mut done = 0usize;
-        let mut errored = false;
+        let mut r = Relayed::default();
         loop {
-            if !sync && (done >= expected || errored) {
-                return Ok(errored);
+            if !sync && (done >= expected || r.errored) {
+                return Ok(r);
             }
-            let f = b.recv().await?;
+            let got = super::recv_watching(b, &mut self.client, &mut self.inbuf, cap).await;
+            if let Err(BackendError::ClientGone { .. }) = &got {
+                self.gone = true;
+            }
+            let f = got?;
             let relay = match f.tag {
-                b'Z' => return Ok(errored),
+                b'Z' => return Ok(r),
                 b'1' => {
                     done += 1;
-                    parses.pop_front().unwrap_or(true)
+                    let client = parses.pop_front().unwrap_or(true);
+                    r.parsed += usize::from(client);
+                    client
                 }
                 b'3' => {
                     done += 1;
                     closes.pop_front().unwrap_or(true)
                 }
                 b'E' => {
-                    errored = true;
+                    r.errored = true;
                     true
                 }
                 b'2' | b'T' | b'n' | b'C' | b'I' | b's' => {
@@ -569,143 +621,38 @@ impl Session {
             }
         }
     }
-}
 
-/// A client batch as sent to one backend: the client's frames, with the
-/// Parse (and Close) of statements the backend lacks put before the Bind
-/// or Describe that needs them.
-pub(super) struct Outgoing {
-    pub out: BytesMut,
-    /// For ParseComplete and CloseComplete: whether the client sent the
-    /// message (relay the answer) or the router did (swallow it).
-    pub parses: VecDeque<bool>,
-    pub closes: VecDeque<bool>,
-    /// Answers that end the client's messages (for a batch ended by Flush).
-    pub expected: usize,
-    /// Statements the batch parses: forgotten again if it fails.
-    pub parsed_here: Vec<String>,
-}
-
-impl Outgoing {
-    /// `describe_portal`: send a Describe of the portal after each Bind
-    /// (a scatter needs the rows' RowDescription even when the client did
-    /// not ask for it).
-    ///
-    /// `rewrite`: each Bind binds the router's own statement with this
-    /// text instead of the client's (prepared under a name derived from the
-    /// text, and its ParseComplete swallowed).
-    pub fn build(
-        b: &mut Pooled,
-        batch: &[Frame],
-        statements: &HashMap<String, Statement>,
-        describe_portal: bool,
-        rewrite: Option<&Rewrite<'_>>,
-    ) -> Self {
-        let mut o = Self {
-            out: BytesMut::new(),
-            parses: VecDeque::new(),
-            closes: VecDeque::new(),
-            expected: 0,
-            parsed_here: Vec::new(),
-        };
-        for f in batch {
-            match f.tag {
-                b'P' => {
-                    let p = msg::parse_parse(f.body()).ok();
-                    let name = p.as_ref().map(|p| p.name.clone()).unwrap_or_default();
-                    if !name.is_empty() && b.prepared.contains_key(&name) {
-                        msg::close(&mut o.out, b'S', &name);
-                        o.closes.push_back(false);
-                        o.expected += 1;
-                    }
-                    o.out.extend_from_slice(&f.raw);
-                    o.parses.push_back(true);
-                    o.expected += 1;
-                    if let Some(p) = p {
-                        b.prepared.insert(p.name.clone(), p.sql);
-                        o.parsed_here.push(p.name);
-                    }
-                }
-                // A Bind, or a Describe of a statement, needs the statement
-                // prepared on this backend first.
-                b'B' | b'D' => {
-                    let name = match f.tag {
-                        b'B' => msg::parse_bind(f).ok().map(|bind| bind.statement),
-                        _ => match msg::parse_target(f.body()) {
-                            Ok((b'S', name)) => Some(name),
-                            _ => None,
-                        },
-                    };
-                    match (f.tag, rewrite) {
-                        (b'B', Some(r)) => {
-                            let name = rewritten_name(r.sql);
-                            if b.prepared.get(&name).map(String::as_str) != Some(r.sql) {
-                                msg::parse(&mut o.out, &name, r.sql, r.types);
-                                o.parses.push_back(false);
-                                o.expected += 1;
-                                b.prepared.insert(name.clone(), r.sql.to_string());
-                            }
-                            match msg::rebind(f, &name) {
-                                Some(raw) => o.out.extend_from_slice(&raw),
-                                None => o.out.extend_from_slice(&f.raw),
-                            }
-                        }
-                        _ => {
-                            if let Some(name) = name {
-                                o.ensure(&name, b, statements);
-                            }
-                            o.out.extend_from_slice(&f.raw);
-                        }
-                    }
-                    o.expected += 1;
-                    if f.tag == b'B' && describe_portal {
-                        let portal = msg::cstr(&mut f.body()).unwrap_or_default();
-                        msg::describe(&mut o.out, b'P', &portal);
-                    }
-                }
-                b'C' => {
-                    if let Ok((b'S', name)) = msg::parse_target(f.body()) {
-                        b.prepared.remove(&name);
-                    }
-                    o.out.extend_from_slice(&f.raw);
-                    o.closes.push_back(true);
-                    o.expected += 1;
-                }
-                _ => {
-                    o.out.extend_from_slice(&f.raw);
-                    o.expected += 1;
-                }
-            }
-        }
-        o
-    }
-
-    fn ensure(&mut self, name: &str, b: &mut Pooled, statements: &HashMap<String, Statement>) {
-        let Some(st) = statements.get(name) else {
+    /// Ends an exchange the client opened with Flush and abandoned (its
+    /// batch was refused): Sync on the backend, its answer read to the
+    /// ReadyForQuery, which gives the transaction's state.
+    pub(super) async fn close_exchange(&mut self) {
+        let Some(db) = self.open_exchange() else {
             return;
         };
-        if b.prepared.get(name) == Some(&st.sql) {
-            return;
+        let mut sync = BytesMut::new();
+        msg::empty(&mut sync, b'S');
+        let b = self.backends.get_mut(&db).expect("backend");
+        let done = async {
+            b.send(&sync).await?;
+            while b.recv().await?.tag != b'Z' {}
+            Ok::<u8, BackendError>(b.status)
         }
-        if !name.is_empty() && b.prepared.contains_key(name) {
-            msg::close(&mut self.out, b'S', name);
-            self.closes.push_back(false);
-            self.expected += 1;
+        .await;
+        match done {
+            Ok(status) => self.after(db, status),
+            Err(e) => self.backend_failed(db, &e),
         }
-        self.out.extend_from_slice(&st.parse);
-        self.parses.push_back(false);
-        self.expected += 1;
-        b.prepared.insert(name.to_string(), st.sql.clone());
     }
 }
 
-/// The name the router prepares a rewritten statement under on a backend:
-/// derived from its text, so each backend prepares it once.
-fn rewritten_name(sql: &str) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    sql.hash(&mut h);
-    format!("shardline_{:016x}", h.finish())
+/// What relaying a batch saw.
+#[derive(Default)]
+struct Relayed {
+    /// The backend answered one of the messages with an error.
+    errored: bool,
+    /// ParseCompletes of the client's own Parse messages: those after the
+    /// first `parsed` did not create their statement.
+    parsed: usize,
 }
 
 /// The limit a bind parameter gives: text or binary integer, NULL for none.
@@ -729,13 +676,6 @@ struct Scatter {
     limit: Option<u64>,
     /// The bound statement's declared parameter types.
     types: Vec<u32>,
-}
-
-/// A statement the shards run in place of the client's (OFFSET folded
-/// into LIMIT, avg split into sum and count).
-pub(super) struct Rewrite<'a> {
-    pub sql: &'a str,
-    pub types: &'a [u32],
 }
 
 enum Plan {

@@ -81,8 +81,10 @@ impl Session {
     /// The next frame from a database already sent a statement, or `None`
     /// after marking it failed (the client is told why).
     pub(super) async fn recv_from(&mut self, db: Db) -> Option<Frame> {
-        let b = self.backends.get_mut(&db)?;
-        match b.recv().await {
+        if !self.backends.contains_key(&db) {
+            return None;
+        }
+        match self.recv(db).await {
             Ok(f) => Some(f),
             Err(e) => {
                 self.backend_failed(db, &e);
@@ -340,6 +342,7 @@ impl Session {
         if self.flush_if_full().await {
             Ok(())
         } else {
+            self.gone = true;
             Err(Stop::ClientGone)
         }
     }
@@ -449,15 +452,19 @@ impl Session {
     /// Reads a backend's answer up to its ReadyForQuery, so the connection
     /// serves the next statement; one that fails meanwhile is dropped.
     async fn drain_one(&mut self, db: Db) {
-        if let Some(b) = self.backends.get_mut(&db) {
-            loop {
-                match b.recv().await {
-                    Ok(f) if f.tag == b'Z' => break,
-                    Ok(_) => {}
-                    Err(_) => {
-                        self.discard(db);
-                        break;
-                    }
+        while self.backends.contains_key(&db) {
+            // A client that hung up leaves nothing worth reading: the
+            // connection is dropped, which cancels its statement.
+            if self.gone {
+                self.discard(db);
+                break;
+            }
+            match self.recv(db).await {
+                Ok(f) if f.tag == b'Z' => break,
+                Ok(_) => {}
+                Err(_) => {
+                    self.discard(db);
+                    break;
                 }
             }
         }
@@ -500,9 +507,18 @@ impl Session {
                     b'E' => {
                         error.get_or_insert(f.raw.clone());
                     }
-                    // RETURNING rows and notices are relayed as they come.
-                    _ if sum => self.out.extend_from_slice(&f.raw),
-                    _ if i == 0 => self.out.extend_from_slice(&f.raw),
+                    // RETURNING rows and notices are relayed as they come,
+                    // never gathered: the output is written once it is large.
+                    _ if sum || i == 0 => {
+                        self.out.extend_from_slice(&f.raw);
+                        if !self.flush_if_full().await {
+                            self.gone = true;
+                            for (db, _) in &frames[i..] {
+                                self.drain_one(*db).await;
+                            }
+                            return;
+                        }
+                    }
                     _ => {}
                 }
             }

@@ -10,10 +10,19 @@
 //! statements right. Every other backend is brought to that version
 //! before its next statement.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::{Db, Fatal, Session};
 use crate::backend::{Backend, BackendError};
 use crate::message::FrameError;
 use crate::Kind;
+
+/// The next settings version; 0 means none set.
+static VERSIONS: AtomicU64 = AtomicU64::new(1);
+
+fn next_version() -> u64 {
+    VERSIONS.fetch_add(1, Ordering::Relaxed)
+}
 
 #[derive(Default)]
 pub(super) struct Settings {
@@ -35,12 +44,16 @@ pub(super) struct Settings {
 }
 
 impl Settings {
-    /// Brings a backend to the current settings.
+    /// Brings a backend to the current settings (the defaults at
+    /// version 0).
     pub async fn apply(&self, b: &mut Backend) -> Result<(), BackendError> {
-        if self.version == 0 {
-            return Ok(());
-        }
         b.apply_settings(&self.script, self.version).await
+    }
+
+    /// Whether the client has set nothing: a backend at the server's
+    /// defaults serves it as is.
+    pub fn none(&self) -> bool {
+        self.version == 0
     }
 
     /// Notes statements about to run on `db`: any setting among them may
@@ -114,7 +127,7 @@ impl Session {
         }
         match b.session_state(&self.settings.custom).await {
             Ok(script) => {
-                self.settings.version += 1;
+                self.settings.version = next_version();
                 self.settings.script = script;
                 b.settings = self.settings.version;
                 Ok(())
@@ -153,8 +166,8 @@ impl Session {
             .iter()
             .map(|(n, v)| format!("set_config({}, {}, false)", literal(n), literal(v)))
             .collect();
-        self.settings.script = format!("SELECT {}", calls.join(", "));
-        self.settings.version = 1;
+        self.settings.script = format!("RESET ALL; RESET ROLE; SELECT {}", calls.join(", "));
+        self.settings.version = next_version();
         Ok(())
     }
 }

@@ -41,6 +41,9 @@ impl Session {
                 return Ok(());
             }
         };
+        if let Some(p) = route.pin {
+            self.pin(p);
+        }
         if route.kinds.len() == 1 {
             match (&route.kinds[0], &self.txn) {
                 (Kind::SetKey(k), _) => {
@@ -267,11 +270,10 @@ impl Session {
             b.run(&begin).await?;
         }
         b.send(raw).await?;
-        let b = self.backends.get_mut(&db).expect("backend");
         loop {
-            let f = b.recv().await?;
+            let f = self.recv(db).await?;
             if f.tag == b'Z' {
-                return Ok(b.status);
+                return Ok(f.body().first().copied().unwrap_or(b'I'));
             }
             relay_frame(&mut self.client, &mut self.out, &f.raw).await?;
         }

@@ -46,11 +46,26 @@ impl Session {
         if !self.authenticate(&user).await? {
             return Ok(false);
         }
+        let app = params
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map_or("", |(_, v)| v.as_str());
+        self.seat.client.logged_in(&user, app);
         self.startup_settings(&params)?;
         msg::authentication(&mut self.out, 0, &[]);
         let db = self.default_db();
-        let parameters = match self.backend(db).await {
-            Ok(b) => b.parameters.clone(),
+        // A client with settings of its own has them checked on a backend,
+        // as PostgreSQL checks them at login; one without is told what the
+        // pool's connections reported, without waiting for one.
+        let known = (self.settings.none())
+            .then(|| self.shared.pools[db.0][db.1].manager().parameters())
+            .flatten();
+        let parameters = match known {
+            Some(p) => Ok(p),
+            None => self.backend(db).await.map(|b| b.parameters.clone()),
+        };
+        let parameters = match parameters {
+            Ok(p) => p,
             // PostgreSQL refuses a login with a setting it rejects.
             Err(BackendError::Settings { code, message, .. }) => {
                 msg::error_response(&mut self.out, &code, &message, None);
@@ -143,7 +158,10 @@ impl Session {
     }
 
     async fn password_message(&mut self) -> Result<Frame, Fatal> {
-        match msg::read_frame(&mut self.client, &mut self.inbuf).await? {
+        // PostgreSQL's cap on an authentication message, not the client's
+        // max_message_bytes: nobody has logged in yet.
+        let max = msg::MAX_AUTH_MESSAGE + 5;
+        match msg::read_frame(&mut self.client, &mut self.inbuf, max).await? {
             Some(f) if f.tag == b'p' => Ok(f),
             Some(f) => Err(Fatal::Client(FrameError::Malformed(format!(
                 "expected a password message, got {:?}",

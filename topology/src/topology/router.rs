@@ -1,5 +1,14 @@
-//! `[router]`: where the router listens, its users and TLS for its
-//! clients.
+//! `[router]`: where the router listens, its users, TLS for its clients,
+//! and how it pools backends and bounds clients (`pooling.rs`).
+
+mod pooling;
+
+pub use pooling::{
+    PoolMode, RouterLimits, DEFAULT_BACKEND_READ_TIMEOUT, DEFAULT_IDLE_CLIENT_TIMEOUT,
+    DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, DEFAULT_MAX_CLIENT_BUFFER_BYTES,
+    DEFAULT_MAX_CLIENT_CONN, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_POOL_MODE, DEFAULT_POOL_SIZE,
+    DEFAULT_POOL_TIMEOUT,
+};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,6 +30,10 @@ pub struct RouterConfig {
     /// TLS for the router's clients; `None` when `tls = "off"` (the
     /// default without a certificate).
     pub tls: Option<RouterTls>,
+    pub pool_mode: PoolMode,
+    /// Backend connections per database.
+    pub pool_size: usize,
+    pub limits: RouterLimits,
 }
 
 /// `[router] tls_cert`, `tls_key` and `tls`: the files are only named
@@ -87,7 +100,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRouter {
     listen: Option<String>,
@@ -96,6 +109,16 @@ pub(super) struct RawRouter {
     tls: Option<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
+    pool_mode: Option<String>,
+    pool_size: Option<i64>,
+    max_client_conn: Option<i64>,
+    pool_timeout: Option<pooling::Raw>,
+    login_timeout: Option<pooling::Raw>,
+    idle_in_transaction_timeout: Option<pooling::Raw>,
+    idle_client_timeout: Option<pooling::Raw>,
+    max_message_bytes: Option<pooling::Raw>,
+    max_client_buffer_bytes: Option<pooling::Raw>,
+    backend_read_timeout: Option<pooling::Raw>,
 }
 
 #[derive(Deserialize)]
@@ -107,13 +130,7 @@ struct RawRouterUser {
 
 impl Validator<'_> {
     pub(super) fn router(&mut self, raw: Option<RawRouter>, path: &Path) -> Option<RouterConfig> {
-        let raw = raw.unwrap_or(RawRouter {
-            listen: None,
-            users: Vec::new(),
-            tls: None,
-            tls_cert: None,
-            tls_key: None,
-        });
+        let raw = raw.unwrap_or_default();
         let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_ROUTER_LISTEN);
         let listen = match listen_text.parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -150,10 +167,26 @@ impl Validator<'_> {
             });
         }
         let tls = self.router_tls(raw.tls, raw.tls_cert, raw.tls_key, path);
+        let pooling = self.router_pooling(pooling::RawPooling {
+            pool_mode: raw.pool_mode,
+            pool_size: raw.pool_size,
+            max_client_conn: raw.max_client_conn,
+            pool_timeout: raw.pool_timeout,
+            login_timeout: raw.login_timeout,
+            idle_in_transaction_timeout: raw.idle_in_transaction_timeout,
+            idle_client_timeout: raw.idle_client_timeout,
+            max_message_bytes: raw.max_message_bytes,
+            max_client_buffer_bytes: raw.max_client_buffer_bytes,
+            backend_read_timeout: raw.backend_read_timeout,
+        });
+        let (pool_mode, pool_size, limits) = pooling?;
         Some(RouterConfig {
             listen: listen?,
             users,
             tls: tls?,
+            pool_mode,
+            pool_size,
+            limits,
         })
     }
 

@@ -278,3 +278,94 @@ fn router_tls_without_its_files_or_with_an_unknown_mode_is_refused() {
     assert_eq!(p.key, "router.tls_cert", "{p:?}");
     assert!(p.message.contains("empty path"), "{p:?}");
 }
+
+#[test]
+fn router_pooling_keys_default_and_read_as_written() {
+    let r = parse(GOOD).unwrap().router;
+    assert_eq!(r.pool_mode, PoolMode::Transaction);
+    assert_eq!(r.pool_size, DEFAULT_POOL_SIZE);
+    assert_eq!(r.limits, RouterLimits::default());
+    assert_eq!(r.limits.max_client_conn, 10_000);
+    assert_eq!(r.limits.pool_timeout, std::time::Duration::from_secs(5));
+    let text = GOOD.replace(
+        "listen = \"127.0.0.1:7432\"\n",
+        "listen = \"127.0.0.1:7432\"\npool_mode = \"session\"\npool_size = 10\nmax_client_conn = 2000\n\
+         pool_timeout = \"250ms\"\nlogin_timeout = 3\nidle_in_transaction_timeout = \"off\"\n\
+         idle_client_timeout = \"10m\"\nmax_message_bytes = \"1MB\"\nmax_client_buffer_bytes = 4194304\n\
+         backend_read_timeout = \"2s\"\n",
+    );
+    let r = parse(&text).unwrap().router;
+    assert_eq!((r.pool_mode, r.pool_size), (PoolMode::Session, 10));
+    let secs = std::time::Duration::from_secs;
+    assert_eq!(
+        r.limits,
+        RouterLimits {
+            max_client_conn: 2000,
+            pool_timeout: std::time::Duration::from_millis(250),
+            login_timeout: secs(3),
+            idle_in_transaction_timeout: None,
+            idle_client_timeout: Some(secs(600)),
+            max_message_bytes: 1 << 20,
+            max_client_buffer_bytes: 4 << 20,
+            backend_read_timeout: secs(2),
+        }
+    );
+}
+
+#[test]
+fn router_pooling_mistakes_name_their_key() {
+    let problem = |extra: &str| {
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:7432\"\n",
+            &format!("listen = \"127.0.0.1:7432\"\n{extra}"),
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        found.into_iter().next().unwrap()
+    };
+    for (extra, key, says) in [
+        (
+            "pool_mode = \"statement\"\n",
+            "router.pool_mode",
+            "not a pool mode",
+        ),
+        ("pool_size = 0\n", "router.pool_size", "at least 1"),
+        (
+            "max_client_conn = -5\n",
+            "router.max_client_conn",
+            "at least 1",
+        ),
+        ("pool_timeout = \"0s\"\n", "router.pool_timeout", "zero"),
+        (
+            "login_timeout = \"off\"\n",
+            "router.login_timeout",
+            "not a duration",
+        ),
+        (
+            "idle_in_transaction_timeout = \"soon\"\n",
+            "router.idle_in_transaction_timeout",
+            "\"off\"",
+        ),
+        (
+            "max_message_bytes = \"2GB\"\n",
+            "router.max_message_bytes",
+            "outside 8kB",
+        ),
+        (
+            "max_message_bytes = \"64 mb\"\n",
+            "router.max_message_bytes",
+            "not a size",
+        ),
+        (
+            "max_message_bytes = \"8MB\"\nmax_client_buffer_bytes = \"1MB\"\n",
+            "router.max_client_buffer_bytes",
+            "less than max_message_bytes",
+        ),
+    ] {
+        let p = problem(extra);
+        assert_eq!(p.key, key, "{extra}: {p:?}");
+        assert!(p.message.contains(says), "{extra}: {p:?}");
+        // The key's own line: the last one added after `listen`.
+        assert_eq!(p.line, Some(26 + extra.lines().count()), "{extra}: {p:?}");
+    }
+}
