@@ -120,6 +120,11 @@ pub struct Backend {
     pub settings: u64,
 }
 
+/// Messages a server sends unasked to a live session: a notification
+/// (after LISTEN), a notice, a changed parameter. They wait to be relayed
+/// with the client's next answer.
+const ASYNC_MESSAGES: [u8; 3] = [b'A', b'N', b'S'];
+
 /// How long after a ReadyForQuery a connection is taken to be alive
 /// without asking the kernel: a client's next statement usually comes well
 /// within this, and a server that went away in between fails that one
@@ -449,6 +454,9 @@ impl Backend {
     /// before a held or pooled connection is used again, so a shard that
     /// restarted is reconnected instead of failing one more statement.
     pub fn is_dead(&mut self) -> bool {
+        if self.buf.first().is_some_and(|t| ASYNC_MESSAGES.contains(t)) {
+            return false;
+        }
         if self.broken || !self.buf.is_empty() {
             self.broken = true;
             return true;
@@ -468,11 +476,12 @@ impl Backend {
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
             )
         };
-        let idle = n < 0
+        let idle = (n < 0
             && matches!(
                 std::io::Error::last_os_error().kind(),
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-            );
+            ))
+            || (n == 1 && ASYNC_MESSAGES.contains(&byte));
         if !idle {
             self.broken = true;
         }
@@ -738,3 +747,50 @@ impl deadpool::managed::Manager for Manager {
 
 pub type Pool = deadpool::managed::Pool<Manager>;
 pub type Pooled = deadpool::managed::Object<Manager>;
+
+/// A pooled connection a session holds. Dropped while it runs a
+/// statement or a transaction (a session task that panicked, a client
+/// gone), it is closed instead of going back to the pool, so its
+/// statement is cancelled at once ([`Backend`]'s drop) and nobody else
+/// ever gets it; a clean one goes back to the pool.
+pub struct Lease(Option<Pooled>);
+
+impl Lease {
+    pub fn new(b: Pooled) -> Self {
+        Self(Some(b))
+    }
+
+    /// Closes the connection: it never returns to the pool.
+    pub fn close(mut self) {
+        if let Some(b) = self.0.take() {
+            drop(Pooled::take(b));
+        }
+    }
+}
+
+impl std::ops::Deref for Lease {
+    type Target = Backend;
+    fn deref(&self) -> &Backend {
+        self.0
+            .as_ref()
+            .expect("a lease holds its connection until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut Backend {
+        self.0
+            .as_mut()
+            .expect("a lease holds its connection until dropped")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            if b.broken || b.status != b'I' || b.is_running() {
+                drop(Pooled::take(b));
+            }
+        }
+    }
+}

@@ -46,7 +46,7 @@ use shardline_topology::{PoolMode, ShardKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::backend::{BackendError, Pooled};
+use crate::backend::{Backend, BackendError, Lease};
 use crate::clients::{Seat, State};
 use crate::message::{self as msg, Frame, FrameError};
 use crate::server::Shared;
@@ -96,7 +96,7 @@ async fn relay_frame(
 /// cancels the statement). What the client sends in the meantime is kept
 /// in `inbuf`, up to `cap` bytes.
 async fn recv_watching(
-    b: &mut Pooled,
+    b: &mut Backend,
     client: &mut ClientStream,
     inbuf: &mut BytesMut,
     cap: usize,
@@ -142,7 +142,7 @@ pub(crate) struct Session {
     client: ClientStream,
     inbuf: BytesMut,
     out: BytesMut,
-    backends: HashMap<Db, Pooled>,
+    backends: HashMap<Db, Lease>,
     /// The client's prepared statements by its own names.
     statements: HashMap<String, Statement>,
     /// What `statements` weigh, against `max_client_buffer_bytes`.
@@ -170,6 +170,9 @@ impl Session {
     pub fn new(shared: Arc<Shared>, client: TcpStream, seat: Seat) -> Self {
         client.set_nodelay(true).ok();
         let pinned = (shared.mode == PoolMode::Session).then_some("pool_mode session");
+        if let Some(why) = pinned {
+            seat.client.pinned(why);
+        }
         Self {
             shared,
             client: ClientStream::Plain(client),
@@ -417,7 +420,7 @@ impl Session {
             .map(|(db, _)| *db)
     }
 
-    async fn backend(&mut self, db: Db) -> Result<&mut Pooled, BackendError> {
+    async fn backend(&mut self, db: Db) -> Result<&mut Lease, BackendError> {
         // A held connection the server closed is replaced, unless a
         // transaction lives on it: then the statement fails with the loss.
         if self.txn != Txn::Pinned(db) && self.backends.get_mut(&db).is_some_and(|b| b.is_dead()) {
@@ -445,7 +448,7 @@ impl Session {
             if let Some(c) = &self.cancel {
                 c.hold(db, b.backend_key());
             }
-            self.backends.insert(db, b);
+            self.backends.insert(db, Lease::new(b));
             self.seat.client.set_backends(self.backends.len());
         }
         let b = self.backends.get_mut(&db).expect("just inserted");
@@ -478,7 +481,7 @@ impl Session {
             c.release(db);
         }
         if let Some(b) = self.backends.remove(&db) {
-            drop(Pooled::take(b));
+            b.close();
         }
         self.seat.client.set_backends(self.backends.len());
     }
@@ -530,7 +533,7 @@ impl Session {
         let clean = matches!(tokio::time::timeout(RESET_TIMEOUT, clean).await, Ok(true));
         if !clean {
             self.settings.lost(db);
-            drop(Pooled::take(b));
+            b.close();
         }
     }
 

@@ -10,6 +10,7 @@ use crate::{
 };
 
 mod merge;
+mod pool;
 
 const TOPOLOGY: &str = r#"
 [source]

@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::{Client, NoTls};
 
 mod ops;
+mod pooling;
 mod tls;
 
 const SCHEMA: &str = "

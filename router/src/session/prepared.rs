@@ -26,7 +26,7 @@ use std::hash::{Hash, Hasher};
 use bytes::{Bytes, BytesMut};
 
 use super::Session;
-use crate::backend::Pooled;
+use crate::backend::Backend;
 use crate::message::{self as msg, Frame};
 
 /// Statements kept prepared on one backend: far more than an application
@@ -161,7 +161,7 @@ impl Outgoing {
     /// text instead of the client's (prepared under a name derived from the
     /// text, and its ParseComplete swallowed).
     pub fn build(
-        b: &mut Pooled,
+        b: &mut Backend,
         batch: &[Frame],
         statements: &HashMap<String, Statement>,
         describe_portal: bool,
@@ -238,7 +238,7 @@ impl Outgoing {
     /// A client's Parse: the unnamed statement as sent; a named one under
     /// its backend name, or, when the backend has it already, an empty
     /// Parse that answers ParseComplete in its place.
-    fn parse(&mut self, b: &mut Pooled, f: &Frame) {
+    fn parse(&mut self, b: &mut Backend, f: &Frame) {
         match msg::parse_parse(f.body()) {
             Ok(p) if !p.name.is_empty() => {
                 let name = statement_name(&p.sql, &p.types);
@@ -265,7 +265,7 @@ impl Outgoing {
     fn ensure(
         &mut self,
         name: &str,
-        b: &mut Pooled,
+        b: &mut Backend,
         statements: &HashMap<String, Statement>,
     ) -> String {
         let Some(st) = statements.get(name) else {
@@ -289,7 +289,7 @@ impl Outgoing {
     /// Prepares a named statement on the backend: Close of the name (and of
     /// one old statement when the backend holds too many), then Parse.
     /// `client`: the ParseComplete answers the client's own Parse.
-    fn prepare(&mut self, b: &mut Pooled, name: &str, sql: &str, types: &[u32], client: bool) {
+    fn prepare(&mut self, b: &mut Backend, name: &str, sql: &str, types: &[u32], client: bool) {
         if b.prepared.len() >= BACKEND_STATEMENTS {
             let old = (b.prepared.keys())
                 .find(|k| !self.parsed_here.contains(k))

@@ -274,7 +274,7 @@ fn parse_duration(raw: &Raw, off: bool) -> Result<Option<Duration>, String> {
     let n: u64 = number.parse().map_err(|_| bad())?;
     let millis = match unit.trim() {
         "ms" => n,
-        "s" => n.saturating_mul(1000),
+        "" | "s" => n.saturating_mul(1000),
         "m" => n.saturating_mul(60_000),
         "h" => n.saturating_mul(3_600_000),
         _ => return Err(bad()),
