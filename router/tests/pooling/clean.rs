@@ -101,3 +101,28 @@ async fn a_client_gone_mid_statement_has_the_statement_cancelled() {
         assert!(gone.elapsed() < Duration::from_secs(8));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_only_the_backend_serving_its_client_now() {
+    let f = fleet("pool_size = 1").await;
+    // A used shard 0's only backend and gave it back.
+    let a = f.client().await;
+    a.batch_execute("SELECT pg_sleep(0.1)").await.unwrap();
+    let token = a.cancel_token();
+    // B runs on that same backend now; A's cancel must not touch it.
+    let b = f.client().await;
+    let started = Instant::now();
+    let (slept, ()) = tokio::join!(b.simple_query("SELECT pg_sleep(1.5)"), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    slept.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    // B's own cancel does reach it.
+    let token = b.cancel_token();
+    let (cancelled, ()) = tokio::join!(b.simple_query("SELECT pg_sleep(30)"), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    assert_eq!(super::code(&cancelled.unwrap_err()), "57014");
+}
