@@ -50,12 +50,6 @@ impl Settings {
         b.apply_settings(&self.script, self.version).await
     }
 
-    /// Whether the client has set nothing: a backend at the server's
-    /// defaults serves it as is.
-    pub fn none(&self) -> bool {
-        self.version == 0
-    }
-
     /// Notes statements about to run on `db`: any setting among them may
     /// change the session's settings there.
     pub fn note(&mut self, kinds: &[Kind], db: Db) {

@@ -7,6 +7,10 @@ use super::{Fatal, Session};
 use crate::backend::BackendError;
 use crate::message::{self as msg, Frame, FrameError};
 
+/// Startup parameters that need no backend to check: the router's own,
+/// and application_name, which takes any text.
+const UNCHECKED: [&str; 4] = ["user", "database", "client_encoding", "application_name"];
+
 impl Session {
     pub(super) async fn startup(&mut self) -> Result<bool, Fatal> {
         let shared = self.shared.clone();
@@ -55,11 +59,19 @@ impl Session {
         msg::authentication(&mut self.out, 0, &[]);
         let db = self.default_db();
         // A client with settings of its own has them checked on a backend,
-        // as PostgreSQL checks them at login; one without is told what the
-        // pool's connections reported, without waiting for one.
-        let known = (self.settings.none())
+        // as PostgreSQL checks them at login; one without (or with only an
+        // application_name, which any text is) is told what the pool's
+        // connections reported, without waiting for one.
+        let unchecked = params.iter().all(|(k, _)| UNCHECKED.contains(&k.as_str()));
+        let known = (unchecked)
             .then(|| self.shared.pools[db.0][db.1].manager().parameters())
-            .flatten();
+            .flatten()
+            .map(|mut p| {
+                if let Some(v) = p.iter_mut().find(|(k, _)| k == "application_name") {
+                    v.1 = app.to_string();
+                }
+                p
+            });
         let parameters = match known {
             Some(p) => Ok(p),
             None => self.backend(db).await.map(|b| b.parameters.clone()),
