@@ -101,6 +101,8 @@ pub enum Kind {
     Setting(Option<String>),
     /// SET LOCAL or SET TRANSACTION.
     LocalSetting,
+    /// `DEALLOCATE name` of a statement the client prepared.
+    Deallocate(String),
     Read,
     Write,
 }
@@ -351,6 +353,7 @@ impl Router {
                 Analyzed::Session => (Kind::Session, Target::Any),
                 Analyzed::Setting(custom) => (Kind::Setting(custom.clone()), Target::Any),
                 Analyzed::LocalSetting => (Kind::LocalSetting, Target::Any),
+                Analyzed::Deallocate(name) => (Kind::Deallocate(name.clone()), Target::Any),
                 Analyzed::SetKey(k) => {
                     let resolved = match k {
                         Some(k) => self.key_value(k, params, self.override_type())?,

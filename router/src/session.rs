@@ -590,8 +590,15 @@ impl Session {
 impl Drop for Session {
     /// A session that ends by panicking still ends its transaction's
     /// count in a cutover's drain; its backends, dropped mid-exchange,
-    /// are cancelled and never pooled again ([`crate::backend`]).
+    /// are cancelled and never pooled again ([`crate::backend::Lease`]).
     fn drop(&mut self) {
         self.cutover_release();
+        // Left here only when the task panicked: a pinned client's backends
+        // hold state no reset cleared (locks, LISTEN); closed, not pooled.
+        if self.pinned.is_some() {
+            for (_, b) in self.backends.drain() {
+                b.close();
+            }
+        }
     }
 }

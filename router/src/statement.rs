@@ -116,6 +116,9 @@ pub(crate) enum Analyzed {
     /// other backends the session uses. Carries the name of a custom
     /// (dotted) parameter, which PostgreSQL does not list in pg_settings.
     Setting(Option<String>),
+    /// `DEALLOCATE name`: the client's own statement, which backends hold
+    /// under the router's names ([`crate::session`]).
+    Deallocate(String),
     Data(Data),
     Rejected(RouteError),
 }
@@ -236,6 +239,9 @@ fn analyze_statement(stmt: &Value, schema: &Schema) -> Analyzed {
         "VariableSetStmt" => {
             let name = string(fields, "name").to_ascii_lowercase();
             Analyzed::Setting(name.contains('.').then_some(name))
+        }
+        "DeallocateStmt" if !string(fields, "name").is_empty() => {
+            Analyzed::Deallocate(string(fields, "name").to_string())
         }
         "DiscardStmt" | "DeallocateStmt" => Analyzed::Setting(None),
         "VariableShowStmt" | "ListenStmt" | "UnlistenStmt" | "NotifyStmt" | "CheckPointStmt" => {

@@ -46,6 +46,19 @@ impl Session {
         }
         if route.kinds.len() == 1 {
             match (&route.kinds[0], &self.txn) {
+                // Backends hold the client's statements under the router's
+                // names: the client's own is forgotten here.
+                (Kind::Deallocate(name), _) => {
+                    if self.statements.contains_key(name) {
+                        self.forget(name);
+                        msg::command_complete(&mut self.out, "DEALLOCATE");
+                    } else {
+                        let m = format!("prepared statement \"{name}\" does not exist");
+                        self.reject("26000", &m, None);
+                    }
+                    self.ready();
+                    return Ok(());
+                }
                 (Kind::SetKey(k), _) => {
                     self.key.clone_from(k);
                     msg::command_complete(&mut self.out, if k.is_some() { "SET" } else { "RESET" });

@@ -187,3 +187,34 @@ async fn session_pooling_keeps_backends_for_the_session() {
         .unwrap();
     assert_eq!(kept.get::<_, String>(0), "kept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_by_name_forgets_the_client_s_statement() {
+    use super::wire::{frame, pipeline, sqlstate, Wire};
+    let f = fleet("pool_size = 2").await;
+    let mut w = Wire::login(f.port).await;
+    w.send(&pipeline("s1", "SELECT 1", b'S')).await;
+    let answer = w.until(b'Z').await;
+    assert!(answer.iter().any(|m| m.0 == b'D'), "{answer:?}");
+    w.send(&frame(b'Q', b"DEALLOCATE s1\0")).await;
+    let answer = w.until(b'Z').await;
+    assert_eq!(answer[0].0, b'C', "{answer:?}");
+    // Bound again: PostgreSQL's answer for a statement that is gone.
+    let mut bind = vec![0u8];
+    bind.extend_from_slice(b"s1\0");
+    bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    w.send(&frame(b'B', &bind)).await;
+    w.send(&frame(b'S', &[])).await;
+    let answer = w.until(b'Z').await;
+    assert_eq!(sqlstate(&answer[0].1), "26000", "{answer:?}");
+    w.send(&frame(b'Q', b"DEALLOCATE never_prepared\0")).await;
+    let answer = w.until(b'Z').await;
+    assert_eq!(sqlstate(&answer[0].1), "26000", "{answer:?}");
+    // Another client's statement of the same text is untouched.
+    let other = f.client().await;
+    let again = other.prepare("SELECT 1").await.unwrap();
+    assert_eq!(
+        other.query_one(&again, &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
+}
