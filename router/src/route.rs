@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use pg_query::protobuf;
 use shardline_topology::{ShardKey, ShardKeyType, Topology};
 
-use crate::cache::{ParseCache, DEFAULT_CAPACITY};
+use crate::cache::{ParseCache, DEFAULT_CACHE_BYTES, DEFAULT_CAPACITY};
 use crate::error::RouteError;
 use crate::merge::{Aggregate, Limit, MergeShape, Output};
 use crate::schema::Schema;
@@ -132,6 +132,15 @@ pub(crate) struct Parsed {
     protobuf: protobuf::ParseResult,
 }
 
+impl Parsed {
+    /// What the analysis of a text holds in memory, estimated from its
+    /// parse tree's encoded size: the decoded tree (boxed nodes, strings)
+    /// and the analysis made from it take several times that.
+    fn weight(&self) -> usize {
+        256 + 8 * prost::Message::encoded_len(&self.protobuf)
+    }
+}
+
 /// Routes statements by the topology; shared by every client session.
 pub struct Router {
     schema: Schema,
@@ -154,11 +163,16 @@ impl Router {
     }
 
     pub fn with_schema(schema: Schema, cache_capacity: usize) -> Self {
+        Self::with_cache(schema, cache_capacity, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Router::with_schema`] with a bound on each cache's estimated bytes.
+    pub fn with_cache(schema: Schema, cache_capacity: usize, cache_bytes: usize) -> Self {
         Self {
             schema,
             cache: Mutex::new(Caches {
-                texts: ParseCache::new(cache_capacity),
-                shapes: ParseCache::new(cache_capacity),
+                texts: ParseCache::new(cache_capacity, cache_bytes),
+                shapes: ParseCache::new(cache_capacity, cache_bytes),
                 hits: 0,
                 misses: 0,
             }),
@@ -182,7 +196,8 @@ impl Router {
             return Ok(p);
         }
         let parsed = Arc::new(self.analyse(sql)?);
-        self.lock().texts.insert(sql, parsed.clone());
+        let weight = parsed.weight();
+        self.lock().texts.insert(sql, parsed.clone(), weight);
         Ok(parsed)
     }
 
@@ -207,7 +222,8 @@ impl Router {
     }
 
     pub(crate) fn shape_insert(&self, text: &str, verdict: Option<Arc<Parsed>>) {
-        self.lock().shapes.insert(text, Arc::new(verdict));
+        let weight = verdict.as_ref().map_or(0, |p| p.weight());
+        self.lock().shapes.insert(text, Arc::new(verdict), weight);
     }
 
     /// Parses and analyses a text (uncached).

@@ -705,3 +705,22 @@ fn state_that_cannot_follow_the_client_pins_it() {
         Ok(Some(Pin::AdvisoryLock))
     );
 }
+
+#[test]
+fn the_parse_cache_is_bounded_by_bytes_as_well_as_entries() {
+    let topology = Topology::parse(TOPOLOGY, Path::new("test.toml")).unwrap();
+    let r = Router::with_cache(crate::Schema::new(&topology), 4096, 1 << 20);
+    // Texts each their own shape (the IN lists differ in length) and each
+    // estimated at over 100 KiB: far fewer than the entry bound, far more
+    // than a MiB.
+    for i in 0..40 {
+        let keys: Vec<String> = (0..1000 + i).map(|k| k.to_string()).collect();
+        let sql = format!(
+            "SELECT id FROM payments WHERE merchant_id = 7 AND id IN ({})",
+            keys.join(",")
+        );
+        r.route(&sql, &[], None).unwrap();
+    }
+    let (_, _, entries) = r.cache_stats();
+    assert!(entries < 40, "{entries} entries kept");
+}
