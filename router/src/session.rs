@@ -492,11 +492,11 @@ impl Session {
         if self.pinned.is_some() || self.backends.is_empty() {
             return;
         }
-        let idle: Vec<Db> = (self.backends.iter())
-            .filter(|(_, b)| !b.is_running())
+        // Usually one backend: found again each time rather than collected.
+        while let Some(db) = (self.backends.iter())
+            .find(|(_, b)| !b.is_running())
             .map(|(db, _)| *db)
-            .collect();
-        for db in idle {
+        {
             self.give_back(db, false).await;
         }
     }
