@@ -10,19 +10,32 @@
 //! - [`Placement`] maps a shard key to a bucket with PostgreSQL's own
 //!   hash-partitioning hash ([`pghash`]) and a bucket to a shard; its
 //!   [`Placement::bucket_sql`] computes the same bucket inside PostgreSQL.
+//! - Every connection to a database goes through [`transport`] (TCP, TLS
+//!   per libpq's `sslmode`: [`tls`]) and the password rule of [`auth`]:
+//!   tokio-postgres clients ([`ConnString::connect`]), raw logins
+//!   ([`login`], the router's backends) and replication streams
+//!   ([`replication`], a relay in front of pgwire-replication).
 
+pub mod auth;
 pub mod conn;
+pub mod login;
 pub mod pghash;
 pub mod placement;
+pub mod replication;
+pub mod tls;
 pub mod topology;
+pub mod transport;
 
-pub use conn::{ConnString, ConnStringError, ConnectError};
+pub use auth::{AuthMethod, AuthRefusal, RequireAuth};
+pub use conn::{ConnString, ConnStringError, ConnectError, DbConnection};
 pub use placement::{Placement, PlacementError, ShardKey, ShardKeyType};
+pub use tls::{SslMode, TlsFailure, Verification};
 pub use topology::{
     output_name, parse_interval, Context, ContextKind, CutoverConfig, Problem, ReadModel,
     RouterConfig, RouterTls, RouterUser, Secret, Topology, TopologyError, DEFAULT_APPLY_INTERVAL,
     MAX_APPLY_INTERVAL,
 };
+pub use transport::DbStream;
 
 /// Quotes an identifier for SQL the way `quote_ident` does.
 pub fn quote_ident(name: &str) -> String {
