@@ -131,17 +131,16 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         match code {
             0 => return Ok(()),
             3 => {
-                let mut p = password()?;
-                p.push(0);
-                frontend::password_message(&p, &mut out).map_err(|e| protocol(e.to_string()))?;
+                frontend::password_message(&password()?, &mut out)
+                    .map_err(|e| protocol(e.to_string()))?;
             }
             5 => {
                 let salt: [u8; 4] = data
                     .try_into()
                     .map_err(|_| protocol("an md5 request without a 4-byte salt".into()))?;
-                let mut p = md5_hash(conn.user().as_bytes(), &password()?, salt).into_bytes();
-                p.push(0);
-                frontend::password_message(&p, &mut out).map_err(|e| protocol(e.to_string()))?;
+                let hash = md5_hash(conn.user().as_bytes(), &password()?, salt);
+                frontend::password_message(hash.as_bytes(), &mut out)
+                    .map_err(|e| protocol(e.to_string()))?;
             }
             10 => {
                 let offered = data
