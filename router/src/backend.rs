@@ -59,7 +59,13 @@ impl BackendError {
             e => Self::Refused {
                 target: target.to_string(),
                 code: e.sqlstate().to_string(),
-                message: format!("{e} (hint: {})", e.hint()),
+                message: match &e {
+                    // The target is in this error's own text already.
+                    ConnectError::AuthRefused { refusal, .. } => {
+                        format!("{refusal} (hint: {})", e.hint())
+                    }
+                    _ => format!("{e} (hint: {})", e.hint()),
+                },
             },
         }
     }

@@ -16,6 +16,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::config::{Host, SslMode as PgSslMode};
@@ -23,6 +24,7 @@ use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{Client, Config, Connection, NoTls};
 
 use crate::auth::{self, AuthCheck, AuthRefusal, AuthWatch, RequireAuth};
+use crate::conninfo::{quote_value, split_params};
 use crate::tls::{TlsFailure, TlsParams, TlsSettings};
 use crate::transport::{self, Attempt, DbStream};
 
@@ -34,24 +36,15 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// it) for the [`Client`] to work.
 pub type DbConnection = Connection<AuthWatch<DbStream>, NoTlsStream>;
 
-/// The parameters shardline reads itself; the rest go to tokio-postgres.
-const OWN_PARAMS: &[&str] = &[
-    "sslmode",
-    "sslrootcert",
-    "sslcert",
-    "sslkey",
-    "require_auth",
-    "sslnegotiation",
-];
-
 /// A parsed, completed connection string.
 #[derive(Clone)]
 pub struct ConnString {
     /// Everything tokio-postgres knows, with TLS off: the stream it gets
     /// is already negotiated.
     config: Config,
-    tls: TlsSettings,
-    require_auth: Option<RequireAuth>,
+    /// Shared: the rustls configuration is built once per string.
+    tls: Arc<TlsSettings>,
+    require_auth: Option<Arc<RequireAuth>>,
 }
 
 /// Why a connection string could not be used.
@@ -222,7 +215,7 @@ impl ConnString {
         )
         .map_err(invalid)?;
         let require_auth = own_value("require_auth", "PGREQUIREAUTH")
-            .map(|r| RequireAuth::parse(&r))
+            .map(|r| RequireAuth::parse(&r).map(Arc::new))
             .transpose()
             .map_err(invalid)?;
         let mut config = Config::from_str(&rest).map_err(|e| ConnStringError::Invalid {
@@ -257,7 +250,7 @@ impl ConnString {
         }
         let mut conn = Self {
             config,
-            tls,
+            tls: Arc::new(tls),
             require_auth,
         };
         if conn.config.get_password().is_none() {
@@ -293,7 +286,7 @@ impl ConnString {
     }
 
     pub fn require_auth(&self) -> Option<&RequireAuth> {
-        self.require_auth.as_ref()
+        self.require_auth.as_deref()
     }
 
     pub fn host(&self) -> String {
@@ -389,7 +382,7 @@ impl ConnString {
     /// read its asynchronous messages (notifications).
     pub async fn open(&self) -> Result<(Client, DbConnection), ConnectError> {
         self.each_attempt(|stream| async move {
-            let check = AuthCheck::new(self.require_auth.clone(), stream.is_protected());
+            let check = AuthCheck::new(self.require_auth().cloned(), stream.is_protected());
             let watched = AuthWatch::new(stream, check);
             let login = self.config.connect_raw(watched, NoTls);
             match tokio::time::timeout(self.connect_timeout(), login).await {
@@ -499,111 +492,6 @@ impl fmt::Debug for ConnString {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ConnString({self})")
     }
-}
-
-/// A libpq value, quoted.
-fn quote_value(v: &str) -> String {
-    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-/// Takes shardline's own parameters ([`OWN_PARAMS`]) out of a string in
-/// either form; returns the rest, for tokio-postgres, and them.
-fn split_params(s: &str) -> Result<(String, Vec<(String, String)>), String> {
-    let own = |k: &str| OWN_PARAMS.contains(&k);
-    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-        let Some((base, query)) = s.split_once('?') else {
-            return Ok((s.to_string(), Vec::new()));
-        };
-        let mut kept = Vec::new();
-        let mut taken = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let key = percent_decode(k)?;
-            if own(&key) {
-                taken.push((key, percent_decode(v)?));
-            } else {
-                kept.push(pair);
-            }
-        }
-        let rest = if kept.is_empty() {
-            base.to_string()
-        } else {
-            format!("{base}?{}", kept.join("&"))
-        };
-        return Ok((rest, taken));
-    }
-    let mut kept = Vec::new();
-    let mut taken = Vec::new();
-    for (key, value) in libpq_pairs(s)? {
-        if own(&key) {
-            taken.push((key, value));
-        } else {
-            kept.push(format!("{key}={}", quote_value(&value)));
-        }
-    }
-    Ok((kept.join(" "), taken))
-}
-
-/// The `key=value` pairs of a libpq string: spaces around `=` allowed,
-/// values in single quotes or bare, `\` escaping the next character.
-fn libpq_pairs(s: &str) -> Result<Vec<(String, String)>, String> {
-    let mut pairs = Vec::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.peek().is_none() {
-            return Ok(pairs);
-        }
-        let mut key = String::new();
-        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
-            key.push(c);
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.next() != Some('=') {
-            return Err(format!("{key:?} has no value (expected {key}=value)"));
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut value = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
-            loop {
-                match chars.next() {
-                    Some('\\') => value.extend(chars.next()),
-                    Some('\'') => break,
-                    Some(c) => value.push(c),
-                    None => return Err(format!("the value of {key} misses its closing quote")),
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                if c == '\\' {
-                    value.extend(chars.next());
-                } else {
-                    value.push(c);
-                }
-            }
-        }
-        pairs.push((key, value));
-    }
-}
-
-fn percent_decode(s: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent-encoding in {s:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once decoded"))
 }
 
 /// Finds the password for a connection in a `.pgpass` file: the first line

@@ -18,6 +18,7 @@
 
 pub mod auth;
 pub mod conn;
+mod conninfo;
 pub mod login;
 pub mod pghash;
 pub mod placement;
