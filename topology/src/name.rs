@@ -172,6 +172,13 @@ impl fmt::Display for TableName {
     }
 }
 
+/// A name serialises as its display form, the one string per table.
+impl serde::Serialize for TableName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl FromStr for TableName {
     type Err = NameError;
 
