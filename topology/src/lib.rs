@@ -4,6 +4,8 @@
 //! - [`Topology`] is the validated `shardline.toml`: the source database,
 //!   the bounded contexts ([`Context`]) with their tables, read models and
 //!   router users. Loading reports every broken rule with its key and line.
+//! - [`TableName`] is a table name parsed once as SQL reads it (quoted
+//!   parts exact, unquoted parts folded) and rendered one way everywhere.
 //! - [`ConnString`] is a libpq-style connection string completed from the
 //!   PG* environment and `.pgpass`; it connects with errors that carry a hint
 //!   and it never prints its password.
@@ -20,6 +22,7 @@ pub mod auth;
 pub mod conn;
 mod conninfo;
 pub mod login;
+pub mod name;
 pub mod pghash;
 pub mod placement;
 pub mod replication;
@@ -29,6 +32,7 @@ pub mod transport;
 
 pub use auth::{AuthMethod, AuthRefusal, RequireAuth};
 pub use conn::{ConnString, ConnStringError, ConnectError, DbConnection};
+pub use name::{display_ident, quote_ident, NameError, TableName, DEFAULT_SCHEMA};
 pub use placement::{Placement, PlacementError, ShardKey, ShardKeyType};
 pub use tls::{SslMode, TlsFailure, Verification};
 pub use topology::{
@@ -37,16 +41,3 @@ pub use topology::{
     MAX_APPLY_INTERVAL,
 };
 pub use transport::DbStream;
-
-/// Quotes an identifier for SQL the way `quote_ident` does.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Quotes a possibly schema-qualified table name (`schema.table` or `table`).
-pub fn quote_table(name: &str) -> String {
-    match name.split_once('.') {
-        Some((schema, table)) => format!("{}.{}", quote_ident(schema), quote_ident(table)),
-        None => quote_ident(name),
-    }
-}
