@@ -343,7 +343,9 @@ impl ConnString {
     }
 
     /// A libpq key=value string, password and TLS settings included, for
-    /// tools such as psql that take one. Never log it.
+    /// tools such as psql that take one. Never log it. The TLS parameters
+    /// appear as given, so libpq applies its own defaults to the rest;
+    /// `require_auth` needs libpq 16 or newer.
     pub fn to_libpq_string(&self) -> String {
         let mut parts = vec![
             format!("host={}", quote_value(&self.host())),

@@ -130,6 +130,27 @@ async fn every_sslmode_against_a_server_with_tls() {
     }
 }
 
+#[test]
+fn psql_gets_the_tls_parameters_from_to_libpq_string() {
+    let f = fixture(true);
+    let psql = |extra: &str| {
+        let conn = f.conn("postgres", extra).unwrap();
+        std::process::Command::new(f.server.bindir().program("psql"))
+            .args(["-X", "-A", "-t", "-c"])
+            .arg("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .arg(conn.to_libpq_string())
+            .env("HOME", "/nonexistent")
+            .output()
+            .unwrap()
+    };
+    let out = psql("sslmode=verify-full sslrootcert={ca}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t", "{out:?}");
+    let out = psql("sslmode=disable");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "f", "{out:?}");
+    let out = psql("sslmode=verify-ca sslrootcert={other_ca}");
+    assert!(!out.status.success(), "{out:?}");
+}
+
 #[tokio::test]
 async fn every_sslmode_against_a_server_without_tls() {
     let f = fixture(false);
