@@ -17,29 +17,39 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardline_topology::ConnString;
-use tokio::net::TcpStream;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use shardline_topology::{ConnString, DbStream};
 use tokio::sync::Mutex;
 
 use crate::backend::{Backend, BackendError};
 use crate::stats::DbStats;
 
-/// Keepalive on backend sockets: a peer that vanished (host down, NAT
-/// entry dropped) is noticed in about a minute, not the kernel's two hours.
+/// Keepalive on backend sockets when the connection string does not set
+/// its own: a peer that vanished (host down, NAT entry dropped) is noticed
+/// in about a minute, not after libpq's default of two hours idle.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_PROBES: u32 = 3;
 
-/// Turns TCP keepalive on for a backend socket; failures only cost the
-/// early warning, so they are ignored.
-pub fn keepalive(stream: &TcpStream) {
+/// libpq's (and tokio-postgres's) `keepalives_idle` when none is given.
+const LIBPQ_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 3600);
+
+/// Tightens TCP keepalive on a backend socket, unless its connection
+/// string turned keepalives off or chose its own idle time. Failures (a
+/// Unix socket) only cost the early warning, so they are ignored.
+pub fn keepalive(stream: &DbStream, conn: &ConnString) {
+    let config = conn.config();
+    if !config.get_keepalives() || config.get_keepalives_idle() != LIBPQ_KEEPALIVES_IDLE {
+        return;
+    }
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_PROBES);
-    socket2::SockRef::from(stream)
-        .set_tcp_keepalive(&keepalive)
-        .ok();
+    // SAFETY: the descriptor belongs to `stream`, open for this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    socket2::SockRef::from(&fd).set_tcp_keepalive(&keepalive).ok();
 }
 
 /// One database's liveness check.

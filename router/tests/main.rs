@@ -2,6 +2,7 @@
 //! in with SCRAM, statements land on the right shard, refusals carry their
 //! SQLSTATE, transactions stay on one shard, broken clients stay alone.
 
+mod backend_tls;
 mod merge;
 mod settings;
 
