@@ -85,6 +85,8 @@ pub enum ChangeError {
     NoReplicaIdentity { table: String },
     #[error("table {table}: column {column} is not valid UTF-8 text")]
     NotUtf8 { table: String, column: String },
+    #[error("table {table}: an update gave the GENERATED ALWAYS identity column {column} a new value, which an UPDATE cannot write on the targets; update the row on every target by hand (with OVERRIDING SYSTEM VALUE via DELETE and INSERT), then start cdc again")]
+    IdentityChanged { table: String, column: String },
     #[error("table {table}: the source's columns changed ({detail}); apply the same change to every target, then start cdc again")]
     ColumnsChanged { table: String, detail: String },
 }
@@ -115,6 +117,8 @@ pub struct Tables {
     /// IDENTITY FULL every column is flagged as identity, but the primary
     /// key alone finds the row on a target (by index, whatever the types).
     primary_keys: HashMap<String, Vec<String>>,
+    /// `GENERATED ALWAYS` identity columns of tables, by canonical name.
+    identity_always: HashMap<String, Vec<String>>,
 }
 
 impl Tables {
@@ -125,6 +129,12 @@ impl Tables {
             primary_keys,
             ..Self::default()
         }
+    }
+
+    /// Known `GENERATED ALWAYS` identity columns are left out of updates.
+    pub fn with_identity_always(mut self, columns: HashMap<String, Vec<String>>) -> Self {
+        self.identity_always = columns;
+        self
     }
 
     /// Records a Relation message. A table whose column list changed since
@@ -201,8 +211,18 @@ impl Tables {
                 .collect()
         });
         let qualified = table_name.quoted();
+        let always = self
+            .identity_always
+            .get(&name)
+            .map(|cols| {
+                cols.iter()
+                    .filter_map(|c| columns.iter().position(|x| x == c))
+                    .collect()
+            })
+            .unwrap_or_default();
         let shape = Arc::new(Shape {
             qualified: qualified.clone(),
+            always,
             columns,
             unique_key: unique_key && !key.is_empty(),
             key: key.clone(),
@@ -293,6 +313,19 @@ impl Tables {
                 let to = t.targets_of(new, "update")?;
                 let key = t.key_cells(key_source)?;
                 let values = t.values(new)?;
+                if let Some(old) = old {
+                    let before = t.values(old.data())?;
+                    for &i in &t.shape.always {
+                        if let (Some(a), Some(b)) = (&before[i], &values[i]) {
+                            if a != b {
+                                return Err(ChangeError::IdentityChanged {
+                                    table: t.name().to_string(),
+                                    column: t.shape.columns[i].clone(),
+                                });
+                            }
+                        }
+                    }
+                }
                 if let (TableRoute::Sharded { .. }, [from], [to]) =
                     (&t.route, from.as_slice(), to.as_slice())
                 {

@@ -119,7 +119,12 @@ pub fn insert<'a>(
     columns: &[&str],
     rows: impl IntoIterator<Item = Vec<Value<'a>>>,
 ) -> String {
-    let mut sql = format!("INSERT INTO {table} ({}) VALUES ", idents(columns));
+    // The source's value of a GENERATED ALWAYS identity column is written
+    // as it is; on tables without one the clause changes nothing.
+    let mut sql = format!(
+        "INSERT INTO {table} ({}) OVERRIDING SYSTEM VALUE VALUES ",
+        idents(columns)
+    );
     for (i, row) in rows.into_iter().enumerate() {
         if i > 0 {
             sql.push_str(", ");
