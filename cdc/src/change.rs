@@ -119,6 +119,10 @@ pub struct Tables {
     primary_keys: HashMap<String, Vec<String>>,
     /// `GENERATED ALWAYS` identity columns of tables, by canonical name.
     identity_always: HashMap<String, Vec<String>>,
+    /// Relations described but not listed, by id: the partitions of a
+    /// listed table (pgoutput describes a partition as well as the root it
+    /// publishes the partition's rows as), refused only if a change names one.
+    unlisted: HashMap<u32, String>,
 }
 
 impl Tables {
@@ -142,12 +146,10 @@ impl Tables {
     pub fn describe(&mut self, relation: Relation, routes: &Routes) -> Result<(), ChangeError> {
         let table_name = TableName::new(&relation.namespace, &relation.name);
         let name = table_name.to_string();
-        let route = routes
-            .route(&relation.namespace, &relation.name)
-            .cloned()
-            .ok_or_else(|| ChangeError::Unlisted {
-                table: name.clone(),
-            })?;
+        let Some(route) = routes.route(&relation.namespace, &relation.name).cloned() else {
+            self.unlisted.insert(relation.id, name);
+            return Ok(());
+        };
         let columns: Vec<String> = relation.columns.iter().map(|c| c.name.clone()).collect();
         let first = self
             .first_columns
@@ -243,7 +245,15 @@ impl Tables {
     }
 
     pub fn get(&self, id: u32) -> Result<&Table, ChangeError> {
-        self.by_id.get(&id).ok_or(ChangeError::UnknownRelation(id))
+        match self.by_id.get(&id) {
+            Some(t) => Ok(t),
+            None => Err(match self.unlisted.get(&id) {
+                Some(table) => ChangeError::Unlisted {
+                    table: table.clone(),
+                },
+                None => ChangeError::UnknownRelation(id),
+            }),
+        }
     }
 
     /// The statements that apply one insert, update or delete.

@@ -253,7 +253,7 @@ mod tests {
                     vec![Some(&b"2"[..]), Some(&b"x"[..])]
                 ]
             ),
-            "INSERT INTO \"public\".\"pay\" (\"a\", \"b\") VALUES ('1', NULL), ('2', 'x')"
+            "INSERT INTO \"public\".\"pay\" (\"a\", \"b\") OVERRIDING SYSTEM VALUE VALUES ('1', NULL), ('2', 'x')"
         );
         assert_eq!(
             update(t, &[("amount", Some(&b"1.50"[..]))], &[("merchant_id", Some(&b"7"[..])), ("id", Some(&b"1"[..]))]),

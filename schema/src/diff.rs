@@ -94,25 +94,26 @@ pub fn compare(source: &Table, target: &Table, options: &CompareOptions) -> Vec<
         }
     }
 
-    // Constraints, by name.
-    let constraints = |t: &Table| -> BTreeMap<String, String> {
-        t.constraints
-            .iter()
-            .map(|c| {
-                (
-                    format!("{} {}", c.kind.word(), c.name),
-                    c.definition.clone(),
-                )
-            })
-            .collect()
-    };
-    pair(
-        &mut out,
-        "",
-        constraints(source),
-        constraints(target),
-        |k| k.rsplit(' ').next().is_some_and(&skip),
-    );
+    // Constraints, by name (named with the kind either side has).
+    for c in source.constraints.iter().filter(|c| !skip(&c.name)) {
+        let t = target.constraints.iter().find(|t| t.name == c.name);
+        diff(
+            &mut out,
+            format!("{} {}", c.kind.word(), c.name),
+            Some(c.definition.clone()),
+            t.map(|t| t.definition.clone()),
+        );
+    }
+    for t in target.constraints.iter().filter(|t| !skip(&t.name)) {
+        if !source.constraints.iter().any(|c| c.name == t.name) {
+            diff(
+                &mut out,
+                format!("{} {}", t.kind.word(), t.name),
+                None,
+                Some(t.definition.clone()),
+            );
+        }
+    }
 
     // Indexes, by name, as they apply to the whole table.
     let indexes = |t: &Table| -> BTreeMap<String, String> {
