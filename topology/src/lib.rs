@@ -36,8 +36,8 @@ pub use name::{display_ident, quote_ident, NameError, TableName, DEFAULT_SCHEMA}
 pub use placement::{Placement, PlacementError, ShardKey, ShardKeyType};
 pub use tls::{SslMode, TlsFailure, Verification};
 pub use topology::{
-    output_name, parse_interval, Context, ContextKind, CutoverConfig, Problem, ReadModel,
-    RouterConfig, RouterTls, RouterUser, Secret, Topology, TopologyError, DEFAULT_APPLY_INTERVAL,
-    MAX_APPLY_INTERVAL,
+    output_name, parse_interval, Context, ContextKind, CutoverConfig, Partitioning, Problem,
+    ReadModel, RouterConfig, RouterTls, RouterUser, Secret, Topology, TopologyError,
+    DEFAULT_APPLY_INTERVAL, MAX_APPLY_INTERVAL,
 };
 pub use transport::DbStream;
