@@ -51,6 +51,7 @@ url = "{}"
 tables = ["payments", "payment_events", "refunds"]
 shard_key = "merchant_id"
 shards = ["{}", "{}", "{}"]
+skip_objects = ["payments_merchant_fk"]
 [contexts.settlements]
 tables = ["settlements", "payouts"]
 url = "{}"

@@ -1,13 +1,18 @@
-//! Table definitions read from the catalog, compared and recreated on targets.
+//! What backfill needs of a table's definition: the columns it copies,
+//! the key, the relations that hold the rows, and (for listed tables) the
+//! whole definition read by the schema crate, from which targets are
+//! created and against which they are compared.
 
 use std::fmt::Write;
+use std::sync::Arc;
 
+use shardline_schema::{SchemaError, Table};
 use shardline_topology::{quote_ident, TableName};
 use tokio_postgres::Client;
 
 use crate::error::BackfillError;
 
-/// A column as the catalog describes it.
+/// A column as backfill copies it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ColumnDef {
     pub name: String,
@@ -16,12 +21,12 @@ pub struct ColumnDef {
     pub not_null: bool,
 }
 
-/// An enum type a table's columns use, to create on targets before the table.
+/// A relation that holds rows: the table, or one leaf partition of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EnumType {
-    pub schema: String,
-    pub name: String,
-    pub labels: Vec<String>,
+pub struct Leaf {
+    pub relation: TableName,
+    pub est_rows: i64,
+    pub blocks: i64,
 }
 
 /// Everything needed to copy a table and to create it elsewhere.
@@ -31,17 +36,58 @@ pub struct TableDef {
     /// schema records it.
     pub name: String,
     pub table: TableName,
+    /// The columns copied, in table order: generated columns are left out
+    /// (PostgreSQL computes them, and refuses a value for them).
     pub columns: Vec<ColumnDef>,
     pub primary_key: Vec<String>,
-    /// `CREATE INDEX …` of each secondary index.
-    pub indexes: Vec<String>,
-    pub enums: Vec<EnumType>,
     pub est_rows: i64,
     pub bytes: i64,
     pub blocks: i64,
+    /// The relations read, each in its own block ranges: the leaf
+    /// partitions of a partitioned table (a parent has no heap), else the
+    /// table itself.
+    pub leaves: Vec<Leaf>,
+    /// The whole definition (`None` for a read model's result shape).
+    pub schema: Option<Arc<Table>>,
 }
 
 impl TableDef {
+    /// A listed table's copy definition from its whole definition.
+    pub fn from_schema(table: Table) -> Self {
+        let columns = table
+            .stored_columns()
+            .map(|c| ColumnDef {
+                name: c.name.clone(),
+                sql_type: c.sql_type.clone(),
+                not_null: c.not_null,
+            })
+            .collect();
+        let primary_key = table
+            .primary_key()
+            .map(|k| k.columns.clone())
+            .unwrap_or_default();
+        let leaves = table
+            .leaves()
+            .into_iter()
+            .map(|(relation, stats)| Leaf {
+                relation,
+                est_rows: stats.est_rows,
+                blocks: stats.blocks,
+            })
+            .collect();
+        Self {
+            name: table.name.to_string(),
+            table: table.name.clone(),
+            columns,
+            primary_key,
+            est_rows: table.stats.est_rows,
+            bytes: table.stats.bytes,
+            blocks: table.stats.blocks,
+            leaves,
+            schema: Some(Arc::new(table)),
+        }
+    }
+
     pub fn quoted(&self) -> String {
         self.table.quoted()
     }
@@ -58,25 +104,16 @@ impl TableDef {
         self.columns.iter().position(|c| c.name == name)
     }
 
-    /// `CREATE TABLE` with columns, NOT NULL and the primary key.
+    /// `CREATE TABLE` with columns, NOT NULL and the primary key: the
+    /// table of a read model (listed tables are created from their whole
+    /// definition by the schema crate).
     pub fn create_sql(&self) -> String {
         let mut sql = String::new();
-        let schema = &self.table.schema;
-        let _ = writeln!(sql, "CREATE SCHEMA IF NOT EXISTS {};", quote_ident(schema));
-        for e in &self.enums {
-            let labels: Vec<String> = e
-                .labels
-                .iter()
-                .map(|l| format!("'{}'", l.replace('\'', "''")))
-                .collect();
-            let _ = writeln!(
-                sql,
-                "DO $$ BEGIN CREATE TYPE {}.{} AS ENUM ({}); EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
-                quote_ident(&e.schema),
-                quote_ident(&e.name),
-                labels.join(", ")
-            );
-        }
+        let _ = writeln!(
+            sql,
+            "CREATE SCHEMA IF NOT EXISTS {};",
+            quote_ident(&self.table.schema)
+        );
         let mut parts: Vec<String> = self
             .columns
             .iter()
@@ -104,97 +141,18 @@ impl TableDef {
 }
 
 /// Reads a table's definition; `None` when it does not exist.
-pub async fn describe(
-    client: &Client,
-    table: &TableName,
-) -> Result<Option<TableDef>, tokio_postgres::Error> {
-    let Some(oid) = client
-        .query_one("SELECT to_regclass($1)::oid", &[&table.quoted()])
+pub async fn describe(client: &Client, table: &TableName) -> Result<Option<TableDef>, SchemaError> {
+    Ok(shardline_schema::read_table(client, table)
         .await?
-        .get::<_, Option<u32>>(0)
-    else {
-        return Ok(None);
-    };
-    let rows = client
-        .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-                    t.typtype = 'e', tn.nspname::text, t.typname::text, t.oid
-               FROM pg_attribute a
-               JOIN pg_type t ON t.oid = a.atttypid
-               JOIN pg_namespace tn ON tn.oid = t.typnamespace
-              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-              ORDER BY a.attnum",
-            &[&oid],
-        )
-        .await?;
-    let mut columns = Vec::new();
-    let mut enums = Vec::new();
-    for r in &rows {
-        columns.push(ColumnDef {
-            name: r.get(0),
-            sql_type: r.get(1),
-            not_null: r.get(2),
-        });
-        if r.get::<_, bool>(3) {
-            let type_oid: u32 = r.get(6);
-            let labels = client
-                .query("SELECT enumlabel::text FROM pg_enum WHERE enumtypid = $1 ORDER BY enumsortorder", &[&type_oid])
-                .await?
-                .iter()
-                .map(|l| l.get(0))
-                .collect();
-            let e = EnumType {
-                schema: r.get(4),
-                name: r.get(5),
-                labels,
-            };
-            if !enums.contains(&e) {
-                enums.push(e);
-            }
-        }
+        .map(TableDef::from_schema))
+}
+
+/// A catalog read that failed, naming the database.
+pub fn schema_error(db: &str, e: SchemaError) -> BackfillError {
+    BackfillError::Query {
+        database: db.to_string(),
+        cause: e.to_string(),
     }
-    let primary_key = client
-        .query(
-            "SELECT a.attname::text
-               FROM pg_index i
-               CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-              WHERE i.indrelid = $1 AND i.indisprimary
-              ORDER BY k.ord",
-            &[&oid],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let indexes = client
-        .query(
-            "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = $1 AND NOT indisprimary ORDER BY indexrelid",
-            &[&oid],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let stats = client
-        .query_one(
-            "SELECT greatest(reltuples, 0)::int8, pg_relation_size(oid),
-                    pg_relation_size(oid) / current_setting('block_size')::int8
-               FROM pg_class WHERE oid = $1",
-            &[&oid],
-        )
-        .await?;
-    Ok(Some(TableDef {
-        name: table.to_string(),
-        table: table.clone(),
-        columns,
-        primary_key,
-        indexes,
-        enums,
-        est_rows: stats.get(0),
-        bytes: stats.get(1),
-        blocks: stats.get(2),
-    }))
 }
 
 /// Every way `target` differs from `source`, as sentences naming the table.

@@ -43,7 +43,9 @@ CREATE TABLE IF NOT EXISTS shardline.backfill_chunk (
     done        boolean NOT NULL DEFAULT false,
     rows        bigint,
     PRIMARY KEY (job_name, table_name, generation, chunk_no)
-);";
+);
+-- the partition a chunk reads (NULL: the table itself)
+ALTER TABLE shardline.backfill_chunk ADD COLUMN IF NOT EXISTS relation text;";
 
 pub const TARGET_DDL: &str = "CREATE SCHEMA IF NOT EXISTS shardline;
 CREATE TABLE IF NOT EXISTS shardline.backfill_done (

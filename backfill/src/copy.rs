@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use shardline_pgcopy::{CopyReader, CopyWriter, TupleBatch, HEADER, TRAILER};
-use shardline_topology::Placement;
+use shardline_topology::{Placement, TableName};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
@@ -52,6 +52,8 @@ pub struct Chunk {
     pub table: Arc<TableCopy>,
     pub generation: i32,
     pub number: i32,
+    /// The partition read (`None`: the table itself).
+    pub relation: Option<TableName>,
     pub first_block: i64,
     pub end_block: Option<i64>,
 }
@@ -65,10 +67,13 @@ impl Chunk {
             Some(end) => format!(" AND ctid < '({end},0)'::tid"),
             None => String::new(),
         };
+        let relation = match &self.relation {
+            Some(r) => r.quoted(),
+            None => self.table.def.quoted(),
+        };
         format!(
-            "COPY (SELECT {} FROM {} WHERE ctid >= '({},0)'::tid{upper}) TO STDOUT (FORMAT binary)",
+            "COPY (SELECT {} FROM {relation} WHERE ctid >= '({},0)'::tid{upper}) TO STDOUT (FORMAT binary)",
             self.table.def.column_list(),
-            self.table.def.quoted(),
             self.first_block
         )
     }

@@ -17,6 +17,8 @@ pub enum BackfillError {
     SourceSetup(Vec<String>),
     #[error("targets differ from the source, nothing was copied:\n  {}", .0.join("\n  "))]
     Differences(Vec<String>),
+    #[error("the targets cannot hold everything the source has, nothing was copied:\n  {}", .0.join("\n  "))]
+    Obstacles(Vec<String>),
     #[error("table {table} has no column {column}, the shard key of its context")]
     NoShardKeyColumn { table: String, column: String },
     #[error("table {table}: {count} rows have a NULL shard key {column} and cannot be placed")]
@@ -51,6 +53,7 @@ impl BackfillError {
             Self::TargetNotEmpty { .. } => "empty it, or run with --restart to empty every target table of the job".into(),
             Self::SourceSetup(_) => "apply the fixes shown, then run backfill again".into(),
             Self::Differences(_) => "make the targets' tables match the source (or drop them to let backfill create them)".into(),
+            Self::Obstacles(_) => "list each object's name in its context's skip_objects to let it go (see the Backfill section of the README), or change the topology".into(),
             Self::NoShardKeyColumn { .. } => "move the table to an unsharded context or to reference_tables".into(),
             Self::NullShardKey { .. } => "give those rows a shard key on the source, or list the table in an unsharded context".into(),
             Self::Copy { .. } => "run the same command again: the job resumes where it stopped".into(),

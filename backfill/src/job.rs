@@ -44,18 +44,7 @@ pub async fn run(
     if request.restart {
         restart(&source, &source_name, &prepared, &targets, &request.job).await?;
     }
-    for (i, def) in &prepared.to_create {
-        let mut sql = def.create_sql();
-        if !request.defer_indexes {
-            for index in &def.indexes {
-                sql.push_str(&format!(";\n{index}"));
-            }
-        }
-        targets[*i]
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| query_error(&prepared.targets[*i].to_string(), e))?;
-    }
+    crate::create::create_tables(&prepared, &targets, request.defer_indexes).await?;
 
     let (job, holder) = establish(&source, &source_name, &prepared, &targets, request).await?;
     let leader = holder.is_some();
@@ -360,13 +349,14 @@ async fn establish(
             let chunks = if t.query.is_some() {
                 vec![crate::plan::PlannedChunk {
                     number: 0,
+                    relation: None,
                     first_block: 0,
                     end_block: None,
                 }]
             } else {
                 let fresh = catalog::describe(source, &t.def.table)
                     .await
-                    .map_err(q)?
+                    .map_err(|e| catalog::schema_error(source_name, e))?
                     .unwrap_or_else(|| t.def.clone());
                 plan(&fresh, request.chunk_rows)
             };
@@ -381,11 +371,12 @@ async fn establish(
                 .await
                 .map_err(q)?;
             for c in chunks {
+                let relation = c.relation.as_ref().map(|r| r.to_string());
                 source
                     .execute(
-                        "INSERT INTO shardline.backfill_chunk (job_name, table_name, generation, chunk_no, first_block, end_block)
-                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                        &[&job.name, &t.def.name, &job.generation, &c.number, &c.first_block, &c.end_block],
+                        "INSERT INTO shardline.backfill_chunk (job_name, table_name, generation, chunk_no, first_block, end_block, relation)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                        &[&job.name, &t.def.name, &job.generation, &c.number, &c.first_block, &c.end_block, &relation],
                     )
                     .await
                     .map_err(q)?;
@@ -483,22 +474,9 @@ async fn finish(
         });
     }
     if request.defer_indexes {
-        for (i, def) in &prepared.to_create {
-            for index in &def.indexes {
-                let sql = index
-                    .replacen("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1)
-                    .replacen(
-                        "CREATE UNIQUE INDEX",
-                        "CREATE UNIQUE INDEX IF NOT EXISTS",
-                        1,
-                    );
-                targets[*i]
-                    .batch_execute(&sql)
-                    .await
-                    .map_err(|e| query_error(&prepared.targets[*i].to_string(), e))?;
-            }
-        }
+        crate::create::build_deferred_indexes(prepared, targets).await?;
     }
+    crate::create::carry_sequences(source, source_name, prepared, targets).await?;
     source
         .execute(
             "UPDATE shardline.backfill_job SET state = 'done', finished_at = now() WHERE job_name = $1",

@@ -21,10 +21,15 @@
 //!   the changes that copy already holds.
 //! - Read models ([`readmodel`]) are computed from the same snapshot and
 //!   copied whole into their context.
+//! - Targets hold each table whole, created from the source's definition
+//!   by the schema crate, whose `carry` says what they cannot hold (a foreign
+//!   key to another database, a trigger, …), which refuses the job unless
+//!   the topology lets it go. Sequence positions are carried at the end.
 
 pub mod catalog;
 pub mod control;
 pub mod copy;
+mod create;
 mod error;
 mod job;
 pub mod plan;
@@ -42,6 +47,7 @@ use tokio::sync::watch;
 
 pub use error::BackfillError;
 pub use prepare::Prepared;
+pub use shardline_schema::carry::Obstacle;
 
 /// Rows per chunk by default: a few seconds of copying, so a kill loses
 /// little and progress moves visibly.
@@ -107,6 +113,9 @@ pub struct TablePlan {
     pub targets: Vec<(String, i64)>,
     /// Targets on which the table would be created.
     pub create: usize,
+    /// What its targets cannot hold as the source has it (see
+    /// `shardline_schema::carry`).
+    pub obstacles: Vec<Obstacle>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -157,5 +166,11 @@ pub async fn run(
     stop: watch::Receiver<bool>,
     on_event: impl Fn(Event) + Send + Sync + 'static,
 ) -> Result<BackfillReport, BackfillError> {
+    let refused = prepared.refused();
+    if !refused.is_empty() {
+        return Err(BackfillError::Obstacles(
+            refused.iter().map(|o| o.describe()).collect(),
+        ));
+    }
     job::run(prepared, request, stop, Arc::new(on_event)).await
 }

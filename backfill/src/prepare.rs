@@ -7,12 +7,13 @@ use shardline_cdc::route::{Routes, TableRoute};
 use shardline_topology::{ConnString, TableName, Topology};
 use tokio_postgres::Client;
 
-use crate::catalog::{self, query_error, TableDef};
+use crate::catalog::{self, query_error, schema_error, TableDef};
 use crate::copy::{Routing, TableCopy};
 use crate::error::BackfillError;
 use crate::plan::plan;
 use crate::readmodel;
 use crate::{BackfillRequest, TablePlan};
+use shardline_schema::carry::{self, Obstacle};
 
 /// Everything a run works with, checked before anything is written.
 pub struct Prepared {
@@ -23,6 +24,29 @@ pub struct Prepared {
     pub to_create: Vec<(usize, TableDef)>,
     /// Where CDC sends each table's changes: the publication covers them.
     pub routes: Routes,
+    /// What the targets cannot hold as the source has it: listed by a dry
+    /// run; a run refuses to start while one is not let go.
+    pub obstacles: Vec<Obstacle>,
+    /// Per table (canonical name): how its targets hold it.
+    pub layouts: std::collections::HashMap<String, Layout>,
+}
+
+/// How a context's databases hold one listed table.
+#[derive(Clone, Debug, Default)]
+pub struct Layout {
+    /// Keep the source's partitioning.
+    pub partitioned: bool,
+    /// Objects left out when the table is created.
+    pub not_created: Vec<String>,
+    /// Objects left out of comparisons (not created, or let go).
+    pub skip: Vec<String>,
+}
+
+impl Prepared {
+    /// Obstacles the topology does not let go.
+    pub fn refused(&self) -> Vec<&Obstacle> {
+        self.obstacles.iter().filter(|o| !o.allowed).collect()
+    }
 }
 
 /// Connects everywhere, reads every definition, and collects every
@@ -94,13 +118,60 @@ pub async fn prepare(
     for conn in &targets {
         target_clients.push(conn.connect().await?);
     }
+    let mut obstacles = Vec::new();
+    let mut layouts = std::collections::HashMap::new();
+    let mut extensions: Vec<Option<Vec<String>>> = vec![None; targets.len()];
     for (table, mut routing, ids, shard_key) in work {
         let def = catalog::describe(&source, &table)
             .await
-            .map_err(|e| query_error(&source_name, e))?
+            .map_err(|e| schema_error(&source_name, e))?
             .ok_or_else(|| BackfillError::MissingTable {
                 table: table.to_string(),
             })?;
+        let context = topology
+            .context_of_table(&table)
+            .expect("routes come from the topology's tables");
+        let whole = def.schema.as_deref().expect("a listed table's definition");
+        let mut found_here = carry::obstacles(topology, context, whole);
+        for &i in &ids {
+            if whole.extension_types.iter().all(|e| e.extension.is_empty()) {
+                break;
+            }
+            if extensions[i].is_none() {
+                extensions[i] = Some(
+                    shardline_schema::catalog::extensions(&target_clients[i])
+                        .await
+                        .map_err(|e| schema_error(&targets[i].to_string(), e))?,
+                );
+            }
+            let installed = extensions[i].as_deref().unwrap_or_default();
+            for e in &whole.extension_types {
+                if !e.extension.is_empty() && !installed.contains(&e.extension) {
+                    found_here.push(Obstacle {
+                        table: def.name.clone(),
+                        object: format!("column type {}", e.name),
+                        name: e.name.to_string(),
+                        why: format!(
+                            "comes from extension {ext}, which {} lacks (run CREATE EXTENSION {ext} there)",
+                            targets[i],
+                            ext = shardline_topology::quote_ident(&e.extension)
+                        ),
+                        allowed: false,
+                        skippable: false,
+                        created: false,
+                    });
+                }
+            }
+        }
+        let not_created = carry::not_created(&found_here);
+        let mut skip: Vec<String> = found_here.iter().map(|o| o.name.clone()).collect();
+        skip.extend(context.skip_objects.iter().cloned());
+        let layout = Layout {
+            partitioned: context.partitioning == shardline_topology::Partitioning::Source,
+            not_created,
+            skip,
+        };
+        obstacles.extend(found_here);
         if let (Routing::Sharded { key_index, .. }, Some(column)) = (&mut routing, &shard_key) {
             let index =
                 def.column_index(column)
@@ -137,10 +208,11 @@ pub async fn prepare(
             &targets,
             &target_clients,
             request.create,
-            true,
+            Some(&layout),
             &mut found,
         )
         .await?;
+        layouts.insert(def.name.clone(), layout);
         tables.push(Arc::new(TableCopy {
             def,
             routing,
@@ -168,7 +240,7 @@ pub async fn prepare(
             &targets,
             &target_clients,
             request.create,
-            false,
+            None,
             &mut found,
         )
         .await?;
@@ -188,6 +260,8 @@ pub async fn prepare(
         tables,
         to_create: found.to_create,
         routes,
+        obstacles,
+        layouts,
     })
 }
 
@@ -199,20 +273,23 @@ struct Findings {
     differences: Vec<String>,
 }
 
+/// Compares each target's table with the source's: a listed table's
+/// whole definition (`layout` says how its targets hold it), or a read
+/// model's columns and key (`layout` is `None`).
 async fn check_targets(
     def: &TableDef,
     ids: &[usize],
     targets: &[ConnString],
     clients: &[Client],
     create: bool,
-    strict_nulls: bool,
+    layout: Option<&Layout>,
     found: &mut Findings,
 ) -> Result<(), BackfillError> {
     for &i in ids {
         let name = targets[i].to_string();
         match catalog::describe(&clients[i], &def.table)
             .await
-            .map_err(|e| query_error(&name, e))?
+            .map_err(|e| schema_error(&name, e))?
         {
             None if create => found.to_create.push((i, def.clone())),
             None => {
@@ -221,11 +298,25 @@ async fn check_targets(
                     target: name,
                 })
             }
-            Some(existing) => {
-                found
+            Some(existing) => match (layout, &def.schema, &existing.schema) {
+                (Some(layout), Some(source), Some(target)) => {
+                    // Sequence positions are carried at the end of the copy.
+                    let options = shardline_schema::CompareOptions {
+                        partitioned: layout.partitioned,
+                        skip: &layout.skip,
+                        positions: false,
+                        ..Default::default()
+                    };
+                    found.differences.extend(
+                        shardline_schema::compare(source, target, &options)
+                            .into_iter()
+                            .map(|d| format!("table {} on {name}: {}", def.name, d.describe())),
+                    )
+                }
+                _ => found
                     .differences
-                    .extend(catalog::differences(def, &existing, &name, strict_nulls))
-            }
+                    .extend(catalog::differences(def, &existing, &name, false)),
+            },
         }
     }
     Ok(())
@@ -293,6 +384,12 @@ pub async fn dry_run(
                 .iter()
                 .filter(|(_, d)| d.name == t.def.name)
                 .count(),
+            obstacles: prepared
+                .obstacles
+                .iter()
+                .filter(|o| o.table == t.def.name)
+                .cloned()
+                .collect(),
         });
     }
     Ok(out)

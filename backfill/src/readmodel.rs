@@ -62,10 +62,10 @@ pub async fn shape(source: &Client, db: &str, rm: &ReadModel) -> Result<TableDef
         table: rm.table(),
         columns,
         primary_key: group_names,
-        indexes: Vec::new(),
-        enums: Vec::new(),
         est_rows: 0,
         bytes: 0,
         blocks: 0,
+        leaves: Vec::new(),
+        schema: None,
     })
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shardline_topology::ConnString;
+use shardline_topology::{ConnString, TableName};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
@@ -57,7 +57,7 @@ pub(crate) async fn worker(
             .map_err(|e| query_error(&source_name, e))?;
         let claimed = control
             .query_opt(
-                "SELECT c.table_name, c.generation, c.chunk_no, c.first_block, c.end_block
+                "SELECT c.table_name, c.generation, c.chunk_no, c.first_block, c.end_block, c.relation
                    FROM shardline.backfill_chunk c
                    JOIN shardline.backfill_table t USING (job_name, table_name, generation)
                   WHERE c.job_name = $1 AND NOT c.done
@@ -96,10 +96,18 @@ pub(crate) async fn worker(
                 .map_err(|e| query_error(&source_name, e))?;
             return Ok(totals);
         };
+        let relation = match row.get::<_, Option<String>>(5) {
+            None => None,
+            Some(r) => Some(TableName::parse(&r).map_err(|e| BackfillError::Query {
+                database: source_name.clone(),
+                cause: format!("shardline.backfill_chunk: {e}"),
+            })?),
+        };
         let chunk = Chunk {
             table,
             generation: row.get(1),
             number: row.get(2),
+            relation,
             first_block: row.get(3),
             end_block: row.get(4),
         };

@@ -85,6 +85,8 @@ pub enum ChangeError {
     NoReplicaIdentity { table: String },
     #[error("table {table}: column {column} is not valid UTF-8 text")]
     NotUtf8 { table: String, column: String },
+    #[error("table {table}: an update gave the GENERATED ALWAYS identity column {column} a new value, which an UPDATE cannot write on the targets; update the row on every target by hand (with OVERRIDING SYSTEM VALUE via DELETE and INSERT), then start cdc again")]
+    IdentityChanged { table: String, column: String },
     #[error("table {table}: the source's columns changed ({detail}); apply the same change to every target, then start cdc again")]
     ColumnsChanged { table: String, detail: String },
 }
@@ -115,6 +117,12 @@ pub struct Tables {
     /// IDENTITY FULL every column is flagged as identity, but the primary
     /// key alone finds the row on a target (by index, whatever the types).
     primary_keys: HashMap<String, Vec<String>>,
+    /// `GENERATED ALWAYS` identity columns of tables, by canonical name.
+    identity_always: HashMap<String, Vec<String>>,
+    /// Relations described but not listed, by id: the partitions of a
+    /// listed table (pgoutput describes a partition as well as the root it
+    /// publishes the partition's rows as), refused only if a change names one.
+    unlisted: HashMap<u32, String>,
 }
 
 impl Tables {
@@ -127,17 +135,21 @@ impl Tables {
         }
     }
 
+    /// Known `GENERATED ALWAYS` identity columns are left out of updates.
+    pub fn with_identity_always(mut self, columns: HashMap<String, Vec<String>>) -> Self {
+        self.identity_always = columns;
+        self
+    }
+
     /// Records a Relation message. A table whose column list changed since
     /// it was first described stops the stream (see [`ChangeError::ColumnsChanged`]).
     pub fn describe(&mut self, relation: Relation, routes: &Routes) -> Result<(), ChangeError> {
         let table_name = TableName::new(&relation.namespace, &relation.name);
         let name = table_name.to_string();
-        let route = routes
-            .route(&relation.namespace, &relation.name)
-            .cloned()
-            .ok_or_else(|| ChangeError::Unlisted {
-                table: name.clone(),
-            })?;
+        let Some(route) = routes.route(&relation.namespace, &relation.name).cloned() else {
+            self.unlisted.insert(relation.id, name);
+            return Ok(());
+        };
         let columns: Vec<String> = relation.columns.iter().map(|c| c.name.clone()).collect();
         let first = self
             .first_columns
@@ -201,8 +213,18 @@ impl Tables {
                 .collect()
         });
         let qualified = table_name.quoted();
+        let always = self
+            .identity_always
+            .get(&name)
+            .map(|cols| {
+                cols.iter()
+                    .filter_map(|c| columns.iter().position(|x| x == c))
+                    .collect()
+            })
+            .unwrap_or_default();
         let shape = Arc::new(Shape {
             qualified: qualified.clone(),
+            always,
             columns,
             unique_key: unique_key && !key.is_empty(),
             key: key.clone(),
@@ -223,7 +245,15 @@ impl Tables {
     }
 
     pub fn get(&self, id: u32) -> Result<&Table, ChangeError> {
-        self.by_id.get(&id).ok_or(ChangeError::UnknownRelation(id))
+        match self.by_id.get(&id) {
+            Some(t) => Ok(t),
+            None => Err(match self.unlisted.get(&id) {
+                Some(table) => ChangeError::Unlisted {
+                    table: table.clone(),
+                },
+                None => ChangeError::UnknownRelation(id),
+            }),
+        }
     }
 
     /// The statements that apply one insert, update or delete.
@@ -293,6 +323,19 @@ impl Tables {
                 let to = t.targets_of(new, "update")?;
                 let key = t.key_cells(key_source)?;
                 let values = t.values(new)?;
+                if let Some(old) = old {
+                    let before = t.values(old.data())?;
+                    for &i in &t.shape.always {
+                        if let (Some(a), Some(b)) = (&before[i], &values[i]) {
+                            if a != b {
+                                return Err(ChangeError::IdentityChanged {
+                                    table: t.name().to_string(),
+                                    column: t.shape.columns[i].clone(),
+                                });
+                            }
+                        }
+                    }
+                }
                 if let (TableRoute::Sharded { .. }, [from], [to]) =
                     (&t.route, from.as_slice(), to.as_slice())
                 {

@@ -23,6 +23,9 @@
 //!
 //! [`jsonl`] writes the decoded stream as JSON lines instead of applying it.
 //!
+//! [`sequence`] keeps the targets' sequences ahead of the source's (the
+//! stream carries no sequence changes).
+//!
 //! [`reverse`] streams each shard back to the monolith (a cutover's way
 //! back), with replication origins that keep the two directions apart.
 
@@ -40,6 +43,7 @@ pub mod route;
 pub mod rows;
 pub mod run;
 pub mod script;
+pub mod sequence;
 pub mod source;
 pub mod sql;
 pub mod status;

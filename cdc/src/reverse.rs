@@ -46,6 +46,8 @@ pub fn reverse_topology(topology: &Topology, shard: usize) -> Option<Topology> {
                 url: topology.source.clone(),
             },
             apply_interval: None,
+            partitioning: Default::default(),
+            skip_objects: Vec::new(),
         }],
         read_models: Vec::new(),
         router: topology.router.clone(),

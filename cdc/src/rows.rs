@@ -56,6 +56,10 @@ pub struct Shape {
     /// Whether the key identifies at most one row (primary key or replica
     /// identity index), so updates and deletes may fold into a run.
     pub unique_key: bool,
+    /// `GENERATED ALWAYS` identity columns: an UPDATE may not name them
+    /// (their value never changes in an update the stream can apply, see
+    /// [`crate::change`]); an INSERT sets them with `OVERRIDING SYSTEM VALUE`.
+    pub always: Vec<usize>,
 }
 
 /// A value: NULL or text bytes.
@@ -99,7 +103,9 @@ impl RowOp {
                     .columns
                     .iter()
                     .zip(new)
-                    .filter_map(|(c, v)| v.as_ref().map(|v| (c.as_str(), v.as_deref())))
+                    .enumerate()
+                    .filter(|(i, _)| !shape.always.contains(i))
+                    .filter_map(|(_, (c, v))| v.as_ref().map(|v| (c.as_str(), v.as_deref())))
                     .collect();
                 sql::update(&shape.qualified, &set, &key_pairs(shape, key))
             }
@@ -344,6 +350,7 @@ mod tests {
             qualified: "\"public\".\"p\"".into(),
             columns: vec!["id".into(), "status".into(), "note".into()],
             key: vec![0],
+            always: vec![],
             unique_key: unique,
         })
     }
@@ -397,7 +404,7 @@ mod tests {
         ]);
         assert_eq!(
             sql,
-            "INSERT INTO \"public\".\"p\" (\"id\", \"status\", \"note\") VALUES ('1', 'refunded', 'n'), ('2', 'captured', 'n');"
+            "INSERT INTO \"public\".\"p\" (\"id\", \"status\", \"note\") OVERRIDING SYSTEM VALUE VALUES ('1', 'refunded', 'n'), ('2', 'captured', 'n');"
         );
         assert_eq!(stats.folded, 3);
         assert_eq!(stats.inserts, 1);
@@ -418,8 +425,8 @@ mod tests {
         ]);
         assert_eq!(
             sql,
-            "INSERT INTO \"public\".\"p\" (\"id\", \"status\", \"note\") VALUES ('1', 'authorized', 'n');\
-             INSERT INTO \"public\".\"q\" (\"id\", \"status\", \"note\") VALUES ('9', 'x', 'n');\
+            "INSERT INTO \"public\".\"p\" (\"id\", \"status\", \"note\") OVERRIDING SYSTEM VALUE VALUES ('1', 'authorized', 'n');\
+             INSERT INTO \"public\".\"q\" (\"id\", \"status\", \"note\") OVERRIDING SYSTEM VALUE VALUES ('9', 'x', 'n');\
              UPDATE \"public\".\"p\" SET \"id\" = '1', \"status\" = 'captured' WHERE \"id\" = '1';\
              DELETE FROM \"public\".\"p\" WHERE \"id\" = '1';"
         );
@@ -437,7 +444,7 @@ mod tests {
         ]);
         assert_eq!(
             sql,
-            "INSERT INTO \"public\".\"p\" (\"id\", \"status\", \"note\") VALUES ('2', 'a', 'n'), ('1', 'b', 'n');\
+            "INSERT INTO \"public\".\"p\" (\"id\", \"status\", \"note\") OVERRIDING SYSTEM VALUE VALUES ('2', 'a', 'n'), ('1', 'b', 'n');\
              DELETE FROM \"public\".\"p\" WHERE \"id\" = '3';"
         );
         assert_eq!(stats.folded, 1);
@@ -456,7 +463,7 @@ mod tests {
         ]);
         assert_eq!(
             sql,
-            "INSERT INTO \"public\".\"p\" (\"id\", \"status\", \"note\") VALUES ('6', 'c', 'n'), ('1', 'd', 'n');"
+            "INSERT INTO \"public\".\"p\" (\"id\", \"status\", \"note\") OVERRIDING SYSTEM VALUE VALUES ('6', 'c', 'n'), ('1', 'd', 'n');"
         );
         // A key change onto a row still in the run is not folded.
         let (sql, stats) = run(vec![
@@ -483,7 +490,7 @@ mod tests {
         ]);
         assert_eq!(
             sql,
-            "INSERT INTO \"public\".\"p\" (\"id\", \"status\", \"note\") VALUES ('1', 'a', 'n'), ('1', 'a', 'n');\
+            "INSERT INTO \"public\".\"p\" (\"id\", \"status\", \"note\") OVERRIDING SYSTEM VALUE VALUES ('1', 'a', 'n'), ('1', 'a', 'n');\
              UPDATE \"public\".\"p\" SET \"id\" = '1', \"status\" = 'b' WHERE \"id\" = '1';"
         );
         assert_eq!(stats.folded, 0);

@@ -291,7 +291,8 @@ pub async fn run(
 
     let mut confirmations = Confirmations::new(slot.confirmed_flush);
     let primary_keys = source::primary_keys(&source, &routes).await?;
-    let mut tables = Tables::with_primary_keys(primary_keys);
+    let mut tables = Tables::with_primary_keys(primary_keys)
+        .with_identity_always(source::identity_always(&source, &routes).await?);
     let mut deltas = if jsonl.is_some() {
         Vec::new()
     } else {
@@ -313,6 +314,17 @@ pub async fn run(
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat = tokio::time::interval(options.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Sequences follow the source on every heartbeat; the reverse stream
+    // leaves the monolith's alone (see `crate::sequence`).
+    let mut sequences = if jsonl.is_none() && options.origin == crate::apply::FORWARD_ORIGIN {
+        Some(
+            crate::sequence::SequenceSync::new(&source, &routes)
+                .await
+                .map_err(|e| CdcError::Stream(format!("reading the source's sequences: {e}")))?,
+        )
+    } else {
+        None
+    };
 
     let outcome: Result<(), CdcError> = async {
         loop {
@@ -381,6 +393,11 @@ pub async fn run(
                 }
                 _ = heartbeat.tick() => {
                     beat(&source, options).await.map_err(|e| query_error(&topology.source, e))?;
+                    if let Some(s) = &mut sequences {
+                        if let Err(e) = s.sync(&source, &routes.targets).await {
+                            tracing::warn!("targets' sequences not moved up to the source's this time: {e}");
+                        }
+                    }
                 }
                 _ = publish.tick() => {
                     publish_metrics(&metrics, &mut confirmations, &applied, source_seen, &report);

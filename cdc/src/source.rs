@@ -295,6 +295,32 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<SlotState, Sourc
     }
 }
 
+/// The `GENERATED ALWAYS` identity columns of every listed table that has
+/// any, by canonical name.
+pub async fn identity_always(
+    client: &Client,
+    routes: &Routes,
+) -> Result<HashMap<String, Vec<String>>, SourceError> {
+    let mut out = HashMap::new();
+    for (table, _) in routes.tables() {
+        let columns: Vec<String> = client
+            .query(
+                "SELECT a.attname::text FROM pg_attribute a
+                  WHERE a.attrelid = to_regclass($1) AND a.attidentity = 'a' AND NOT a.attisdropped
+                  ORDER BY a.attnum",
+                &[&table.quoted()],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !columns.is_empty() {
+            out.insert(table.to_string(), columns);
+        }
+    }
+    Ok(out)
+}
+
 /// The primary key columns of every listed table that has one, by
 /// `schema.name`, in key order.
 pub async fn primary_keys(

@@ -119,7 +119,12 @@ pub fn insert<'a>(
     columns: &[&str],
     rows: impl IntoIterator<Item = Vec<Value<'a>>>,
 ) -> String {
-    let mut sql = format!("INSERT INTO {table} ({}) VALUES ", idents(columns));
+    // The source's value of a GENERATED ALWAYS identity column is written
+    // as it is; on tables without one the clause changes nothing.
+    let mut sql = format!(
+        "INSERT INTO {table} ({}) OVERRIDING SYSTEM VALUE VALUES ",
+        idents(columns)
+    );
     for (i, row) in rows.into_iter().enumerate() {
         if i > 0 {
             sql.push_str(", ");
@@ -248,7 +253,7 @@ mod tests {
                     vec![Some(&b"2"[..]), Some(&b"x"[..])]
                 ]
             ),
-            "INSERT INTO \"public\".\"pay\" (\"a\", \"b\") VALUES ('1', NULL), ('2', 'x')"
+            "INSERT INTO \"public\".\"pay\" (\"a\", \"b\") OVERRIDING SYSTEM VALUE VALUES ('1', NULL), ('2', 'x')"
         );
         assert_eq!(
             update(t, &[("amount", Some(&b"1.50"[..]))], &[("merchant_id", Some(&b"7"[..])), ("id", Some(&b"1"[..]))]),

@@ -210,6 +210,10 @@ async fn stage(
         }
     }
     let mut client = preflight(topology, &req.slot).await?;
+    if direction == Direction::Forward {
+        // From the first stage on, shards and monolith both hand out ids.
+        crate::sequences::interleave(topology).await?;
+    }
     let reverse = match direction {
         Direction::Forward => Vec::new(),
         Direction::Back => reverse_slots(topology).await?,

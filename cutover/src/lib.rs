@@ -13,6 +13,9 @@
 //!   or abort and leave the cohort on the monolith.
 //! - [`status`] reports a planned stage and where every stage stands.
 //!
+//! [`sequences`] gives every database that may hand out ids a disjoint,
+//! interleaved share of each sequence at the first stage.
+//!
 //! [`coordinator::rollback`] is the way back: the same protocol, waiting
 //! for every shard's reverse stream (`shardline_cdc::reverse`).
 //!
@@ -23,6 +26,7 @@ pub mod control;
 pub mod coordinator;
 mod error;
 pub mod plan;
+pub mod sequences;
 pub mod status;
 
 pub use coordinator::{rollback, start, Direction, StageReport, StartRequest, DEFAULT_MAX_PAUSE};

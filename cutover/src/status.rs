@@ -26,6 +26,8 @@ pub struct PlanReport {
     pub merchant_sample: Vec<String>,
     /// Rows of those buckets in the monolith, per table and shard.
     pub rows: Vec<TableRows>,
+    /// The sequence shares the first stage gives each database (or gave).
+    pub sequences: Vec<crate::sequences::SequencePlan>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -98,6 +100,7 @@ pub async fn plan(topology: &Topology, selector: &Selector) -> Result<PlanReport
         buckets_total: placement.buckets(),
         merchant_sample: sample,
         rows,
+        sequences: crate::sequences::plan(topology).await?,
     })
 }
 

@@ -724,3 +724,42 @@ fn the_parse_cache_is_bounded_by_bytes_as_well_as_entries() {
     let (_, _, entries) = r.cache_stats();
     assert!(entries < 40, "{entries} entries kept");
 }
+
+#[test]
+fn tables_are_found_by_the_names_sql_gives_them_and_a_partition_is_not_its_parent() {
+    let text = TOPOLOGY
+        .replace(
+            r#"tables = ["payments", "payment_events", "refunds"]"#,
+            r#"tables = ['"Payments"', 'billing."Ledger"', '"odd.name with space"']"#,
+        )
+        .replace(r#"tables = ["merchants"]"#, r#"tables = ["Merchants"]"#);
+    let r = Router::new(&Topology::parse(&text, Path::new("test.toml")).unwrap());
+    let s = shard(&r, 42);
+    for sql in [
+        r#"SELECT * FROM "Payments" WHERE merchant_id = 42"#,
+        r#"SELECT * FROM public."Payments" p WHERE p.merchant_id = 42"#,
+        r#"UPDATE billing."Ledger" SET x = 1 WHERE merchant_id = 42"#,
+        r#"SELECT * FROM "odd.name with space" WHERE merchant_id = 42"#,
+        r#"SELECT * FROM "Payments" JOIN billing."Ledger" l USING (merchant_id) WHERE "Payments".merchant_id = 42 AND l.merchant_id = 42"#,
+    ] {
+        assert_eq!(target(&r, sql), Ok(tx(s)), "{sql}");
+    }
+    // Unquoted names fold to lower case, as PostgreSQL folds them.
+    assert_eq!(
+        target(&r, "SELECT * FROM merchants"),
+        Ok(Target::Database {
+            context: "analytics".into()
+        })
+    );
+    for sql in [
+        "SELECT * FROM payments WHERE merchant_id = 42",
+        "SELECT * FROM billing.ledger WHERE merchant_id = 42",
+        // A partition of a listed table: statements name the table itself.
+        r#"SELECT * FROM "Payments_2024_01" WHERE merchant_id = 42"#,
+    ] {
+        assert!(
+            matches!(target(&r, sql), Err(RouteError::UnknownTable { .. })),
+            "{sql}"
+        );
+    }
+}

@@ -26,6 +26,9 @@ pub struct CompareOptions<'a> {
     /// Extensions installed on the target, for columns whose type an
     /// extension provides (`None`: not checked).
     pub target_extensions: Option<&'a [String]>,
+    /// Report a target sequence behind the source's position. Off where
+    /// cdc's lag (it moves them up on each heartbeat) is no drift.
+    pub positions: bool,
 }
 
 /// One way a target's definition differs from the source's.
@@ -91,25 +94,26 @@ pub fn compare(source: &Table, target: &Table, options: &CompareOptions) -> Vec<
         }
     }
 
-    // Constraints, by name.
-    let constraints = |t: &Table| -> BTreeMap<String, String> {
-        t.constraints
-            .iter()
-            .map(|c| {
-                (
-                    format!("{} {}", c.kind.word(), c.name),
-                    c.definition.clone(),
-                )
-            })
-            .collect()
-    };
-    pair(
-        &mut out,
-        "",
-        constraints(source),
-        constraints(target),
-        |k| k.rsplit(' ').next().is_some_and(&skip),
-    );
+    // Constraints, by name (named with the kind either side has).
+    for c in source.constraints.iter().filter(|c| !skip(&c.name)) {
+        let t = target.constraints.iter().find(|t| t.name == c.name);
+        diff(
+            &mut out,
+            format!("{} {}", c.kind.word(), c.name),
+            Some(c.definition.clone()),
+            t.map(|t| t.definition.clone()),
+        );
+    }
+    for t in target.constraints.iter().filter(|t| !skip(&t.name)) {
+        if !source.constraints.iter().any(|c| c.name == t.name) {
+            diff(
+                &mut out,
+                format!("{} {}", t.kind.word(), t.name),
+                None,
+                Some(t.definition.clone()),
+            );
+        }
+    }
 
     // Indexes, by name, as they apply to the whole table.
     let indexes = |t: &Table| -> BTreeMap<String, String> {
@@ -184,7 +188,7 @@ pub fn compare(source: &Table, target: &Table, options: &CompareOptions) -> Vec<
                     Some(sequence_text(s, options.interleaved)),
                     Some(sequence_text(t, options.interleaved)),
                 );
-                if !options.interleaved {
+                if options.positions && !options.interleaved {
                     if let Some(behind) = behind(s, t) {
                         out.push(Difference {
                             object: format!("position of sequence {}", s.name),

@@ -16,12 +16,17 @@
 //! - [`diff::compare`] names each difference between two definitions of
 //!   one table as an object with both sides' renderings.
 //!
-//! The crate knows nothing of topologies: deciding what a target can hold
-//! (a foreign key to a table on another database, say) is the caller's.
+//! Those four know nothing of topologies. Two modules apply them to one:
+//! [`carry`] says what of a table its targets cannot hold (a foreign key
+//! to another database, a trigger, …), and [`drift`] compares every
+//! target of a topology with the source (`shardline schema diff`, and the
+//! first step of verify).
 
+pub mod carry;
 pub mod catalog;
 pub mod ddl;
 pub mod diff;
+pub mod drift;
 pub mod table;
 
 pub use catalog::read_table;
@@ -36,8 +41,19 @@ pub use table::{
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SchemaError {
+    #[error(transparent)]
+    Connect(#[from] shardline_topology::ConnectError),
     #[error("catalog query failed: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
+    #[error("{database}: {cause}")]
+    On {
+        database: String,
+        cause: Box<SchemaError>,
+    },
+    #[error("table {table} does not exist on the source")]
+    MissingTable { table: String },
+    #[error("{text:?} is not listed in the topology")]
+    Unlisted { text: String },
 }
 
 impl SchemaError {
@@ -45,6 +61,30 @@ impl SchemaError {
     pub fn db_error(&self) -> Option<&tokio_postgres::error::DbError> {
         match self {
             Self::Query(e) => e.as_db_error(),
+            Self::On { cause, .. } => cause.db_error(),
+            _ => None,
+        }
+    }
+
+    /// The same error, naming the database it happened on.
+    pub fn on(self, database: &str) -> Self {
+        match self {
+            Self::Connect(_) | Self::On { .. } => self,
+            other => Self::On {
+                database: database.to_string(),
+                cause: Box::new(other),
+            },
+        }
+    }
+
+    /// What to do about it.
+    pub fn hint(&self) -> String {
+        match self {
+            Self::Connect(e) => e.hint(),
+            Self::On { cause, .. } => cause.hint(),
+            Self::MissingTable { .. } => "fix the table lists in the topology".into(),
+            Self::Unlisted { .. } => "name a table listed in the topology (as SQL writes it: payments, billing.\"Ledger\")".into(),
+            Self::Query(_) => "check that the role may read the catalog (pg_catalog) on that database".into(),
         }
     }
 }

@@ -257,7 +257,10 @@ async fn a_plain_target_of_a_partitioned_table_and_every_drift_is_named() {
         "r"
     );
     let theirs = catalog::read_table(&tgt, &pay).await.unwrap().unwrap();
-    let options = CompareOptions::default();
+    let options = CompareOptions {
+        positions: true,
+        ..Default::default()
+    };
     let found = compare(&def, &theirs, &options);
     // The target has never handed out an id: its sequence is behind.
     assert_eq!(found.len(), 1, "{found:#?}");

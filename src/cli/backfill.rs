@@ -35,7 +35,7 @@ pub struct Args {
     /// Copy at most this many rows per second (this process)
     #[arg(long, value_name = "R")]
     max_rows_per_sec: Option<u64>,
-    /// Print the plan (chunks, estimated rows and bytes, rows per shard) and stop
+    /// Print the plan (chunks, estimated rows and bytes, rows per shard, what the targets cannot hold) and stop
     #[arg(long)]
     dry_run: bool,
     /// Start over: drop the job's slot and progress, empty its target tables
@@ -97,8 +97,23 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
                     for (target, rows) in &t.targets {
                         println!("    ~{rows:>10} rows -> {target}");
                     }
+                    for o in &t.obstacles {
+                        let verdict = match (o.allowed, o.created) {
+                            (true, true) => "let go: created on each shard, enforced per shard",
+                            (true, false) => "let go: not created",
+                            (false, _) if o.skippable => "refused (skip_objects can let it go)",
+                            (false, _) => "refused",
+                        };
+                        println!("    not carried: {} {} [{verdict}]", o.object, o.why);
+                    }
                 }
             }
+        }
+        let refused = prepared.refused();
+        if !refused.is_empty() {
+            return Err(hinted(BackfillError::Obstacles(
+                refused.iter().map(|o| o.describe()).collect(),
+            )));
         }
         return Ok(super::exit::OK);
     }

@@ -147,6 +147,28 @@ pub async fn run(cmd: CutoverCommand, g: &Global) -> anyhow::Result<u8> {
                             .collect();
                         println!("  {:<20} {}", t.table, per.join(", "));
                     }
+                    for s in &plan.sequences {
+                        match (&s.skipped, s.set) {
+                            (Some(why), _) => println!("  sequence {}: {why}", s.sequence),
+                            (None, set) => {
+                                println!(
+                                    "  sequence {} ({}):",
+                                    s.sequence,
+                                    if set {
+                                        "shares given by an earlier stage".to_string()
+                                    } else {
+                                        format!("the first stage gives these shares; highest value now {}", s.highest)
+                                    }
+                                );
+                                for share in &s.shares {
+                                    println!(
+                                        "    INCREMENT BY {} RESTART WITH {} on {}",
+                                        share.increment, share.restart, share.database
+                                    );
+                                }
+                            }
+                        }
+                    }
                     println!("buckets move with all their merchants; nothing was changed");
                 }
             }

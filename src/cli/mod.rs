@@ -15,6 +15,7 @@ mod output;
 mod progress;
 mod route;
 mod router;
+mod schema;
 mod signals;
 mod verify;
 
@@ -34,7 +35,7 @@ pub use output::{report_error, Format};
   shardline dev up --shards 4 --dir .shardline    # start a local fleet and write its topology
   shardline --config .shardline/shardline.toml route 42 1001
 
-Exit codes: 0 success, 1 differences found (verify), 2 could not run, 130 interrupted.")]
+Exit codes: 0 success, 1 differences found (verify, schema diff), 2 could not run, 130 interrupted.")]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -99,6 +100,12 @@ pub enum Command {
         after_help = "Examples:\n  shardline cutover plan --cohort 5\n  shardline cutover start --cohort 5\n  shardline cutover status"
     )]
     Cutover(cutover::CutoverCommand),
+    /// Table definitions: compare the targets with the source
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  shardline schema diff\n  shardline --format json schema diff"
+    )]
+    Schema(schema::SchemaCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -114,6 +121,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Export(args) => export::run(args, g).await,
         Command::Router(args) => router::run(args, g).await,
         Command::Cutover(cmd) => cutover::run(cmd, g).await,
+        Command::Schema(cmd) => schema::run(cmd, g).await,
     }
 }
 

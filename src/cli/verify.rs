@@ -118,6 +118,9 @@ pub async fn run(args: Args, g: &Global) -> anyhow::Result<u8> {
 /// The report for people; also what `shardline demo` prints.
 pub fn text(report: &Report) -> String {
     let mut out = String::new();
+    for d in &report.schema_drift {
+        out.push_str(&format!("schema drift: {}\n", d.describe()));
+    }
     for t in &report.tables {
         let state = if t.equal {
             "equal".to_string()
@@ -185,6 +188,19 @@ fn markdown(report: &Report) -> String {
             "| {} | {} | {} | {} |\n",
             t.table, t.source_rows, t.target_rows, result
         ));
+    }
+    if !report.schema_drift.is_empty() {
+        out.push_str("\n## Schema drift\n\n| database | table | object | source | target |\n|---|---|---|---|---|\n");
+        for d in &report.schema_drift {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                d.database,
+                d.table,
+                d.object,
+                d.source.as_deref().unwrap_or("(missing)"),
+                d.target.as_deref().unwrap_or("(missing)")
+            ));
+        }
     }
     for t in report.tables.iter().filter(|t| !t.differences.is_empty()) {
         out.push_str(&format!(

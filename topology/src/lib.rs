@@ -36,8 +36,9 @@ pub use name::{display_ident, quote_ident, NameError, TableName, DEFAULT_SCHEMA}
 pub use placement::{Placement, PlacementError, ShardKey, ShardKeyType};
 pub use tls::{SslMode, TlsFailure, Verification};
 pub use topology::{
-    output_name, parse_interval, Context, ContextKind, CutoverConfig, PoolMode, Problem, ReadModel,
-    RouterConfig, RouterLimits, RouterTls, RouterUser, Secret, Topology, TopologyError,
+    output_name, parse_interval, Context, ContextKind, CutoverConfig, Partitioning, PoolMode,
+    Problem, ReadModel, RouterConfig, RouterLimits, RouterTls, RouterUser, Secret, Topology,
+    TopologyError,
     DEFAULT_APPLY_INTERVAL, MAX_APPLY_INTERVAL,
 };
 pub use transport::DbStream;

@@ -68,6 +68,24 @@ pub struct Context {
     /// continuously). Eventually consistent by design, such as settlements
     /// every five minutes.
     pub apply_interval: Option<std::time::Duration>,
+    /// How partitioned source tables are laid out on this context's databases.
+    pub partitioning: Partitioning,
+    /// Objects of this context's tables the targets may do without
+    /// (constraints, indexes, triggers, policies, rules, by name): what
+    /// backfill would otherwise refuse to leave behind.
+    pub skip_objects: Vec<String>,
+}
+
+/// `partitioning` of a context.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Partitioning {
+    /// A partitioned source table becomes one plain table (the default:
+    /// shards are small enough, and nothing has to follow new partitions).
+    #[default]
+    Plain,
+    /// Targets keep the source's partitioned parent and its partitions,
+    /// with the same bounds (for retention by dropping old partitions).
+    Source,
 }
 
 #[derive(Clone, Debug)]
@@ -247,6 +265,9 @@ struct RawContext {
     #[serde(default)]
     reference_tables: Vec<String>,
     apply_interval: Option<String>,
+    partitioning: Option<String>,
+    #[serde(default)]
+    skip_objects: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -597,6 +618,30 @@ impl Validator<'_> {
                 None
             }
         };
+        let partitioning = match raw.partitioning.as_deref() {
+            None | Some("plain") => Partitioning::Plain,
+            Some("source") => Partitioning::Source,
+            Some(other) => {
+                self.problem(
+                    &at("partitioning"),
+                    format!("{other:?} is not a partitioning: write \"source\" (keep the source's partitions) or \"plain\" (the default)"),
+                );
+                Partitioning::Plain
+            }
+        };
+        for (i, o) in raw.skip_objects.iter().enumerate() {
+            if o.trim().is_empty() {
+                self.problem(
+                    &[
+                        Seg::Key("contexts"),
+                        Seg::Key(name),
+                        Seg::Key("skip_objects"),
+                        Seg::Index(i),
+                    ],
+                    "empty object name",
+                );
+            }
+        }
         if self.problems.len() > before {
             return None;
         }
@@ -605,6 +650,8 @@ impl Validator<'_> {
             tables,
             kind,
             apply_interval,
+            partitioning,
+            skip_objects: raw.skip_objects,
         })
     }
 

@@ -41,6 +41,8 @@ pub enum VerifyError {
         database: String,
         cause: String,
     },
+    #[error("comparing definitions: {0}")]
+    Schema(#[from] shardline_schema::SchemaError),
 }
 
 impl VerifyError {
@@ -62,6 +64,7 @@ impl VerifyError {
             Self::NoPrimaryKey { .. } => "add a primary key on the source".into(),
             Self::Unlisted { .. } => "see the tables listed in the topology".into(),
             Self::Query { .. } => "check the server's log".into(),
+            Self::Schema(e) => e.hint(),
         }
     }
 }
@@ -111,6 +114,22 @@ pub async fn verify(
     on_table: impl Fn(&TableReport),
 ) -> Result<Report, VerifyError> {
     let started = Instant::now();
+    // Definitions first: drift is reported apart from the data. Sequence
+    // positions are left to `schema diff` (cdc moves them up on each
+    // heartbeat, so a live run may lag by one).
+    let drift = shardline_schema::drift::diff(
+        topology,
+        &shardline_schema::drift::DriftRequest {
+            tables: request.tables.as_ref().map(|list| {
+                list.iter()
+                    .filter(|t| !topology.read_models.iter().any(|r| &&r.name == t))
+                    .cloned()
+                    .collect()
+            }),
+            positions: false,
+        },
+    )
+    .await?;
     let source = tables::connect(&topology.source).await?;
     let specs = tables::specs(topology, &source, request.tables.as_deref()).await?;
     let options = compare::Options {
@@ -137,7 +156,8 @@ pub async fn verify(
         reports.push(report);
     }
     Ok(Report {
-        equal: reports.iter().all(|r| r.equal),
+        equal: drift.equal && reports.iter().all(|r| r.equal),
+        schema_drift: drift.drift,
         level: format!("{:?}", request.level).to_lowercase(),
         consistency: format!(
             "differing buckets re-checked {} times, {} s apart, before they were reported",

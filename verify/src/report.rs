@@ -118,7 +118,11 @@ impl TableReport {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// No schema drift and every table equal.
     pub equal: bool,
+    /// How the targets' definitions differ from the source's (see
+    /// `shardline schema diff`), apart from the data.
+    pub schema_drift: Vec<shardline_schema::drift::Drift>,
     /// `counts`, `checksums` or `rows`.
     pub level: String,
     /// How concurrent changes were handled: differing buckets are compared

@@ -117,7 +117,7 @@ fn inserts_go_to_the_shard_of_their_key_and_reference_rows_everywhere() {
             ops,
             vec![Op::Exec {
                 target: *shard,
-                sql: format!("INSERT INTO \"public\".\"payments\" (\"merchant_id\", \"id\", \"note\") VALUES ('{m}', '1', 'it''s')")
+                sql: format!("INSERT INTO \"public\".\"payments\" (\"merchant_id\", \"id\", \"note\") OVERRIDING SYSTEM VALUE VALUES ('{m}', '1', 'it''s')")
             }]
         );
     }
@@ -213,17 +213,19 @@ fn tables_that_cannot_place_deletes_are_refused_with_the_fix() {
     );
     tables.describe(full, &routes).unwrap();
 
-    let err = tables
+    // pgoutput describes a listed table's partitions too: only a change
+    // naming an unlisted relation is refused.
+    tables
         .describe(
             relation(3, "ledger", ReplicaIdentity::Default, &["id"], &["id"]),
             &routes,
         )
-        .unwrap_err();
+        .unwrap();
     assert_eq!(
-        err,
-        ChangeError::Unlisted {
+        tables.get(3).err(),
+        Some(ChangeError::Unlisted {
             table: "public.ledger".into()
-        }
+        })
     );
 }
 
