@@ -262,9 +262,6 @@ pub fn differences(
 pub fn query_error(db: &str, e: tokio_postgres::Error) -> BackfillError {
     BackfillError::Query {
         database: db.to_string(),
-        cause: e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_else(|| e.to_string()),
+        cause: shardline_topology::describe_pg_error(&e),
     }
 }

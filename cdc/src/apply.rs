@@ -498,10 +498,7 @@ impl Applier {
     }
 
     fn error(&self, e: tokio_postgres::Error) -> ApplyError {
-        let cause = match e.as_db_error() {
-            Some(db) => format!("{} ({})", db.message(), db.code().code()),
-            None => e.to_string(),
-        };
+        let cause = shardline_topology::describe_pg_error(&e);
         ApplyError::Target {
             target: self.name.clone(),
             cause,

@@ -191,9 +191,7 @@ fn failed(rm: &ReadModel, db: &ConnString, e: tokio_postgres::Error) -> CdcError
         cause: format!(
             "read model {}: {}",
             rm.name,
-            e.as_db_error()
-                .map(|d| d.message().to_string())
-                .unwrap_or_else(|| e.to_string())
+            shardline_topology::describe_pg_error(&e)
         ),
     }
 }

@@ -845,9 +845,6 @@ fn replication_config(source: &ConnString, options: &RunOptions, start: Lsn) -> 
 fn query_error(conn: &ConnString, e: tokio_postgres::Error) -> CdcError {
     CdcError::Query {
         target: conn.to_string(),
-        cause: e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_else(|| e.to_string()),
+        cause: shardline_topology::describe_pg_error(&e),
     }
 }

@@ -44,7 +44,7 @@ pub async fn status(topology: &Topology, slot: &str) -> Result<Status, CdcError>
     let source = topology.source.connect().await?;
     let q = |e: tokio_postgres::Error| CdcError::Query {
         target: topology.source.to_string(),
-        cause: e.to_string(),
+        cause: shardline_topology::describe_pg_error(&e),
     };
     let source_lsn: String = source
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
@@ -112,7 +112,7 @@ async fn target_progress(
             &[],
         )
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| shardline_topology::describe_pg_error(&e))?
         .get(0);
     if !exists {
         return Ok(None);
@@ -125,7 +125,7 @@ async fn target_progress(
             &[&slot, &source_lsn],
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| shardline_topology::describe_pg_error(&e))?;
     Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
 }
 
@@ -135,10 +135,7 @@ pub async fn drop_all(topology: &Topology, slot: &str, publication: &str) -> Res
     let source = topology.source.connect().await?;
     let q = |e: tokio_postgres::Error| CdcError::Query {
         target: topology.source.to_string(),
-        cause: e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_else(|| e.to_string()),
+        cause: shardline_topology::describe_pg_error(&e),
     };
     let active: Option<bool> = source
         .query_opt(
@@ -178,7 +175,7 @@ pub async fn drop_all(topology: &Topology, slot: &str, publication: &str) -> Res
             .await
             .map_err(|e| CdcError::Query {
                 target: conn.to_string(),
-                cause: e.to_string(),
+                cause: shardline_topology::describe_pg_error(&e),
             })?;
     }
     Ok(())

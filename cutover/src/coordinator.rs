@@ -378,7 +378,12 @@ async fn switch(
     deadline: Instant,
     report: &mut StageReport,
 ) -> Result<(), String> {
-    let sql = |e: tokio_postgres::Error| format!("the monolith failed: {e}");
+    let sql = |e: tokio_postgres::Error| {
+        format!(
+            "the monolith failed: {}",
+            shardline_topology::describe_pg_error(&e)
+        )
+    };
     // 2. Drain: every live router acknowledges the epoch.
     let lease = format!("{ROUTER_LEASE_SECS} seconds");
     loop {
@@ -473,7 +478,12 @@ async fn catch_up(
     deadline: Instant,
     name: &str,
 ) -> Result<String, String> {
-    let sql = |e: tokio_postgres::Error| format!("{name} failed: {e}");
+    let sql = |e: tokio_postgres::Error| {
+        format!(
+            "{name} failed: {}",
+            shardline_topology::describe_pg_error(&e)
+        )
+    };
     // The insert position, not the write position: with synchronous_commit
     // off a committed transaction's record can lie past the write position.
     let lsn: String = source

@@ -83,10 +83,7 @@ impl CutoverError {
         Self::Query {
             what: what.to_string(),
             database: database.to_string(),
-            cause: e
-                .as_db_error()
-                .map(|d| d.message().to_string())
-                .unwrap_or_else(|| e.to_string()),
+            cause: shardline_topology::describe_pg_error(&e),
         }
     }
 }

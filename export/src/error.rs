@@ -55,10 +55,7 @@ impl ExportError {
     pub(crate) fn query(database: &str, e: tokio_postgres::Error) -> Self {
         Self::Query {
             database: database.to_string(),
-            cause: e
-                .as_db_error()
-                .map(|d| d.message().to_string())
-                .unwrap_or_else(|| e.to_string()),
+            cause: shardline_topology::describe_pg_error(&e),
         }
     }
 

@@ -212,7 +212,7 @@ impl ConnString {
     fn classify(&self, e: tokio_postgres::Error) -> ConnectError {
         let target = self.to_string();
         if let Some(db) = e.as_db_error() {
-            let cause = db.message().to_string();
+            let cause = crate::pgerror::describe(&e);
             return match db.code().code() {
                 "28P01" | "28000" => ConnectError::Authentication { target, cause },
                 "3D000" => ConnectError::MissingDatabase {

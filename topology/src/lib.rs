@@ -12,11 +12,13 @@
 //!   [`Placement::bucket_sql`] computes the same bucket inside PostgreSQL.
 
 pub mod conn;
+pub mod pgerror;
 pub mod pghash;
 pub mod placement;
 pub mod topology;
 
 pub use conn::{ConnString, ConnStringError, ConnectError};
+pub use pgerror::describe as describe_pg_error;
 pub use placement::{Placement, PlacementError, ShardKey, ShardKeyType};
 pub use topology::{
     output_name, parse_interval, Context, ContextKind, CutoverConfig, Problem, ReadModel,
