@@ -47,6 +47,9 @@ pub enum RowPlan {
         columns: Vec<String>,
         values: Vec<Option<Option<Vec<u8>>>>,
         key: Vec<(String, Option<Vec<u8>>)>,
+        /// The key finds one row (else it finds identical rows, of which
+        /// one moves).
+        unique: bool,
     },
 }
 
@@ -246,6 +249,7 @@ impl Tables {
                     columns,
                     values,
                     key,
+                    unique: _,
                 } => Op::Move {
                     from,
                     to,
@@ -317,6 +321,7 @@ impl Tables {
                                     (t.shape.columns[i].clone(), v.as_ref().map(|b| b.to_vec()))
                                 })
                                 .collect(),
+                            unique: t.shape.unique_key,
                         }]);
                     }
                 }

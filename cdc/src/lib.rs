@@ -30,6 +30,7 @@ pub mod apply;
 pub mod change;
 pub mod confirm;
 pub mod delta;
+pub mod divergence;
 pub mod jsonl;
 pub mod lsn;
 pub mod metrics;

@@ -238,8 +238,8 @@ async fn refresh_groups(
     };
     let alias = model.from.rsplit('.').next().unwrap_or(&model.from);
     let touched = spec.touched_groups_sql(rows.iter().map(|(_, r)| r.as_slice()), alias);
-    let src = source.connect().await?;
-    let tgt = model.target.connect().await?;
+    let src = crate::sql::connect(source).await?;
+    let tgt = crate::sql::connect(&model.target).await?;
     let has_null: bool = src
         .query_one(
             &format!("SELECT coalesce(bool_or(NOT (g IS NOT NULL)), false) FROM ({touched}) g"),
@@ -302,8 +302,8 @@ fn all_columns(rm: &ReadModel) -> Vec<String> {
 
 async fn refresh_one(model: &Model, source: &ConnString) -> Result<(), CdcError> {
     let rm = &model.read_model;
-    let src = source.connect().await?;
-    let tgt = model.target.connect().await?;
+    let src = crate::sql::connect(source).await?;
+    let tgt = crate::sql::connect(&model.target).await?;
     let table = quote_table(&rm.name);
     tgt.batch_execute(&format!("BEGIN; DELETE FROM {table}"))
         .await

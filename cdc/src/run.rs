@@ -100,6 +100,9 @@ pub struct RunReport {
     pub read_model_refreshes: u64,
     /// Of those, recomputed for the groups the changes touched only.
     pub read_model_group_refreshes: u64,
+    /// Changes that found a target diverged and were recorded there
+    /// (`[cdc] on_divergence = "count"`).
+    pub divergences: u64,
     pub confirmed_lsn: String,
     pub seconds: f64,
 }
@@ -146,6 +149,7 @@ struct Target {
     name: String,
     recorded: Lsn,
     queue: mpsc::Sender<Command>,
+    tally: std::sync::Arc<apply::Tally>,
 }
 
 struct Txn {
@@ -177,7 +181,7 @@ pub async fn run(
 ) -> Result<RunReport, CdcError> {
     let started = Instant::now();
     let routes = Routes::from_topology(topology);
-    let source = topology.source.connect().await?;
+    let source = sql::connect(&topology.source).await?;
     let problems = source::check(&source, &routes, &options.slot)
         .await
         .map_err(|e| query_error(&topology.source, e))?;
@@ -219,6 +223,7 @@ pub async fn run(
             .await
             .map_err(|e| query_error(conn, e))?;
         let (tx, rx) = mpsc::channel(TARGET_QUEUE);
+        let tally = std::sync::Arc::new(apply::Tally::default());
         let applier = Applier {
             target: i,
             name: conn.to_string(),
@@ -229,6 +234,8 @@ pub async fn run(
                 .context(&routes.target_context[i])
                 .and_then(|c| c.apply_interval),
             origin: crate::apply::origin_name(&options.origin, &options.slot, &conn.to_string()),
+            on_divergence: topology.cdc.on_divergence,
+            tally: tally.clone(),
         };
         let (durable, failed) = (durable_tx.clone(), failed_tx.clone());
         appliers.push(tokio::spawn(async move {
@@ -242,6 +249,7 @@ pub async fn run(
             name: conn.to_string(),
             recorded,
             queue: tx,
+            tally,
         });
     }
     drop(durable_tx);
@@ -384,6 +392,9 @@ pub async fn run(
                 }
                 _ = publish.tick() => {
                     publish_metrics(&metrics, &mut confirmations, &applied, source_seen, &report);
+                    for (i, t) in targets.iter().enumerate() {
+                        metrics.divergences(i, t.tally.divergences.load(std::sync::atomic::Ordering::Relaxed));
+                    }
                 }
                 _ = refresh.tick() => {
                     report.refreshed(read_models.refresh(&topology.source).await?);
@@ -394,6 +405,7 @@ pub async fn run(
     .await;
 
     // Close the queues: appliers commit complete groups, roll back the rest.
+    let tallies: Vec<_> = targets.iter().map(|t| t.tally.clone()).collect();
     drop(targets);
     let mut apply_error = None;
     for applier in appliers {
@@ -419,6 +431,10 @@ pub async fn run(
     if outcome.is_ok() && apply_error.is_none() {
         report.refreshed(read_models.refresh(&topology.source).await?);
     }
+    report.divergences = tallies
+        .iter()
+        .map(|t| t.divergences.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
     report.confirmed_lsn = confirmations.confirmed().to_string();
     report.seconds = started.elapsed().as_secs_f64();
     outcome?;
@@ -572,6 +588,7 @@ async fn handle(
                         columns,
                         values,
                         key,
+                        unique,
                     } => {
                         let filled = fill_unchanged(
                             &targets[from],
@@ -589,8 +606,17 @@ async fn handle(
                             .collect();
                         if wanted(from) {
                             txn.touched.insert(from);
-                            send(&targets[from], Command::Exec(sql::delete(&table, &key_ref)))
-                                .await?;
+                            let sql = if unique {
+                                sql::delete(&table, &key_ref)
+                            } else {
+                                sql::delete_one(&table, &key_ref)
+                            };
+                            let what = crate::divergence::Divergence {
+                                relation: table.clone(),
+                                operation: "move",
+                                key: crate::divergence::render_key(key_ref.iter().copied()),
+                            };
+                            send(&targets[from], Command::ExecOne { sql, what }).await?;
                         }
                         if let (true, Some(row)) = (wanted(to), filled) {
                             let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
@@ -718,11 +744,12 @@ async fn fill_unchanged(
         .iter()
         .map(|(c, v)| (c.as_str(), v.as_deref()))
         .collect();
+    // LIMIT 1: without a unique key, identical rows share every value.
     let fetch = sql::delete(table, &key_ref).replacen(
         "DELETE FROM",
         &format!("SELECT {} FROM", select.join(", ")),
         1,
-    );
+    ) + " LIMIT 1";
     let mut found = None;
     if from_open {
         let (reply, answer) = oneshot::channel();
@@ -756,8 +783,8 @@ async fn fill_unchanged(
             "DELETE FROM",
             &format!("SELECT {} FROM", select.join(", ")),
             1,
-        );
-        let client = source.connect().await?;
+        ) + " LIMIT 1";
+        let client = sql::connect(source).await?;
         let row = client
             .query_opt(&fetch_new, &[])
             .await

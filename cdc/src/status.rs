@@ -30,6 +30,9 @@ pub struct TargetStatus {
     pub lag_bytes: Option<i64>,
     /// Seconds between that source commit and now.
     pub lag_seconds: Option<f64>,
+    /// Changes recorded as having found this target diverged
+    /// (`shardline.cdc_divergence`, under `on_divergence = "count"`).
+    pub divergences: Option<i64>,
     pub error: Option<String>,
 }
 
@@ -79,14 +82,16 @@ pub async fn status(topology: &Topology, slot: &str) -> Result<Status, CdcError>
             applied_commit_time: None,
             lag_bytes: None,
             lag_seconds: None,
+            divergences: None,
             error: None,
         };
         match target_progress(conn, slot, &source_lsn).await {
-            Ok(Some((lsn, time, lag, secs))) => {
-                t.applied_lsn = Some(lsn);
-                t.applied_commit_time = time;
-                t.lag_bytes = Some(lag);
-                t.lag_seconds = secs;
+            Ok(Some(p)) => {
+                t.applied_lsn = Some(p.lsn);
+                t.applied_commit_time = p.commit_time;
+                t.lag_bytes = Some(p.lag_bytes);
+                t.lag_seconds = p.lag_seconds;
+                t.divergences = p.divergences;
             }
             Ok(None) => {}
             Err(e) => t.error = Some(e),
@@ -100,11 +105,20 @@ pub async fn status(topology: &Topology, slot: &str) -> Result<Status, CdcError>
     })
 }
 
+/// Where one target stands.
+struct Progress {
+    lsn: String,
+    commit_time: Option<String>,
+    lag_bytes: i64,
+    lag_seconds: Option<f64>,
+    divergences: Option<i64>,
+}
+
 async fn target_progress(
     conn: &shardline_topology::ConnString,
     slot: &str,
     source_lsn: &str,
-) -> Result<Option<(String, Option<String>, i64, Option<f64>)>, String> {
+) -> Result<Option<Progress>, String> {
     let client = conn.connect().await.map_err(|e| e.to_string())?;
     let exists: bool = client
         .query_one(
@@ -120,13 +134,34 @@ async fn target_progress(
     let row = client
         .query_opt(
             "SELECT commit_lsn::text, commit_time::text, greatest($2::text::pg_lsn - end_lsn, 0)::int8,
-                    extract(epoch FROM now() - commit_time)::float8
+                    extract(epoch FROM now() - commit_time)::float8,
+                    to_regclass('shardline.cdc_divergence') IS NOT NULL
                FROM shardline.cdc_progress WHERE slot_name = $1",
             &[&slot, &source_lsn],
         )
         .await
         .map_err(|e| shardline_topology::describe_pg_error(&e))?;
-    Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
+    let Some(r) = row else { return Ok(None) };
+    let divergences = if r.get::<_, bool>(4) {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM shardline.cdc_divergence WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| shardline_topology::describe_pg_error(&e))?
+            .get(0);
+        Some(n)
+    } else {
+        None
+    };
+    Ok(Some(Progress {
+        lsn: r.get(0),
+        commit_time: r.get(1),
+        lag_bytes: r.get(2),
+        lag_seconds: r.get(3),
+        divergences,
+    }))
 }
 
 /// Removes the slot, the publication and every target's progress for the
@@ -165,7 +200,7 @@ pub async fn drop_all(topology: &Topology, slot: &str, publication: &str) -> Res
         .await
         .map_err(q)?;
     for conn in &Routes::from_topology(topology).targets {
-        let client = conn.connect().await?;
+        let client = crate::sql::connect(conn).await?;
         client
             .batch_execute(&format!(
                 "DO $$ BEGIN IF to_regclass('shardline.cdc_progress') IS NOT NULL THEN

@@ -21,9 +21,9 @@ pub use conn::{ConnString, ConnStringError, ConnectError};
 pub use pgerror::describe as describe_pg_error;
 pub use placement::{Placement, PlacementError, ShardKey, ShardKeyType};
 pub use topology::{
-    output_name, parse_interval, Context, ContextKind, CutoverConfig, Problem, ReadModel,
-    RouterConfig, RouterTls, RouterUser, Secret, Topology, TopologyError, DEFAULT_APPLY_INTERVAL,
-    MAX_APPLY_INTERVAL,
+    output_name, parse_interval, CdcConfig, Context, ContextKind, CutoverConfig, OnDivergence,
+    Problem, ReadModel, RouterConfig, RouterTls, RouterUser, Secret, Topology, TopologyError,
+    DEFAULT_APPLY_INTERVAL, MAX_APPLY_INTERVAL,
 };
 
 /// Quotes an identifier for SQL the way `quote_ident` does.

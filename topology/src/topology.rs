@@ -40,6 +40,29 @@ pub struct Topology {
     pub read_models: Vec<ReadModel>,
     pub router: RouterConfig,
     pub cutover: CutoverConfig,
+    pub cdc: CdcConfig,
+}
+
+/// `[cdc]`: how CDC treats a target that is not as the source had it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CdcConfig {
+    pub on_divergence: OnDivergence,
+}
+
+/// What CDC does when an UPDATE or DELETE matches no row on a target (or a
+/// read-model group would go below zero): the target diverged from the
+/// source before this change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDivergence {
+    /// Stop, naming the table, key and target, before anything of the
+    /// change's target transaction commits (the default: a diverged target
+    /// needs a person).
+    #[default]
+    Stop,
+    /// Record it on the target (`shardline.cdc_divergence`), count it in
+    /// `cdc status` and the metrics, and go on.
+    Count,
 }
 
 /// `[cutover]`: whether routers take each bucket's owner (the monolith or
@@ -205,6 +228,14 @@ struct RawTopology {
     read_models: Vec<RawReadModel>,
     router: Option<RawRouter>,
     cutover: Option<RawCutover>,
+    cdc: Option<RawCdc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCdc {
+    #[serde(default)]
+    on_divergence: OnDivergence,
 }
 
 #[derive(Deserialize)]
@@ -399,6 +430,9 @@ impl Validator<'_> {
             router: router?,
             cutover: CutoverConfig {
                 enabled: raw.cutover.is_some_and(|c| c.enabled),
+            },
+            cdc: CdcConfig {
+                on_divergence: raw.cdc.map(|c| c.on_divergence).unwrap_or_default(),
             },
         })
     }
