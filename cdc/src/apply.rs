@@ -269,34 +269,29 @@ impl Applier {
             .await
             .map_err(|e| self.error(e))?;
         // As PostgreSQL's apply workers do: the source already checked
-        // foreign keys and ran triggers. Needs superuser; optional.
-        if let Err(e) = self
-            .client
+        // foreign keys and ran triggers; and a stream back from this target
+        // tells these transactions from the application's by their origin.
+        // `crate::privilege` checked the role may do both before streaming.
+        self.client
             .batch_execute("SET session_replication_role = replica")
             .await
-        {
-            tracing::debug!(target = %self.name, error = %e, "target keeps triggers and foreign key checks");
-        }
-        // Also superuser (or granted) only; without it a stream back from
-        // this target could not tell these transactions from the
-        // application's.
+            .map_err(|e| self.error(e))?;
         let origin = &self.origin;
-        let marked = async {
-            self.client
-                .execute(
-                    "SELECT pg_replication_origin_create($1::text)
-                     WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1::text)",
-                    &[&origin],
-                )
-                .await?;
-            self.client
-                .execute("SELECT pg_replication_origin_session_setup($1::text)", &[&origin])
-                .await
-        }
-        .await;
-        if let Err(e) = marked {
-            tracing::debug!(target = %self.name, error = %e, "target transactions carry no replication origin");
-        }
+        self.client
+            .execute(
+                "SELECT pg_replication_origin_create($1::text)
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1::text)",
+                &[&origin],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        self.client
+            .execute(
+                "SELECT pg_replication_origin_session_setup($1::text)",
+                &[&origin],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
         let mut p = Pending {
             batch: Script::new(),
             copy_statements: HashMap::new(),

@@ -35,6 +35,7 @@ pub mod jsonl;
 pub mod lsn;
 pub mod metrics;
 pub mod pgoutput;
+pub mod privilege;
 pub mod readmodel;
 pub mod reverse;
 pub mod route;

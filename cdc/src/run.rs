@@ -112,6 +112,8 @@ pub struct RunReport {
 pub enum CdcError {
     #[error("cannot start cdc: {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
     Setup(Vec<SourceError>),
+    #[error("cannot start cdc: {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Privileges(Vec<crate::privilege::Missing>),
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
@@ -217,8 +219,21 @@ pub async fn run(
             })?;
         tracing::info!(%addr, "serving Prometheus metrics");
     }
-    for (i, conn) in target_list.iter().enumerate() {
+    let mut missing = Vec::new();
+    let mut clients = Vec::new();
+    for conn in target_list {
         let client = conn.connect().await?;
+        missing.extend(
+            crate::privilege::missing(&client, &conn.to_string())
+                .await
+                .map_err(|e| query_error(conn, e))?,
+        );
+        clients.push(client);
+    }
+    if !missing.is_empty() {
+        return Err(CdcError::Privileges(missing));
+    }
+    for ((i, conn), client) in target_list.iter().enumerate().zip(clients) {
         let recorded = apply::recorded_position(&client, &options.slot)
             .await
             .map_err(|e| query_error(conn, e))?;

@@ -13,7 +13,7 @@ use shardline_topology::{ContextKind, Topology};
 
 use crate::stream::{fleet, rows, spawn_cdc, wait_caught_up, wait_streaming};
 
-fn options() -> RunOptions {
+pub fn options() -> RunOptions {
     RunOptions {
         heartbeat: Duration::from_millis(200),
         read_model_refresh: Duration::from_millis(300),

@@ -3,5 +3,6 @@
 mod decode;
 mod divergence;
 mod origin;
+mod privilege;
 mod readmodel;
 mod stream;

@@ -40,6 +40,8 @@ pub enum CutoverError {
     },
     #[error("reverse replication slot {slot:?} does not exist on {database}; a rollback waits for the shards' changes to reach the monolith through it")]
     NoReverseSlot { slot: String, database: String },
+    #[error("CDC could not apply as a cutover needs: {}", .0.join("; "))]
+    Privileges(Vec<String>),
     #[error("another cutover stage is running on {database}")]
     Busy { database: String },
     #[error("cohort {cohort} aborted after {pause_ms:.0} ms of pause: {cause}; its merchants stay on the monolith")]
@@ -71,6 +73,9 @@ impl CutoverError {
             ),
             Self::NoReverseSlot { .. } => {
                 "run `shardline cdc run --reverse` (from before the first stage, so no shard write is missing on the monolith)".into()
+            }
+            Self::Privileges(_) => {
+                "run the grants shown as a superuser (or connect as one), restart `shardline cdc run` (and --reverse), then run this again".into()
             }
             Self::Busy { .. } => "wait for it to finish (`shardline cutover status`), then run this again".into(),
             Self::Aborted { .. } => {

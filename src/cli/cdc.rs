@@ -237,6 +237,12 @@ fn hinted(e: CdcError) -> anyhow::Error {
     let hint = match &e {
         CdcError::Connect(c) => c.hint(),
         CdcError::Setup(_) => "apply the fixes shown, then start cdc again".into(),
+        CdcError::Privileges(_) => {
+            "run the grants shown as a superuser (or connect as one), then start cdc again".into()
+        }
+        CdcError::Apply(shardline_cdc::apply::ApplyError::Diverged { .. }) => {
+            "the target lost or changed a row the source still had: compare with `shardline verify`, repair the target (or copy the table again with `shardline backfill --restart`), then start cdc again; or set `[cdc] on_divergence = \"count\"` to record such changes and go on".into()
+        }
         CdcError::Source(shardline_cdc::source::SourceError::SlotInUse { .. }) => {
             "stop the running `shardline cdc run` first".into()
         }
