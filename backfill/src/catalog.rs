@@ -71,13 +71,13 @@ impl TableDef {
                 .iter()
                 .map(|l| format!("'{}'", l.replace('\'', "''")))
                 .collect();
-            let _ = writeln!(
-                sql,
-                "DO $$ BEGIN CREATE TYPE {}.{} AS ENUM ({}); EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
+            let body = format!(
+                "BEGIN CREATE TYPE {}.{} AS ENUM ({}); EXCEPTION WHEN duplicate_object THEN NULL; END",
                 quote_ident(&e.schema),
                 quote_ident(&e.name),
                 labels.join(", ")
             );
+            let _ = writeln!(sql, "DO {};", dollar_quote(&body));
         }
         let mut parts: Vec<String> = self
             .columns
@@ -256,6 +256,18 @@ pub fn differences(
         ));
     }
     out
+}
+
+/// `body` between dollar quotes whose tag it does not contain: a label
+/// such as `paid$$` would end a plain `$$` quote early.
+pub fn dollar_quote(body: &str) -> String {
+    let mut tag = String::from("$shardline$");
+    let mut n = 0;
+    while body.contains(&tag) {
+        n += 1;
+        tag = format!("$shardline{n}$");
+    }
+    format!("{tag}{body}{tag}")
 }
 
 /// Runs a catalog query, naming the database on failure.
