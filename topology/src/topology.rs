@@ -14,7 +14,10 @@ use serde::Deserialize;
 use crate::conn::ConnString;
 use crate::placement::{Placement, ShardKeyType, DEFAULT_BUCKETS};
 
+mod colname;
 mod router;
+
+pub use colname::{output_name, split_alias};
 
 use router::RawRouter;
 pub use router::{RouterConfig, RouterTls, RouterUser, Secret, DEFAULT_ROUTER_LISTEN};
@@ -147,16 +150,6 @@ impl ReadModel {
     /// model table's key.
     pub fn group_columns(&self) -> Vec<String> {
         self.group_by.iter().map(|g| output_name(g)).collect()
-    }
-}
-
-/// The output column name of a select-list entry: its `AS` alias, or the
-/// entry itself for a plain column.
-pub fn output_name(expr: &str) -> String {
-    let lower = expr.to_ascii_lowercase();
-    match lower.rfind(" as ") {
-        Some(i) => expr[i + 4..].trim().trim_matches('"').to_string(),
-        None => expr.trim().trim_matches('"').to_string(),
     }
 }
 

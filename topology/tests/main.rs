@@ -1,4 +1,5 @@
 //! Integration tests against real PostgreSQL servers.
 
+mod colname;
 mod connect;
 mod placement;
