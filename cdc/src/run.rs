@@ -293,7 +293,11 @@ pub async fn run(
     }
     source::ensure_publication(&source, &options.publication, &routes).await?;
     let slot = source::ensure_slot(&source, &options.slot).await?;
-    if slot.created_now {
+    if slot.created_now && options.origin == crate::reverse::REVERSE_ORIGIN {
+        // The way back starts empty by design: only what the shards are
+        // written from now on has to reach the monolith.
+        tracing::info!(slot = %options.slot, lsn = %slot.confirmed_flush, "created the reverse slot: the shard's changes from here on stream back to the monolith");
+    } else if slot.created_now {
         tracing::warn!(slot = %options.slot, lsn = %slot.confirmed_flush, "created the slot now: only changes from here on are streamed; run `shardline backfill` first to copy what came before");
     }
 
