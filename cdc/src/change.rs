@@ -304,6 +304,21 @@ impl Tables {
                     (&t.route, from.as_slice(), to.as_slice())
                 {
                     if from != to {
+                        // Under REPLICA IDENTITY FULL the old row carries
+                        // every value, detoasted: an unchanged TOASTed value
+                        // is the old one. The move needs no read of it, which
+                        // after a restart may find the row already gone from
+                        // the old shard and changed (moved, deleted) on the
+                        // source.
+                        let mut values = values;
+                        if let Some(OldTuple::Full(old)) = old {
+                            let old = t.values(old)?;
+                            for (v, o) in values.iter_mut().zip(old) {
+                                if v.is_none() {
+                                    *v = o;
+                                }
+                            }
+                        }
                         return Ok(vec![RowPlan::Move {
                             from: *from,
                             to: *to,
