@@ -116,7 +116,12 @@ pub enum Command {
 #[non_exhaustive]
 pub enum ApplyError {
     #[error("target {target}: {cause}")]
-    Target { target: String, cause: String },
+    Target {
+        target: String,
+        cause: String,
+        /// The connection went away (worth a reconnect).
+        lost: bool,
+    },
     #[error("target {target}: {what}: the target diverged from the source before this change; nothing of its target transaction was committed")]
     Diverged { target: String, what: String },
 }
@@ -597,6 +602,7 @@ impl Applier {
                         return Err(ApplyError::Target {
                             target: self.name.clone(),
                             cause: format!("statement {i} of a batch sent no result"),
+                            lost: false,
                         });
                     };
                     if n == 1 {
@@ -636,6 +642,7 @@ impl Applier {
         ApplyError::Target {
             target: self.name.clone(),
             cause,
+            lost: shardline_topology::pgerror::is_connection_lost(&e),
         }
     }
 }

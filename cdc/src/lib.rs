@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod pgoutput;
 pub mod privilege;
 pub mod readmodel;
+pub mod retry;
 pub mod reverse;
 pub mod route;
 pub mod rows;

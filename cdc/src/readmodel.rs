@@ -193,6 +193,7 @@ fn failed(rm: &ReadModel, db: &ConnString, e: tokio_postgres::Error) -> CdcError
             rm.name,
             shardline_topology::describe_pg_error(&e)
         ),
+        lost: shardline_topology::pgerror::is_connection_lost(&e),
     }
 }
 

@@ -60,6 +60,9 @@ pub struct RunOptions {
     /// Source transactions whose origin starts with this came from the
     /// other direction of a cutover: they are not applied.
     pub skip_origin: String,
+    /// How long to keep setting the stream up again after a lost
+    /// connection before the run fails (zero: fail at once).
+    pub retry_for: Duration,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -85,6 +88,7 @@ impl Default for RunOptions {
             metrics_listen: None,
             origin: crate::apply::FORWARD_ORIGIN.into(),
             skip_origin: REVERSE_ORIGIN_PREFIX.into(),
+            retry_for: Duration::ZERO,
         }
     }
 }
@@ -103,6 +107,10 @@ pub struct RunReport {
     /// Changes that found a target diverged and were recorded there
     /// (`[cdc] on_divergence = "count"`).
     pub divergences: u64,
+    /// Times the stream was set up again after a lost connection.
+    pub reconnects: u64,
+    /// Attempts to set it up again that failed.
+    pub retries: u64,
     pub confirmed_lsn: String,
     pub seconds: f64,
 }
@@ -142,7 +150,12 @@ pub enum CdcError {
     #[error("cannot write the JSON-lines stream: {0}")]
     Sink(String),
     #[error("query on {target} failed: {cause}")]
-    Query { target: String, cause: String },
+    Query {
+        target: String,
+        cause: String,
+        /// The connection went away (worth a reconnect).
+        lost: bool,
+    },
     #[error("read model {read_model}: a change of {table} did not carry its whole old row, so the read model cannot be adjusted (fix: ALTER TABLE {table} REPLICA IDENTITY FULL; then `shardline backfill --restart` to copy the read model again)")]
     IncompleteChange { read_model: String, table: String },
 }
@@ -176,12 +189,77 @@ impl RunReport {
 }
 
 /// Streams until `stop` turns true or the stream fails.
+///
+/// A connection lost to the source or a target (a restart, a network cut)
+/// does not end the run while `options.retry_for` lasts: the stream and
+/// the appliers are set up again from the slot and the targets' recorded
+/// positions, as a new run would (`crate::retry`). Anything else stops it.
 pub async fn run(
     topology: &Topology,
     options: &RunOptions,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<RunReport, CdcError> {
     let started = Instant::now();
+    let routes = Routes::from_topology(topology);
+    let names = if options.jsonl.is_some() {
+        Vec::new()
+    } else {
+        routes.targets.iter().map(|c| c.to_string()).collect()
+    };
+    // Bound before anything is created, so a taken address changes nothing.
+    let metrics = crate::metrics::Metrics::new(names);
+    if let Some(addr) = options.metrics_listen {
+        crate::metrics::serve(addr, metrics.clone(), stop.clone())
+            .await
+            .map_err(|e| CdcError::Metrics {
+                addr,
+                cause: e.to_string(),
+            })?;
+        tracing::info!(%addr, "serving Prometheus metrics");
+    }
+    let mut report = RunReport::default();
+    let mut episode = crate::retry::Episode::default();
+    loop {
+        let mut streaming = false;
+        let attempt = stream_once(
+            topology,
+            options,
+            stop.clone(),
+            &metrics,
+            &mut report,
+            &mut streaming,
+            &episode,
+        )
+        .await;
+        if streaming && episode.fault.is_some() {
+            episode.recovered(&mut report, &metrics);
+        }
+        match attempt {
+            Ok(()) => break,
+            Err(e) => {
+                let wait = episode.failed(e, streaming, options, &stop, &mut report, &metrics)?;
+                let mut stop = stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// One stream: set-up, then changes until `stop` or a failure.
+async fn stream_once(
+    topology: &Topology,
+    options: &RunOptions,
+    mut stop: watch::Receiver<bool>,
+    metrics: &std::sync::Arc<crate::metrics::Metrics>,
+    report: &mut RunReport,
+    streaming: &mut bool,
+    episode: &crate::retry::Episode,
+) -> Result<(), CdcError> {
     let routes = Routes::from_topology(topology);
     let source = sql::connect(&topology.source).await?;
     let problems = source::check(&source, &routes, &options.slot)
@@ -208,17 +286,6 @@ pub async fn run(
     } else {
         &routes.targets[..]
     };
-    // Bound before anything is created, so a taken address changes nothing.
-    let metrics = crate::metrics::Metrics::new(target_list.iter().map(|c| c.to_string()));
-    if let Some(addr) = options.metrics_listen {
-        crate::metrics::serve(addr, metrics.clone(), stop.clone())
-            .await
-            .map_err(|e| CdcError::Metrics {
-                addr,
-                cause: e.to_string(),
-            })?;
-        tracing::info!(%addr, "serving Prometheus metrics");
-    }
     let mut missing = Vec::new();
     let mut clients = Vec::new();
     for conn in target_list {
@@ -292,7 +359,16 @@ pub async fn run(
         });
     }
     source::ensure_publication(&source, &options.publication, &routes).await?;
-    let slot = source::ensure_slot(&source, &options.slot).await?;
+    let slot = match source::ensure_slot(&source, &options.slot).await {
+        // After a lost connection the old walsender may hold the slot
+        // until it notices (wal_sender_timeout): wait for it.
+        Err(SourceError::SlotInUse { slot, pid }) if episode.fault.is_some() => {
+            return Err(CdcError::Stream(format!(
+                "slot {slot} is still held by process {pid}, the walsender of the lost stream"
+            )));
+        }
+        other => other?,
+    };
     if slot.created_now && options.origin == crate::reverse::REVERSE_ORIGIN {
         // The way back starts empty by design: only what the shards are
         // written from now on has to reach the monolith.
@@ -311,6 +387,8 @@ pub async fn run(
         .await
         .map_err(|e| CdcError::Stream(e.to_string()))?;
     tracing::info!(slot = %options.slot, from = %slot.confirmed_flush, targets = targets.len(), "streaming");
+    *streaming = true;
+    crate::retry::record(&source, &options.slot, report, episode).await;
     // Events the stream's reader has queued that the loop has not taken
     // yet: a backlog, so a target's group may wait for what follows.
     let stream_metrics = stream.metrics();
@@ -327,7 +405,6 @@ pub async fn run(
             .map_err(|e| query_error(&topology.source, e))?
     };
     let mut txn: Option<Txn> = None;
-    let mut report = RunReport::default();
     let incremental: Vec<&str> = deltas.iter().map(|m| m.name.as_str()).collect();
     let mut read_models = crate::readmodel::Refresher::new(topology).without(&incremental);
     if jsonl.is_none() {
@@ -368,12 +445,12 @@ pub async fn run(
                         ReplicationEvent::XLogData { data, .. } => {
                             let Some(t) = txn.as_mut() else { continue };
                             if let Some(sink) = &jsonl {
-                                emit(data, t, &mut tables, &routes, sink, &mut report)?;
+                                emit(data, t, &mut tables, &routes, sink, report)?;
                                 continue;
                             }
                             let mut upkeep = Upkeep { refresher: &mut read_models, deltas: &mut deltas };
                             let known = Known { routes: &routes, source: &topology.source, copied_at: &copied_at, skip_origin: &options.skip_origin };
-                            handle(data, t, &mut tables, &known, &targets, &mut upkeep, &mut report).await?;
+                            handle(data, t, &mut tables, &known, &targets, &mut upkeep, report).await?;
                         }
                         ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
                             let Some(t) = txn.take() else { continue };
@@ -435,6 +512,7 @@ pub async fn run(
                 apply_error = apply_error.or(Some(ApplyError::Target {
                     target: "applier".into(),
                     cause: e.to_string(),
+                    lost: false,
                 }))
             }
         }
@@ -450,17 +528,17 @@ pub async fn run(
     if outcome.is_ok() && apply_error.is_none() {
         report.refreshed(read_models.refresh(&topology.source).await?);
     }
-    report.divergences = tallies
+    report.divergences += tallies
         .iter()
         .map(|t| t.divergences.load(std::sync::atomic::Ordering::Relaxed))
-        .sum();
+        .sum::<u64>();
     report.confirmed_lsn = confirmations.confirmed().to_string();
-    report.seconds = started.elapsed().as_secs_f64();
-    outcome?;
+    // An applier's failure is the cause; the stream's error about that
+    // applier having stopped is only its echo.
     if let Some(e) = apply_error {
         return Err(e.into());
     }
-    Ok(report)
+    outcome
 }
 
 /// Brings the metrics up to date: counters, positions, per-target lag and
@@ -889,8 +967,16 @@ fn replication_config(source: &ConnString, options: &RunOptions, start: Lsn) -> 
 }
 
 fn query_error(conn: &ConnString, e: tokio_postgres::Error) -> CdcError {
-    CdcError::Query {
-        target: conn.to_string(),
-        cause: shardline_topology::describe_pg_error(&e),
+    CdcError::query(conn, &e)
+}
+
+impl CdcError {
+    /// A query on `target` failed with `e`.
+    pub fn query(target: &impl std::fmt::Display, e: &tokio_postgres::Error) -> Self {
+        Self::Query {
+            target: target.to_string(),
+            cause: shardline_topology::describe_pg_error(e),
+            lost: shardline_topology::pgerror::is_connection_lost(e),
+        }
     }
 }

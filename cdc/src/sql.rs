@@ -23,10 +23,7 @@ pub async fn connect(conn: &ConnString) -> Result<Client, crate::run::CdcError> 
     client
         .batch_execute("SET standard_conforming_strings = on")
         .await
-        .map_err(|e| crate::run::CdcError::Query {
-            target: conn.to_string(),
-            cause: shardline_topology::describe_pg_error(&e),
-        })?;
+        .map_err(|e| crate::run::CdcError::query(conn, &e))?;
     Ok(client)
 }
 

@@ -36,19 +36,32 @@ pub struct TargetStatus {
     pub error: Option<String>,
 }
 
+/// The last `cdc run` of the slot, as it recorded itself on the source
+/// (`crate::retry::record`).
+#[derive(Debug, Serialize)]
+pub struct RunStatus {
+    pub pid: i32,
+    pub host: String,
+    pub started_at: String,
+    /// Times it set the stream up again after a lost connection.
+    pub reconnects: i64,
+    /// Attempts that failed while doing so.
+    pub retries: i64,
+    pub last_fault: Option<String>,
+    pub updated_at: String,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub source_lsn: String,
     pub slot: SlotStatus,
+    pub run: Option<RunStatus>,
     pub targets: Vec<TargetStatus>,
 }
 
 pub async fn status(topology: &Topology, slot: &str) -> Result<Status, CdcError> {
     let source = topology.source.connect().await?;
-    let q = |e: tokio_postgres::Error| CdcError::Query {
-        target: topology.source.to_string(),
-        cause: shardline_topology::describe_pg_error(&e),
-    };
+    let q = |e: tokio_postgres::Error| CdcError::query(&topology.source, &e);
     let source_lsn: String = source
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
@@ -72,6 +85,24 @@ pub async fn status(topology: &Topology, slot: &str) -> Result<Status, CdcError>
         lag_bytes: row.as_ref().and_then(|r| r.get(2)),
         retained_bytes: row.as_ref().and_then(|r| r.get(3)),
     };
+    let run = source
+        .query_opt(
+            "SELECT pid, host, started_at::text, reconnects, retries, last_fault, updated_at::text
+               FROM shardline.cdc_run WHERE slot_name = $1 AND to_regclass('shardline.cdc_run') IS NOT NULL",
+            &[&slot],
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|r| RunStatus {
+            pid: r.get(0),
+            host: r.get(1),
+            started_at: r.get(2),
+            reconnects: r.get(3),
+            retries: r.get(4),
+            last_fault: r.get(5),
+            updated_at: r.get(6),
+        });
     let routes = Routes::from_topology(topology);
     let mut targets = Vec::new();
     for (i, conn) in routes.targets.iter().enumerate() {
@@ -101,6 +132,7 @@ pub async fn status(topology: &Topology, slot: &str) -> Result<Status, CdcError>
     Ok(Status {
         source_lsn,
         slot: slot_status,
+        run,
         targets,
     })
 }
@@ -168,10 +200,7 @@ async fn target_progress(
 /// slot. Refuses while the slot is streaming.
 pub async fn drop_all(topology: &Topology, slot: &str, publication: &str) -> Result<(), CdcError> {
     let source = topology.source.connect().await?;
-    let q = |e: tokio_postgres::Error| CdcError::Query {
-        target: topology.source.to_string(),
-        cause: shardline_topology::describe_pg_error(&e),
-    };
+    let q = |e: tokio_postgres::Error| CdcError::query(&topology.source, &e);
     let active: Option<bool> = source
         .query_opt(
             "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
@@ -208,10 +237,7 @@ pub async fn drop_all(topology: &Topology, slot: &str, publication: &str) -> Res
                 slot.replace('\'', "''")
             ))
             .await
-            .map_err(|e| CdcError::Query {
-                target: conn.to_string(),
-                cause: shardline_topology::describe_pg_error(&e),
-            })?;
+            .map_err(|e| CdcError::query(conn, &e))?;
     }
     Ok(())
 }
