@@ -275,5 +275,6 @@ pub fn query_error(db: &str, e: tokio_postgres::Error) -> BackfillError {
     BackfillError::Query {
         database: db.to_string(),
         cause: shardline_topology::describe_pg_error(&e),
+        lost: shardline_topology::pgerror::is_connection_lost(&e),
     }
 }

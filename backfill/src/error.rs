@@ -26,7 +26,12 @@ pub enum BackfillError {
         count: i64,
     },
     #[error("{database}: {cause}")]
-    Query { database: String, cause: String },
+    Query {
+        database: String,
+        cause: String,
+        /// The connection went away (a restart, a cut): worth a rerun.
+        lost: bool,
+    },
     #[error("table {table} chunk {chunk}: copying into {target} failed: {cause}")]
     Copy {
         table: String,
@@ -59,7 +64,7 @@ impl BackfillError {
             Self::Differences(_) => "make the targets' tables match the source (or drop them to let backfill create them)".into(),
             Self::NoShardKeyColumn { .. } => "move the table to an unsharded context or to reference_tables".into(),
             Self::NullShardKey { .. } => "give those rows a shard key on the source, or list the table in an unsharded context".into(),
-            Self::Copy { .. } => "run the same command again: the job resumes where it stopped".into(),
+            Self::Copy { .. } | Self::Query { lost: true, .. } => "run the same command again (once the server is back): the job resumes where it stopped".into(),
             Self::Interrupted => "run the same command again to resume".into(),
             Self::Snapshot(cause) => return snapshot_hint(cause),
             Self::OrphanSlot { .. } => "drop it (`shardline cdc drop`) or run with --restart".into(),
@@ -74,7 +79,9 @@ impl BackfillError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Copy { .. } | Self::Connect(ConnectError::Unreachable { .. })
+            Self::Copy { .. }
+                | Self::Query { lost: true, .. }
+                | Self::Connect(ConnectError::Unreachable { .. })
         )
     }
 }

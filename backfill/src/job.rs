@@ -109,6 +109,14 @@ pub async fn run(
     if *stop.borrow() {
         return Err(BackfillError::Interrupted);
     }
+    // A target connection lost while the workers copied (a restart, a
+    // cut) is replaced, as the workers replaced theirs: the last checks
+    // read every target.
+    for (i, client) in targets.iter_mut().enumerate() {
+        if client.is_closed() {
+            *client = prepared.targets[i].connect().await?;
+        }
+    }
     let complete = if leader {
         finish(&source, &source_name, &prepared, &targets, &job, request).await?
     } else {

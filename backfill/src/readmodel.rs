@@ -32,6 +32,7 @@ pub async fn shape(source: &Client, db: &str, rm: &ReadModel) -> Result<TableDef
                 rm.name,
                 shardline_topology::describe_pg_error(&e)
             ),
+            lost: shardline_topology::pgerror::is_connection_lost(&e),
         });
     }
     let rows = source
