@@ -487,7 +487,7 @@ async fn stream_once(
                     beat(&source, options).await.map_err(|e| query_error(&topology.source, e))?;
                 }
                 _ = publish.tick() => {
-                    publish_metrics(&metrics, &mut confirmations, &applied, source_seen, &report);
+                    publish_metrics(metrics, &mut confirmations, &applied, source_seen, report);
                     for (i, t) in targets.iter().enumerate() {
                         metrics.divergences(i, t.tally.divergences.load(std::sync::atomic::Ordering::Relaxed));
                     }
