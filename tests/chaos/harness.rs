@@ -82,6 +82,16 @@ impl Fleet {
     /// A monolith with `payments` rows of history, two shards and an
     /// analytics database, each reached through its own proxy.
     pub fn start(payments: u64) -> Fleet {
+        Self::start_with(payments, false)
+    }
+
+    /// [`Fleet::start`], with `[cutover] enabled` when `cutover`.
+    pub fn start_with(payments: u64, cutover: bool) -> Fleet {
+        let cutover = if cutover {
+            "[cutover]\nenabled = true\n"
+        } else {
+            ""
+        };
         let source = PgServer::start().unwrap();
         source.psql("postgres", SCHEMA).unwrap();
         source
@@ -129,7 +139,7 @@ listen = "127.0.0.1:{router_port}"
 [[router.users]]
 name = "app"
 password = "{ROUTER_PASSWORD}"
-"#,
+{cutover}"#,
                 source_proxy.url_of(&source, "postgres"),
                 shard_proxies[0].url_of(&shards[0], "postgres"),
                 shard_proxies[1].url_of(&shards[1], "postgres"),
@@ -292,6 +302,7 @@ impl Kill {
     pub fn sigterm_and_wait(mut self) -> Output {
         let _ = Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
+            .stderr(Stdio::null())
             .status();
         let child = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap());
         child.wait_with_output().unwrap()

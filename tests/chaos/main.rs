@@ -13,6 +13,7 @@
 
 mod backfill;
 mod cdc;
+mod cutover;
 mod harness;
 mod router;
 mod verify;
