@@ -132,7 +132,7 @@ pub async fn record(source: &Client, slot: &str, report: &RunReport, episode: &E
                                         THEN shardline.cdc_run.started_at ELSE excluded.started_at END,
                       pid = excluded.pid, host = excluded.host, reconnects = excluded.reconnects,
                       retries = excluded.retries, last_fault = excluded.last_fault, updated_at = now()";
-    let reconnects = report.reconnects as i64 + i64::from(episode.fault.is_some());
+    let reconnects = report.reconnects as i64;
     let pid = std::process::id() as i32;
     let result = async {
         source.batch_execute(DDL).await?;

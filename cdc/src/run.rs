@@ -228,12 +228,9 @@ pub async fn run(
             &metrics,
             &mut report,
             &mut streaming,
-            &episode,
+            &mut episode,
         )
         .await;
-        if streaming && episode.fault.is_some() {
-            episode.recovered(&mut report, &metrics);
-        }
         match attempt {
             Ok(()) => break,
             Err(e) => {
@@ -258,7 +255,7 @@ async fn stream_once(
     metrics: &std::sync::Arc<crate::metrics::Metrics>,
     report: &mut RunReport,
     streaming: &mut bool,
-    episode: &crate::retry::Episode,
+    episode: &mut crate::retry::Episode,
 ) -> Result<(), CdcError> {
     let routes = Routes::from_topology(topology);
     let source = sql::connect(&topology.source).await?;
@@ -388,6 +385,7 @@ async fn stream_once(
         .map_err(|e| CdcError::Stream(e.to_string()))?;
     tracing::info!(slot = %options.slot, from = %slot.confirmed_flush, targets = targets.len(), "streaming");
     *streaming = true;
+    episode.recovered(report, metrics);
     crate::retry::record(&source, &options.slot, report, episode).await;
     // Events the stream's reader has queued that the loop has not taken
     // yet: a backlog, so a target's group may wait for what follows.

@@ -32,7 +32,11 @@ fn complete_or_resumed(f: &Fleet, out: Output, fault: &str) {
             assert_eq!(report["complete"], true, "{fault}: {report}");
             return;
         }
-        eprintln!("{fault}: rerun {attempt} failed: {}", stderr(&again));
+        eprintln!(
+            "{fault}: rerun {attempt} failed: {}{}",
+            String::from_utf8_lossy(&again.stdout),
+            stderr(&again)
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
     panic!("{fault}: backfill did not complete when run again after: {err}");
