@@ -106,3 +106,63 @@ fn a_million_row_transaction_is_applied_in_bounded_memory() {
         "cdc grew from {before} KiB to {peak} KiB: it held the transaction in memory"
     );
 }
+
+#[test]
+fn the_reverse_slots_created_at_start_are_no_warning() {
+    // What a newcomer sees in the demo: the way back creates one slot per
+    // shard at its start, by design, and says so at info level only.
+    let server = PgServer::start().unwrap();
+    for db in ["mono", "tx0", "tx1"] {
+        server.create_database(db).unwrap();
+        server.psql(db, SCHEMA).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("shardline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"{}\"\n[contexts.transactions]\ntables = [\"events\"]\nshard_key = \"merchant_id\"\nshards = [\"{}\", \"{}\"]\n",
+            server.url("mono"),
+            server.url("tx0"),
+            server.url("tx1")
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let child = Command::new(env!("CARGO_BIN_EXE_shardline"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let streaming = (0..300).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            server
+                .psql("postgres", "SELECT count(*) FROM pg_stat_replication")
+                .unwrap()
+                .trim()
+                != "0"
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(streaming && out.status.success(), "{stderr}");
+        stderr
+    };
+    let reverse = run(&["cdc", "run", "--reverse"]);
+    assert!(!reverse.contains("created the slot now"), "{reverse}");
+    // The forward slot created by cdc itself still warns: history before
+    // it was never copied.
+    let forward = run(&["cdc", "run"]);
+    assert!(
+        forward.contains("WARN") && forward.contains("created the slot now"),
+        "{forward}"
+    );
+}

@@ -522,6 +522,24 @@ fn bad_input_is_refused_with_a_hint_and_changes_nothing() {
         ),
         "t"
     );
+    // A shard role that may not set replication origins: a rollback's
+    // reverse stream could not tell the forward stream's writes apart.
+    fleet
+        .server
+        .psql("postgres", "CREATE ROLE plain LOGIN")
+        .unwrap();
+    let original = std::fs::read_to_string(&fleet.config).unwrap();
+    let tx1 = fleet.server.url("tx1");
+    std::fs::write(
+        &fleet.config,
+        original.replace(&tx1, &tx1.replace("postgres@", "plain@")),
+    )
+    .unwrap();
+    refused(
+        &["cutover", "start", "--cohort", "5"],
+        "role plain may not use replication origins",
+    );
+    std::fs::write(&fleet.config, original).unwrap();
     // A context that takes CDC changes every 5 minutes would hold the
     // slot, and so the switch, that long.
     let slow = std::fs::read_to_string(&fleet.config).unwrap().replace(

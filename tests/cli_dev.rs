@@ -86,6 +86,12 @@ fn dev_up_reuses_status_reports_and_down_stops_everything() {
 
     let config = dir.join("shardline.toml");
     let topology_before = std::fs::read_to_string(&config).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&config).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the topology holds the router password"
+    );
     let again: Vec<serde_json::Value> = serde_json::from_str(&ok(&up("2"))).unwrap();
     let ports = |v: &[serde_json::Value]| {
         v.iter()

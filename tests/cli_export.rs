@@ -116,19 +116,28 @@ fn export_failures_exit_2_with_a_hint_and_leave_nothing_complete() {
     std::fs::write(out.join("old.parquet"), b"not ours").unwrap();
     let r = shardline(&cfg, &["export", "--table", "t", "--out", &out_s]);
     assert_fails(&r, "is not empty", "--overwrite");
-    let r = shardline(
-        &cfg,
-        &[
-            "export",
-            "--table",
-            "t",
-            "--out",
-            &out_s,
-            "--overwrite",
-            "--format",
-            "json",
-        ],
+    let overwrite = [
+        "export",
+        "--table",
+        "t",
+        "--out",
+        &out_s,
+        "--overwrite",
+        "--format",
+        "json",
+    ];
+    // --overwrite replaces an earlier export, never someone's files.
+    let r = shardline(&cfg, &overwrite[..7]);
+    assert_fails(
+        &r,
+        "which no earlier export wrote there",
+        "move that entry away",
     );
+    assert!(out.join("old.parquet").exists());
+    std::fs::remove_file(out.join("old.parquet")).unwrap();
+    let r = shardline(&cfg, &overwrite[..5]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = shardline(&cfg, &overwrite);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert_eq!(summary["rows"], 10);

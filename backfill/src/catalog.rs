@@ -206,13 +206,23 @@ pub fn differences(
     out
 }
 
+/// `body` between dollar quotes whose tag it does not contain: a label
+/// such as `paid$$` would end a plain `$$` quote early.
+pub fn dollar_quote(body: &str) -> String {
+    let mut tag = String::from("$shardline$");
+    let mut n = 0;
+    while body.contains(&tag) {
+        n += 1;
+        tag = format!("$shardline{n}$");
+    }
+    format!("{tag}{body}{tag}")
+}
+
 /// Runs a catalog query, naming the database on failure.
 pub fn query_error(db: &str, e: tokio_postgres::Error) -> BackfillError {
     BackfillError::Query {
         database: db.to_string(),
-        cause: e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_else(|| e.to_string()),
+        cause: shardline_topology::describe_pg_error(&e),
+        lost: shardline_topology::pgerror::is_connection_lost(&e),
     }
 }

@@ -337,8 +337,5 @@ fn route_now(table: &TableCopy, batch: &TupleBatch) -> Result<Vec<Routed>, Backf
 }
 
 fn cause(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => db.message().to_string(),
-        None => e.to_string(),
-    }
+    shardline_topology::describe_pg_error(e)
 }

@@ -28,7 +28,12 @@ pub enum BackfillError {
         count: i64,
     },
     #[error("{database}: {cause}")]
-    Query { database: String, cause: String },
+    Query {
+        database: String,
+        cause: String,
+        /// The connection went away (a restart, a cut): worth a rerun.
+        lost: bool,
+    },
     #[error("table {table} chunk {chunk}: copying into {target} failed: {cause}")]
     Copy {
         table: String,
@@ -38,6 +43,12 @@ pub enum BackfillError {
     },
     #[error("cannot create the snapshot on the source: {0}")]
     Snapshot(String),
+    #[error("slot {slot} already exists on the source but no backfill job records it")]
+    OrphanSlot { slot: String },
+    #[error("cannot create or extend the publication {publication} on the source: {cause}")]
+    Publication { publication: String, cause: String },
+    #[error("a backfill worker failed: {0}")]
+    Worker(String),
     #[error("table {table}: malformed COPY data: {cause}")]
     Format { table: String, cause: String },
     #[error("interrupted; chunks in flight were rolled back")]
@@ -56,9 +67,12 @@ impl BackfillError {
             Self::Obstacles(_) => "list each object's name in its context's skip_objects to let it go (see the Backfill section of the README), or change the topology".into(),
             Self::NoShardKeyColumn { .. } => "move the table to an unsharded context or to reference_tables".into(),
             Self::NullShardKey { .. } => "give those rows a shard key on the source, or list the table in an unsharded context".into(),
-            Self::Copy { .. } => "run the same command again: the job resumes where it stopped".into(),
+            Self::Copy { .. } | Self::Query { lost: true, .. } => "run the same command again (once the server is back): the job resumes where it stopped".into(),
             Self::Interrupted => "run the same command again to resume".into(),
-            Self::Snapshot(_) => "check wal_level = logical and a free replication slot on the source".into(),
+            Self::Snapshot(cause) => return snapshot_hint(cause),
+            Self::OrphanSlot { .. } => "drop it (`shardline cdc drop`) or run with --restart".into(),
+            Self::Publication { cause, .. } if cause.contains("SQLSTATE 42P01") => "check that every table the topology lists exists on the source under that name".into(),
+            Self::Publication { cause, .. } if cause.contains("SQLSTATE 42501") => "connect as the tables' owner or a superuser (CREATE PUBLICATION needs ownership of every table)".into(),
             _ => return None,
         })
     }
@@ -68,7 +82,29 @@ impl BackfillError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Copy { .. } | Self::Connect(ConnectError::Unreachable { .. })
+            Self::Copy { .. }
+                | Self::Query { lost: true, .. }
+                | Self::Connect(ConnectError::Unreachable { .. })
         )
     }
+}
+
+/// The hint for a failure to create the slot and its snapshot, chosen by
+/// the SQLSTATE the server sent: each cause has its own fix, and a cause
+/// not listed gets none rather than another's.
+fn snapshot_hint(cause: &str) -> Option<String> {
+    let hint = if cause.contains("SQLSTATE 55000") && cause.contains("wal_level") {
+        "set wal_level = logical on the source (ALTER SYSTEM SET wal_level = logical; then restart it)"
+    } else if cause.contains("SQLSTATE 53400") {
+        "raise max_replication_slots (or max_wal_senders) on the source and restart it, or drop an unused slot"
+    } else if cause.contains("SQLSTATE 42710") {
+        "the slot exists already: drop it (`shardline cdc drop`) or run with --restart"
+    } else if cause.contains("SQLSTATE 42501") || cause.contains("SQLSTATE 28000") {
+        "the role needs the REPLICATION attribute (ALTER ROLE … REPLICATION) and a replication line in pg_hba.conf"
+    } else if cause.starts_with("io error") {
+        "is the source reachable? run the same command again once it is: the job resumes"
+    } else {
+        return None;
+    };
+    Some(hint.into())
 }

@@ -89,10 +89,7 @@ pub async fn run(
                 }
             }
             Ok(Err(e)) => first_error = first_error.or(Some(e)),
-            Err(e) => {
-                first_error =
-                    first_error.or(Some(BackfillError::Snapshot(format!("worker failed: {e}"))))
-            }
+            Err(e) => first_error = first_error.or(Some(BackfillError::Worker(e.to_string()))),
         }
     }
     if let Some(e) = first_error {
@@ -100,6 +97,14 @@ pub async fn run(
     }
     if *stop.borrow() {
         return Err(BackfillError::Interrupted);
+    }
+    // A target connection lost while the workers copied (a restart, a
+    // cut) is replaced, as the workers replaced theirs: the last checks
+    // read every target.
+    for (i, client) in targets.iter_mut().enumerate() {
+        if client.is_closed() {
+            *client = prepared.targets[i].connect().await?;
+        }
     }
     let complete = if leader {
         finish(&source, &source_name, &prepared, &targets, &job, request).await?
@@ -253,16 +258,18 @@ async fn establish(
                 }
             }
             if slot_exists {
-                return Err(BackfillError::Snapshot(format!(
-                    "slot {} already exists but no backfill job records it; drop it (shardline cdc drop) or run with --restart",
-                    request.job
-                )));
+                return Err(BackfillError::OrphanSlot {
+                    slot: request.job.clone(),
+                });
             }
             // The publication must exist before the slot: pgoutput reads
             // publications as of each change's position in the WAL.
             shardline_cdc::source::ensure_publication(source, &request.job, &prepared.routes)
                 .await
-                .map_err(|e| BackfillError::Snapshot(e.to_string()))?;
+                .map_err(|e| BackfillError::Publication {
+                    publication: request.job.clone(),
+                    cause: e.to_string(),
+                })?;
             let holder = snapshot::export(&prepared.source, &request.job, false).await?;
             source
                 .execute(

@@ -30,10 +30,9 @@ pub async fn shape(source: &Client, db: &str, rm: &ReadModel) -> Result<TableDef
             cause: format!(
                 "read model {}: {}",
                 rm.name,
-                e.as_db_error()
-                    .map(|d| d.message().to_string())
-                    .unwrap_or_else(|| e.to_string())
+                shardline_topology::describe_pg_error(&e)
             ),
+            lost: shardline_topology::pgerror::is_connection_lost(&e),
         });
     }
     let rows = source

@@ -10,7 +10,8 @@ use tokio::sync::watch;
 
 /// Every common type, a sharded table and an unsharded one.
 const SCHEMA: &str = "
-CREATE TYPE mood AS ENUM ('calm', 'ok', 'élan');
+-- Labels that would end a dollar quote or a literal early.
+CREATE TYPE mood AS ENUM ('calm', 'ok', 'élan', 'paid$$', 'it''s $shardline$');
 CREATE TABLE ledger (
     merchant_id bigint NOT NULL,
     id          bigint NOT NULL,

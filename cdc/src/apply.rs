@@ -26,19 +26,23 @@
 //! is not confirmed past them until they commit. Memory stays bounded,
 //! since statements leave in batches as they come.
 
-use std::sync::Arc;
-
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 
-use crate::delta::{DeltaSpec, Netted, MAX_NETTED_ROWS};
+use shardline_topology::OnDivergence;
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::delta::{DeltaSpec, MergeGuard, Netted, MAX_NETTED_ROWS};
+use crate::divergence::{self, Divergence};
 use crate::lsn::Lsn;
 use crate::rows::{BatchStats, Batcher, RowOp};
-use crate::script::{Part, Script};
+use crate::script::{Check, Part, Script};
 
 /// The control table of CDC progress, created on every target.
 pub const PROGRESS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS shardline;
@@ -73,6 +77,12 @@ pub const MAX_GROUP_WAIT: std::time::Duration = std::time::Duration::from_millis
 #[derive(Debug)]
 pub enum Command {
     Exec(String),
+    /// A statement that must change exactly one row (the delete half of a
+    /// move between shards); see [`crate::divergence`].
+    ExecOne {
+        sql: String,
+        what: Divergence,
+    },
     /// One row change (batched with its neighbours).
     Row(RowOp),
     /// Delta rows of a read model on this target, from one source
@@ -106,7 +116,22 @@ pub enum Command {
 #[non_exhaustive]
 pub enum ApplyError {
     #[error("target {target}: {cause}")]
-    Target { target: String, cause: String },
+    Target {
+        target: String,
+        cause: String,
+        /// The connection went away (worth a reconnect).
+        lost: bool,
+    },
+    #[error("target {target}: {what}: the target diverged from the source before this change; nothing of its target transaction was committed")]
+    Diverged { target: String, what: String },
+}
+
+/// What an applier counts for the run's report, metrics and status.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Changes that found the target diverged (under `on_divergence =
+    /// "count"`), committed.
+    pub divergences: AtomicU64,
 }
 
 /// The advisory lock class of a slot's applier on a target (the key is
@@ -148,7 +173,8 @@ pub async fn recorded_position(client: &Client, slot: &str) -> Result<Lsn, tokio
     // transaction, which holds the lock to its end.
     client
         .batch_execute(&format!(
-            "SELECT pg_advisory_xact_lock({PROGRESS_DDL_LOCK}); {PROGRESS_DDL}"
+            "SELECT pg_advisory_xact_lock({PROGRESS_DDL_LOCK}); {PROGRESS_DDL} {}",
+            crate::divergence::DDL
         ))
         .await?;
     let row = client
@@ -191,6 +217,8 @@ pub struct Applier {
     pub apply_interval: Option<std::time::Duration>,
     /// The replication origin of the transactions committed here.
     pub origin: String,
+    pub on_divergence: OnDivergence,
+    pub tally: Arc<Tally>,
 }
 
 struct Pending {
@@ -210,12 +238,20 @@ struct Pending {
     last: Option<(Lsn, Lsn, i64)>,
     /// Statements of a source transaction whose commit has not arrived.
     partial: bool,
+    /// Changes of the open target transaction that found the target
+    /// diverged (counted, not stopped at).
+    diverged: Vec<Divergence>,
+    /// Read-model groups recorded as diverged by the open transaction's
+    /// `MERGE`s (read back before it commits).
+    model_diverged: u64,
+    /// The open transaction wrote a read-model `MERGE`.
+    merged: bool,
 }
 
 impl Pending {
     fn begin(&mut self) {
         if !self.in_transaction {
-            self.batch.push_str("BEGIN;");
+            self.batch.statement("BEGIN");
             self.in_transaction = true;
         }
     }
@@ -238,34 +274,29 @@ impl Applier {
             .await
             .map_err(|e| self.error(e))?;
         // As PostgreSQL's apply workers do: the source already checked
-        // foreign keys and ran triggers. Needs superuser; optional.
-        if let Err(e) = self
-            .client
+        // foreign keys and ran triggers; and a stream back from this target
+        // tells these transactions from the application's by their origin.
+        // `crate::privilege` checked the role may do both before streaming.
+        self.client
             .batch_execute("SET session_replication_role = replica")
             .await
-        {
-            tracing::debug!(target = %self.name, error = %e, "target keeps triggers and foreign key checks");
-        }
-        // Also superuser (or granted) only; without it a stream back from
-        // this target could not tell these transactions from the
-        // application's.
+            .map_err(|e| self.error(e))?;
         let origin = &self.origin;
-        let marked = async {
-            self.client
-                .execute(
-                    "SELECT pg_replication_origin_create($1::text)
-                     WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1::text)",
-                    &[&origin],
-                )
-                .await?;
-            self.client
-                .execute("SELECT pg_replication_origin_session_setup($1::text)", &[&origin])
-                .await
-        }
-        .await;
-        if let Err(e) = marked {
-            tracing::debug!(target = %self.name, error = %e, "target transactions carry no replication origin");
-        }
+        self.client
+            .execute(
+                "SELECT pg_replication_origin_create($1::text)
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1::text)",
+                &[&origin],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        self.client
+            .execute(
+                "SELECT pg_replication_origin_session_setup($1::text)",
+                &[&origin],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
         let mut p = Pending {
             batch: Script::new(),
             copy_statements: HashMap::new(),
@@ -278,6 +309,13 @@ impl Applier {
             grouped: 0,
             last: None,
             partial: false,
+            diverged: Vec::new(),
+            model_diverged: 0,
+            merged: false,
+        };
+        let guard = MergeGuard {
+            slot: self.slot.clone(),
+            stop: self.on_divergence == OnDivergence::Stop,
         };
         let mut last_commit = tokio::time::Instant::now();
         loop {
@@ -295,7 +333,7 @@ impl Applier {
                     tokio::select! {
                         c = commands.recv() => c,
                         _ = tokio::time::sleep_until(deadline) => {
-                            self.commit(&mut p, &durable).await?;
+                            self.commit(&mut p, &durable, &guard).await?;
                             last_commit = tokio::time::Instant::now();
                             continue;
                         }
@@ -308,8 +346,16 @@ impl Applier {
                 Command::Exec(sql) => {
                     p.begin();
                     p.rows.flush(&mut p.batch);
-                    p.batch.push_str(&sql);
-                    p.batch.push(';');
+                    p.batch.statement(&sql);
+                    p.partial = true;
+                    if p.batch.len() >= MAX_BATCH_BYTES {
+                        self.send(&mut p).await?;
+                    }
+                }
+                Command::ExecOne { sql, what } => {
+                    p.begin();
+                    p.rows.flush(&mut p.batch);
+                    p.batch.checked(&sql, Check::OneRow(what));
                     p.partial = true;
                     if p.batch.len() >= MAX_BATCH_BYTES {
                         self.send(&mut p).await?;
@@ -336,9 +382,9 @@ impl Applier {
                     let netted = &mut p.deltas[at];
                     netted.add(rows);
                     if netted.len() >= MAX_NETTED_ROWS {
-                        if let Some(sql) = netted.take_sql() {
-                            p.batch.push_str(&sql);
-                            p.batch.push(';');
+                        if let Some(sql) = netted.take_sql(&guard) {
+                            p.batch.statement(&sql);
+                            p.merged = true;
                         }
                         if p.batch.len() >= MAX_BATCH_BYTES {
                             self.send(&mut p).await?;
@@ -352,8 +398,7 @@ impl Applier {
                         n.clear();
                     }
                     p.rows.flush(&mut p.batch);
-                    p.batch.push_str(&spec.delete_sql());
-                    p.batch.push(';');
+                    p.batch.statement(&spec.delete_sql());
                 }
                 Command::Fetch { sql, reply } => {
                     p.rows.flush(&mut p.batch);
@@ -396,7 +441,7 @@ impl Applier {
                         }
                     };
                     if due {
-                        self.commit(&mut p, &durable).await?;
+                        self.commit(&mut p, &durable, &guard).await?;
                         last_commit = tokio::time::Instant::now();
                     }
                 }
@@ -407,7 +452,7 @@ impl Applier {
         // transaction rolls back whole: nothing of it was reported durable,
         // so the slot sends it all again next time.
         if p.grouped > 0 && !p.partial {
-            self.commit(&mut p, &durable).await?;
+            self.commit(&mut p, &durable, &guard).await?;
         }
         let BatchStats {
             inserts,
@@ -430,26 +475,49 @@ impl Applier {
         &self,
         p: &mut Pending,
         durable: &mpsc::UnboundedSender<(usize, Lsn)>,
+        guard: &MergeGuard,
     ) -> Result<(), ApplyError> {
         let Some((commit_lsn, end_lsn, commit_time)) = p.last else {
             return Ok(());
         };
         p.rows.flush(&mut p.batch);
         for n in &mut p.deltas {
-            if let Some(sql) = n.take_sql() {
-                p.batch.push_str(&sql);
-                p.batch.push(';');
+            if let Some(sql) = n.take_sql(guard) {
+                p.batch.statement(&sql);
+                p.merged = true;
             }
         }
-        p.batch.push_str(&format!(
+        if p.merged && self.on_divergence == OnDivergence::Count {
+            p.batch
+                .checked(divergence::MODEL_DIVERGENCES_SQL, Check::ModelDivergences);
+        }
+        // Row counts are known only once the statements ran: they must be
+        // seen before the progress mark commits (under `stop` nothing of a
+        // diverged group may commit).
+        if p.batch.has_checks() {
+            self.send(p).await?;
+        }
+        if !p.diverged.is_empty() {
+            let record = divergence::record_sql(&self.slot, &commit_lsn.to_string(), &p.diverged);
+            p.batch.statement(&record);
+        }
+        p.batch.statement(&format!(
             "INSERT INTO shardline.cdc_progress (slot_name, commit_lsn, end_lsn, commit_time)
              VALUES ('{slot}', '{commit_lsn}', '{end_lsn}', timestamptz '2000-01-01 00:00:00+00' + {commit_time} * interval '1 microsecond')
              ON CONFLICT (slot_name) DO UPDATE SET commit_lsn = excluded.commit_lsn, end_lsn = excluded.end_lsn,
-                 commit_time = excluded.commit_time, updated_at = now();
-             COMMIT;",
+                 commit_time = excluded.commit_time, updated_at = now()",
             slot = self.slot.replace('\'', "''"),
         ));
+        p.batch.statement("COMMIT");
         self.send(p).await?;
+        let found = p.diverged.len() as u64 + p.model_diverged;
+        if found > 0 {
+            self.tally.divergences.fetch_add(found, Ordering::Relaxed);
+            tracing::warn!(target = %self.name, divergences = found, first = ?p.diverged.first().map(|d| d.to_string()), "changes found the target diverged; recorded in shardline.cdc_divergence");
+        }
+        p.diverged.clear();
+        p.model_diverged = 0;
+        p.merged = false;
         p.in_transaction = false;
         p.grouped = 0;
         p.last = None;
@@ -463,11 +531,19 @@ impl Applier {
     async fn send(&self, p: &mut Pending) -> Result<(), ApplyError> {
         for part in p.batch.take() {
             match part {
-                Part::Sql(sql) => self
+                Part::Sql(sql) if sql.checks.is_empty() => self
                     .client
-                    .batch_execute(&sql)
+                    .batch_execute(&sql.text)
                     .await
                     .map_err(|e| self.error(e))?,
+                Part::Sql(sql) => {
+                    let messages = self
+                        .client
+                        .simple_query(&sql.text)
+                        .await
+                        .map_err(|e| self.error(e))?;
+                    self.verify(sql, &messages, p)?;
+                }
                 Part::Copy { statement, data } => {
                     let prepared = match p.copy_statements.get(&statement) {
                         Some(s) => s.clone(),
@@ -497,14 +573,76 @@ impl Applier {
         Ok(())
     }
 
+    /// Compares each checked statement's result with what it expected.
+    fn verify(
+        &self,
+        sql: crate::script::Sql,
+        messages: &[SimpleQueryMessage],
+        p: &mut Pending,
+    ) -> Result<(), ApplyError> {
+        let mut counts = Vec::with_capacity(sql.statements);
+        let mut first_value: HashMap<usize, String> = HashMap::new();
+        for m in messages {
+            match m {
+                SimpleQueryMessage::CommandComplete(n) => counts.push(*n),
+                SimpleQueryMessage::Row(row) => {
+                    if let Some(v) = row.get(0) {
+                        first_value
+                            .entry(counts.len())
+                            .or_insert_with(|| v.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (i, check) in sql.checks {
+            match check {
+                Check::OneRow(what) => {
+                    let Some(&n) = counts.get(i) else {
+                        return Err(ApplyError::Target {
+                            target: self.name.clone(),
+                            cause: format!("statement {i} of a batch sent no result"),
+                            lost: false,
+                        });
+                    };
+                    if n == 1 {
+                        continue;
+                    }
+                    if self.on_divergence == OnDivergence::Stop {
+                        return Err(ApplyError::Diverged {
+                            target: self.name.clone(),
+                            what: what.to_string(),
+                        });
+                    }
+                    p.diverged.push(what);
+                }
+                Check::ModelDivergences => {
+                    p.model_diverged += first_value
+                        .get(&i)
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn error(&self, e: tokio_postgres::Error) -> ApplyError {
-        let cause = match e.as_db_error() {
-            Some(db) => format!("{} ({})", db.message(), db.code().code()),
-            None => e.to_string(),
-        };
+        if shardline_topology::pgerror::sqlstate(&e) == Some(divergence::SQLSTATE) {
+            let what = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_default();
+            return ApplyError::Diverged {
+                target: self.name.clone(),
+                what,
+            };
+        }
+        let cause = shardline_topology::describe_pg_error(&e);
         ApplyError::Target {
             target: self.name.clone(),
             cause,
+            lost: shardline_topology::pgerror::is_connection_lost(&e),
         }
     }
 }

@@ -47,6 +47,9 @@ pub enum RowPlan {
         columns: Vec<String>,
         values: Vec<Option<Option<Vec<u8>>>>,
         key: Vec<(String, Option<Vec<u8>>)>,
+        /// The key finds one row (else it finds identical rows, of which
+        /// one moves).
+        unique: bool,
     },
 }
 
@@ -273,6 +276,7 @@ impl Tables {
                     columns,
                     values,
                     key,
+                    unique: _,
                 } => Op::Move {
                     from,
                     to,
@@ -340,6 +344,21 @@ impl Tables {
                     (&t.route, from.as_slice(), to.as_slice())
                 {
                     if from != to {
+                        // Under REPLICA IDENTITY FULL the old row carries
+                        // every value, detoasted: an unchanged TOASTed value
+                        // is the old one. The move needs no read of it, which
+                        // after a restart may find the row already gone from
+                        // the old shard and changed (moved, deleted) on the
+                        // source.
+                        let mut values = values;
+                        if let Some(OldTuple::Full(old)) = old {
+                            let old = t.values(old)?;
+                            for (v, o) in values.iter_mut().zip(old) {
+                                if v.is_none() {
+                                    *v = o;
+                                }
+                            }
+                        }
                         return Ok(vec![RowPlan::Move {
                             from: *from,
                             to: *to,
@@ -357,6 +376,7 @@ impl Tables {
                                     (t.shape.columns[i].clone(), v.as_ref().map(|b| b.to_vec()))
                                 })
                                 .collect(),
+                            unique: t.shape.unique_key,
                         }]);
                     }
                 }

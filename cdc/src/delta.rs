@@ -21,6 +21,7 @@
 //! full replica identity) are recomputed from the source by
 //! [`crate::readmodel::Refresher`].
 
+use std::fmt::Write;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -302,7 +303,7 @@ impl DeltaModel {
 
     /// The `MERGE` that applies the buffered delta rows (and empties the
     /// buffer); `None` when nothing is buffered.
-    pub fn take_sql(&mut self) -> Option<String> {
+    pub fn take_sql(&mut self, guard: &MergeGuard) -> Option<String> {
         if self.pending.is_empty() {
             return None;
         }
@@ -311,6 +312,7 @@ impl DeltaModel {
             self.spec.merge(
                 rows.iter()
                     .map(|(sign, row)| (i64::from(*sign), row.as_slice())),
+                guard,
             ),
         )
     }
@@ -493,8 +495,15 @@ impl DeltaSpec {
     }
 
     /// The `MERGE` that applies delta rows, each with its weight (how many
-    /// times the row image is added, negative for removed).
-    pub fn merge<'a>(&self, rows: impl IntoIterator<Item = (i64, &'a [Cell])>) -> String {
+    /// times the row image is added, negative for removed). A group it would
+    /// leave with fewer than zero rows, or remove rows from while the read
+    /// model lacks it, goes through [`crate::divergence::FUNCTION`] as
+    /// `guard` says.
+    pub fn merge<'a>(
+        &self,
+        rows: impl IntoIterator<Item = (i64, &'a [Cell])>,
+        guard: &MergeGuard,
+    ) -> String {
         let (weights, rows): (Vec<i64>, Vec<&[Cell]>) = rows.into_iter().unzip();
         let source = self.row_source(Some(&weights), &rows);
         let casts = self.casts();
@@ -537,11 +546,44 @@ impl DeltaSpec {
             .map(quote_ident)
             .collect();
         let from_g: Vec<String> = all.iter().map(|c| format!("g.{c}")).collect();
+        // The group as `(7,"2026-01-01 00:00:00+00",EUR)`, for the record.
+        let group: Vec<String> = self
+            .group_names
+            .iter()
+            .map(|g| format!("g.{}", quote_ident(g)))
+            .collect();
+        let diverged = |rows: &str| {
+            let mut call = format!("{}(({rows})::bigint, ", crate::divergence::FUNCTION);
+            crate::sql::push_literal(&mut call, Some(guard.slot.as_bytes()));
+            call.push_str(", ");
+            crate::sql::push_literal(&mut call, Some(self.name.as_bytes()));
+            let _ = write!(call, ", (row({}))::text, {})", group.join(", "), guard.stop);
+            call
+        };
+        let mut set_diverged = vec![format!(
+            "{count} = {}",
+            diverged(&format!("t.{count} + g.{count}"))
+        )];
+        set_diverged.extend(
+            set.iter()
+                .filter(|s| !s.starts_with(&format!("{count} = ")))
+                .cloned(),
+        );
+        let mut from_g_diverged = from_g.clone();
+        let at = self.group_names.len()
+            + self
+                .aggregates
+                .iter()
+                .position(|a| a.name() == self.count)
+                .unwrap_or(0);
+        from_g_diverged[at] = diverged(&format!("g.{count}"));
         format!(
             "MERGE INTO {table} AS t USING (SELECT {group_by}, {deltas} FROM (SELECT v.shardline_sign, {casts} FROM {source}) AS d{filter} GROUP BY {positions}) AS g ON {on} \
              WHEN MATCHED AND t.{count} + g.{count} = 0 THEN DELETE \
+             WHEN MATCHED AND t.{count} + g.{count} < 0 THEN UPDATE SET {set_diverged} \
              WHEN MATCHED THEN UPDATE SET {set} \
-             WHEN NOT MATCHED AND g.{count} <> 0 THEN INSERT ({all}) VALUES ({from_g})",
+             WHEN NOT MATCHED AND g.{count} > 0 THEN INSERT ({all}) VALUES ({from_g}) \
+             WHEN NOT MATCHED THEN INSERT ({all}) VALUES ({from_g_diverged})",
             table = self.table,
             group_by = self.group_by.join(", "),
             deltas = deltas.join(", "),
@@ -549,10 +591,20 @@ impl DeltaSpec {
             positions = positions.join(", "),
             on = on.join(" AND "),
             set = set.join(", "),
+            set_diverged = set_diverged.join(", "),
             all = all.join(", "),
             from_g = from_g.join(", "),
+            from_g_diverged = from_g_diverged.join(", "),
         )
     }
+}
+
+/// What a read-model `MERGE` does with a group it cannot adjust: record it
+/// under `slot` and go on, or (`stop`) fail the target transaction.
+#[derive(Clone, Debug, Default)]
+pub struct MergeGuard {
+    pub slot: String,
+    pub stop: bool,
 }
 
 /// Distinct delta rows an applier nets before it writes them as one `MERGE`.
@@ -601,7 +653,7 @@ impl Netted {
 
     /// The `MERGE` of the rows whose weight is not zero (and empties the
     /// buffer); `None` when nothing is left.
-    pub fn take_sql(&mut self) -> Option<String> {
+    pub fn take_sql(&mut self, guard: &MergeGuard) -> Option<String> {
         let rows = std::mem::take(&mut self.rows);
         // In the map's order: the MERGE sums per group, so the order of its
         // rows changes nothing.
@@ -613,7 +665,7 @@ impl Netted {
         if live.is_empty() {
             return None;
         }
-        Some(self.spec.merge(live))
+        Some(self.spec.merge(live, guard))
     }
 }
 
@@ -785,7 +837,11 @@ mod tests {
         ];
         let mut m =
             DeltaModel::new(&model(&["count(*) AS n", "sum(amount) AS v"]), 3, columns).unwrap();
-        assert_eq!(m.take_sql(), None);
+        let guard = MergeGuard {
+            slot: "s".into(),
+            stop: true,
+        };
+        assert_eq!(m.take_sql(&guard), None);
         m.pending.push((
             1,
             vec![
@@ -797,7 +853,7 @@ mod tests {
         ));
         m.pending
             .push((-1, vec![Some("7".into()), None, Some("it's".into()), None]));
-        let sql = m.take_sql().unwrap();
+        let sql = m.take_sql(&guard).unwrap();
         assert_eq!(m.pending(), 0);
         assert!(sql.starts_with("MERGE INTO \"public\".\"daily\" AS t USING (SELECT merchant_id, date_trunc('day', created_at) AS day, sum(shardline_sign)::bigint AS \"n\", sum(shardline_sign * (amount)) AS \"v\" FROM (SELECT v.shardline_sign, v.c0::bigint AS \"merchant_id\", v.c1::numeric(18,2) AS \"amount\""), "{sql}");
         assert!(sql.contains(r#"FROM unnest('{"1","-1"}'::int8[], '{"7","7"}'::text[], '{"1.50",NULL}'::text[], '{"captured","it''s"}'::text[], '{"2026-01-01 10:00:00+00",NULL}'::text[]) AS v(shardline_sign, c0, c1, c2, c3)) AS d"#), "{sql}");
@@ -806,6 +862,8 @@ mod tests {
             sql.contains("WHEN MATCHED AND t.\"n\" + g.\"n\" = 0 THEN DELETE"),
             "{sql}"
         );
-        assert!(sql.ends_with("WHEN NOT MATCHED AND g.\"n\" <> 0 THEN INSERT (\"merchant_id\", \"day\", \"n\", \"v\") VALUES (g.\"merchant_id\", g.\"day\", g.\"n\", g.\"v\")"), "{sql}");
+        assert!(sql.contains("WHEN MATCHED AND t.\"n\" + g.\"n\" < 0 THEN UPDATE SET \"n\" = shardline.cdc_diverged((t.\"n\" + g.\"n\")::bigint, 's', 'daily', (row(g.\"merchant_id\", g.\"day\"))::text, true), \"v\" = CASE"), "{sql}");
+        assert!(sql.contains("WHEN NOT MATCHED AND g.\"n\" > 0 THEN INSERT (\"merchant_id\", \"day\", \"n\", \"v\") VALUES (g.\"merchant_id\", g.\"day\", g.\"n\", g.\"v\")"), "{sql}");
+        assert!(sql.ends_with("WHEN NOT MATCHED THEN INSERT (\"merchant_id\", \"day\", \"n\", \"v\") VALUES (g.\"merchant_id\", g.\"day\", shardline.cdc_diverged((g.\"n\")::bigint, 's', 'daily', (row(g.\"merchant_id\", g.\"day\"))::text, true), g.\"v\")"), "{sql}");
     }
 }

@@ -25,6 +25,7 @@ struct TargetGauges {
     applied_lsn: u64,
     lag_bytes: u64,
     lag_seconds: f64,
+    divergences: u64,
 }
 
 #[derive(Debug, Default)]
@@ -40,6 +41,8 @@ pub struct Metrics {
     changes: AtomicU64,
     transactions: AtomicU64,
     errors: AtomicU64,
+    reconnects: AtomicU64,
+    retries: AtomicU64,
     confirmed_lsn: AtomicU64,
     source_lsn: AtomicU64,
     targets: Mutex<Vec<TargetGauges>>,
@@ -68,6 +71,24 @@ impl Metrics {
 
     pub fn error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The stream was set up again after a transient fault.
+    pub fn reconnected(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An attempt to set the stream up again failed (the server still down).
+    pub fn retried(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Changes that found a target diverged, in total (`on_divergence = "count"`).
+    pub fn divergences(&self, target: usize, total: u64) {
+        let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = targets.get_mut(target) {
+            t.divergences = t.divergences.max(total);
+        }
     }
 
     /// The slot's confirmed position and the newest source position seen.
@@ -118,6 +139,16 @@ impl Metrics {
                 "Errors that stopped the stream or an applier.",
                 &self.errors,
             ),
+            (
+                "shardline_cdc_reconnects_total",
+                "Times the stream and the appliers were set up again after a lost connection.",
+                &self.reconnects,
+            ),
+            (
+                "shardline_cdc_retries_total",
+                "Attempts to set the stream up again that failed (a server still down).",
+                &self.retries,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(
@@ -167,6 +198,16 @@ impl Metrics {
                 |t| format!("{:.3}", t.lag_seconds),
             ),
         ];
+        let name = "shardline_cdc_divergences_total";
+        let _ = writeln!(out, "# HELP {name} Changes that found the target diverged (an update or delete matching no row, a read-model group below zero), recorded under on_divergence = \"count\".\n# TYPE {name} counter");
+        for t in &targets {
+            let _ = writeln!(
+                out,
+                "{name}{{target=\"{}\"}} {}",
+                label(&t.name),
+                t.divergences
+            );
+        }
         for (name, help, field) in per_target {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
             for t in &targets {
@@ -212,12 +253,20 @@ mod tests {
         m.target(0, 200, 50, 0.25);
         m.applied(0.02);
         m.applied(3.0);
+        m.divergences(1, 4);
+        m.reconnected();
+        m.retried();
+        m.retried();
         let text = m.render();
         for line in [
             "# TYPE shardline_cdc_changes_total counter",
             "shardline_cdc_changes_total 10",
             "shardline_cdc_transactions_total 3",
             "shardline_cdc_errors_total 1",
+            "shardline_cdc_reconnects_total 1",
+            "shardline_cdc_retries_total 2",
+            "shardline_cdc_divergences_total{target=\"postgres@h:1/tx\"} 0",
+            "shardline_cdc_divergences_total{target=\"say \\\"hi\\\"\"} 4",
             "shardline_cdc_confirmed_lsn 100",
             "shardline_cdc_source_lsn 250",
             "shardline_cdc_lag_bytes{target=\"postgres@h:1/tx\"} 50",

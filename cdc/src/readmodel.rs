@@ -192,10 +192,9 @@ fn failed(rm: &ReadModel, db: &ConnString, e: tokio_postgres::Error) -> CdcError
         cause: format!(
             "read model {}: {}",
             rm.name,
-            e.as_db_error()
-                .map(|d| d.message().to_string())
-                .unwrap_or_else(|| e.to_string())
+            shardline_topology::describe_pg_error(&e)
         ),
+        lost: shardline_topology::pgerror::is_connection_lost(&e),
     }
 }
 
@@ -241,8 +240,8 @@ async fn refresh_groups(
     };
     let alias = &rm.from.name;
     let touched = spec.touched_groups_sql(rows.iter().map(|(_, r)| r.as_slice()), alias);
-    let src = source.connect().await?;
-    let tgt = model.target.connect().await?;
+    let src = crate::sql::connect(source).await?;
+    let tgt = crate::sql::connect(&model.target).await?;
     let has_null: bool = src
         .query_one(
             &format!("SELECT coalesce(bool_or(NOT (g IS NOT NULL)), false) FROM ({touched}) g"),
@@ -305,8 +304,8 @@ fn all_columns(rm: &ReadModel) -> Vec<String> {
 
 async fn refresh_one(model: &Model, source: &ConnString) -> Result<(), CdcError> {
     let rm = &model.read_model;
-    let src = source.connect().await?;
-    let tgt = model.target.connect().await?;
+    let src = crate::sql::connect(source).await?;
+    let tgt = crate::sql::connect(&model.target).await?;
     let table = rm.table().quoted();
     tgt.batch_execute(&format!("BEGIN; DELETE FROM {table}"))
         .await

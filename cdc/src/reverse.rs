@@ -52,6 +52,7 @@ pub fn reverse_topology(topology: &Topology, shard: usize) -> Option<Topology> {
         read_models: Vec::new(),
         router: topology.router.clone(),
         cutover: CutoverConfig::default(),
+        cdc: topology.cdc,
     })
 }
 

@@ -25,6 +25,12 @@
 //! identity index): tables identified by all their columns only batch
 //! their inserts.
 //!
+//! Every update or delete written as a statement of its own carries a
+//! [`Check`] that it changed exactly one row (see [`crate::divergence`]);
+//! one folded into the run changes a row the run holds. Without a unique
+//! key such a statement changes one of the identical rows the key finds,
+//! not all of them.
+//!
 //! Nothing here decides durability: the applier writes a run before every
 //! commit, fetch or other statement, inside the same target transaction.
 
@@ -33,7 +39,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
-use crate::script::Script;
+use crate::divergence::Divergence;
+use crate::script::{Check, Script};
 use crate::sql;
 
 /// A run is written once it holds this many rows…
@@ -107,9 +114,32 @@ impl RowOp {
                     .filter(|(i, _)| !shape.always.contains(i))
                     .filter_map(|(_, (c, v))| v.as_ref().map(|v| (c.as_str(), v.as_deref())))
                     .collect();
-                sql::update(&shape.qualified, &set, &key_pairs(shape, key))
+                if shape.unique_key {
+                    sql::update(&shape.qualified, &set, &key_pairs(shape, key))
+                } else {
+                    sql::update_one(&shape.qualified, &set, &key_pairs(shape, key))
+                }
             }
-            Self::Delete { shape, key } => sql::delete(&shape.qualified, &key_pairs(shape, key)),
+            Self::Delete { shape, key } if shape.unique_key => {
+                sql::delete(&shape.qualified, &key_pairs(shape, key))
+            }
+            Self::Delete { shape, key } => {
+                sql::delete_one(&shape.qualified, &key_pairs(shape, key))
+            }
+        }
+    }
+
+    /// What the change expects of its target: an update or delete changes
+    /// exactly the one row the source changed.
+    pub fn check(&self) -> Option<Check> {
+        match self {
+            Self::Insert { .. } => None,
+            Self::Update { shape, key, .. } => {
+                Some(Check::OneRow(Divergence::of_row(shape, "update", key)))
+            }
+            Self::Delete { shape, key } => {
+                Some(Check::OneRow(Divergence::of_row(shape, "delete", key)))
+            }
         }
     }
 }
@@ -291,8 +321,10 @@ impl Batcher {
 
     fn single(&mut self, op: RowOp, out: &mut Script) {
         self.stats.single += 1;
-        out.push_str(&op.sql());
-        out.push(';');
+        match op.check() {
+            Some(check) => out.checked(&op.sql(), check),
+            None => out.statement(&op.sql()),
+        }
     }
 
     /// Writes the run, if any, as one `INSERT` or `COPY`.
@@ -318,8 +350,7 @@ impl Batcher {
             self.stats.copies += 1;
         } else {
             let rows = rows.map(|row| row.iter().map(|v| v.as_deref()).collect());
-            out.push_str(&sql::insert(&run.shape.qualified, &columns, rows));
-            out.push(';');
+            out.statement(&sql::insert(&run.shape.qualified, &columns, rows));
         }
         self.stats.inserts += 1;
         self.stats.inserted_rows += run.live as u64;
@@ -491,9 +522,43 @@ mod tests {
         assert_eq!(
             sql,
             "INSERT INTO \"public\".\"p\" (\"id\", \"status\", \"note\") OVERRIDING SYSTEM VALUE VALUES ('1', 'a', 'n'), ('1', 'a', 'n');\
-             UPDATE \"public\".\"p\" SET \"id\" = '1', \"status\" = 'b' WHERE \"id\" = '1';"
+             UPDATE \"public\".\"p\" SET \"id\" = '1', \"status\" = 'b' WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM \"public\".\"p\" WHERE \"id\" = '1' LIMIT 1);",
+            "an update changes one of the identical rows, as on the source"
         );
         assert_eq!(stats.folded, 0);
+    }
+
+    #[test]
+    fn single_updates_and_deletes_expect_one_row_and_folded_ones_nothing() {
+        let s = shape(true);
+        let mut b = Batcher::new();
+        let mut out = Script::new();
+        b.push(insert(&s, "1", "a"), &mut out);
+        b.push(update(&s, "1", "1", "b"), &mut out);
+        b.push(delete(&s, "1"), &mut out);
+        b.flush(&mut out);
+        assert!(!out.has_checks(), "folded into the run: {}", out.text());
+        b.push(update(&s, "2", "2", "b"), &mut out);
+        b.push(delete(&s, "3"), &mut out);
+        let parts = out.take();
+        let [crate::script::Part::Sql(sql)] = &parts[..] else {
+            panic!("{parts:?}")
+        };
+        let what: Vec<String> = sql
+            .checks
+            .iter()
+            .map(|(i, c)| match c {
+                Check::OneRow(d) => format!("{i}: {d}"),
+                other => format!("{i}: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            what,
+            [
+                "0: the update of \"public\".\"p\" where id = '2' matched no row",
+                "1: the delete of \"public\".\"p\" where id = '3' matched no row"
+            ]
+        );
     }
 
     #[test]

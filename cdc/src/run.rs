@@ -60,6 +60,9 @@ pub struct RunOptions {
     /// Source transactions whose origin starts with this came from the
     /// other direction of a cutover: they are not applied.
     pub skip_origin: String,
+    /// How long to keep setting the stream up again after a lost
+    /// connection before the run fails (zero: fail at once).
+    pub retry_for: Duration,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -85,6 +88,7 @@ impl Default for RunOptions {
             metrics_listen: None,
             origin: crate::apply::FORWARD_ORIGIN.into(),
             skip_origin: REVERSE_ORIGIN_PREFIX.into(),
+            retry_for: Duration::ZERO,
         }
     }
 }
@@ -100,6 +104,13 @@ pub struct RunReport {
     pub read_model_refreshes: u64,
     /// Of those, recomputed for the groups the changes touched only.
     pub read_model_group_refreshes: u64,
+    /// Changes that found a target diverged and were recorded there
+    /// (`[cdc] on_divergence = "count"`).
+    pub divergences: u64,
+    /// Times the stream was set up again after a lost connection.
+    pub reconnects: u64,
+    /// Attempts to set it up again that failed.
+    pub retries: u64,
     pub confirmed_lsn: String,
     pub seconds: f64,
 }
@@ -109,6 +120,8 @@ pub struct RunReport {
 pub enum CdcError {
     #[error("cannot start cdc: {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
     Setup(Vec<SourceError>),
+    #[error("cannot start cdc: {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Privileges(Vec<crate::privilege::Missing>),
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
@@ -137,7 +150,12 @@ pub enum CdcError {
     #[error("cannot write the JSON-lines stream: {0}")]
     Sink(String),
     #[error("query on {target} failed: {cause}")]
-    Query { target: String, cause: String },
+    Query {
+        target: String,
+        cause: String,
+        /// The connection went away (worth a reconnect).
+        lost: bool,
+    },
     #[error("read model {read_model}: a change of {table} did not carry its whole old row, so the read model cannot be adjusted (fix: ALTER TABLE {table} REPLICA IDENTITY FULL; then `shardline backfill --restart` to copy the read model again)")]
     IncompleteChange { read_model: String, table: String },
 }
@@ -146,6 +164,7 @@ struct Target {
     name: String,
     recorded: Lsn,
     queue: mpsc::Sender<Command>,
+    tally: std::sync::Arc<apply::Tally>,
 }
 
 struct Txn {
@@ -170,14 +189,76 @@ impl RunReport {
 }
 
 /// Streams until `stop` turns true or the stream fails.
+///
+/// A connection lost to the source or a target (a restart, a network cut)
+/// does not end the run while `options.retry_for` lasts: the stream and
+/// the appliers are set up again from the slot and the targets' recorded
+/// positions, as a new run would (`crate::retry`). Anything else stops it.
 pub async fn run(
     topology: &Topology,
     options: &RunOptions,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<RunReport, CdcError> {
     let started = Instant::now();
     let routes = Routes::from_topology(topology);
-    let source = topology.source.connect().await?;
+    let names = if options.jsonl.is_some() {
+        Vec::new()
+    } else {
+        routes.targets.iter().map(|c| c.to_string()).collect()
+    };
+    // Bound before anything is created, so a taken address changes nothing.
+    let metrics = crate::metrics::Metrics::new(names);
+    if let Some(addr) = options.metrics_listen {
+        crate::metrics::serve(addr, metrics.clone(), stop.clone())
+            .await
+            .map_err(|e| CdcError::Metrics {
+                addr,
+                cause: e.to_string(),
+            })?;
+        tracing::info!(%addr, "serving Prometheus metrics");
+    }
+    let mut report = RunReport::default();
+    let mut episode = crate::retry::Episode::default();
+    loop {
+        let mut streaming = false;
+        let attempt = stream_once(
+            topology,
+            options,
+            stop.clone(),
+            &metrics,
+            &mut report,
+            &mut streaming,
+            &mut episode,
+        )
+        .await;
+        match attempt {
+            Ok(()) => break,
+            Err(e) => {
+                let wait = episode.failed(e, streaming, options, &stop, &mut report, &metrics)?;
+                let mut stop = stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// One stream: set-up, then changes until `stop` or a failure.
+async fn stream_once(
+    topology: &Topology,
+    options: &RunOptions,
+    mut stop: watch::Receiver<bool>,
+    metrics: &std::sync::Arc<crate::metrics::Metrics>,
+    report: &mut RunReport,
+    streaming: &mut bool,
+    episode: &mut crate::retry::Episode,
+) -> Result<(), CdcError> {
+    let routes = Routes::from_topology(topology);
+    let source = sql::connect(&topology.source).await?;
     let problems = source::check(&source, &routes, &options.slot)
         .await
         .map_err(|e| query_error(&topology.source, e))?;
@@ -202,23 +283,26 @@ pub async fn run(
     } else {
         &routes.targets[..]
     };
-    // Bound before anything is created, so a taken address changes nothing.
-    let metrics = crate::metrics::Metrics::new(target_list.iter().map(|c| c.to_string()));
-    if let Some(addr) = options.metrics_listen {
-        crate::metrics::serve(addr, metrics.clone(), stop.clone())
-            .await
-            .map_err(|e| CdcError::Metrics {
-                addr,
-                cause: e.to_string(),
-            })?;
-        tracing::info!(%addr, "serving Prometheus metrics");
-    }
-    for (i, conn) in target_list.iter().enumerate() {
+    let mut missing = Vec::new();
+    let mut clients = Vec::new();
+    for conn in target_list {
         let client = conn.connect().await?;
+        missing.extend(
+            crate::privilege::missing(&client, &conn.to_string())
+                .await
+                .map_err(|e| query_error(conn, e))?,
+        );
+        clients.push(client);
+    }
+    if !missing.is_empty() {
+        return Err(CdcError::Privileges(missing));
+    }
+    for ((i, conn), client) in target_list.iter().enumerate().zip(clients) {
         let recorded = apply::recorded_position(&client, &options.slot)
             .await
             .map_err(|e| query_error(conn, e))?;
         let (tx, rx) = mpsc::channel(TARGET_QUEUE);
+        let tally = std::sync::Arc::new(apply::Tally::default());
         let applier = Applier {
             target: i,
             name: conn.to_string(),
@@ -229,6 +313,8 @@ pub async fn run(
                 .context(&routes.target_context[i])
                 .and_then(|c| c.apply_interval),
             origin: crate::apply::origin_name(&options.origin, &options.slot, &conn.to_string()),
+            on_divergence: topology.cdc.on_divergence,
+            tally: tally.clone(),
         };
         let (durable, failed) = (durable_tx.clone(), failed_tx.clone());
         appliers.push(tokio::spawn(async move {
@@ -242,6 +328,7 @@ pub async fn run(
             name: conn.to_string(),
             recorded,
             queue: tx,
+            tally,
         });
     }
     drop(durable_tx);
@@ -269,8 +356,21 @@ pub async fn run(
         });
     }
     source::ensure_publication(&source, &options.publication, &routes).await?;
-    let slot = source::ensure_slot(&source, &options.slot).await?;
-    if slot.created_now {
+    let slot = match source::ensure_slot(&source, &options.slot).await {
+        // After a lost connection the old walsender may hold the slot
+        // until it notices (wal_sender_timeout): wait for it.
+        Err(SourceError::SlotInUse { slot, pid }) if episode.fault.is_some() => {
+            return Err(CdcError::Stream(format!(
+                "slot {slot} is still held by process {pid}, the walsender of the lost stream"
+            )));
+        }
+        other => other?,
+    };
+    if slot.created_now && options.origin == crate::reverse::REVERSE_ORIGIN {
+        // The way back starts empty by design: only what the shards are
+        // written from now on has to reach the monolith.
+        tracing::info!(slot = %options.slot, lsn = %slot.confirmed_flush, "created the reverse slot: the shard's changes from here on stream back to the monolith");
+    } else if slot.created_now {
         tracing::warn!(slot = %options.slot, lsn = %slot.confirmed_flush, "created the slot now: only changes from here on are streamed; run `shardline backfill` first to copy what came before");
     }
 
@@ -284,6 +384,9 @@ pub async fn run(
         .await
         .map_err(|e| CdcError::Stream(e.to_string()))?;
     tracing::info!(slot = %options.slot, from = %slot.confirmed_flush, targets = targets.len(), "streaming");
+    *streaming = true;
+    episode.recovered(report, metrics);
+    crate::retry::record(&source, &options.slot, report, episode).await;
     // Events the stream's reader has queued that the loop has not taken
     // yet: a backlog, so a target's group may wait for what follows.
     let stream_metrics = stream.metrics();
@@ -301,7 +404,6 @@ pub async fn run(
             .map_err(|e| query_error(&topology.source, e))?
     };
     let mut txn: Option<Txn> = None;
-    let mut report = RunReport::default();
     let incremental: Vec<&str> = deltas.iter().map(|m| m.name.as_str()).collect();
     let mut read_models = crate::readmodel::Refresher::new(topology).without(&incremental);
     if jsonl.is_none() {
@@ -353,12 +455,12 @@ pub async fn run(
                         ReplicationEvent::XLogData { data, .. } => {
                             let Some(t) = txn.as_mut() else { continue };
                             if let Some(sink) = &jsonl {
-                                emit(data, t, &mut tables, &routes, sink, &mut report)?;
+                                emit(data, t, &mut tables, &routes, sink, report)?;
                                 continue;
                             }
                             let mut upkeep = Upkeep { refresher: &mut read_models, deltas: &mut deltas };
                             let known = Known { routes: &routes, source: &topology.source, copied_at: &copied_at, skip_origin: &options.skip_origin };
-                            handle(data, t, &mut tables, &known, &targets, &mut upkeep, &mut report).await?;
+                            handle(data, t, &mut tables, &known, &targets, &mut upkeep, report).await?;
                         }
                         ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
                             let Some(t) = txn.take() else { continue };
@@ -400,7 +502,10 @@ pub async fn run(
                     }
                 }
                 _ = publish.tick() => {
-                    publish_metrics(&metrics, &mut confirmations, &applied, source_seen, &report);
+                    publish_metrics(metrics, &mut confirmations, &applied, source_seen, report);
+                    for (i, t) in targets.iter().enumerate() {
+                        metrics.divergences(i, t.tally.divergences.load(std::sync::atomic::Ordering::Relaxed));
+                    }
                 }
                 _ = refresh.tick() => {
                     report.refreshed(read_models.refresh(&topology.source).await?);
@@ -411,6 +516,7 @@ pub async fn run(
     .await;
 
     // Close the queues: appliers commit complete groups, roll back the rest.
+    let tallies: Vec<_> = targets.iter().map(|t| t.tally.clone()).collect();
     drop(targets);
     let mut apply_error = None;
     for applier in appliers {
@@ -421,6 +527,7 @@ pub async fn run(
                 apply_error = apply_error.or(Some(ApplyError::Target {
                     target: "applier".into(),
                     cause: e.to_string(),
+                    lost: false,
                 }))
             }
         }
@@ -436,13 +543,17 @@ pub async fn run(
     if outcome.is_ok() && apply_error.is_none() {
         report.refreshed(read_models.refresh(&topology.source).await?);
     }
+    report.divergences += tallies
+        .iter()
+        .map(|t| t.divergences.load(std::sync::atomic::Ordering::Relaxed))
+        .sum::<u64>();
     report.confirmed_lsn = confirmations.confirmed().to_string();
-    report.seconds = started.elapsed().as_secs_f64();
-    outcome?;
+    // An applier's failure is the cause; the stream's error about that
+    // applier having stopped is only its echo.
     if let Some(e) = apply_error {
         return Err(e.into());
     }
-    Ok(report)
+    outcome
 }
 
 /// Brings the metrics up to date: counters, positions, per-target lag and
@@ -589,6 +700,7 @@ async fn handle(
                         columns,
                         values,
                         key,
+                        unique,
                     } => {
                         let filled = fill_unchanged(
                             &targets[from],
@@ -606,8 +718,17 @@ async fn handle(
                             .collect();
                         if wanted(from) {
                             txn.touched.insert(from);
-                            send(&targets[from], Command::Exec(sql::delete(&table, &key_ref)))
-                                .await?;
+                            let sql = if unique {
+                                sql::delete(&table, &key_ref)
+                            } else {
+                                sql::delete_one(&table, &key_ref)
+                            };
+                            let what = crate::divergence::Divergence {
+                                relation: table.clone(),
+                                operation: "move",
+                                key: crate::divergence::render_key(key_ref.iter().copied()),
+                            };
+                            send(&targets[from], Command::ExecOne { sql, what }).await?;
                         }
                         if let (true, Some(row)) = (wanted(to), filled) {
                             let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
@@ -735,11 +856,12 @@ async fn fill_unchanged(
         .iter()
         .map(|(c, v)| (c.as_str(), v.as_deref()))
         .collect();
+    // LIMIT 1: without a unique key, identical rows share every value.
     let fetch = sql::delete(table, &key_ref).replacen(
         "DELETE FROM",
         &format!("SELECT {} FROM", select.join(", ")),
         1,
-    );
+    ) + " LIMIT 1";
     let mut found = None;
     if from_open {
         let (reply, answer) = oneshot::channel();
@@ -773,8 +895,8 @@ async fn fill_unchanged(
             "DELETE FROM",
             &format!("SELECT {} FROM", select.join(", ")),
             1,
-        );
-        let client = source.connect().await?;
+        ) + " LIMIT 1";
+        let client = sql::connect(source).await?;
         let row = client
             .query_opt(&fetch_new, &[])
             .await
@@ -852,11 +974,16 @@ async fn replication_config(
 }
 
 fn query_error(conn: &ConnString, e: tokio_postgres::Error) -> CdcError {
-    CdcError::Query {
-        target: conn.to_string(),
-        cause: e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_else(|| e.to_string()),
+    CdcError::query(conn, &e)
+}
+
+impl CdcError {
+    /// A query on `target` failed with `e`.
+    pub fn query(target: &impl std::fmt::Display, e: &tokio_postgres::Error) -> Self {
+        Self::Query {
+            target: target.to_string(),
+            cause: shardline_topology::describe_pg_error(e),
+            lost: shardline_topology::pgerror::is_connection_lost(e),
+        }
     }
 }

@@ -42,7 +42,7 @@ pub enum SourceError {
     },
     #[error("slot {slot} is in use by process {pid} (another `shardline cdc run`?)")]
     SlotInUse { slot: String, pid: i32 },
-    #[error("source query failed: {0}")]
+    #[error("source query failed: {}", shardline_topology::describe_pg_error(.0))]
     Query(#[from] tokio_postgres::Error),
 }
 

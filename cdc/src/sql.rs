@@ -4,13 +4,28 @@
 //! pins DateStyle, TimeZone, IntervalStyle and extra_float_digits so that
 //! form is unambiguous and exact). Written back as untyped string literals,
 //! each is parsed by the target column's own input function: the value
-//! round-trips exactly without the applier knowing any type. Target sessions
-//! run with `standard_conforming_strings = on`, so doubling quotes is the
-//! whole of literal escaping.
+//! round-trips exactly without the applier knowing any type. Every session
+//! that runs such text sets `standard_conforming_strings = on` (appliers at
+//! start, others through [`connect`]), so doubling quotes is the whole of
+//! literal escaping.
 
 use std::fmt::Write;
 
-use shardline_topology::quote_ident;
+use shardline_topology::{quote_ident, ConnString};
+use tokio_postgres::Client;
+
+/// Connects to `conn` for statements holding literals built here. They
+/// double quotes and leave backslashes alone, which is exact only with
+/// `standard_conforming_strings = on`; a database or role may set it off,
+/// so every such session sets it on itself.
+pub async fn connect(conn: &ConnString) -> Result<Client, crate::run::CdcError> {
+    let client = conn.connect().await?;
+    client
+        .batch_execute("SET standard_conforming_strings = on")
+        .await
+        .map_err(|e| crate::run::CdcError::query(conn, &e))?;
+    Ok(client)
+}
 
 /// A value to write: NULL or a text-form literal.
 pub type Value<'a> = Option<&'a [u8]>;
@@ -163,6 +178,34 @@ pub fn delete(table: &str, key: &[(&str, Value<'_>)]) -> String {
     sql
 }
 
+/// `UPDATE table SET … WHERE (tableoid, ctid) = (SELECT … WHERE key … LIMIT
+/// 1)`: one row of any identical ones, for a table whose rows are
+/// identified by all their columns (no primary key). The source changed one
+/// row; its identical twins stay as they are, as PostgreSQL's own apply
+/// workers do. `tableoid` keeps a partitioned table's partitions apart.
+pub fn update_one(table: &str, set: &[(&str, Value<'_>)], key: &[(&str, Value<'_>)]) -> String {
+    let mut sql = update(table, set, &[]);
+    sql.truncate(sql.len() - " WHERE ".len());
+    push_one_row(&mut sql, table, key);
+    sql
+}
+
+/// `DELETE FROM table WHERE (tableoid, ctid) = (… LIMIT 1)`: see [`update_one`].
+pub fn delete_one(table: &str, key: &[(&str, Value<'_>)]) -> String {
+    let mut sql = format!("DELETE FROM {table}");
+    push_one_row(&mut sql, table, key);
+    sql
+}
+
+fn push_one_row(sql: &mut String, table: &str, key: &[(&str, Value<'_>)]) {
+    let _ = write!(
+        sql,
+        " WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM {table}"
+    );
+    push_where(sql, key);
+    sql.push_str(" LIMIT 1)");
+}
+
 fn push_where(sql: &mut String, key: &[(&str, Value<'_>)]) {
     sql.push_str(" WHERE ");
     for (i, (column, value)) in key.iter().enumerate() {
@@ -262,6 +305,14 @@ mod tests {
         assert_eq!(
             delete(t, &[("k", None)]),
             "DELETE FROM \"public\".\"pay\" WHERE \"k\" IS NULL"
+        );
+        assert_eq!(
+            delete_one(t, &[("k", Some(&b"1"[..])), ("v", None)]),
+            "DELETE FROM \"public\".\"pay\" WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM \"public\".\"pay\" WHERE \"k\" = '1' AND \"v\" IS NULL LIMIT 1)"
+        );
+        assert_eq!(
+            update_one(t, &[("v", Some(&b"2"[..]))], &[("k", Some(&b"1"[..]))]),
+            "UPDATE \"public\".\"pay\" SET \"v\" = '2' WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM \"public\".\"pay\" WHERE \"k\" = '1' LIMIT 1)"
         );
     }
 }

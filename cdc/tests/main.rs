@@ -1,6 +1,8 @@
 //! Integration tests against real PostgreSQL servers.
 
 mod decode;
+mod divergence;
 mod origin;
+mod privilege;
 mod readmodel;
 mod stream;

@@ -487,7 +487,7 @@ async fn a_context_with_an_apply_interval_commits_in_steps_and_holds_the_slot_me
 }
 
 /// One HTTP GET over a plain socket, as Prometheus scrapes.
-async fn scrape(addr: std::net::SocketAddr) -> String {
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
     socket

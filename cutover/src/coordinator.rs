@@ -119,13 +119,34 @@ pub fn placement(topology: &Topology) -> Result<(&str, &Placement), CutoverError
 }
 
 /// Checks what a stage needs before anything is written: cutover enabled,
-/// a sharded context, the CDC slot.
+/// a sharded context, the CDC slot, and roles on the shards and the
+/// monolith that may apply as the two directions of CDC must (without
+/// replication origins, a rollback's reverse stream would replay the
+/// forward stream's writes into the monolith).
 pub async fn preflight(topology: &Topology, slot: &str) -> Result<Client, CutoverError> {
     placement(topology)?;
     if !topology.cutover.enabled {
         return Err(CutoverError::NotEnabled {
             path: topology.path.display().to_string(),
         });
+    }
+    let mut missing = Vec::new();
+    let shards = topology
+        .sharded_context()
+        .map(|c| c.databases())
+        .unwrap_or_default();
+    for conn in shards.into_iter().chain([&topology.source]) {
+        let client = conn.connect().await?;
+        missing.extend(
+            shardline_cdc::privilege::missing(&client, &conn.to_string())
+                .await
+                .map_err(|e| CutoverError::query(conn, "checking the applier's privileges", e))?
+                .into_iter()
+                .map(|m| m.to_string()),
+        );
+    }
+    if !missing.is_empty() {
+        return Err(CutoverError::Privileges(missing));
     }
     let client = topology.source.connect().await?;
     let found = client
@@ -382,7 +403,12 @@ async fn switch(
     deadline: Instant,
     report: &mut StageReport,
 ) -> Result<(), String> {
-    let sql = |e: tokio_postgres::Error| format!("the monolith failed: {e}");
+    let sql = |e: tokio_postgres::Error| {
+        format!(
+            "the monolith failed: {}",
+            shardline_topology::describe_pg_error(&e)
+        )
+    };
     // 2. Drain: every live router acknowledges the epoch.
     let lease = format!("{ROUTER_LEASE_SECS} seconds");
     loop {
@@ -477,7 +503,12 @@ async fn catch_up(
     deadline: Instant,
     name: &str,
 ) -> Result<String, String> {
-    let sql = |e: tokio_postgres::Error| format!("{name} failed: {e}");
+    let sql = |e: tokio_postgres::Error| {
+        format!(
+            "{name} failed: {}",
+            shardline_topology::describe_pg_error(&e)
+        )
+    };
     // The insert position, not the write position: with synchronous_commit
     // off a committed transaction's record can lie past the write position.
     let lsn: String = source

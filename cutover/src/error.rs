@@ -40,6 +40,8 @@ pub enum CutoverError {
     },
     #[error("reverse replication slot {slot:?} does not exist on {database}; a rollback waits for the shards' changes to reach the monolith through it")]
     NoReverseSlot { slot: String, database: String },
+    #[error("CDC could not apply as a cutover needs: {}", .0.join("; "))]
+    Privileges(Vec<String>),
     #[error("another cutover stage is running on {database}")]
     Busy { database: String },
     #[error("cohort {cohort} aborted after {pause_ms:.0} ms of pause: {cause}; its merchants stay on the monolith")]
@@ -72,6 +74,9 @@ impl CutoverError {
             Self::NoReverseSlot { .. } => {
                 "run `shardline cdc run --reverse` (from before the first stage, so no shard write is missing on the monolith)".into()
             }
+            Self::Privileges(_) => {
+                "run the grants shown as a superuser (or connect as one), restart `shardline cdc run` (and --reverse), then run this again".into()
+            }
             Self::Busy { .. } => "wait for it to finish (`shardline cutover status`), then run this again".into(),
             Self::Aborted { .. } => {
                 "see `shardline cutover status`: is `shardline cdc run` streaming, and are all routers up? then run the same stage again, or raise --max-pause".into()
@@ -83,10 +88,7 @@ impl CutoverError {
         Self::Query {
             what: what.to_string(),
             database: database.to_string(),
-            cause: e
-                .as_db_error()
-                .map(|d| d.message().to_string())
-                .unwrap_or_else(|| e.to_string()),
+            cause: shardline_topology::describe_pg_error(&e),
         }
     }
 }

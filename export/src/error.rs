@@ -41,6 +41,10 @@ pub enum ExportError {
     },
     #[error("output directory {} is not empty", dir.display())]
     NotEmpty { dir: PathBuf },
+    #[error("output directory {} holds {entry}, which no earlier export wrote there (it is not in its _MANIFEST); --overwrite replaces only an export's own files", dir.display())]
+    Foreign { dir: PathBuf, entry: String },
+    #[error("another export (process {pid}) is writing into {}", dir.display())]
+    Busy { dir: PathBuf, pid: u32 },
     #[error("cannot write to output directory {}: {cause}", dir.display())]
     Unwritable { dir: PathBuf, cause: String },
     #[error("writing {}: {cause}", path.display())]
@@ -57,10 +61,7 @@ impl ExportError {
     pub(crate) fn query(database: &str, e: tokio_postgres::Error) -> Self {
         Self::Query {
             database: database.to_string(),
-            cause: e
-                .as_db_error()
-                .map(|d| d.message().to_string())
-                .unwrap_or_else(|| e.to_string()),
+            cause: shardline_topology::describe_pg_error(&e),
         }
     }
 
@@ -87,7 +88,9 @@ impl ExportError {
             ),
             Self::ShapeMismatch { .. } => "make the table's columns the same on every database (shardline verify compares them)".into(),
             Self::Value { .. } => "filter or convert such values in --query".into(),
-            Self::NotEmpty { .. } => "choose an empty or new directory, or pass --overwrite to replace its contents".into(),
+            Self::NotEmpty { .. } => "choose an empty or new directory, or pass --overwrite to replace the export it holds".into(),
+            Self::Foreign { .. } => "choose another directory, or move that entry away yourself".into(),
+            Self::Busy { .. } => "wait for it to finish, or export into another directory".into(),
             Self::Unwritable { .. } | Self::Io { .. } => "check the path, its permissions and the free space".into(),
             Self::Query { .. } => "check the SQL and the server's log".into(),
             Self::Copy { .. } => "check the server's log; run the export again".into(),

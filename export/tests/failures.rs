@@ -55,15 +55,27 @@ async fn bad_requests_are_refused_and_leave_nothing() {
     let err = run(&topo, &table("t")).await.unwrap_err();
     assert!(matches!(&err, ExportError::NotEmpty { .. }), "{err}");
     assert_eq!(listing(&out), ["keep.txt"]);
-    // A failed overwrite keeps the old contents too.
-    let mut r = table("nope");
-    r.overwrite = true;
-    run(&topo, &r).await.unwrap_err();
-    assert_eq!(listing(&out), ["keep.txt"]);
+    // --overwrite replaces an export, never files it did not write.
     let mut r = table("t");
     r.overwrite = true;
+    let err = run(&topo, &r).await.unwrap_err();
+    assert!(matches!(&err, ExportError::Foreign { .. }), "{err}");
+    assert_eq!(listing(&out), ["keep.txt"]);
+    std::fs::remove_file(out.join("keep.txt")).unwrap();
     run(&topo, &r).await.unwrap();
-    assert_eq!(listing(&out), ["_SUCCESS", "part-000-00000.parquet"]);
+    // A failed overwrite keeps the old export.
+    let mut bad = table("nope");
+    bad.overwrite = true;
+    run(&topo, &bad).await.unwrap_err();
+    assert_eq!(
+        listing(&out),
+        ["_MANIFEST", "_SUCCESS", "part-000-00000.parquet"]
+    );
+    run(&topo, &r).await.unwrap();
+    assert_eq!(
+        listing(&out),
+        ["_MANIFEST", "_SUCCESS", "part-000-00000.parquet"]
+    );
 
     // An output path under a file cannot be created.
     let blocker = dir.path().join("file");

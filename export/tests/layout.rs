@@ -208,5 +208,8 @@ async fn an_empty_result_still_writes_its_schema() {
     assert_eq!(run(&t, &req).await.unwrap().rows, 0);
     let read = read_parquet(&out, false);
     assert_eq!(read["columns"].as_array().unwrap().len(), 5);
-    assert_eq!(listing(&out), ["_SUCCESS", "part-000-00000.parquet"]);
+    assert_eq!(
+        listing(&out),
+        ["_MANIFEST", "_SUCCESS", "part-000-00000.parquet"]
+    );
 }

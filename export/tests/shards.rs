@@ -61,6 +61,7 @@ async fn a_sharded_table_is_read_from_every_shard_and_a_read_model_from_its_cont
     assert_eq!(
         listing(&out),
         [
+            "_MANIFEST",
             "_SUCCESS",
             "part-000-00000.parquet",
             "part-001-00000.parquet"

@@ -121,7 +121,10 @@ async fn every_type_reads_back_exactly() {
     req.row_group_rows = 1000;
     let summary = run(&t, &req).await.unwrap();
     assert_eq!(summary.rows, 3005);
-    assert_eq!(listing(&out), ["_SUCCESS", "part-000-00000.parquet"]);
+    assert_eq!(
+        listing(&out),
+        ["_MANIFEST", "_SUCCESS", "part-000-00000.parquet"]
+    );
 
     let read = read_parquet(&out.join("part-000-00000.parquet"), false);
     assert_eq!(

@@ -65,10 +65,7 @@ pub enum GenError {
 
 impl GenError {
     fn query(table: &str, e: tokio_postgres::Error) -> Self {
-        let cause = match e.as_db_error() {
-            Some(db) => db.message().to_string(),
-            None => e.to_string(),
-        };
+        let cause = shardline_topology::describe_pg_error(&e);
         Self::Query {
             table: table.to_string(),
             cause,

@@ -57,6 +57,9 @@ pub struct RunArgs {
     /// Serve Prometheus metrics (lag, changes, apply latency, errors) over HTTP on this address
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Seconds to keep setting the stream up again after a lost connection (a server restarting, a network cut) before stopping; 0 stops at once
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    retry_secs: u64,
     /// Stream every shard back to the monolith instead (a cutover's way back; one slot per shard)
     #[arg(long, conflicts_with_all = ["sink", "metrics_listen"])]
     reverse: bool,
@@ -106,6 +109,7 @@ pub async fn run(cmd: CdcCommand, g: &Global) -> anyhow::Result<u8> {
                     std::sync::Arc::new(std::sync::Mutex::new(out))
                 }),
                 metrics_listen: args.metrics_listen,
+                retry_for: Duration::from_secs(args.retry_secs),
                 ..RunOptions::default()
             };
             if args.reverse {
@@ -120,8 +124,9 @@ pub async fn run(cmd: CdcCommand, g: &Global) -> anyhow::Result<u8> {
                 Format::Json if to_stdout => print_json(&report)?,
                 Format::Json => eprintln!("{}", serde_json::to_string(&report)?),
                 Format::Text | Format::Markdown => eprintln!(
-                    "stopped: {} transactions, {} changes ({} already applied, skipped) in {:.1} s; slot confirmed at {}",
-                    report.transactions, report.changes, report.skipped, report.seconds, report.confirmed_lsn
+                    "stopped: {} transactions, {} changes ({} already applied, skipped) in {:.1} s; slot confirmed at {}; {} reconnects, {} retries, {} divergences",
+                    report.transactions, report.changes, report.skipped, report.seconds, report.confirmed_lsn,
+                    report.reconnects, report.retries, report.divergences
                 ),
             }
         }
@@ -146,16 +151,35 @@ pub async fn run(cmd: CdcCommand, g: &Global) -> anyhow::Result<u8> {
                     } else {
                         println!("slot {} does not exist (run shardline backfill, then shardline cdc run)", s.name);
                     }
+                    if let Some(r) = &status.run {
+                        println!(
+                            "last run: pid {} on {}, started {}, {} reconnects, {} retries{} (recorded {})",
+                            r.pid,
+                            r.host,
+                            r.started_at,
+                            r.reconnects,
+                            r.retries,
+                            r.last_fault
+                                .as_deref()
+                                .map(|f| format!(", last fault: {f}"))
+                                .unwrap_or_default(),
+                            r.updated_at
+                        );
+                    }
                     for t in &status.targets {
                         match (&t.error, &t.applied_lsn) {
                             (Some(e), _) => println!("  {:<14} {:<40} unreachable: {e}", t.context, t.target),
                             (None, None) => println!("  {:<14} {:<40} nothing applied yet", t.context, t.target),
                             (None, Some(lsn)) => println!(
-                                "  {:<14} {:<40} applied {lsn}, {} bytes behind, last source commit {:.1} s ago",
+                                "  {:<14} {:<40} applied {lsn}, {} bytes behind, last source commit {:.1} s ago{}",
                                 t.context,
                                 t.target,
                                 t.lag_bytes.unwrap_or(0),
-                                t.lag_seconds.unwrap_or(0.0)
+                                t.lag_seconds.unwrap_or(0.0),
+                                match t.divergences {
+                                    Some(n) if n > 0 => format!(", {n} divergences (shardline.cdc_divergence)"),
+                                    _ => String::new(),
+                                }
                             ),
                         }
                     }
@@ -237,6 +261,12 @@ fn hinted(e: CdcError) -> anyhow::Error {
     let hint = match &e {
         CdcError::Connect(c) => c.hint(),
         CdcError::Setup(_) => "apply the fixes shown, then start cdc again".into(),
+        CdcError::Privileges(_) => {
+            "run the grants shown as a superuser (or connect as one), then start cdc again".into()
+        }
+        CdcError::Apply(shardline_cdc::apply::ApplyError::Diverged { .. }) => {
+            "the target lost or changed a row the source still had: compare with `shardline verify`, repair the target (or copy the table again with `shardline backfill --restart`), then start cdc again; or set `[cdc] on_divergence = \"count\"` to record such changes and go on".into()
+        }
         CdcError::Source(shardline_cdc::source::SourceError::SlotInUse { .. }) => {
             "stop the running `shardline cdc run` first".into()
         }

@@ -123,7 +123,15 @@ pub fn up(args: &UpArgs) -> anyhow::Result<(Fleet, PathBuf)> {
     }
     let config = dir.join("shardline.toml");
     if !config.exists() {
-        std::fs::write(&config, topology_text(&fleet))?;
+        // It holds the router users' passwords: readable by its owner only.
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&config)?
+            .write_all(topology_text(&fleet).as_bytes())?;
     }
     Topology::load(&config)?;
     Ok((fleet, config))

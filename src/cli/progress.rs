@@ -99,6 +99,7 @@ impl Progress {
         if let Some(lines) = &self.lines {
             let mut l = lines.lock().expect("progress lock");
             l.done = done;
+            l.total = stretched(done, l.total);
             if l.last.elapsed() >= LINE_INTERVAL {
                 l.last = Instant::now();
                 let secs = l.started.elapsed().as_secs_f64().max(1e-9);
@@ -189,15 +190,55 @@ impl Progress {
 
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
+            bar.set_length(bar.position());
             bar.finish_and_clear();
         }
     }
 }
 
 /// A total that was a planner's estimate can be passed; the bar then shows
-/// the count so far as its total rather than "1,202,897/1,141,691".
+/// a total a little above the count so far rather than "1,202,897/1,141,691"
+/// (105%), or a full bar while rows still arrive.
 fn stretch(bar: &ProgressBar) {
-    if bar.length().is_some_and(|len| bar.position() > len) {
-        bar.set_length(bar.position());
+    if let Some(len) = bar.length() {
+        let want = stretched(bar.position(), len);
+        if want != len {
+            bar.set_length(want);
+        }
+    }
+}
+
+/// The total to show for `done` of an estimated `total`: the estimate
+/// while the count stays within it, else the count plus 5% (the work is
+/// not over yet; [`Progress::finish`] shows the exact count at the end).
+fn stretched(done: u64, total: u64) -> u64 {
+    if done < total {
+        total
+    } else {
+        done + (done / 20).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_estimate_passed_never_shows_more_than_the_total() {
+        assert_eq!(stretched(50, 100), 100);
+        for done in [100, 105, 1_000_000] {
+            let total = stretched(done, 100);
+            assert!(total > done, "{done} of {total}");
+            assert!(done * 100 / total < 100);
+        }
+        let p = Progress::new("t", 100, "rows", false);
+        p.set(105);
+        if let Some(l) = &p.lines {
+            let l = l.lock().unwrap();
+            assert!(l.done < l.total, "{} of {}", l.done, l.total);
+        }
+        if let Some(bar) = &p.bar {
+            assert!(bar.position() < bar.length().unwrap());
+        }
     }
 }

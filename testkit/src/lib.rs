@@ -14,12 +14,17 @@
 //!
 //! PostgreSQL refuses to run as root; when this process is root the server
 //! runs as the `postgres` OS user.
+//!
+//! [`FaultProxy`] sits between shardline and a server for the chaos tests:
+//! latency, throttling, cut connections, a silent peer, refused reconnects.
 
+mod faults;
 mod fleet;
 mod install;
 mod server;
 mod tls;
 
+pub use faults::{FaultProxy, Faults};
 pub use fleet::{Fleet, Member, MemberSpec, MemberStatus};
 pub use install::{find_bindir, Bindir};
 pub use server::{PgServer, PgServerBuilder};

@@ -457,7 +457,7 @@ impl ConnString {
     fn classify(&self, e: tokio_postgres::Error) -> ConnectError {
         let target = self.to_string();
         if let Some(db) = e.as_db_error() {
-            return self.server_error(db.code().code().to_string(), db.message().to_string());
+            return self.server_error(db.code().code().to_string(), crate::pgerror::describe(&e));
         }
         if let Some(refusal) = auth::refusal_in(&e) {
             return ConnectError::AuthRefused { target, refusal };

@@ -23,6 +23,7 @@ pub mod conn;
 mod conninfo;
 pub mod login;
 pub mod name;
+pub mod pgerror;
 pub mod pghash;
 pub mod placement;
 pub mod replication;
@@ -33,12 +34,13 @@ pub mod transport;
 pub use auth::{AuthMethod, AuthRefusal, RequireAuth};
 pub use conn::{ConnString, ConnStringError, ConnectError, DbConnection};
 pub use name::{display_ident, quote_ident, NameError, TableName, DEFAULT_SCHEMA};
+pub use pgerror::describe as describe_pg_error;
 pub use placement::{Placement, PlacementError, ShardKey, ShardKeyType};
 pub use tls::{SslMode, TlsFailure, Verification};
 pub use topology::{
-    output_name, parse_interval, Context, ContextKind, CutoverConfig, Partitioning, PoolMode,
-    Problem, ReadModel, RouterConfig, RouterLimits, RouterTls, RouterUser, Secret, Topology,
-    TopologyError,
+    output_name, parse_interval, CdcConfig, Context, ContextKind, CutoverConfig, OnDivergence,
+    Partitioning, PoolMode, Problem, ReadModel, RouterConfig, RouterLimits, RouterTls, RouterUser,
+    Secret, Topology, TopologyError,
     DEFAULT_APPLY_INTERVAL, MAX_APPLY_INTERVAL,
 };
 pub use transport::DbStream;

@@ -15,7 +15,10 @@ use crate::conn::ConnString;
 use crate::name::TableName;
 use crate::placement::{Placement, ShardKeyType, DEFAULT_BUCKETS};
 
+mod colname;
 mod router;
+
+pub use colname::{output_name, split_alias};
 
 use router::RawRouter;
 /// The router's pooling keys and limits, with their defaults.
@@ -48,6 +51,29 @@ pub struct Topology {
     pub read_models: Vec<ReadModel>,
     pub router: RouterConfig,
     pub cutover: CutoverConfig,
+    pub cdc: CdcConfig,
+}
+
+/// `[cdc]`: how CDC treats a target that is not as the source had it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CdcConfig {
+    pub on_divergence: OnDivergence,
+}
+
+/// What CDC does when an UPDATE or DELETE matches no row on a target (or a
+/// read-model group would go below zero): the target diverged from the
+/// source before this change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDivergence {
+    /// Stop, naming the table, key and target, before anything of the
+    /// change's target transaction commits (the default: a diverged target
+    /// needs a person).
+    #[default]
+    Stop,
+    /// Record it on the target (`shardline.cdc_divergence`), count it in
+    /// `cdc status` and the metrics, and go on.
+    Count,
 }
 
 /// `[cutover]`: whether routers take each bucket's owner (the monolith or
@@ -158,16 +184,6 @@ impl ReadModel {
     }
 }
 
-/// The output column name of a select-list entry: its `AS` alias, or the
-/// entry itself for a plain column.
-pub fn output_name(expr: &str) -> String {
-    let lower = expr.to_ascii_lowercase();
-    match lower.rfind(" as ") {
-        Some(i) => expr[i + 4..].trim().trim_matches('"').to_string(),
-        None => expr.trim().trim_matches('"').to_string(),
-    }
-}
-
 /// One broken rule of a topology file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -236,6 +252,14 @@ struct RawTopology {
     read_models: Vec<RawReadModel>,
     router: Option<RawRouter>,
     cutover: Option<RawCutover>,
+    cdc: Option<RawCdc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCdc {
+    #[serde(default)]
+    on_divergence: OnDivergence,
 }
 
 #[derive(Deserialize)]
@@ -433,6 +457,9 @@ impl Validator<'_> {
             router: router?,
             cutover: CutoverConfig {
                 enabled: raw.cutover.is_some_and(|c| c.enabled),
+            },
+            cdc: CdcConfig {
+                on_divergence: raw.cdc.map(|c| c.on_divergence).unwrap_or_default(),
             },
         })
     }

@@ -1,5 +1,6 @@
 //! Integration tests against real PostgreSQL servers.
 
+mod colname;
 mod connect;
 mod placement;
 mod tls;

@@ -50,10 +50,7 @@ impl VerifyError {
         Self::Query {
             table: table.to_string(),
             database: database.to_string(),
-            cause: e
-                .as_db_error()
-                .map(|d| d.message().to_string())
-                .unwrap_or_else(|| e.to_string()),
+            cause: shardline_topology::describe_pg_error(&e),
         }
     }
 

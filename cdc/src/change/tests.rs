@@ -185,6 +185,29 @@ fn unchanged_toast_is_kept_and_key_changes_move_rows() {
         key[0],
         ("merchant_id".to_string(), Some(m0.as_bytes().to_vec()))
     );
+
+    // Under REPLICA IDENTITY FULL the old row holds the unchanged value:
+    // nothing is read back (after a restart the old shard may no longer
+    // have the row, and the source may have changed it since).
+    let mut full = Tables::default();
+    let mut relation = payments();
+    relation.replica_identity = ReplicaIdentity::Full;
+    full.describe(relation, &routes).unwrap();
+    let ops = full
+        .plan(&LogicalMessage::Update {
+            relation: 1,
+            old: Some(OldTuple::Full(tuple(&[
+                Some(&m0),
+                Some("1"),
+                Some("long note"),
+            ]))),
+            new: tuple(&[Some(&m1), Some("1"), Some("<toast>")]),
+        })
+        .unwrap();
+    let Op::Move { values, .. } = &ops[0] else {
+        panic!("{ops:?}")
+    };
+    assert_eq!(values[2], Some(Some(b"long note".to_vec())));
 }
 
 #[test]
