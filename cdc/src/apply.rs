@@ -49,6 +49,18 @@ CREATE TABLE IF NOT EXISTS shardline.cdc_progress (
     -- when the source committed the last transaction applied here
     commit_time timestamptz,
     updated_at timestamptz NOT NULL DEFAULT now()
+);
+-- Schema changes that cannot run in a transaction (CONCURRENTLY), recorded
+-- with the progress mark and run right after it commits.
+CREATE TABLE IF NOT EXISTS shardline.ddl_pending (
+    slot_name   text NOT NULL,
+    ddl_id      bigint NOT NULL,
+    step        int NOT NULL,
+    sql         text NOT NULL,
+    guard       text,
+    search_path text NOT NULL,
+    index_name  text,
+    PRIMARY KEY (slot_name, ddl_id, step)
 );";
 
 /// Serialises the creation of the progress table by streams sharing a
@@ -89,6 +101,8 @@ pub enum Command {
         sql: String,
         reply: oneshot::Sender<Result<Option<Vec<Option<String>>>, ApplyError>>,
     },
+    /// A schema change, at its position in the source transaction.
+    Ddl(Box<crate::ddl::TargetDdl>),
     /// The source transaction ending here is complete.
     Commit {
         commit_lsn: Lsn,
@@ -107,6 +121,14 @@ pub enum Command {
 pub enum ApplyError {
     #[error("target {target}: {cause}")]
     Target { target: String, cause: String },
+    #[error("schema change {id} (`{statement}`) cannot be applied on {target}: {cause}")]
+    Ddl {
+        target: String,
+        id: i64,
+        statement: String,
+        cause: String,
+        fix: String,
+    },
 }
 
 /// The advisory lock class of a slot's applier on a target (the key is
@@ -210,6 +232,11 @@ struct Pending {
     last: Option<(Lsn, Lsn, i64)>,
     /// Statements of a source transaction whose commit has not arrived.
     partial: bool,
+    /// The open group holds a schema change: it commits at the end of that
+    /// source transaction (a new enum label is usable only after it).
+    ends_group: bool,
+    /// Schema changes wait in `shardline.ddl_pending` for the commit.
+    pending_ddl: bool,
 }
 
 impl Pending {
@@ -278,7 +305,12 @@ impl Applier {
             grouped: 0,
             last: None,
             partial: false,
+            ends_group: false,
+            pending_ddl: false,
         };
+        // Left by a run that stopped between a commit and its concurrent
+        // schema changes.
+        self.run_pending_ddl().await?;
         let mut last_commit = tokio::time::Instant::now();
         loop {
             // Complete transactions wait for the interval to end, or for
@@ -355,6 +387,16 @@ impl Applier {
                     p.batch.push_str(&spec.delete_sql());
                     p.batch.push(';');
                 }
+                Command::Ddl(ddl) => {
+                    p.begin();
+                    p.partial = true;
+                    p.ends_group |= ddl.ends_group;
+                    p.rows.flush(&mut p.batch);
+                    // What came before runs first, so an error is the
+                    // schema change's own.
+                    self.send(&mut p).await?;
+                    p.pending_ddl |= self.ddl(&ddl).await?;
+                }
                 Command::Fetch { sql, reply } => {
                     p.rows.flush(&mut p.batch);
                     self.send(&mut p).await?;
@@ -387,6 +429,7 @@ impl Applier {
                         .group_started
                         .get_or_insert_with(tokio::time::Instant::now);
                     let due = match self.apply_interval {
+                        _ if p.ends_group => true,
                         Some(interval) => last_commit.elapsed() >= interval,
                         None => {
                             let waits = more && started.elapsed() < MAX_GROUP_WAIT;
@@ -451,6 +494,10 @@ impl Applier {
         ));
         self.send(p).await?;
         p.in_transaction = false;
+        p.ends_group = false;
+        if std::mem::take(&mut p.pending_ddl) {
+            self.run_pending_ddl().await?;
+        }
         p.grouped = 0;
         p.last = None;
         p.group_started = None;
@@ -497,7 +544,7 @@ impl Applier {
         Ok(())
     }
 
-    fn error(&self, e: tokio_postgres::Error) -> ApplyError {
+    pub(crate) fn error(&self, e: tokio_postgres::Error) -> ApplyError {
         let cause = match e.as_db_error() {
             Some(db) => format!("{} ({})", db.message(), db.code().code()),
             None => e.to_string(),

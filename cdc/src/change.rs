@@ -85,7 +85,7 @@ pub enum ChangeError {
     NoReplicaIdentity { table: String },
     #[error("table {table}: column {column} is not valid UTF-8 text")]
     NotUtf8 { table: String, column: String },
-    #[error("table {table}: the source's columns changed ({detail}); apply the same change to every target, then start cdc again")]
+    #[error("table {table}: the source's columns changed ({detail}) without a captured schema change (the DDL capture is off, `[source] ddl = \"stop\"`, or was removed); apply the same change to every target, then start cdc again")]
     ColumnsChanged { table: String, detail: String },
 }
 
@@ -109,8 +109,11 @@ pub struct Table {
 #[derive(Debug, Default)]
 pub struct Tables {
     by_id: HashMap<u32, Table>,
-    /// Column names of each table when first described, to notice DDL.
+    /// Column names of each table as last described, to notice DDL.
     first_columns: HashMap<String, Vec<String>>,
+    /// Tables a carried schema change touched: their next description
+    /// may change their columns.
+    expected: std::collections::HashSet<String>,
     /// Primary key columns of tables, by `schema.name`: under REPLICA
     /// IDENTITY FULL every column is flagged as identity, but the primary
     /// key alone finds the row on a target (by index, whatever the types).
@@ -127,8 +130,24 @@ impl Tables {
         }
     }
 
-    /// Records a Relation message. A table whose column list changed since
-    /// it was first described stops the stream (see [`ChangeError::ColumnsChanged`]).
+    /// A carried schema change touched `table` (`schema.name`): its next
+    /// description may change its columns.
+    pub fn expect_change(&mut self, table: &str) {
+        self.expected.insert(table.to_string());
+    }
+
+    /// The primary key of `table` after a schema change.
+    pub fn set_primary_key(&mut self, table: &str, columns: Vec<String>) {
+        if columns.is_empty() {
+            self.primary_keys.remove(table);
+        } else {
+            self.primary_keys.insert(table.to_string(), columns);
+        }
+    }
+
+    /// Records a Relation message. A table whose column list changed
+    /// without a carried schema change before it stops the stream (see
+    /// [`ChangeError::ColumnsChanged`]).
     pub fn describe(&mut self, relation: Relation, routes: &Routes) -> Result<(), ChangeError> {
         let name = format!("{}.{}", relation.namespace, relation.name);
         let route = routes
@@ -138,10 +157,14 @@ impl Tables {
                 table: name.clone(),
             })?;
         let columns: Vec<String> = relation.columns.iter().map(|c| c.name.clone()).collect();
+        let expected = self.expected.remove(&name);
         let first = self
             .first_columns
             .entry(name.clone())
             .or_insert_with(|| columns.clone());
+        if expected {
+            first.clone_from(&columns);
+        }
         if *first != columns {
             let added: Vec<&String> = columns.iter().filter(|c| !first.contains(c)).collect();
             let dropped: Vec<&String> = first.iter().filter(|c| !columns.contains(c)).collect();

@@ -50,6 +50,9 @@ pub fn reverse_topology(topology: &Topology, shard: usize) -> Option<Topology> {
         read_models: Vec::new(),
         router: topology.router.clone(),
         cutover: CutoverConfig::default(),
+        // Schema changes after the cutover run on every database
+        // (`shardline schema apply`), not through the way back.
+        ddl: shardline_topology::DdlMode::Stop,
     })
 }
 

@@ -40,6 +40,8 @@ pub enum SourceError {
     },
     #[error("slot {slot} is in use by process {pid} (another `shardline cdc run`?)")]
     SlotInUse { slot: String, pid: i32 },
+    #[error("role {0} cannot install the DDL capture on the source: event triggers need a superuser (fix: run `shardline backfill` or `shardline cdc run` once as a superuser, which installs it; or set ddl = \"stop\" under [source] in the topology, and cdc stops when a table's columns change)")]
+    DdlCaptureNeedsSuperuser(String),
     #[error("source query failed: {0}")]
     Query(#[from] tokio_postgres::Error),
 }
@@ -72,6 +74,11 @@ pub async fn check(
         .await?;
     if !row.get::<_, bool>(1) {
         problems.push(SourceError::NoReplicationPrivilege(row.get(0)));
+    }
+    if routes.ddl_capture {
+        if let Some(role) = shardline_ddl::capture::missing_privilege(client).await? {
+            problems.push(SourceError::DdlCaptureNeedsSuperuser(role));
+        }
     }
     let mut tables: Vec<(&str, &TableRoute)> = routes.tables().collect();
     tables.sort_by_key(|(name, _)| *name);
@@ -121,13 +128,18 @@ pub async fn check(
 }
 
 /// Creates the publication for the listed tables, or adds tables missing
-/// from an existing one.
+/// from an existing one. With DDL capture on, installs it first and
+/// publishes its log, so schema changes stream at their position.
 pub async fn ensure_publication(
     client: &Client,
     name: &str,
     routes: &Routes,
 ) -> Result<(), SourceError> {
     let mut wanted: Vec<String> = routes.tables().map(|(t, _)| t.to_string()).collect();
+    if routes.ddl_capture {
+        shardline_ddl::capture::install(client).await?;
+        wanted.push(shardline_ddl::capture::LOG_TABLE.to_string());
+    }
     wanted.sort();
     let quoted = |t: &str| shardline_topology::quote_table(t);
     let exists = client

@@ -55,11 +55,11 @@ pub async fn missing_privilege(client: &Client) -> Result<Option<String>, tokio_
 }
 
 /// Creates (or brings up to date) the log table, its functions and the
-/// event triggers. Idempotent; one transaction.
+/// event triggers. Idempotent; one transaction (one query string).
 pub async fn install(client: &Client) -> Result<(), tokio_postgres::Error> {
     client
         .batch_execute(&format!(
-            "SET client_min_messages = warning; BEGIN; SELECT pg_advisory_xact_lock({INSTALL_LOCK}); {INSTALL_SQL} COMMIT; RESET client_min_messages;"
+            "SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock({INSTALL_LOCK}); {INSTALL_SQL}"
         ))
         .await
 }
@@ -68,7 +68,7 @@ pub async fn install(client: &Client) -> Result<(), tokio_postgres::Error> {
 pub async fn remove(client: &Client) -> Result<(), tokio_postgres::Error> {
     client
         .batch_execute(&format!(
-            "SET client_min_messages = warning; BEGIN; {REMOVE_SQL} COMMIT; RESET client_min_messages;"
+            "SET LOCAL client_min_messages = warning; {REMOVE_SQL}"
         ))
         .await
 }

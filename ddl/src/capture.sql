@@ -20,7 +20,14 @@ CREATE TABLE IF NOT EXISTS shardline.ddl_log (
     -- set when the capture itself failed: cdc stops there
     error       text
 );
-GRANT USAGE ON SCHEMA shardline TO PUBLIC;
+-- Grants only when missing: a GRANT run again once the trigger exists
+-- would be logged as a schema change of its own.
+DO $do$
+BEGIN
+    IF NOT has_schema_privilege('public', 'shardline', 'USAGE') THEN
+        GRANT USAGE ON SCHEMA shardline TO PUBLIC;
+    END IF;
+END $do$;
 -- DDL an operator applied by hand: cdc passes over it (`shardline cdc skip-ddl`).
 CREATE TABLE IF NOT EXISTS shardline.ddl_skip (
     ddl_id     bigint PRIMARY KEY,
@@ -140,8 +147,12 @@ EXCEPTION WHEN OTHERS THEN
     INSERT INTO shardline.ddl_log (event, command_tag, query, ordinal, search_path, role, error)
     VALUES (p_event, p_tag, current_query(), -1, p_search_path, p_role, SQLERRM || ' (' || SQLSTATE || ')');
 END $fn$;
-REVOKE ALL ON FUNCTION shardline.ddl_record(text, text, text, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION shardline.ddl_record(text, text, text, text) TO PUBLIC;
+DO $do$
+BEGIN
+    IF NOT has_function_privilege('public', 'shardline.ddl_record(text, text, text, text)', 'EXECUTE') THEN
+        GRANT EXECUTE ON FUNCTION shardline.ddl_record(text, text, text, text) TO PUBLIC;
+    END IF;
+END $do$;
 
 -- The event trigger's function runs as the role that ran the command, so
 -- it sees that role's search_path; it hands everything to ddl_record.

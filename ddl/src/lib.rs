@@ -22,7 +22,7 @@ pub mod plan;
 pub mod statement;
 
 pub use event::{Captured, Event};
-pub use plan::{plan, Changes, Effect, Plan, Scope, Step, Where};
+pub use plan::{plan, Changes, Effect, Plan, Requirement, Scope, Step, Where};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

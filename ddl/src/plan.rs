@@ -22,12 +22,12 @@ mod alter;
 /// What the topology lists, as the planner asks it.
 pub struct Scope<'a> {
     /// Whether `schema.name` is a table the topology lists.
-    pub listed: &'a dyn Fn(&str) -> bool,
+    pub listed: &'a (dyn Fn(&str) -> bool + Sync),
     /// The listed partitioned table that `schema.name` is a partition of.
-    pub parent_of: &'a dyn Fn(&str) -> Option<String>,
+    pub parent_of: &'a (dyn Fn(&str) -> Option<String> + Sync),
     /// Whether rows of the second table live on every target of the first
     /// (a foreign key between them can hold there).
-    pub colocated: &'a dyn Fn(&str, &str) -> bool,
+    pub colocated: &'a (dyn Fn(&str, &str) -> bool + Sync),
     /// Every listed table, `schema.name`.
     pub listed_tables: &'a [String],
 }
@@ -51,9 +51,9 @@ pub struct Step {
     pub guard: Option<String>,
     /// Said in the log where the guard does not hold.
     pub skipped: Option<String>,
-    /// A boolean SQL expression that must hold on the target, else cdc
-    /// stops with this message (the target cannot follow the source).
-    pub require: Option<(String, String)>,
+    /// What must hold on the target, else cdc stops there (the target
+    /// cannot follow the source).
+    pub require: Option<Requirement>,
     /// Cannot run in a transaction (`CONCURRENTLY`): runs after the
     /// target transaction that carries the progress mark commits.
     pub concurrent: bool,
@@ -82,6 +82,16 @@ impl Step {
             ..Self::on("", sql)
         }
     }
+}
+
+/// A condition a target must meet for a step, and what to say when it
+/// does not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requirement {
+    /// A boolean SQL expression evaluated on the target.
+    pub check: String,
+    pub why: String,
+    pub fix: String,
 }
 
 /// What a change does to a table's columns: read models and shard keys
@@ -659,10 +669,11 @@ impl Ctx<'_> {
                     // table whole would keep those rows.
                     let mut step =
                         Step::on(&parent, format!("DROP TABLE IF EXISTS {}", quoted(&t)));
-                    step.require = Some((
-                        partitioned_sql(&parent),
-                        format!("the source dropped partition {t} of {parent} (its rows left without deletes in the stream), but this target keeps {parent} as one table and still holds those rows; delete them here, then run `shardline cdc skip-ddl {}` and start cdc again", self.c.id),
-                    ));
+                    step.require = Some(Requirement {
+                        check: partitioned_sql(&parent),
+                        why: format!("the source dropped partition {t} of {parent} (its rows left without deletes in the stream), but this target keeps {parent} as one table and still holds those rows"),
+                        fix: format!("delete those rows on this target, then run `shardline cdc skip-ddl {}` and start cdc again", self.c.id),
+                    });
                     changes.tables.push(parent.clone());
                     changes.steps.push(step);
                 }

@@ -19,7 +19,7 @@ pub mod topology;
 pub use conn::{ConnString, ConnStringError, ConnectError};
 pub use placement::{Placement, PlacementError, ShardKey, ShardKeyType};
 pub use topology::{
-    output_name, parse_interval, Context, ContextKind, CutoverConfig, Problem, ReadModel,
+    output_name, parse_interval, Context, ContextKind, CutoverConfig, DdlMode, Problem, ReadModel,
     RouterConfig, RouterTls, RouterUser, Secret, Topology, TopologyError, DEFAULT_APPLY_INTERVAL,
     MAX_APPLY_INTERVAL,
 };

@@ -6,7 +6,7 @@ use pg_query::protobuf::{self, AlterTableType as At, ConstrType};
 use pg_query::NodeEnum;
 
 use super::{constant, constraint_type, literal, partitioned_sql, quoted, short, subtype};
-use super::{Changes, Ctx, Effect, Plan, Step};
+use super::{Changes, Ctx, Effect, Plan, Requirement, Step};
 
 /// Serial pseudo-types: a column of one gets a sequence default.
 const SERIALS: &[&str] = &[
@@ -186,10 +186,11 @@ impl Ctx<'_> {
                         node: Some(NodeEnum::AlterTableCmd(cmd.clone())),
                     }];
                     let mut step = Step::on(table, self.deparsed(NodeEnum::AlterTableStmt(one))?);
-                    step.require = Some((
-                        partitioned_sql(table),
-                        format!("the source detached partition {child} from {table} (its rows left the table without deletes in the stream), but this target keeps {table} as one table and still holds those rows; delete them here, then run `shardline cdc skip-ddl {}` and start cdc again", self.c.id),
-                    ));
+                    step.require = Some(Requirement {
+                        check: partitioned_sql(table),
+                        why: format!("the source detached partition {child} from {table} (its rows left the table without deletes in the stream), but this target keeps {table} as one table and still holds those rows"),
+                        fix: format!("delete those rows on this target, then run `shardline cdc skip-ddl {}` and start cdc again", self.c.id),
+                    });
                     after.push(step);
                     edited = true;
                 }
@@ -335,15 +336,18 @@ impl Ctx<'_> {
                     .unwrap_or_else(|| "an expression".into())
             )
         };
-        let message = format!(
-            "ADD COLUMN {} on {table} has {what} gave every existing row its own value on the source; this target holds rows, which would get other values (fix: add the column on the targets yourself and copy its values from the source, then run `shardline cdc skip-ddl {}` and start cdc again; or `shardline backfill --restart`)",
-            def.colname, self.c.id
-        );
         let mut guard = Step::on(table, String::new());
-        guard.require = Some((
-            format!("NOT EXISTS (SELECT 1 FROM {} LIMIT 1)", quoted(table)),
-            message,
-        ));
+        guard.require = Some(Requirement {
+            check: format!("NOT EXISTS (SELECT 1 FROM {} LIMIT 1)", quoted(table)),
+            why: format!(
+                "ADD COLUMN {} on {table} has {what} gave every existing row its own value on the source; this target holds rows, which would get other values",
+                def.colname
+            ),
+            fix: format!(
+                "add the column on the targets yourself and copy its values from the source, then run `shardline cdc skip-ddl {}` and start cdc again (or copy everything again: `shardline backfill --restart`)",
+                self.c.id
+            ),
+        });
         Ok((def, None, Some(guard), stripped))
     }
 

@@ -124,15 +124,15 @@ fn a_volatile_default_requires_an_empty_target() {
     );
     let s = steps(run(&c));
     assert_eq!(s.len(), 2);
-    let (cond, message) = s[0].require.clone().unwrap();
+    let r = s[0].require.clone().unwrap();
     assert!(
-        cond.contains(r#"NOT EXISTS (SELECT 1 FROM "public"."payments""#),
-        "{cond}"
+        r.check
+            .contains(r#"NOT EXISTS (SELECT 1 FROM "public"."payments""#),
+        "{}",
+        r.check
     );
-    assert!(
-        message.contains("gen_random_uuid()") && message.contains("skip-ddl 7"),
-        "{message}"
-    );
+    assert!(r.why.contains("gen_random_uuid()"), "{}", r.why);
+    assert!(r.fix.contains("skip-ddl 7"), "{}", r.fix);
     assert!(s[1].sql.contains("gen_random_uuid()"));
 }
 

@@ -278,3 +278,18 @@ fn router_tls_without_its_files_or_with_an_unknown_mode_is_refused() {
     assert_eq!(p.key, "router.tls_cert", "{p:?}");
     assert!(p.message.contains("empty path"), "{p:?}");
 }
+
+#[test]
+fn ddl_capture_is_the_default_and_stop_turns_it_off() {
+    assert_eq!(parse(GOOD).unwrap().ddl, DdlMode::Capture);
+    let stop = GOOD.replace(
+        "[source]\nurl = \"postgres://postgres:topsecret@127.0.0.1:54320/monolith\"",
+        "[source]\nurl = \"postgres://postgres:topsecret@127.0.0.1:54320/monolith\"\nddl = \"stop\"",
+    );
+    assert_eq!(parse(&stop).unwrap().ddl, DdlMode::Stop);
+    let bad = stop.replace("ddl = \"stop\"", "ddl = \"replicate\"");
+    let p = problems(&bad);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "source.ddl");
+    assert!(p[0].message.contains("\"capture\""), "{}", p[0].message);
+}

@@ -1,0 +1,284 @@
+//! Schema changes on the source while `shardline cdc run` streams under a
+//! write load: each is carried to the targets at its position, and at the
+//! end verify is clean and the targets' catalog definitions equal the
+//! source's. A change the targets cannot follow stops cdc (exit 2) naming
+//! the statement and the target, with a way out that works.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shardline_testkit::PgServer;
+
+const SCHEMA: &str = "
+CREATE TABLE payments (merchant_id bigint NOT NULL, id bigint NOT NULL, amount numeric(18,2) NOT NULL,
+                       note text, status text NOT NULL DEFAULT 'new', PRIMARY KEY (merchant_id, id));
+CREATE TABLE payouts (id bigint PRIMARY KEY, merchant_id bigint, amount numeric(18,2));";
+
+struct Fleet {
+    source: PgServer,
+    shards: Vec<PgServer>,
+    settlements: PgServer,
+    config: tempfile::TempDir,
+}
+
+fn fleet(extra_schema: &str, extra_tables: &str) -> Fleet {
+    let source = PgServer::start().unwrap();
+    let shards: Vec<PgServer> = (0..2).map(|_| PgServer::start().unwrap()).collect();
+    let settlements = PgServer::start().unwrap();
+    for s in std::iter::once(&source)
+        .chain(&shards)
+        .chain([&settlements])
+    {
+        s.psql("postgres", SCHEMA).unwrap();
+        s.psql("postgres", extra_schema).unwrap();
+    }
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("shardline.toml"),
+        format!(
+            "[source]\nurl = \"{}\"\n[contexts.transactions]\ntables = [\"payments\"{extra_tables}]\nshard_key = \"merchant_id\"\nshards = [\"{}\", \"{}\"]\n[contexts.settlements]\ntables = [\"payouts\"]\nurl = \"{}\"\n",
+            source.url("postgres"),
+            shards[0].url("postgres"),
+            shards[1].url("postgres"),
+            settlements.url("postgres")
+        ),
+    )
+    .unwrap();
+    Fleet {
+        source,
+        shards,
+        settlements,
+        config,
+    }
+}
+
+impl Fleet {
+    fn shardline(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardline"));
+        cmd.arg("--config")
+            .arg(self.config.path().join("shardline.toml"))
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.shardline(args).output().unwrap()
+    }
+
+    fn cdc(&self) -> Child {
+        let child = self
+            .shardline(&["-v", "cdc", "run", "--heartbeat-secs", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let streaming = (0..600).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            self.sql(
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'shardline-cdc'",
+            ) == "1"
+        });
+        assert!(streaming, "cdc did not start streaming");
+        child
+    }
+
+    fn sql(&self, sql: &str) -> String {
+        self.source
+            .psql("postgres", sql)
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Waits until the slot confirmed the source's position of now.
+    fn wait_caught_up(&self) -> bool {
+        let target = self.sql("SELECT pg_current_wal_insert_lsn()");
+        (0..1200).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            self.sql(&format!(
+                "SELECT confirmed_flush_lsn >= '{target}' FROM pg_replication_slots WHERE slot_name = 'shardline'"
+            )) == "t"
+        })
+    }
+}
+
+fn stop(child: Child) -> Output {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A table's definition as the catalog holds it: columns in order (type,
+/// NOT NULL, default), constraints and indexes.
+fn definition(server: &PgServer, table: &str) -> String {
+    server
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT string_agg(x, E'\\n' ORDER BY k, x) FROM (
+                   SELECT 1 AS k, format('column %s %s %s not null %s default %s', row_number() OVER (ORDER BY a.attnum),
+                          a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid)) AS x
+                     FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                    WHERE a.attrelid = '{table}'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+                   UNION ALL
+                   SELECT 2, format('constraint %s %s', conname, pg_get_constraintdef(oid))
+                     FROM pg_constraint WHERE conrelid = '{table}'::regclass
+                   UNION ALL
+                   SELECT 3, format('index %s valid %s', pg_get_indexdef(indexrelid), indisvalid)
+                     FROM pg_index WHERE indrelid = '{table}'::regclass) s"
+            ),
+        )
+        .unwrap()
+}
+
+fn enum_labels(server: &PgServer, name: &str) -> String {
+    server
+        .psql(
+            "postgres",
+            &format!("SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = to_regtype('{name}')"),
+        )
+        .unwrap()
+}
+
+/// Inserts and updates payments and payouts until told to stop, as an
+/// application would while its schema changes under it.
+fn write_load(
+    source: &PgServer,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    let url = source.url("postgres");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            let mut i: i64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let sql = format!(
+                    "INSERT INTO payments (merchant_id, id, amount) VALUES ({m}, {id}, {a});
+                     UPDATE payments SET amount = amount + 1 WHERE merchant_id = {m} AND id = {prev};
+                     INSERT INTO payouts (id, merchant_id, amount) VALUES ({id}, {m}, 1)",
+                    m = i % 37,
+                    id = 100_000 + i,
+                    a = i % 1000,
+                    prev = 100_000 + i - 37,
+                );
+                // One transaction per round; a round that meets a lock
+                // held by a schema change just waits for it.
+                client.batch_execute(&format!("BEGIN; {sql}; COMMIT")).await.unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    })
+}
+
+#[test]
+fn schema_changes_under_load_reach_every_target_and_verify_is_clean() {
+    let f = fleet("", "");
+    f.sql("INSERT INTO payments (merchant_id, id, amount, note) SELECT g % 37, g, g % 500, 'n' || g FROM generate_series(1, 3000) g;
+           INSERT INTO payouts SELECT g, g % 37, g FROM generate_series(1, 50) g");
+    let out = f.run(&["backfill"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Backfill's set-up installed the capture.
+    assert_eq!(
+        f.sql("SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'shardline_ddl_%'"),
+        "2"
+    );
+    let cdc = f.cdc();
+    let (stop_load, done) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let load = write_load(&f.source, stop_load.clone(), done.clone());
+    let changes = [
+        "ALTER TABLE payments ADD COLUMN risk_score int DEFAULT 7",
+        "UPDATE payments SET risk_score = 9 WHERE id % 10 = 0; INSERT INTO payments (merchant_id, id, amount, risk_score) VALUES (1, 900001, 5, 3)",
+        "ALTER TABLE payments ADD COLUMN seen_at timestamptz DEFAULT now()",
+        "ALTER TABLE payments RENAME COLUMN note TO memo",
+        "ALTER TABLE payments ALTER COLUMN amount TYPE numeric(20,4)",
+        "ALTER TABLE payments DROP COLUMN status",
+        "CREATE INDEX CONCURRENTLY payments_amount_idx ON payments (amount)",
+        // Several statements in one query, one of them on a table the
+        // topology does not list.
+        "ALTER TABLE payouts ADD COLUMN memo text; CREATE TABLE audit_log (id int); ALTER TABLE payouts ALTER COLUMN memo SET DEFAULT 'none'",
+        "CREATE TYPE risk_level AS ENUM ('low', 'mid'); ALTER TABLE payments ADD COLUMN level risk_level",
+        "ALTER TYPE risk_level ADD VALUE 'high'",
+        "UPDATE payments SET level = 'high' WHERE id % 7 = 0",
+        "ALTER TABLE payments ADD CONSTRAINT amount_sane CHECK (amount > -1000000), ALTER COLUMN risk_score SET NOT NULL",
+        "CREATE INDEX ON payments (risk_score)",
+        "DROP INDEX payments_amount_idx",
+        "UPDATE payments SET memo = 'after' WHERE id % 11 = 0",
+    ];
+    for sql in changes {
+        std::thread::sleep(Duration::from_millis(150));
+        f.sql(sql);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop_load.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert!(done.load(Ordering::Relaxed) > 10, "the load did not run");
+    let caught_up = f.wait_caught_up();
+    let out = stop(cdc);
+    assert!(caught_up && out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("schema change carried"),
+        "{}",
+        text(&out)
+    );
+
+    let out = f.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let source_payments = definition(&f.source, "payments");
+    assert!(
+        source_payments.contains("risk_score integer not null t default 7"),
+        "{source_payments}"
+    );
+    for (i, shard) in f.shards.iter().enumerate() {
+        assert_eq!(
+            definition(shard, "payments"),
+            source_payments,
+            "payments on shard {i}"
+        );
+        assert_eq!(
+            enum_labels(shard, "risk_level"),
+            enum_labels(&f.source, "risk_level")
+        );
+        // The unlisted table stays on the source.
+        assert_eq!(
+            shard
+                .psql("postgres", "SELECT to_regclass('audit_log') IS NULL")
+                .unwrap()
+                .trim(),
+            "t"
+        );
+    }
+    assert_eq!(
+        definition(&f.settlements, "payouts"),
+        definition(&f.source, "payouts")
+    );
+    // Rows that existed when seen_at was added read the source's value.
+    let seen = "SELECT string_agg(DISTINCT seen_at::text, ',') FROM payments WHERE id <= 3000";
+    assert!(!f.sql(seen).contains(','));
+    for shard in &f.shards {
+        assert_eq!(shard.psql("postgres", seen).unwrap().trim(), f.sql(seen));
+    }
+}
