@@ -282,3 +282,111 @@ fn schema_changes_under_load_reach_every_target_and_verify_is_clean() {
         assert_eq!(shard.psql("postgres", seen).unwrap().trim(), f.sql(seen));
     }
 }
+
+/// Waits for a process to end by itself (at most two minutes).
+fn wait_exit(mut child: Child) -> Output {
+    for _ in 0..1200 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = stop(child);
+    panic!("cdc did not stop by itself: {}", text(&out));
+}
+
+/// The id in "shardline cdc skip-ddl ID".
+fn skip_id(message: &str) -> String {
+    let at = message.find("cdc skip-ddl ").expect("a skip-ddl hint") + "cdc skip-ddl ".len();
+    message[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect()
+}
+
+#[test]
+fn a_change_the_targets_cannot_follow_stops_cdc_with_the_statement_the_target_and_a_way_out() {
+    let f = fleet("", "");
+    f.sql("INSERT INTO payments (merchant_id, id, amount) SELECT g % 37, g, g FROM generate_series(1, 500) g");
+    let out = f.run(&["backfill"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let cdc = f.cdc();
+    // Every existing row gets its own random value on the source: a shard
+    // that holds rows cannot reproduce them.
+    let statement = "ALTER TABLE payments ADD COLUMN token uuid DEFAULT gen_random_uuid()";
+    f.sql(statement);
+    let out = wait_exit(cdc);
+    let message = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{message}");
+    assert!(message.contains(statement), "{message}");
+    let shard_named = f
+        .shards
+        .iter()
+        .any(|s| message.contains(&format!("127.0.0.1:{}/postgres", s.port())));
+    assert!(shard_named, "no target named: {message}");
+    assert!(
+        message.contains("hint: add the column on the targets yourself"),
+        "{message}"
+    );
+    // The shards did not change, and nothing after the change was applied.
+    for shard in &f.shards {
+        assert_eq!(
+            shard.psql("postgres", "SELECT count(*) FROM information_schema.columns WHERE table_name = 'payments' AND column_name = 'token'").unwrap().trim(),
+            "0"
+        );
+    }
+
+    // The way out the hint gives: the column by hand, its values copied.
+    let values = f.sql("SELECT string_agg(format('(%s, %s, %L::uuid)', merchant_id, id, token), ', ') FROM payments");
+    for shard in &f.shards {
+        shard
+            .psql(
+                "postgres",
+                &format!("ALTER TABLE payments ADD COLUMN token uuid DEFAULT gen_random_uuid();
+                          UPDATE payments p SET token = v.t FROM (VALUES {values}) v(m, i, t) WHERE p.merchant_id = v.m AND p.id = v.i"),
+            )
+            .unwrap();
+    }
+    let id = skip_id(&message);
+    let out = f.run(&["cdc", "skip-ddl", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let cdc = f.cdc();
+    f.sql("INSERT INTO payments (merchant_id, id, amount) SELECT g % 37, g, g FROM generate_series(501, 600) g");
+    let caught_up = f.wait_caught_up();
+    let out = stop(cdc);
+    assert!(caught_up && out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("passed over"), "{}", text(&out));
+    let out = f.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // A listed table renamed: the topology names it, so cdc stops before
+    // any target changes, naming the statement.
+    let cdc = f.cdc();
+    f.sql("ALTER TABLE payouts RENAME TO payouts_old");
+    let out = wait_exit(cdc);
+    let message = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{message}");
+    assert!(
+        message.contains("`ALTER TABLE payouts RENAME TO payouts_old`"),
+        "{message}"
+    );
+    assert!(
+        message.contains("hint: rename it back on the source"),
+        "{message}"
+    );
+    assert_eq!(
+        f.settlements
+            .psql("postgres", "SELECT to_regclass('payouts') IS NOT NULL")
+            .unwrap()
+            .trim(),
+        "t"
+    );
+    // An unknown id is refused with the way to find the right one.
+    let out = f.run(&["cdc", "skip-ddl", "999999"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("holds no schema change 999999"),
+        "{}",
+        text(&out)
+    );
+}

@@ -281,6 +281,10 @@ pub fn plan(c: &Captured, scope: &Scope) -> Plan {
         || TYPE_TAGS.contains(&c.tag.as_str())
         || c.tag == "DROP INDEX";
     if !relevant {
+        // A listed table renamed or moved: the capture sees its new name.
+        if let Some(refusal) = moved_away(c, scope) {
+            return refusal;
+        }
         return Plan::Ignore(format!("{} touches no listed table", c.tag));
     }
     if NOT_CARRIED.contains(&c.tag.as_str()) {
@@ -373,6 +377,38 @@ pub fn plan(c: &Captured, scope: &Scope) -> Plan {
         Ok(changes) => Plan::Apply(changes),
         Err(plan) => plan,
     }
+}
+
+/// A listed table renamed (`ALTER TABLE … RENAME TO`) or moved to another
+/// schema (`SET SCHEMA`), which the capture reports under its new name.
+fn moved_away(c: &Captured, scope: &Scope) -> Option<Plan> {
+    if !c.tag.starts_with("ALTER ") || !c.objects.iter().any(|o| o.kind == "table") {
+        return None;
+    }
+    let located = statement::locate(&c.query, &c.tag, c.ordinal).ok()?;
+    let (rv, what) = match &located.node {
+        NodeEnum::RenameStmt(s)
+            if ObjectType::try_from(s.rename_type) == Ok(ObjectType::ObjectTable) =>
+        {
+            (s.relation.as_ref()?, "renames")
+        }
+        NodeEnum::AlterObjectSchemaStmt(s)
+            if ObjectType::try_from(s.object_type) == Ok(ObjectType::ObjectTable) =>
+        {
+            (s.relation.as_ref()?, "moves to another schema")
+        }
+        _ => return None,
+    };
+    // Unqualified, it was found on the search_path: any listed table of
+    // that name counts.
+    let table = scope.listed_tables.iter().find(|t| {
+        let (schema, name) = t.split_once('.').unwrap_or(("public", t));
+        name == rv.relname && (rv.schemaname.is_empty() || rv.schemaname == schema)
+    })?;
+    Some(Plan::Refuse {
+        why: format!("`{}` {what} listed table {table}, which the topology names", short(&located.text)),
+        fix: format!("rename it back on the source, or: rename it on every target, change its name in the topology, then run `shardline cdc skip-ddl {}` and start cdc again", c.id),
+    })
 }
 
 /// A query shortened for a one-line message.
