@@ -18,6 +18,7 @@
 
 pub mod capture;
 pub mod event;
+pub mod migration;
 pub mod plan;
 pub mod statement;
 
@@ -39,7 +40,7 @@ pub enum DdlError {
     ReadFile { path: String, cause: String },
     #[error("migration {file} holds no statement")]
     EmptyMigration { file: String },
-    #[error("migration {file}, statement {index}: `{}` controls the transaction itself; shardline runs each database's part in its own transaction", plan::short(.sql))]
+    #[error("migration {file}, statement {index}: `{}` controls the transaction itself, but shardline runs each database's part in a transaction of its own", plan::short(.sql))]
     TransactionControl {
         file: String,
         index: usize,

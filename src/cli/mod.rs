@@ -15,6 +15,7 @@ mod output;
 mod progress;
 mod route;
 mod router;
+mod schema_apply;
 mod signals;
 mod verify;
 
@@ -99,6 +100,12 @@ pub enum Command {
         after_help = "Examples:\n  shardline cutover plan --cohort 5\n  shardline cutover start --cohort 5\n  shardline cutover status"
     )]
     Cutover(cutover::CutoverCommand),
+    /// Schema of the targets: migrations after the cutover
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  shardline schema apply migrations/0042_risk_score.sql --dry-run\n  shardline schema apply migrations/0042_risk_score.sql --context transactions"
+    )]
+    Schema(schema_apply::SchemaCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -114,6 +121,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Export(args) => export::run(args, g).await,
         Command::Router(args) => router::run(args, g).await,
         Command::Cutover(cmd) => cutover::run(cmd, g).await,
+        Command::Schema(cmd) => schema_apply::run(cmd, g).await,
     }
 }
 
