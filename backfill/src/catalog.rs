@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use shardline_topology::{quote_ident, quote_table};
+use shardline_topology::{quote_ident, TableName};
 use tokio_postgres::Client;
 
 use crate::error::BackfillError;
@@ -27,8 +27,10 @@ pub struct EnumType {
 /// Everything needed to copy a table and to create it elsewhere.
 #[derive(Clone, Debug)]
 pub struct TableDef {
-    /// `schema.table`, as the control schema records it.
+    /// The canonical name ([`TableName`]'s display form), as the control
+    /// schema records it.
     pub name: String,
+    pub table: TableName,
     pub columns: Vec<ColumnDef>,
     pub primary_key: Vec<String>,
     /// `CREATE INDEX …` of each secondary index.
@@ -41,7 +43,7 @@ pub struct TableDef {
 
 impl TableDef {
     pub fn quoted(&self) -> String {
-        quote_table(&self.name)
+        self.table.quoted()
     }
 
     pub fn column_list(&self) -> String {
@@ -59,11 +61,7 @@ impl TableDef {
     /// `CREATE TABLE` with columns, NOT NULL and the primary key.
     pub fn create_sql(&self) -> String {
         let mut sql = String::new();
-        let schema = self
-            .name
-            .split_once('.')
-            .map(|(s, _)| s)
-            .unwrap_or("public");
+        let schema = &self.table.schema;
         let _ = writeln!(sql, "CREATE SCHEMA IF NOT EXISTS {};", quote_ident(schema));
         for e in &self.enums {
             let labels: Vec<String> = e
@@ -108,10 +106,10 @@ impl TableDef {
 /// Reads a table's definition; `None` when it does not exist.
 pub async fn describe(
     client: &Client,
-    table: &str,
+    table: &TableName,
 ) -> Result<Option<TableDef>, tokio_postgres::Error> {
     let Some(oid) = client
-        .query_one("SELECT to_regclass($1)::oid", &[&table])
+        .query_one("SELECT to_regclass($1)::oid", &[&table.quoted()])
         .await?
         .get::<_, Option<u32>>(0)
     else {
@@ -187,7 +185,8 @@ pub async fn describe(
         )
         .await?;
     Ok(Some(TableDef {
-        name: normalise(table),
+        name: table.to_string(),
+        table: table.clone(),
         columns,
         primary_key,
         indexes,
@@ -196,15 +195,6 @@ pub async fn describe(
         bytes: stats.get(1),
         blocks: stats.get(2),
     }))
-}
-
-/// `payments` → `public.payments`.
-pub fn normalise(table: &str) -> String {
-    if table.contains('.') {
-        table.to_string()
-    } else {
-        format!("public.{table}")
-    }
 }
 
 /// Every way `target` differs from `source`, as sentences naming the table.

@@ -364,7 +364,7 @@ async fn establish(
                     end_block: None,
                 }]
             } else {
-                let fresh = catalog::describe(source, &t.def.name)
+                let fresh = catalog::describe(source, &t.def.table)
                     .await
                     .map_err(q)?
                     .unwrap_or_else(|| t.def.clone());

@@ -50,6 +50,7 @@ mod tests {
     fn def(rows: i64, blocks: i64) -> TableDef {
         TableDef {
             name: "public.t".into(),
+            table: shardline_topology::TableName::new("public", "t"),
             columns: vec![],
             primary_key: vec![],
             indexes: vec![],

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use shardline_cdc::route::{Routes, TableRoute};
-use shardline_topology::{ConnString, Topology};
+use shardline_topology::{ConnString, TableName, Topology};
 use tokio_postgres::Client;
 
 use crate::catalog::{self, query_error, TableDef};
@@ -48,28 +48,31 @@ pub async fn prepare(
     let mut tables = Vec::new();
     let mut found = Findings::default();
 
-    let wanted = |t: &str| {
-        request.tables.as_ref().is_none_or(|list| {
-            list.iter()
-                .any(|w| catalog::normalise(w) == catalog::normalise(t))
-        })
-    };
+    // Names given on the command line read as SQL reads them, like the
+    // topology's; a read model is named as the topology names it.
+    let mut wanted_tables = Vec::new();
     if let Some(list) = &request.tables {
         for t in list {
-            let known = topology.context_of_table(t).is_some()
+            let parsed = TableName::parse(t).ok();
+            let known = parsed
+                .as_ref()
+                .is_some_and(|p| topology.context_of_table(p).is_some())
                 || topology.read_models.iter().any(|r| &r.name == t);
             if !known {
                 return Err(BackfillError::MissingTable {
                     table: format!("{t} (not listed in the topology)"),
                 });
             }
+            wanted_tables.extend(parsed);
         }
     }
+    let wanted = |t: &TableName| request.tables.is_none() || wanted_tables.contains(t);
     // The same targets, numbered the same way, as CDC's routes.
     let targets: Vec<ConnString> = routes.targets.clone();
-    let mut listed: Vec<(&str, &TableRoute)> = routes.tables().filter(|(t, _)| wanted(t)).collect();
+    let mut listed: Vec<(&TableName, &TableRoute)> =
+        routes.tables().filter(|(t, _)| wanted(t)).collect();
     listed.sort_by_key(|(t, _)| *t);
-    let work: Vec<(String, Routing, Vec<usize>, Option<String>)> = listed
+    let work: Vec<(TableName, Routing, Vec<usize>, Option<String>)> = listed
         .into_iter()
         .map(|(table, route)| match route {
             TableRoute::Sharded {
@@ -77,7 +80,7 @@ pub async fn prepare(
                 placement,
                 shards,
             } => (
-                table.to_string(),
+                (*table).clone(),
                 Routing::Sharded {
                     key_index: usize::MAX,
                     placement: placement.clone(),
@@ -85,12 +88,7 @@ pub async fn prepare(
                 shards.clone(),
                 Some(key_column.clone()),
             ),
-            other => (
-                table.to_string(),
-                Routing::Everywhere,
-                other.targets(),
-                None,
-            ),
+            other => ((*table).clone(), Routing::Everywhere, other.targets(), None),
         })
         .collect();
     for conn in &targets {
@@ -101,7 +99,7 @@ pub async fn prepare(
             .await
             .map_err(|e| query_error(&source_name, e))?
             .ok_or_else(|| BackfillError::MissingTable {
-                table: table.clone(),
+                table: table.to_string(),
             })?;
         if let (Routing::Sharded { key_index, .. }, Some(column)) = (&mut routing, &shard_key) {
             let index =
@@ -212,7 +210,7 @@ async fn check_targets(
 ) -> Result<(), BackfillError> {
     for &i in ids {
         let name = targets[i].to_string();
-        match catalog::describe(&clients[i], &def.name)
+        match catalog::describe(&clients[i], &def.table)
             .await
             .map_err(|e| query_error(&name, e))?
         {

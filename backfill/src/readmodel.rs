@@ -58,7 +58,8 @@ pub async fn shape(source: &Client, db: &str, rm: &ReadModel) -> Result<TableDef
         })
         .collect();
     Ok(TableDef {
-        name: format!("public.{}", rm.name),
+        name: rm.table().to_string(),
+        table: rm.table(),
         columns,
         primary_key: group_names,
         indexes: Vec::new(),

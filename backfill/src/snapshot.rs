@@ -6,7 +6,7 @@
 //! SNAPSHOT`; it stays importable while the creating session stays open and
 //! idle, so the holder lives as long as the copy.
 
-use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
+use pgwire_replication::ReplicationClient;
 use shardline_topology::ConnString;
 
 use crate::error::BackfillError;
@@ -25,22 +25,10 @@ pub async fn export(
     slot: &str,
     temporary: bool,
 ) -> Result<SnapshotHolder, BackfillError> {
-    let password = source
-        .config()
-        .get_password()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
-    let config = ReplicationConfig::new(
-        source.host(),
-        source.user(),
-        password,
-        source.dbname(),
-        slot,
-        "unused",
-    )
-    .with_port(source.port())
-    .with_tls(TlsConfig::disabled())
-    .with_application_name("shardline-backfill");
+    let config = source
+        .replication(slot, "unused")
+        .await?
+        .with_application_name("shardline-backfill");
     let mut session = ReplicationClient::connect_gated(config)
         .await
         .map_err(|e| BackfillError::Snapshot(e.to_string()))?;

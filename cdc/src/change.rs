@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use shardline_topology::{quote_ident, ShardKey};
+use shardline_topology::{ShardKey, TableName};
 
 use crate::pgoutput::{
     ColumnValue, LogicalMessage, OldTuple, Relation, ReplicaIdentity, TupleData,
@@ -93,7 +93,7 @@ pub enum ChangeError {
 #[derive(Clone, Debug)]
 pub struct Table {
     pub relation: Relation,
-    /// `schema.name`, unquoted.
+    /// The canonical name ([`TableName`]'s display form).
     name: String,
     /// `"schema"."name"`, quoted.
     pub qualified: String,
@@ -149,7 +149,8 @@ impl Tables {
     /// without a carried schema change before it stops the stream (see
     /// [`ChangeError::ColumnsChanged`]).
     pub fn describe(&mut self, relation: Relation, routes: &Routes) -> Result<(), ChangeError> {
-        let name = format!("{}.{}", relation.namespace, relation.name);
+        let table_name = TableName::new(&relation.namespace, &relation.name);
+        let name = table_name.to_string();
         let route = routes
             .route(&relation.namespace, &relation.name)
             .cloned()
@@ -222,11 +223,7 @@ impl Tables {
                 .map(|(i, _)| i)
                 .collect()
         });
-        let qualified = format!(
-            "{}.{}",
-            quote_ident(&relation.namespace),
-            quote_ident(&relation.name)
-        );
+        let qualified = table_name.quoted();
         let shape = Arc::new(Shape {
             qualified: qualified.clone(),
             columns,
@@ -371,7 +368,7 @@ impl Tables {
 }
 
 impl Table {
-    /// `schema.name`, unquoted.
+    /// The table's canonical name ([`TableName`]'s display form).
     pub fn name(&self) -> &str {
         &self.name
     }

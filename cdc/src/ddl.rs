@@ -14,13 +14,13 @@
 use std::collections::HashMap;
 
 use shardline_ddl::{plan, Captured, Effect, Event, Plan, Scope, Step, Where};
-use shardline_topology::{ReadModel, Topology};
+use shardline_topology::{ReadModel, TableName, Topology};
 use tokio_postgres::Client;
 
 use crate::change::Tables;
 use crate::pgoutput::{ColumnValue, LogicalMessage, Relation, TupleData};
 use crate::readmodel::Refresher;
-use crate::route::{normalise, Routes, TableRoute};
+use crate::route::{Routes, TableRoute};
 use crate::run::CdcError;
 
 mod target;
@@ -53,12 +53,13 @@ pub struct SchemaStream {
     log_relation: Option<Relation>,
 }
 
-/// Lists the partitions of listed partitioned tables on the source.
-const PARTITIONS_SQL: &str = "SELECT n.nspname || '.' || c.relname, pn.nspname || '.' || p.relname
+/// Lists the partitions of partitioned tables on the source.
+const PARTITIONS_SQL: &str =
+    "SELECT n.nspname::text, c.relname::text, pn.nspname::text, p.relname::text
    FROM pg_inherits i
    JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace
    JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace
-  WHERE p.relkind = 'p' AND pn.nspname || '.' || p.relname = ANY ($1)";
+  WHERE p.relkind = 'p'";
 
 impl SchemaStream {
     pub async fn new(
@@ -70,10 +71,15 @@ impl SchemaStream {
         let mut listed: Vec<String> = routes.tables().map(|(t, _)| t.to_string()).collect();
         listed.sort();
         let partitions = source
-            .query(PARTITIONS_SQL, &[&listed])
+            .query(PARTITIONS_SQL, &[])
             .await?
             .iter()
-            .map(|r| (r.get(0), r.get(1)))
+            .map(|r| {
+                let child = TableName::new(r.get::<_, String>(0), r.get::<_, String>(1));
+                let parent = TableName::new(r.get::<_, String>(2), r.get::<_, String>(3));
+                (child.to_string(), parent.to_string())
+            })
+            .filter(|(_, parent)| listed.contains(parent))
             .collect();
         Ok(Self {
             capture: routes.ddl_capture,
@@ -138,10 +144,11 @@ impl SchemaStream {
             return Ok(Vec::new());
         }
         let routes = at.routes;
-        let listed = |t: &str| routes.route_of(t).is_some();
+        let route = |t: &str| TableName::parse(t).ok().and_then(|t| routes.route_of(&t));
+        let listed = |t: &str| route(t).is_some();
         let parent_of = |t: &str| self.partitions.get(t).cloned();
         let colocated = |a: &str, b: &str| {
-            let (Some(ra), Some(rb)) = (routes.route_of(a), routes.route_of(b)) else {
+            let (Some(ra), Some(rb)) = (route(a), route(b)) else {
                 return false;
             };
             let on_b = rb.targets();
@@ -204,10 +211,7 @@ impl SchemaStream {
                     if (at.copied_after)(t) {
                         continue;
                     }
-                    routes
-                        .route_of(t)
-                        .map(TableRoute::targets)
-                        .unwrap_or_default()
+                    route(t).map(TableRoute::targets).unwrap_or_default()
                 }
                 Where::Everywhere => (0..routes.targets.len()).collect(),
             };
@@ -242,7 +246,10 @@ impl SchemaStream {
         refresher: &mut Refresher,
     ) -> Result<(), CdcError> {
         let (table, column) = (effect.table(), effect.column());
-        if let Some(TableRoute::Sharded { key_column, .. }) = routes.route_of(table) {
+        let route = TableName::parse(table).ok();
+        if let Some(TableRoute::Sharded { key_column, .. }) =
+            route.as_ref().and_then(|t| routes.route_of(t))
+        {
             if key_column == column {
                 return Err(CdcError::Ddl {
                     id: c.id,
@@ -258,7 +265,7 @@ impl SchemaStream {
         for rm in self
             .read_models
             .iter()
-            .filter(|rm| normalise(&rm.from) == table)
+            .filter(|rm| rm.from.to_string() == table)
         {
             let texts = rm
                 .filter

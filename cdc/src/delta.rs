@@ -24,7 +24,7 @@
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
-use shardline_topology::{output_name, quote_ident, quote_table, ReadModel};
+use shardline_topology::{output_name, quote_ident, ReadModel};
 
 use crate::pgoutput::{ColumnValue, LogicalMessage, OldTuple, Relation};
 use crate::rows::Cell;
@@ -221,11 +221,11 @@ impl DeltaModel {
     ) -> Self {
         Self {
             name: rm.name.clone(),
-            from: crate::route::normalise(&rm.from),
+            from: rm.from.to_string(),
             target,
             spec: Arc::new(DeltaSpec {
                 name: rm.name.clone(),
-                table: quote_table(&rm.name),
+                table: rm.table().quoted(),
                 group_by: rm.group_by.clone(),
                 group_names: rm.group_columns(),
                 group_exprs: group_exprs(rm),
@@ -342,7 +342,7 @@ impl DeltaModel {
 /// expression would name a column the delta rows lack, an error.
 pub fn referenced_columns<'a>(
     texts: impl IntoIterator<Item = &'a str>,
-    from: &str,
+    from: &shardline_topology::TableName,
     columns: Vec<(String, String)>,
 ) -> Vec<(String, String)> {
     let mut names = std::collections::HashSet::new();
@@ -392,8 +392,8 @@ pub fn referenced_columns<'a>(
             }
         }
     }
-    let table = from.rsplit('.').next().unwrap_or(from).trim_matches('"');
-    if names.contains(table) || names.contains(&table.to_lowercase()) {
+    // A whole-row reference (`ledger.*`, `ledger`) needs every column.
+    if names.contains(&from.name) {
         return columns;
     }
     columns
@@ -486,7 +486,7 @@ impl DeltaSpec {
             "SELECT {}, {} FROM {} WHERE {filter}({}) IN ({touched}) GROUP BY {}",
             self.group_by.join(", "),
             rm.aggregates.join(", "),
-            quote_table(&rm.from),
+            rm.from.quoted(),
             self.group_exprs.join(", "),
             positions.join(", ")
         )
@@ -647,8 +647,8 @@ pub async fn prepare(
             tracing::info!(read_model = %rm.name, "recomputed from the source every refresh interval: {why}");
             continue;
         }
-        let from = crate::route::normalise(&rm.from);
-        let rows = source.query(COLUMNS_SQL, &[&from]).await?;
+        let from = &rm.from;
+        let rows = source.query(COLUMNS_SQL, &[&from.quoted()]).await?;
         let Some(first) = rows.first() else { continue };
         if !first.get::<_, bool>(2) {
             tracing::warn!(read_model = %rm.name, "recomputed from the source every refresh interval, since updates and deletes of {from} do not carry the old row (fix, to keep it incrementally: ALTER TABLE {from} REPLICA IDENTITY FULL;)");
@@ -708,7 +708,7 @@ mod tests {
     fn model(aggregates: &[&str]) -> ReadModel {
         ReadModel {
             name: "daily".into(),
-            from: "payments".into(),
+            from: shardline_topology::TableName::parse("payments").unwrap(),
             filter: Some("status = 'captured'".into()),
             group_by: vec![
                 "merchant_id".into(),
@@ -734,7 +734,8 @@ mod tests {
         .map(|c| (c.to_string(), "text".to_string()))
         .collect();
         let names = |texts: &[&str], from: &str| -> Vec<String> {
-            referenced_columns(texts.iter().copied(), from, columns.clone())
+            let from = shardline_topology::TableName::parse(from).unwrap();
+            referenced_columns(texts.iter().copied(), &from, columns.clone())
                 .into_iter()
                 .map(|(c, _)| c)
                 .collect()
@@ -803,7 +804,7 @@ mod tests {
             .push((-1, vec![Some("7".into()), None, Some("it's".into()), None]));
         let sql = m.take_sql().unwrap();
         assert_eq!(m.pending(), 0);
-        assert!(sql.starts_with("MERGE INTO \"daily\" AS t USING (SELECT merchant_id, date_trunc('day', created_at) AS day, sum(shardline_sign)::bigint AS \"n\", sum(shardline_sign * (amount)) AS \"v\" FROM (SELECT v.shardline_sign, v.c0::bigint AS \"merchant_id\", v.c1::numeric(18,2) AS \"amount\""), "{sql}");
+        assert!(sql.starts_with("MERGE INTO \"public\".\"daily\" AS t USING (SELECT merchant_id, date_trunc('day', created_at) AS day, sum(shardline_sign)::bigint AS \"n\", sum(shardline_sign * (amount)) AS \"v\" FROM (SELECT v.shardline_sign, v.c0::bigint AS \"merchant_id\", v.c1::numeric(18,2) AS \"amount\""), "{sql}");
         assert!(sql.contains(r#"FROM unnest('{"1","-1"}'::int8[], '{"7","7"}'::text[], '{"1.50",NULL}'::text[], '{"captured","it''s"}'::text[], '{"2026-01-01 10:00:00+00",NULL}'::text[]) AS v(shardline_sign, c0, c1, c2, c3)) AS d"#), "{sql}");
         assert!(sql.contains("AS d WHERE status = 'captured' GROUP BY 1, 2) AS g ON t.\"merchant_id\" = g.\"merchant_id\" AND t.\"day\" = g.\"day\""), "{sql}");
         assert!(

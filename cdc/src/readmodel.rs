@@ -24,11 +24,10 @@
 use std::collections::BTreeSet;
 
 use futures_util::{SinkExt, StreamExt};
-use shardline_topology::{output_name, quote_ident, quote_table, ConnString, ReadModel, Topology};
+use shardline_topology::{output_name, quote_ident, ConnString, ReadModel, Topology};
 
 use crate::delta::{DeltaModel, Recorded, COLUMNS_SQL};
 use crate::pgoutput::{LogicalMessage, Relation};
-use crate::route::normalise;
 use crate::run::CdcError;
 
 /// Row images kept per read model between refreshes; beyond this the whole
@@ -74,7 +73,7 @@ impl Refresher {
                     .map(|c| (*c).clone())?;
                 Some(Model {
                     read_model: rm.clone(),
-                    from: normalise(&rm.from),
+                    from: rm.from.to_string(),
                     target,
                     touched: None,
                     whole: true,
@@ -101,7 +100,9 @@ impl Refresher {
         source: &tokio_postgres::Client,
     ) -> Result<(), tokio_postgres::Error> {
         for m in &mut self.models {
-            let rows = source.query(COLUMNS_SQL, &[&m.from]).await?;
+            let rows = source
+                .query(COLUMNS_SQL, &[&m.read_model.from.quoted()])
+                .await?;
             if rows.first().is_some_and(|r| r.get::<_, bool>(2)) {
                 let columns = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
                 m.touched = Some(DeltaModel::for_groups(&m.read_model, 0, columns));
@@ -247,7 +248,7 @@ async fn refresh_groups(
     let Some(spec) = model.touched.as_ref().map(|t| t.spec.clone()) else {
         return Ok(false);
     };
-    let alias = model.from.rsplit('.').next().unwrap_or(&model.from);
+    let alias = &rm.from.name;
     let touched = spec.touched_groups_sql(rows.iter().map(|(_, r)| r.as_slice()), alias);
     let src = source.connect().await?;
     let tgt = model.target.connect().await?;
@@ -264,7 +265,7 @@ async fn refresh_groups(
     }
     let names: Vec<String> = rm.group_columns().iter().map(|c| quote_ident(c)).collect();
     let names = names.join(", ");
-    let table = quote_table(&rm.name);
+    let table = rm.table().quoted();
     tgt.batch_execute(&format!(
         "BEGIN; CREATE TEMP TABLE shardline_touched ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA"
     ))
@@ -315,7 +316,7 @@ async fn refresh_one(model: &Model, source: &ConnString) -> Result<(), CdcError>
     let rm = &model.read_model;
     let src = source.connect().await?;
     let tgt = model.target.connect().await?;
-    let table = quote_table(&rm.name);
+    let table = rm.table().quoted();
     tgt.batch_execute(&format!("BEGIN; DELETE FROM {table}"))
         .await
         .map_err(|e| failed(rm, &model.target, e))?;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use shardline_topology::{ConnString, ContextKind, Placement, Topology};
+use shardline_topology::{ConnString, ContextKind, Placement, TableName, Topology};
 
 /// How one table's rows map onto targets (indices into [`Routes::targets`]).
 #[derive(Clone, Debug)]
@@ -38,7 +38,7 @@ pub struct Routes {
     pub targets: Vec<ConnString>,
     /// The context each target belongs to.
     pub target_context: Vec<String>,
-    tables: HashMap<String, TableRoute>,
+    tables: HashMap<TableName, TableRoute>,
     /// Schema changes are captured on the source and carried
     /// (`[source] ddl = "capture"`).
     pub ddl_capture: bool,
@@ -71,19 +71,19 @@ impl Routes {
                             placement: placement.clone(),
                             shards: ids.clone(),
                         };
-                        routes.tables.insert(normalise(table), route);
+                        routes.tables.insert(table.clone(), route);
                     }
                     for table in reference_tables {
                         routes
                             .tables
-                            .insert(normalise(table), TableRoute::Everywhere(ids.clone()));
+                            .insert(table.clone(), TableRoute::Everywhere(ids.clone()));
                     }
                 }
                 ContextKind::Single { .. } => {
                     for table in &context.tables {
                         routes
                             .tables
-                            .insert(normalise(table), TableRoute::Single(ids[0]));
+                            .insert(table.clone(), TableRoute::Single(ids[0]));
                     }
                 }
             }
@@ -107,27 +107,19 @@ impl Routes {
             .position(|t| t.identity() == db.identity())
     }
 
-    /// The route of `namespace.name`; tables in `public` may be listed bare.
+    /// The route of a table, by its catalog spelling (a Relation
+    /// message's namespace and name).
     pub fn route(&self, namespace: &str, name: &str) -> Option<&TableRoute> {
-        self.tables.get(&format!("{namespace}.{name}"))
+        self.tables.get(&TableName::new(namespace, name))
     }
 
-    /// The route of a `schema.name`.
-    pub fn route_of(&self, qualified: &str) -> Option<&TableRoute> {
-        self.tables.get(qualified)
+    /// The route of a table.
+    pub fn route_of(&self, table: &TableName) -> Option<&TableRoute> {
+        self.tables.get(table)
     }
 
-    /// Every listed table as `schema.name`.
-    pub fn tables(&self) -> impl Iterator<Item = (&str, &TableRoute)> {
-        self.tables.iter().map(|(k, v)| (k.as_str(), v))
-    }
-}
-
-/// `payments` → `public.payments`; `ledger.entries` stays as it is.
-pub fn normalise(table: &str) -> String {
-    if table.contains('.') {
-        table.to_string()
-    } else {
-        format!("public.{table}")
+    /// Every listed table.
+    pub fn tables(&self) -> impl Iterator<Item = (&TableName, &TableRoute)> {
+        self.tables.iter()
     }
 }

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
 use shardline_topology::{ConnString, ConnectError, Topology};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -288,7 +288,7 @@ pub async fn run(
     let mut publish = tokio::time::interval(Duration::from_secs(1));
     publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let copied_at = source::backfill_points(&source, &options.slot).await?;
-    let config = replication_config(&topology.source, options, slot.confirmed_flush);
+    let config = replication_config(&topology.source, options, slot.confirmed_flush).await?;
     let mut stream = ReplicationClient::connect(config)
         .await
         .map_err(|e| CdcError::Stream(e.to_string()))?;
@@ -564,7 +564,7 @@ async fn handle(
         LogicalMessage::Relation(r) if upkeep.schema.describe(r) => {}
         LogicalMessage::Relation(r) => {
             tables.describe(r.clone(), routes)?;
-            let name = format!("{}.{}", r.namespace, r.name);
+            let name = shardline_topology::TableName::new(&r.namespace, &r.name).to_string();
             upkeep.refresher.relation_changed(&name);
             for m in upkeep.deltas.iter_mut().filter(|m| m.from == name) {
                 m.relation_changed();
@@ -869,29 +869,21 @@ async fn beat(
     Ok(())
 }
 
-fn replication_config(source: &ConnString, options: &RunOptions, start: Lsn) -> ReplicationConfig {
-    let password = source
-        .config()
-        .get_password()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
-    ReplicationConfig::new(
-        source.host(),
-        source.user(),
-        password,
-        source.dbname(),
-        options.slot.clone(),
-        options.publication.clone(),
-    )
-    .with_port(source.port())
-    .with_tls(TlsConfig::disabled())
-    .with_start_lsn(pgwire_replication::Lsn(start.0))
-    // The confirmed position is what a cutover waits for (the switch
-    // pause), so it reaches the server within 100 ms, not 1 s.
-    .with_status_interval(STATUS_INTERVAL)
-    .with_wakeup_interval(Duration::from_secs(1))
-    .with_options(STREAM_OPTIONS)
-    .with_application_name("shardline-cdc")
+async fn replication_config(
+    source: &ConnString,
+    options: &RunOptions,
+    start: Lsn,
+) -> Result<ReplicationConfig, CdcError> {
+    Ok(source
+        .replication(&options.slot, options.publication.clone())
+        .await?
+        .with_start_lsn(pgwire_replication::Lsn(start.0))
+        // The confirmed position is what a cutover waits for (the switch
+        // pause), so it reaches the server within 100 ms, not 1 s.
+        .with_status_interval(STATUS_INTERVAL)
+        .with_wakeup_interval(Duration::from_secs(1))
+        .with_options(STREAM_OPTIONS)
+        .with_application_name("shardline-cdc"))
 }
 
 fn query_error(conn: &ConnString, e: tokio_postgres::Error) -> CdcError {

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use tokio_postgres::Client;
 
 use crate::lsn::Lsn;
+use shardline_topology::TableName;
+
 use crate::route::{Routes, TableRoute};
 
 /// A set-up problem on the source, with its fix.
@@ -80,7 +82,7 @@ pub async fn check(
             problems.push(SourceError::DdlCaptureNeedsSuperuser(role));
         }
     }
-    let mut tables: Vec<(&str, &TableRoute)> = routes.tables().collect();
+    let mut tables: Vec<(&TableName, &TableRoute)> = routes.tables().collect();
     tables.sort_by_key(|(name, _)| *name);
     for (table, route) in tables {
         let row = client
@@ -93,7 +95,7 @@ pub async fn check(
                                      AND ((c.relreplident = 'd' AND i.indisprimary)
                                        OR (c.relreplident = 'i' AND i.indisreplident))), '{}')
                    FROM pg_class c WHERE c.oid = to_regclass($1)",
-                &[&table],
+                &[&table.quoted()],
             )
             .await?;
         let Some(row) = row else {
@@ -129,53 +131,78 @@ pub async fn check(
 
 /// Creates the publication for the listed tables, or adds tables missing
 /// from an existing one. With DDL capture on, installs it first and
-/// publishes its log, so schema changes stream at their position.
+/// publishes its log, so schema changes stream at their position. It publishes a partitioned table's changes under
+/// the table the topology names (`publish_via_partition_root`): rows of
+/// every partition arrive as the parent's, and a row moving between
+/// partitions is an update, not a delete and an insert of two tables.
+/// Membership is read from `pg_publication_rel` (what was added), not
+/// `pg_publication_tables` (which lists a parent's partitions instead of
+/// the parent unless the publication publishes via the root).
 pub async fn ensure_publication(
     client: &Client,
     name: &str,
     routes: &Routes,
 ) -> Result<(), SourceError> {
-    let mut wanted: Vec<String> = routes.tables().map(|(t, _)| t.to_string()).collect();
+    let log = TableName::new(
+        shardline_ddl::capture::LOG_SCHEMA,
+        shardline_ddl::capture::LOG_NAME,
+    );
+    let mut wanted: Vec<&TableName> = routes.tables().map(|(t, _)| t).collect();
     if routes.ddl_capture {
         shardline_ddl::capture::install(client).await?;
-        wanted.push(shardline_ddl::capture::LOG_TABLE.to_string());
+        wanted.push(&log);
     }
     wanted.sort();
-    let quoted = |t: &str| shardline_topology::quote_table(t);
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
-        .await?
-        .is_some();
-    if !exists {
-        let list: Vec<String> = wanted.iter().map(|t| quoted(t)).collect();
+    let publication = shardline_topology::quote_ident(name);
+    let row = client
+        .query_opt(
+            "SELECT oid, puballtables, pubviaroot FROM pg_publication WHERE pubname = $1",
+            &[&name],
+        )
+        .await?;
+    let Some(row) = row else {
+        let list: Vec<String> = wanted.iter().map(|t| t.quoted()).collect();
         client
             .batch_execute(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {}",
-                shardline_topology::quote_ident(name),
+                "CREATE PUBLICATION {publication} FOR TABLE {} WITH (publish_via_partition_root = true)",
                 list.join(", ")
             ))
             .await?;
         return Ok(());
+    };
+    let (oid, all_tables, via_root): (u32, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    if !via_root {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {publication} SET (publish_via_partition_root = true)"
+            ))
+            .await?;
     }
-    let have: Vec<String> = client
+    if all_tables {
+        return Ok(());
+    }
+    let have: Vec<TableName> = client
         .query(
-            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
-            &[&name],
+            "SELECT n.nspname::text, c.relname::text
+               FROM pg_publication_rel r
+               JOIN pg_class c ON c.oid = r.prrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE r.prpubid = $1",
+            &[&oid],
         )
         .await?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
         .collect();
     let missing: Vec<String> = wanted
         .iter()
         .filter(|t| !have.contains(t))
-        .map(|t| quoted(t))
+        .map(|t| t.quoted())
         .collect();
     if !missing.is_empty() {
         client
             .batch_execute(&format!(
-                "ALTER PUBLICATION {} ADD TABLE {}",
-                shardline_topology::quote_ident(name),
+                "ALTER PUBLICATION {publication} ADD TABLE {}",
                 missing.join(", ")
             ))
             .await?;
@@ -299,7 +326,7 @@ pub async fn primary_keys(
                    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
                   WHERE i.indrelid = to_regclass($1) AND i.indisprimary",
-                &[&table],
+                &[&table.quoted()],
             )
             .await?;
         if let Some(columns) = row.and_then(|r| r.get::<_, Option<Vec<String>>>(0)) {

@@ -547,7 +547,7 @@ async fn run_verify(topology: &Topology) -> Result<serde_json::Value, CutoverErr
     let (name, _) = placement(topology)?;
     let tables = topology
         .context(name)
-        .map(|c| c.tables.clone())
+        .map(|c| c.tables.iter().map(|t| t.to_string()).collect())
         .unwrap_or_default();
     let request = shardline_verify::VerifyRequest {
         tables: Some(tables),

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
-use shardline_topology::{quote_ident, quote_table, Topology};
+use shardline_topology::{quote_ident, Topology};
 
 use crate::control::{self, ROUTER_LEASE_SECS};
 use crate::coordinator::placement;
@@ -59,7 +59,7 @@ pub async fn plan(topology: &Topology, selector: &Selector) -> Result<PlanReport
     for table in &context.tables {
         let sql = format!(
             "SELECT {bucket} AS b, count(*) FROM {} WHERE {bucket} = ANY($1::int[]) GROUP BY 1",
-            quote_table(table)
+            table.quoted()
         );
         let found = client
             .query(&sql, &[&bucket_ints])
@@ -73,13 +73,13 @@ pub async fn plan(topology: &Topology, selector: &Selector) -> Result<PlanReport
                 .or_insert(0) += r.get::<_, i64>(1);
         }
         rows.push(TableRows {
-            table: table.clone(),
+            table: table.short(),
             per_shard,
         });
         if sample.is_empty() {
             let sql = format!(
                 "SELECT DISTINCT {k}::text FROM {} WHERE {bucket} = ANY($1::int[]) ORDER BY 1 LIMIT {SAMPLE}",
-                quote_table(table),
+                table.quoted(),
                 k = quote_ident(&key)
             );
             sample = client

@@ -61,7 +61,7 @@ CREATE OR REPLACE FUNCTION shardline.ddl_table(rel oid) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
     SELECT jsonb_build_object(
         'schema', n.nspname, 'name', c.relname, 'partitioned', c.relkind = 'p',
-        'parent', (SELECT pn.nspname || '.' || pc.relname
+        'parent', (SELECT quote_ident(pn.nspname) || '.' || quote_ident(pc.relname)
                      FROM pg_inherits i JOIN pg_class pc ON pc.oid = i.inhparent
                      JOIN pg_namespace pn ON pn.oid = pc.relnamespace
                     WHERE i.inhrelid = c.oid AND c.relispartition),
@@ -100,10 +100,9 @@ BEGIN
                    'type', d.object_type, 'identity', d.object_identity,
                    'schema', d.schema_name, 'name', d.object_name,
                    'address', to_jsonb(d.address_names), 'original', d.original,
-                   'table', CASE WHEN d.object_type IN ('table column', 'table constraint', 'default value', 'trigger', 'policy', 'rule')
-                                 THEN d.address_names[1] || '.' || d.address_names[2]
-                                 WHEN d.object_type IN ('table', 'foreign table')
-                                 THEN d.address_names[1] || '.' || d.address_names[2] END)), '[]')
+                   'table', CASE WHEN d.object_type IN ('table', 'foreign table', 'table column', 'table constraint',
+                                                        'default value', 'trigger', 'policy', 'rule')
+                                 THEN quote_ident(d.address_names[1]) || '.' || quote_ident(d.address_names[2]) END)), '[]')
           INTO v_objects
           FROM pg_event_trigger_dropped_objects() d
          WHERE NOT d.is_temporary AND d.schema_name IS DISTINCT FROM 'shardline';
@@ -128,7 +127,7 @@ BEGIN
         SELECT coalesce((SELECT jsonb_agg(jsonb_build_object(
                    'type', c.object_type, 'identity', c.object_identity, 'schema', c.schema_name,
                    'tag', c.command_tag, 'subid', c.objsubid,
-                   'table', (SELECT n.nspname || '.' || r.relname FROM pg_class r JOIN pg_namespace n ON n.oid = r.relnamespace WHERE r.oid = c.rel)))
+                   'table', (SELECT quote_ident(n.nspname) || '.' || quote_ident(r.relname) FROM pg_class r JOIN pg_namespace n ON n.oid = r.relnamespace WHERE r.oid = c.rel)))
                  FROM commands c), '[]'),
                coalesce((SELECT jsonb_agg(shardline.ddl_table(o.rel))
                  FROM owners o JOIN pg_class r ON r.oid = o.rel WHERE r.relkind IN ('r', 'p')), '[]')

@@ -1,6 +1,7 @@
 //! One row of the DDL log as the stream delivers it.
 
 use serde::Deserialize;
+use shardline_topology::TableName;
 
 use crate::DdlError;
 
@@ -24,7 +25,8 @@ pub struct Object {
     pub kind: String,
     pub identity: Option<String>,
     pub schema: Option<String>,
-    /// The table it belongs to (itself for a table), `schema.name`.
+    /// The table it belongs to (itself for a table), as
+    /// [`TableName`]'s display form.
     pub table: Option<String>,
     /// Dropped objects: PostgreSQL's address names.
     #[serde(default)]
@@ -52,7 +54,8 @@ pub struct TableState {
     pub name: String,
     #[serde(default)]
     pub partitioned: bool,
-    /// The partitioned table it is a partition of, `schema.name`.
+    /// The partitioned table it is a partition of ([`TableName`]'s
+    /// display form).
     pub parent: Option<String>,
     #[serde(default)]
     pub primary_key: Vec<String>,
@@ -61,9 +64,10 @@ pub struct TableState {
 }
 
 impl TableState {
-    /// `schema.name`.
+    /// The table as [`TableName`] displays it: the one string per table
+    /// that the planner and cdc compare.
     pub fn qualified(&self) -> String {
-        format!("{}.{}", self.schema, self.name)
+        TableName::new(&self.schema, &self.name).to_string()
     }
 
     pub fn column(&self, name: &str) -> Option<&ColumnState> {
@@ -109,6 +113,17 @@ impl Captured {
             other => return Err(bad("event", format!("unknown event {other:?}"))),
         };
         let json = |name: &str| value(name).filter(|v| !v.is_empty()).unwrap_or("[]");
+        let mut objects: Vec<Object> =
+            serde_json::from_str(json("objects")).map_err(|e| bad("objects", e.to_string()))?;
+        let mut tables: Vec<TableState> =
+            serde_json::from_str(json("tables")).map_err(|e| bad("tables", e.to_string()))?;
+        // Names arrive as the source quoted them; one spelling from here on.
+        for o in &mut objects {
+            o.table = o.table.take().map(|t| canonical(&t));
+        }
+        for t in &mut tables {
+            t.parent = t.parent.take().map(|p| canonical(&p));
+        }
         Ok(Self {
             id,
             event,
@@ -117,10 +132,8 @@ impl Captured {
             ordinal: text("ordinal").parse().unwrap_or(-1),
             search_path: text("search_path"),
             role: text("role"),
-            objects: serde_json::from_str(json("objects"))
-                .map_err(|e| bad("objects", e.to_string()))?,
-            tables: serde_json::from_str(json("tables"))
-                .map_err(|e| bad("tables", e.to_string()))?,
+            objects,
+            tables,
             error: value("error").map(str::to_string),
         })
     }
@@ -144,4 +157,12 @@ impl Captured {
     pub fn table(&self, qualified: &str) -> Option<&TableState> {
         self.tables.iter().find(|t| t.qualified() == qualified)
     }
+}
+
+/// A table name as PostgreSQL's `quote_ident` wrote it, in [`TableName`]'s
+/// display form.
+fn canonical(quoted: &str) -> String {
+    TableName::parse(quoted)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| quoted.to_string())
 }

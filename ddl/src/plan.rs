@@ -14,6 +14,8 @@
 use pg_query::protobuf::{self, AlterTableType, ConstrType, ObjectType};
 use pg_query::NodeEnum;
 
+use shardline_topology::TableName;
+
 use crate::event::{Captured, Event};
 use crate::statement::{self, Statement};
 
@@ -402,8 +404,10 @@ fn moved_away(c: &Captured, scope: &Scope) -> Option<Plan> {
     // Unqualified, it was found on the search_path: any listed table of
     // that name counts.
     let table = scope.listed_tables.iter().find(|t| {
-        let (schema, name) = t.split_once('.').unwrap_or(("public", t));
-        name == rv.relname && (rv.schemaname.is_empty() || rv.schemaname == schema)
+        let Ok(t) = TableName::parse(t) else {
+            return false;
+        };
+        t.name == rv.relname && (rv.schemaname.is_empty() || rv.schemaname == t.schema)
     })?;
     Some(Plan::Refuse {
         why: format!("`{}` {what} listed table {table}, which the topology names", short(&located.text)),
@@ -426,17 +430,18 @@ pub fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// `"schema"."name"` of a `schema.name` from the capture (names there are
-/// unquoted; the first dot separates them).
-pub fn quoted(qualified: &str) -> String {
-    match qualified.split_once('.') {
-        Some((s, n)) => format!(
-            "{}.{}",
-            shardline_topology::quote_ident(s),
-            shardline_topology::quote_ident(n)
-        ),
-        None => shardline_topology::quote_ident(qualified),
-    }
+/// `"schema"."name"` of a table in [`TableName`]'s display form.
+pub fn quoted(table: &str) -> String {
+    TableName::parse(table)
+        .map(|t| t.quoted())
+        .unwrap_or_else(|_| shardline_topology::quote_ident(table))
+}
+
+/// The schema of a table in [`TableName`]'s display form.
+fn schema_of(table: &str) -> String {
+    TableName::parse(table)
+        .map(|t| t.schema)
+        .unwrap_or_else(|_| "public".into())
 }
 
 /// The name part of an object identity PostgreSQL quoted where needed
@@ -496,15 +501,17 @@ impl Ctx<'_> {
 
     /// Checks that the parsed relation is the table the capture saw.
     fn same_table(&self, rv: &protobuf::RangeVar, table: &str) -> Result<(), Plan> {
-        let (schema, name) = table.split_once('.').unwrap_or(("public", table));
-        if rv.relname == name && (rv.schemaname.is_empty() || rv.schemaname == schema) {
-            return Ok(());
+        let schema = schema_of(table);
+        if let Ok(t) = TableName::parse(table) {
+            if rv.relname == t.name && (rv.schemaname.is_empty() || rv.schemaname == t.schema) {
+                return Ok(());
+            }
         }
         Err(self.refuse(format!(
             "the statement found for the {} command, `{}`, names {} but the command changed {table}; the query was: {}",
             self.c.tag,
             short(&self.statement.text),
-            statement::qualified(rv, schema),
+            statement::qualified(rv, &schema),
             short(&self.c.query)
         )))
     }
@@ -586,10 +593,9 @@ impl Ctx<'_> {
             (ObjectType::ObjectIndex, Some(t)) => {
                 let mut step = self.on_table(&t, text);
                 if let Some(rv) = &s.relation {
-                    let schema = t.split_once('.').map(|(s, _)| s).unwrap_or("public");
                     step.guard = Some(format!(
                         "to_regclass({}) IS NOT NULL",
-                        literal(&quoted(&statement::qualified(rv, schema)))
+                        literal(&quoted(&statement::qualified(rv, &schema_of(&t))))
                     ));
                 }
                 Ok(self.changes(&t, vec![step]))
@@ -626,7 +632,7 @@ impl Ctx<'_> {
                 node.idxname = name.clone();
                 edited = true;
             }
-            index = Some(format!("{schema}.{name}"));
+            index = Some(TableName::new(&schema, &name).quoted());
         }
         if node.concurrent && !node.if_not_exists {
             node.if_not_exists = true;
@@ -639,7 +645,7 @@ impl Ctx<'_> {
         };
         let mut step = self.on_table(table, sql);
         step.concurrent = node.concurrent;
-        step.index = index.filter(|_| node.concurrent).map(|i| quoted(&i));
+        step.index = index.filter(|_| node.concurrent);
         Ok(self.changes(table, vec![step]))
     }
 
@@ -647,11 +653,13 @@ impl Ctx<'_> {
         let dropped = || self.c.objects.iter().filter(|o| o.address.is_some());
         match ObjectType::try_from(s.remove_type).unwrap_or(ObjectType::Undefined) {
             ObjectType::ObjectIndex => {
+                // (schema, name) of every listed table, for the guard.
                 let listed = self
                     .scope
                     .listed_tables
                     .iter()
-                    .map(|t| literal(t))
+                    .filter_map(|t| TableName::parse(t).ok())
+                    .map(|t| format!("({}, {})", literal(&t.schema), literal(&t.name)))
                     .collect::<Vec<_>>()
                     .join(", ");
                 let mut steps = Vec::new();
@@ -659,7 +667,7 @@ impl Ctx<'_> {
                     let Some([schema, name]) = o.address.as_deref() else {
                         continue;
                     };
-                    let index = quoted(&format!("{schema}.{name}"));
+                    let index = TableName::new(schema, name).quoted();
                     let sql = format!(
                         "DROP INDEX {}IF EXISTS {index}",
                         if s.concurrent { "CONCURRENTLY " } else { "" }
@@ -673,8 +681,8 @@ impl Ctx<'_> {
                                   LEFT JOIN pg_class p ON p.oid = h.inhparent
                                   LEFT JOIN pg_namespace pn ON pn.oid = p.relnamespace
                                  WHERE i.indexrelid = to_regclass({})
-                                   AND (n.nspname || '.' || t.relname = ANY (ARRAY[{listed}]::text[])
-                                     OR pn.nspname || '.' || p.relname = ANY (ARRAY[{listed}]::text[])))",
+                                   AND ((n.nspname, t.relname) IN (VALUES {listed})
+                                     OR (pn.nspname, p.relname) IN (VALUES {listed})))",
                         literal(&index)
                     );
                     let mut step = Step::everywhere(sql, guard);
@@ -784,7 +792,7 @@ impl Ctx<'_> {
         })?;
         let guard = format!(
             "to_regtype({}) IS NOT NULL",
-            literal(&quoted(&format!("{schema}.{name}")))
+            literal(&TableName::new(&schema, &name).quoted())
         );
         Ok(Changes {
             steps: vec![Step::everywhere(self.statement.text.clone(), guard)],
@@ -804,7 +812,7 @@ impl Ctx<'_> {
         let guard = format!(
             "to_regnamespace({}) IS NOT NULL AND to_regtype({}) IS NULL",
             literal(&shardline_topology::quote_ident(&schema)),
-            literal(&quoted(&format!("{schema}.{name}")))
+            literal(&TableName::new(&schema, &name).quoted())
         );
         Ok(Changes {
             steps: vec![Step::everywhere(self.statement.text.clone(), guard)],

@@ -10,6 +10,7 @@
 
 use pg_query::protobuf::{self, ObjectType};
 use pg_query::NodeEnum;
+use shardline_topology::TableName;
 
 use crate::DdlError;
 
@@ -182,7 +183,7 @@ pub fn transactional(node: &NodeEnum) -> bool {
     }
 }
 
-/// `schema.name` of a parsed relation, resolved against the schema the
+/// A parsed relation as [`TableName`] displays it, in the schema the
 /// source resolved it to when the statement does not name one.
 pub fn qualified(rv: &protobuf::RangeVar, resolved_schema: &str) -> String {
     let schema = if rv.schemaname.is_empty() {
@@ -190,7 +191,7 @@ pub fn qualified(rv: &protobuf::RangeVar, resolved_schema: &str) -> String {
     } else {
         &rv.schemaname
     };
-    format!("{schema}.{}", rv.relname)
+    TableName::new(schema, &rv.relname).to_string()
 }
 
 /// The strings of a name list (`public.st` → `["public", "st"]`).

@@ -9,6 +9,8 @@ use shardline_topology::ConnectError;
 pub enum ExportError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    #[error("--table {text:?} is not a table name: {why}")]
+    BadTableName { text: String, why: String },
     #[error("table {table} does not exist on {database}")]
     MissingTable { table: String, database: String },
     #[error("--from {name}: no such context in the topology (contexts: {known})")]
@@ -66,6 +68,9 @@ impl ExportError {
     pub fn hint(&self) -> String {
         match self {
             Self::Connect(e) => e.hint(),
+            Self::BadTableName { .. } => {
+                "write the name as SQL does: payments, billing.ledger, or '\"Payments\"' for a quoted name".into()
+            }
             Self::MissingTable { .. } => {
                 "check the table name and --from (a sharded table lives on the shards after backfill; --from source reads the monolith)".into()
             }

@@ -8,7 +8,7 @@
 //! query. `--query` runs on the source unless `--from` names a context,
 //! and then on every database of it.
 
-use shardline_topology::{quote_ident, quote_table, ConnString, ContextKind, Topology};
+use shardline_topology::{quote_ident, ConnString, ContextKind, TableName, Topology};
 use tokio_postgres::types::Kind;
 use tokio_postgres::Client;
 
@@ -25,7 +25,7 @@ pub struct Plan {
 
 #[derive(Debug, Clone)]
 pub enum Select {
-    Table(String),
+    Table(TableName),
     Query(String),
 }
 
@@ -33,7 +33,7 @@ impl Select {
     /// A query with the result's shape, for describing it.
     fn describe_sql(&self) -> String {
         match self {
-            Self::Table(t) => format!("SELECT * FROM {}", quote_table(t)),
+            Self::Table(t) => format!("SELECT * FROM {}", t.quoted()),
             Self::Query(q) => q.clone(),
         }
     }
@@ -57,17 +57,12 @@ impl Select {
                 .join(", ")
         };
         match (self, casts) {
-            (Self::Table(t), false) => {
-                format!(
-                    "COPY {} ({}) TO STDOUT (FORMAT binary)",
-                    quote_table(t),
-                    list()
-                )
-            }
-            (Self::Table(t), true) => format!(
+            // A SELECT, not `COPY table`: that refuses a partitioned table,
+            // while a SELECT on it reads every partition.
+            (Self::Table(t), _) => format!(
                 "COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)",
                 list(),
-                quote_table(t)
+                t.quoted()
             ),
             (Self::Query(q), false) => format!("COPY ({q}) TO STDOUT (FORMAT binary)"),
             (Self::Query(q), true) => format!(
@@ -80,33 +75,34 @@ impl Select {
 
 /// Chooses the databases and the statement; connects to nothing.
 pub fn plan(topology: &Topology, what: &What, from: &From) -> Result<Plan, ExportError> {
-    let context_dbs = |name: &str, table: Option<&str>| -> Result<Vec<ConnString>, ExportError> {
-        let ctx = topology
-            .context(name)
-            .ok_or_else(|| ExportError::UnknownContext {
-                name: name.to_string(),
-                known: topology
-                    .contexts
-                    .iter()
-                    .map(|c| c.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?;
-        if let (
-            ContextKind::Sharded {
-                shards,
-                reference_tables,
-                ..
-            },
-            Some(t),
-        ) = (&ctx.kind, table)
-        {
-            if reference_tables.iter().any(|r| r == t) {
-                return Ok(vec![shards[0].clone()]);
+    let context_dbs =
+        |name: &str, table: Option<&TableName>| -> Result<Vec<ConnString>, ExportError> {
+            let ctx = topology
+                .context(name)
+                .ok_or_else(|| ExportError::UnknownContext {
+                    name: name.to_string(),
+                    known: topology
+                        .contexts
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+            if let (
+                ContextKind::Sharded {
+                    shards,
+                    reference_tables,
+                    ..
+                },
+                Some(t),
+            ) = (&ctx.kind, table)
+            {
+                if reference_tables.contains(t) {
+                    return Ok(vec![shards[0].clone()]);
+                }
             }
-        }
-        Ok(ctx.databases().into_iter().cloned().collect())
-    };
+            Ok(ctx.databases().into_iter().cloned().collect())
+        };
     let source = || vec![topology.source.clone()];
     Ok(match what {
         What::Query(q) => Plan {
@@ -116,8 +112,15 @@ pub fn plan(topology: &Topology, what: &What, from: &From) -> Result<Plan, Expor
             },
             what: Select::Query(q.trim().trim_end_matches(';').to_string()),
         },
-        What::Table(t) => {
-            let read_model = topology.read_models.iter().find(|r| &r.name == t);
+        What::Table(text) => {
+            let read_model = topology.read_models.iter().find(|r| &r.name == text);
+            let t = &match read_model {
+                Some(rm) => rm.table(),
+                None => TableName::parse(text).map_err(|e| ExportError::BadTableName {
+                    text: e.text,
+                    why: e.why,
+                })?,
+            };
             match (from, read_model) {
                 (From::Source, Some(rm)) => Plan {
                     databases: source(),
@@ -160,13 +163,13 @@ pub async fn describe(
 ) -> Result<Vec<ColumnSpec>, ExportError> {
     if let Select::Table(t) = select {
         let exists: Option<u32> = client
-            .query_one("SELECT to_regclass($1)::oid", &[t])
+            .query_one("SELECT to_regclass($1)::oid", &[&t.quoted()])
             .await
             .map_err(|e| ExportError::query(database, e))?
             .get(0);
         if exists.is_none() {
             return Err(ExportError::MissingTable {
-                table: t.clone(),
+                table: t.short(),
                 database: database.to_string(),
             });
         }
@@ -228,7 +231,7 @@ pub async fn estimate_rows(client: &Client, select: &Select) -> u64 {
     client
         .query_one(
             "SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = to_regclass($1)",
-            &[t],
+            &[&t.quoted()],
         )
         .await
         .map(|r| r.get::<_, i64>(0) as u64)

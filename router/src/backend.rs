@@ -12,11 +12,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use postgres_protocol::authentication::{md5_hash, sasl};
-use postgres_protocol::message::frontend;
-use shardline_topology::ConnString;
+use shardline_topology::login::login;
+use shardline_topology::{ConnString, ConnectError, DbStream};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::message::{self, read_frame, Frame, FrameError};
 use crate::stats::DbStats;
@@ -50,6 +48,22 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// A failed connect or login: a refusal keeps the server's SQLSTATE
+    /// (or the one shardline's TLS and password rules give it).
+    fn from_connect(target: &str, e: ConnectError) -> Self {
+        match e {
+            ConnectError::Unreachable { cause, .. } => Self::Unreachable {
+                target: target.to_string(),
+                cause,
+            },
+            e => Self::Refused {
+                target: target.to_string(),
+                code: e.sqlstate().to_string(),
+                message: format!("{e} (hint: {})", e.hint()),
+            },
+        }
+    }
+
     pub fn sqlstate(&self) -> &'static str {
         match self {
             // connection_failure for a connection that broke, and
@@ -65,7 +79,7 @@ impl BackendError {
 }
 
 pub struct Backend {
-    stream: TcpStream,
+    stream: DbStream,
     buf: BytesMut,
     target: String,
     /// Named statements prepared on this connection: name → text.
@@ -150,14 +164,20 @@ impl Backend {
 
     async fn open(conn: &ConnString, stats: Arc<DbStats>) -> Result<Self, BackendError> {
         let target = conn.to_string();
-        let unreachable = |cause: String| BackendError::Unreachable {
-            target: target.clone(),
-            cause,
-        };
-        let stream = TcpStream::connect((conn.host().as_str(), conn.port()))
+        // TCP or TLS as the URL's sslmode says, and the login under its
+        // password rule (shardline_topology's transport and login).
+        let params = [
+            ("application_name", "shardline-router"),
+            ("client_encoding", "UTF8"),
+        ];
+        let stream = conn
+            .each_attempt(|mut stream| async move {
+                let protected = stream.is_protected();
+                login(&mut stream, conn, &params, protected).await?;
+                Ok(stream)
+            })
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        stream.set_nodelay(true).ok();
+            .map_err(|e| BackendError::from_connect(&target, e))?;
         let mut b = Self {
             stream,
             buf: BytesMut::with_capacity(8192),
@@ -177,17 +197,6 @@ impl Backend {
             ready_at: None,
             settings: 0,
         };
-        let mut out = BytesMut::new();
-        let params = [
-            ("user", conn.user()),
-            ("database", conn.dbname()),
-            ("application_name", "shardline-router"),
-            ("client_encoding", "UTF8"),
-        ];
-        frontend::startup_message(params.iter().copied(), &mut out)
-            .map_err(|e| unreachable(e.to_string()))?;
-        b.send(&out).await?;
-        b.authenticate(conn).await?;
         loop {
             let f = b.recv().await?;
             match f.tag {
@@ -237,84 +246,6 @@ impl Backend {
             target: self.target.clone(),
             code,
             message,
-        }
-    }
-
-    async fn authenticate(&mut self, conn: &ConnString) -> Result<(), BackendError> {
-        let password = conn.config().get_password().map(<[u8]>::to_vec);
-        let mut scram: Option<sasl::ScramSha256> = None;
-        loop {
-            let f = self.recv().await?;
-            if f.tag == b'E' {
-                return Err(self.refused(&f));
-            }
-            if f.tag != b'R' || f.body().len() < 4 {
-                return Err(self.protocol(format!(
-                    "unexpected message {:?} during authentication",
-                    f.tag as char
-                )));
-            }
-            let code = i32::from_be_bytes(f.body()[..4].try_into().unwrap_or_default());
-            let data = &f.body()[4..];
-            let mut out = BytesMut::new();
-            let need_password = || {
-                password.clone().ok_or_else(|| BackendError::Refused {
-                    target: self.target.clone(),
-                    code: "28P01".into(),
-                    message: "the server wants a password and the connection string has none"
-                        .into(),
-                })
-            };
-            match code {
-                0 => return Ok(()),
-                3 => {
-                    let mut p = need_password()?;
-                    p.push(0);
-                    frontend::password_message(&p, &mut out)
-                        .map_err(|e| self.protocol(e.to_string()))?;
-                }
-                5 => {
-                    let salt: [u8; 4] = data
-                        .try_into()
-                        .map_err(|_| self.protocol("md5 salt".into()))?;
-                    let hash = md5_hash(conn.user().as_bytes(), &need_password()?, salt);
-                    let mut p = hash.into_bytes();
-                    p.push(0);
-                    frontend::password_message(&p, &mut out)
-                        .map_err(|e| self.protocol(e.to_string()))?;
-                }
-                10 => {
-                    let s = sasl::ScramSha256::new(
-                        &need_password()?,
-                        sasl::ChannelBinding::unsupported(),
-                    );
-                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)
-                        .map_err(|e| self.protocol(e.to_string()))?;
-                    scram = Some(s);
-                }
-                11 => {
-                    let s = scram
-                        .as_mut()
-                        .ok_or_else(|| self.protocol("SASL continue before start".into()))?;
-                    s.update(data).map_err(|e| self.protocol(e.to_string()))?;
-                    frontend::sasl_response(s.message(), &mut out)
-                        .map_err(|e| self.protocol(e.to_string()))?;
-                }
-                12 => {
-                    let mut s = scram
-                        .take()
-                        .ok_or_else(|| self.protocol("SASL final before start".into()))?;
-                    s.finish(data).map_err(|e| self.protocol(e.to_string()))?;
-                    continue;
-                }
-                other => {
-                    return Err(BackendError::UnsupportedAuth {
-                        target: self.target.clone(),
-                        code: other,
-                    })
-                }
-            }
-            self.send(&out).await?;
         }
     }
 

@@ -43,7 +43,7 @@ use futures_util::StreamExt;
 use shardline_cutover::control::{self, Owners, HEARTBEAT_MILLIS};
 use shardline_topology::{ConnString, Placement, ShardKey};
 use tokio::sync::{watch, Notify};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use crate::route::resolve;
 use crate::statement::Analyzed;
@@ -376,8 +376,9 @@ impl Cohorts {
         }
     }
 
-    async fn follow(&self) -> Result<(), tokio_postgres::Error> {
-        let (mut client, mut connection) = self.source.config().connect(NoTls).await?;
+    /// Ends with why it stopped following (only logged: the loop retries).
+    async fn follow(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let (mut client, mut connection) = self.source.open().await?;
         let (notes, mut notified) = tokio::sync::mpsc::unbounded_channel::<()>();
         let driver = tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -32,7 +32,9 @@
 //! Describe to the backend that will run them, with their original bytes.
 //! So frames are read whole (`message.rs`), only the fields routing needs
 //! are decoded, and everything else is forwarded byte for byte;
-//! postgres-protocol provides the client side of backend logins.
+//! backends connect and log in through `shardline_topology`'s transport
+//! and login (TLS per the URL's sslmode, require_auth), as every other
+//! shardline connection does.
 //!
 //! Correctness rules the core enforces (each has a test in `tests.rs`):
 //! a key list over several shards is a scatter, never one shard; a

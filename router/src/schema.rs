@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use shardline_topology::{ContextKind, Placement, ShardKeyType, Topology};
+use shardline_topology::{ContextKind, Placement, ShardKeyType, TableName, Topology};
 
 /// How a table is laid out in its context.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub struct ContextInfo {
 
 #[derive(Clone, Debug)]
 pub struct Schema {
-    tables: HashMap<String, TableInfo>,
+    tables: HashMap<TableName, TableInfo>,
     pub(crate) contexts: Vec<ContextInfo>,
 }
 
@@ -82,24 +82,22 @@ impl Schema {
         Self { tables, contexts }
     }
 
-    /// A table by the name a statement used: `payments` and
-    /// `public.payments` both find a table listed as either.
+    /// A table by the name a statement used, in [`TableName`]'s SQL
+    /// syntax (`payments`, `public.payments`, `"Payments"`), matched
+    /// exactly as PostgreSQL matches names. A partition is not its parent:
+    /// statements name the table the topology lists.
     pub(crate) fn table(&self, name: &str) -> Option<TableInfo> {
-        if let Some(t) = self.tables.get(name) {
-            return Some(*t);
-        }
-        match name.strip_prefix("public.") {
-            Some(bare) => self.tables.get(bare).copied(),
-            None => self.tables.get(&format!("public.{name}")).copied(),
-        }
+        self.tables.get(&TableName::parse(name).ok()?).copied()
     }
 
     /// System catalogs exist in every database and belong to no context.
     pub(crate) fn is_catalog(&self, name: &str) -> bool {
-        let bare = name.rsplit('.').next().unwrap_or(name);
-        name.starts_with("pg_catalog.")
-            || name.starts_with("information_schema.")
-            || (bare.starts_with("pg_") && self.table(name).is_none())
+        let Ok(t) = TableName::parse(name) else {
+            return false;
+        };
+        t.schema == "pg_catalog"
+            || t.schema == "information_schema"
+            || (t.name.starts_with("pg_") && !self.tables.contains_key(&t))
     }
 
     pub fn context_index(&self, name: &str) -> Option<usize> {

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 
 use serde_json::Value;
-use shardline_topology::{ShardKey, ShardKeyType};
+use shardline_topology::{ShardKey, ShardKeyType, TableName, DEFAULT_SCHEMA};
 
 use crate::error::RouteError;
 use crate::merge::{self, MergeShape};
@@ -206,7 +206,11 @@ fn set_key(fields: &Value, schema: &Schema) -> Analyzed {
 
 /// A table reference found in a query level.
 struct TableRef {
+    /// The table's [`TableName::short`] form: what the schema is asked
+    /// about and what messages show.
     name: String,
+    /// The relation's own name, as columns may be qualified with it.
+    rel: String,
     alias: Option<String>,
 }
 
@@ -275,9 +279,8 @@ fn data(kind: &str, fields: &Value, schema: &Schema) -> Analyzed {
             .unwrap_or_default();
         let qualifiers: HashSet<&str> = sharded
             .iter()
-            .flat_map(|t| [Some(t.name.as_str()), t.alias.as_deref()])
+            .flat_map(|t| [Some(t.rel.as_str()), t.alias.as_deref()])
             .flatten()
-            .map(|n| n.rsplit('.').next().unwrap_or(n))
             .collect();
         let look = KeyLook {
             key,
@@ -364,14 +367,17 @@ fn collect_cte_names(v: &Value, out: &mut HashSet<String>) {
     }
 }
 
+/// A RangeVar's table in its canonical short form (pg_query has already
+/// folded unquoted names and unquoted quoted ones, as PostgreSQL does).
 fn range_var_name(rv: &Value) -> String {
     let schema = string(rv, "schemaname");
     let rel = string(rv, "relname");
-    if schema.is_empty() {
-        rel.to_string()
+    let schema = if schema.is_empty() {
+        DEFAULT_SCHEMA
     } else {
-        format!("{schema}.{rel}")
-    }
+        schema
+    };
+    TableName::new(schema, rel).short()
 }
 
 /// Visits every child of `v`, opening a new level at each SELECT, INSERT,
@@ -382,11 +388,12 @@ fn walk<'a>(v: &'a Value, level: usize, levels: &mut Vec<Level<'a>>, ctes: &Hash
         Value::Object(map) => {
             if let (Some(Value::String(_)), Some(_)) = (map.get("relname"), map.get("inh")) {
                 let name = range_var_name(v);
-                if !(string(v, "schemaname").is_empty() && ctes.contains(&name)) {
+                let rel = string(v, "relname").to_string();
+                if !(string(v, "schemaname").is_empty() && ctes.contains(&rel)) {
                     let alias = child(v, "alias")
                         .map(|a| string(a, "aliasname").to_string())
                         .filter(|a| !a.is_empty());
-                    levels[level].tables.push(TableRef { name, alias });
+                    levels[level].tables.push(TableRef { name, rel, alias });
                 }
                 return;
             }

@@ -23,7 +23,7 @@ mod tls;
 pub use fleet::{Fleet, Member, MemberSpec, MemberStatus};
 pub use install::{find_bindir, Bindir};
 pub use server::{PgServer, PgServerBuilder};
-pub use tls::TestCerts;
+pub use tls::{TestCerts, CLIENT_CERT_USER};
 
 /// Errors of starting and driving a server.
 #[derive(Debug, thiserror::Error)]

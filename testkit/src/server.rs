@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 use crate::install::{find_bindir, Bindir};
-use crate::TestkitError;
+use crate::{TestCerts, TestkitError};
 
 /// Settings every server gets: logical decoding for CDC, room for slots and
 /// WAL senders of several tests, loopback only.
@@ -43,6 +43,8 @@ pub struct PgServerBuilder {
     password: Option<String>,
     persistent: bool,
     settings: Vec<(String, String)>,
+    tls: Option<TestCerts>,
+    hba: Option<String>,
 }
 
 /// A running PostgreSQL server.
@@ -82,6 +84,19 @@ impl PgServerBuilder {
     /// production durability settings. For the local fleet.
     pub fn persistent(mut self) -> Self {
         self.persistent = true;
+        self
+    }
+
+    /// `ssl = on` with the certificates' server chain and key, and their
+    /// CA for client certificates.
+    pub fn tls(mut self, certs: &TestCerts) -> Self {
+        self.tls = Some(certs.clone());
+        self
+    }
+
+    /// The whole `pg_hba.conf` instead of the default (trust everyone).
+    pub fn hba(mut self, text: &str) -> Self {
+        self.hba = Some(text.to_string());
         self
     }
 
@@ -127,7 +142,16 @@ impl PgServerBuilder {
             for (k, v) in settings {
                 conf.push_str(&format!("{k} = {v}\n"));
             }
+            if let Some(certs) = &self.tls {
+                conf.push_str(&install_certs(&owner, &root, certs)?);
+            }
             append(&data.join("postgresql.conf"), &conf)?;
+            if let Some(hba) = &self.hba {
+                let file = data.join("pg_hba.conf");
+                std::fs::write(&file, hba)
+                    .map_err(TestkitError::io(format!("writing {}", file.display())))?;
+                owner.chown(&file)?;
+            }
         }
         let mut server = PgServer {
             bindir,
@@ -540,6 +564,32 @@ fn free_port() -> Result<u16, TestkitError> {
         .local_addr()
         .map(|a| a.port())
         .map_err(TestkitError::io("finding a free port"))
+}
+
+/// Copies the server's chain, key and CA into `root`, owned by the server's
+/// user with the key private (PostgreSQL refuses a key others can read);
+/// returns the `postgresql.conf` lines that use them.
+fn install_certs(
+    owner: &ServerOwner,
+    root: &Path,
+    certs: &TestCerts,
+) -> Result<String, TestkitError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut lines = String::from("ssl = on\n");
+    for (setting, from, name) in [
+        ("ssl_cert_file", &certs.cert, "server.crt"),
+        ("ssl_key_file", &certs.key, "server.key"),
+        ("ssl_ca_file", &certs.ca, "root.crt"),
+    ] {
+        let to = root.join(name);
+        std::fs::copy(from, &to)
+            .map_err(TestkitError::io(format!("copying {}", from.display())))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+            .map_err(TestkitError::io(format!("chmod {}", to.display())))?;
+        owner.chown(&to)?;
+        lines.push_str(&format!("{setting} = '{}'\n", to.display()));
+    }
+    Ok(lines)
 }
 
 fn append(path: &Path, text: &str) -> Result<(), TestkitError> {

@@ -1,11 +1,17 @@
 //! Throwaway TLS files for tests, made with the `openssl` command: a CA,
 //! server certificates it signed for `localhost` and 127.0.0.1, and their
-//! keys in each PEM form a server is expected to read.
+//! keys in each PEM form a server is expected to read; a client
+//! certificate for the user [`CLIENT_CERT_USER`], and a second CA that
+//! signed nothing here, for "unknown issuer" cases.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::TestkitError;
+
+/// The user name (CN) of the client certificate.
+pub const CLIENT_CERT_USER: &str = "certuser";
 
 /// PEM files in one directory.
 #[derive(Clone, Debug)]
@@ -24,6 +30,12 @@ pub struct TestCerts {
     pub rsa_key: PathBuf,
     /// A PKCS#8 key that belongs to no certificate here.
     pub other_key: PathBuf,
+    /// A client certificate the CA signed, CN [`CLIENT_CERT_USER`].
+    pub client_cert: PathBuf,
+    /// Its key, mode 0600 as libpq wants it.
+    pub client_key: PathBuf,
+    /// A CA certificate that signed none of the certificates here.
+    pub other_ca: PathBuf,
 }
 
 impl TestCerts {
@@ -85,6 +97,43 @@ impl TestCerts {
         openssl(&[&["genrsa", "-traditional", "-out", &s(&p("rsa.key")), "2048"]])?;
         server(&p("rsa.key"), &p("rsa.pem"))?;
         openssl(&[&["genpkey"], &ec, &["-out", &s(&p("other.key"))]])?;
+        let client_ext = p("client.ext");
+        std::fs::write(
+            &client_ext,
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+        )
+        .map_err(|cause| io("writing the certificate extensions", cause))?;
+        openssl(&[&["genpkey"], &ec, &["-out", &s(&p("client.key"))]])?;
+        openssl(&[
+            &["req", "-new", "-subj", &format!("/CN={CLIENT_CERT_USER}")],
+            &["-key", &s(&p("client.key")), "-out", &s(&p("client.csr"))],
+        ])?;
+        openssl(&[
+            &["x509", "-req", "-days", "2", "-CAcreateserial"],
+            &["-in", &s(&p("client.csr")), "-out", &s(&p("client.pem"))],
+            &["-CA", &s(&p("ca.pem")), "-CAkey", &s(&p("ca.key"))],
+            &["-extfile", &s(&client_ext)],
+        ])?;
+        std::fs::set_permissions(p("client.key"), std::fs::Permissions::from_mode(0o600))
+            .map_err(|cause| io("chmod the client key", cause))?;
+        openssl(&[
+            &["req", "-x509", "-newkey", "ec"],
+            &[
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "2",
+            ],
+            &["-subj", "/CN=shardline-other-ca"],
+            &["-addext", "basicConstraints=critical,CA:TRUE"],
+            &[
+                "-keyout",
+                &s(&p("other-ca.key")),
+                "-out",
+                &s(&p("other-ca.pem")),
+            ],
+        ])?;
         Ok(Self {
             ca: p("ca.pem"),
             cert: p("server.pem"),
@@ -93,6 +142,9 @@ impl TestCerts {
             rsa_cert: p("rsa.pem"),
             rsa_key: p("rsa.key"),
             other_key: p("other.key"),
+            client_cert: p("client.pem"),
+            client_key: p("client.key"),
+            other_ca: p("other-ca.pem"),
         })
     }
 }

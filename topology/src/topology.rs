@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::conn::ConnString;
+use crate::name::TableName;
 use crate::placement::{Placement, ShardKeyType, DEFAULT_BUCKETS};
 
 mod router;
@@ -67,7 +68,7 @@ pub struct CutoverConfig {
 #[derive(Clone, Debug)]
 pub struct Context {
     pub name: String,
-    pub tables: Vec<String>,
+    pub tables: Vec<TableName>,
     pub kind: ContextKind,
     /// CDC commits this context's changes at most this often (`None`:
     /// continuously). Eventually consistent by design, such as settlements
@@ -83,7 +84,7 @@ pub enum ContextKind {
         placement: Placement,
         shards: Vec<ConnString>,
         /// Small tables copied whole to every shard.
-        reference_tables: Vec<String>,
+        reference_tables: Vec<TableName>,
     },
     /// Tables kept whole in one database.
     Single { url: ConnString },
@@ -107,7 +108,7 @@ impl Context {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReadModel {
     pub name: String,
-    pub from: String,
+    pub from: TableName,
     pub filter: Option<String>,
     pub group_by: Vec<String>,
     pub aggregates: Vec<String>,
@@ -128,9 +129,14 @@ impl ReadModel {
             "SELECT {}, {} FROM {}{filter} GROUP BY {}",
             self.group_by.join(", "),
             self.aggregates.join(", "),
-            crate::quote_table(&self.from),
+            self.from.quoted(),
             positions.join(", ")
         )
+    }
+
+    /// The read model's table in its context (`public.<name>`).
+    pub fn table(&self) -> TableName {
+        TableName::new(crate::DEFAULT_SCHEMA, self.name.clone())
     }
 
     /// The names of the group columns (`expr AS name` → `name`): the read
@@ -307,7 +313,7 @@ impl Topology {
 
     /// The context a table belongs to, as listed (reference tables of a
     /// sharded context count as belonging to it).
-    pub fn context_of_table(&self, table: &str) -> Option<&Context> {
+    pub fn context_of_table(&self, table: &TableName) -> Option<&Context> {
         self.contexts.iter().find(|c| {
             c.tables.iter().any(|t| t == table)
                 || matches!(&c.kind, ContextKind::Sharded { reference_tables, .. } if reference_tables.iter().any(|t| t == table))
@@ -406,7 +412,7 @@ impl Validator<'_> {
             );
         }
         let mut contexts = Vec::new();
-        let mut table_owner: HashMap<String, String> = HashMap::new();
+        let mut table_owner: HashMap<TableName, String> = HashMap::new();
         let mut databases: HashMap<(String, u16, String), String> = HashMap::new();
         if let Some(s) = &source {
             databases.insert(s.identity(), "source.url".into());
@@ -435,7 +441,7 @@ impl Validator<'_> {
         &mut self,
         name: &str,
         raw: RawContext,
-        table_owner: &mut HashMap<String, String>,
+        table_owner: &mut HashMap<TableName, String>,
         databases: &mut HashMap<(String, u16, String), String>,
     ) -> Option<Context> {
         let at = |key: &'static str| [Seg::Key("contexts"), Seg::Key(name), Seg::Key(key)];
@@ -443,6 +449,8 @@ impl Validator<'_> {
         if raw.tables.is_empty() && raw.reference_tables.is_empty() {
             self.problem(&at("tables"), "lists no table");
         }
+        let mut tables = Vec::new();
+        let mut reference_tables = Vec::new();
         let listed = raw
             .tables
             .iter()
@@ -460,13 +468,21 @@ impl Validator<'_> {
                 Seg::Key(key),
                 Seg::Index(index),
             ];
-            if table.trim().is_empty() {
-                self.problem(&path, "empty table name");
-            } else if let Some(owner) = table_owner.insert(table.clone(), name.to_string()) {
-                self.problem(
-                    &path,
-                    format!("table {table:?} is already listed in context {owner:?}"),
-                );
+            match TableName::parse(table) {
+                Err(e) => self.problem(&path, e.to_string()),
+                Ok(parsed) => {
+                    if let Some(owner) = table_owner.insert(parsed.clone(), name.to_string()) {
+                        self.problem(
+                            &path,
+                            format!("table {parsed} is already listed in context {owner:?}"),
+                        );
+                    }
+                    if key == "tables" {
+                        tables.push(parsed);
+                    } else {
+                        reference_tables.push(parsed);
+                    }
+                }
             }
         }
         let mut check_db = |v: &mut Self, path: &[Seg], conn: &ConnString, label: String| {
@@ -588,7 +604,7 @@ impl Validator<'_> {
                         shard_key,
                         placement,
                         shards,
-                        reference_tables: raw.reference_tables,
+                        reference_tables: std::mem::take(&mut reference_tables),
                     }),
                     _ => None,
                 }
@@ -607,7 +623,7 @@ impl Validator<'_> {
         }
         kind.map(|kind| Context {
             name: name.to_string(),
-            tables: raw.tables,
+            tables,
             kind,
             apply_interval,
         })
@@ -632,9 +648,13 @@ impl Validator<'_> {
                     format!("read model {:?} is defined twice", rm.name),
                 );
             }
-            if rm.from.trim().is_empty() {
-                self.problem(&at("from"), "names no source table");
-            }
+            let from = match TableName::parse(&rm.from) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.problem(&at("from"), e.to_string());
+                    TableName::new("", "")
+                }
+            };
             if rm.group_by.is_empty() {
                 self.problem(&at("group_by"), "needs at least one grouping expression");
             }
@@ -662,7 +682,7 @@ impl Validator<'_> {
             }
             out.push(ReadModel {
                 name: rm.name,
-                from: rm.from,
+                from,
                 filter: rm.filter.filter(|f| !f.trim().is_empty()),
                 group_by: rm.group_by,
                 aggregates: rm.aggregates,

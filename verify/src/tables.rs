@@ -1,6 +1,6 @@
 //! What to compare: the topology's tables and read models as specs.
 
-use shardline_topology::{quote_table, ConnString, ContextKind, Topology};
+use shardline_topology::{ConnString, ContextKind, TableName, Topology};
 
 use crate::checksum::{Column, SESSION_SETTINGS};
 use crate::compare::{Layout, Side, TableSpec};
@@ -32,7 +32,7 @@ pub async fn check_exists(side: &Side, spec: &TableSpec) -> Result<(), VerifyErr
         .client
         .query_one(
             "SELECT to_regclass($1) IS NOT NULL",
-            &[&spec.target_relation.replace('"', "")],
+            &[&spec.target_relation],
         )
         .await
         .map_err(|e| VerifyError::query(&side.name, &spec.name, e))?
@@ -136,24 +136,26 @@ pub async fn specs(
     source: &Side,
     only: Option<&[String]>,
 ) -> Result<Vec<TableSpec>, VerifyError> {
-    let wanted = |t: &str| {
-        only.is_none_or(|list| {
-            list.iter()
-                .any(|w| w == t || format!("public.{w}") == t || w == &format!("public.{t}"))
-        })
-    };
+    // Names given on the command line read as SQL reads them, like the
+    // topology's; a read model is named as the topology names it.
+    let mut wanted_tables = Vec::new();
     if let Some(list) = only {
         for t in list {
-            let known = topology.context_of_table(t).is_some()
+            let parsed = TableName::parse(t).ok();
+            let known = parsed
+                .as_ref()
+                .is_some_and(|p| topology.context_of_table(p).is_some())
                 || topology.read_models.iter().any(|r| &r.name == t);
             if !known {
                 return Err(VerifyError::Unlisted { table: t.clone() });
             }
+            wanted_tables.extend(parsed);
         }
     }
+    let wanted = |t: &TableName| only.is_none() || wanted_tables.contains(t);
     let mut out = Vec::new();
     for context in &topology.contexts {
-        let (tables, reference): (Vec<&String>, Vec<&String>) = match &context.kind {
+        let (tables, reference): (Vec<&TableName>, Vec<&TableName>) = match &context.kind {
             ContextKind::Sharded {
                 reference_tables, ..
             } => (
@@ -163,10 +165,10 @@ pub async fn specs(
             ContextKind::Single { .. } => (context.tables.iter().collect(), Vec::new()),
         };
         for table in tables.into_iter().filter(|t| wanted(t)) {
-            let (columns, key) = shape(source, table).await?;
+            let (columns, key) = shape(source, &table.quoted()).await?;
             if key.is_empty() {
                 return Err(VerifyError::NoPrimaryKey {
-                    table: table.clone(),
+                    table: table.short(),
                 });
             }
             let layout = match &context.kind {
@@ -181,9 +183,9 @@ pub async fn specs(
                 ContextKind::Single { .. } => Layout::Single,
             };
             out.push(TableSpec {
-                name: table.clone(),
-                source_relation: quote_table(table),
-                target_relation: quote_table(table),
+                name: table.short(),
+                source_relation: table.quoted(),
+                target_relation: table.quoted(),
                 columns,
                 key,
                 layout,
@@ -192,17 +194,17 @@ pub async fn specs(
         }
         // A reference table is whole on every shard: one comparison each.
         for table in reference.into_iter().filter(|t| wanted(t)) {
-            let (columns, key) = shape(source, table).await?;
+            let (columns, key) = shape(source, &table.quoted()).await?;
             if key.is_empty() {
                 return Err(VerifyError::NoPrimaryKey {
-                    table: table.clone(),
+                    table: table.short(),
                 });
             }
             for (i, shard) in context.databases().into_iter().enumerate() {
                 out.push(TableSpec {
-                    name: format!("{table} (shard {i})"),
-                    source_relation: quote_table(table),
-                    target_relation: quote_table(table),
+                    name: format!("{} (shard {i})", table.short()),
+                    source_relation: table.quoted(),
+                    target_relation: table.quoted(),
                     columns: columns.clone(),
                     key: key.clone(),
                     layout: Layout::Single,
@@ -221,7 +223,7 @@ pub async fn specs(
         };
         let target = context.databases()[0].clone();
         let side = connect(&target).await?;
-        let (columns, _) = shape(&side, &rm.name).await?;
+        let (columns, _) = shape(&side, &rm.table().quoted()).await?;
         let groups = rm.group_columns();
         let key = columns
             .iter()
@@ -231,7 +233,7 @@ pub async fn specs(
         out.push(TableSpec {
             name: format!("{} (read model)", rm.name),
             source_relation: format!("({})", rm.query()),
-            target_relation: quote_table(&rm.name),
+            target_relation: rm.table().quoted(),
             columns,
             key,
             layout: Layout::Single,

@@ -168,10 +168,7 @@ impl Ctx<'_> {
                         _ => None,
                     };
                     let child = child
-                        .map(|rv| {
-                            let schema = table.split_once('.').map(|(s, _)| s).unwrap_or("public");
-                            super::statement::qualified(&rv, schema)
-                        })
+                        .map(|rv| super::statement::qualified(&rv, &super::schema_of(table)))
                         .unwrap_or_default();
                     // Rows of the partition leave the table without deletes
                     // in the stream: only a target that keeps the
@@ -353,8 +350,7 @@ impl Ctx<'_> {
 
     /// Whether a foreign key from `table` to `rv` can hold on the targets.
     fn fk_holds(&self, table: &str, rv: &protobuf::RangeVar) -> bool {
-        let schema = table.split_once('.').map(|(s, _)| s).unwrap_or("public");
-        let referenced = super::statement::qualified(rv, schema);
+        let referenced = super::statement::qualified(rv, &super::schema_of(table));
         (self.scope.listed)(&referenced) && (self.scope.colocated)(table, &referenced)
     }
 

@@ -279,7 +279,11 @@ fn dropped_indexes_are_dropped_where_a_listed_table_has_them() {
         r#"DROP INDEX CONCURRENTLY IF EXISTS "public"."payments_b_idx""#
     );
     assert!(s[0].concurrent && s[0].at == Where::Everywhere);
-    assert!(s[0].guard.as_ref().unwrap().contains("'public.payments'"));
+    assert!(s[0]
+        .guard
+        .as_ref()
+        .unwrap()
+        .contains("('public', 'payments')"));
 }
 
 #[test]
@@ -385,4 +389,36 @@ fn identities_are_read_as_postgresql_quotes_them() {
         identity_name(r#""My Schema"."Odd.""Name""#, "My Schema"),
         r#"Odd."Name"#
     );
+}
+
+#[test]
+fn odd_table_names_keep_their_spelling() {
+    let c = captured(
+        "ALTER TABLE",
+        r#"ALTER TABLE billing."Ledger.2024" ADD COLUMN x int"#,
+        vec![Object {
+            kind: "table".into(),
+            identity: Some(r#"billing."Ledger.2024""#.into()),
+            schema: Some("billing".into()),
+            table: Some(r#"billing."Ledger.2024""#.into()),
+            address: None,
+        }],
+    );
+    let listed = |t: &str| t == r#"billing."Ledger.2024""#;
+    let none = |_: &str| None;
+    let no = |_: &str, _: &str| false;
+    let p = plan(
+        &c,
+        &Scope {
+            listed: &listed,
+            parent_of: &none,
+            colocated: &no,
+            listed_tables: &[],
+        },
+    );
+    let Plan::Apply(changes) = p else {
+        panic!("{p:?}")
+    };
+    assert_eq!(changes.tables, vec![r#"billing."Ledger.2024""#.to_string()]);
+    assert_eq!(quoted(&changes.tables[0]), r#""billing"."Ledger.2024""#);
 }

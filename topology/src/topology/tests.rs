@@ -48,10 +48,17 @@ fn a_good_topology_loads() {
     let tx = t.context("transactions").unwrap();
     assert_eq!(tx.databases().len(), 2);
     assert_eq!(
-        t.context_of_table("currencies").unwrap().name,
+        t.context_of_table(&TableName::parse("currencies").unwrap())
+            .unwrap()
+            .name,
         "transactions"
     );
-    assert_eq!(t.context_of_table("merchants").unwrap().name, "analytics");
+    assert_eq!(
+        t.context_of_table(&TableName::parse("merchants").unwrap())
+            .unwrap()
+            .name,
+        "analytics"
+    );
     assert_eq!(
         t.read_models[0].filter.as_deref(),
         Some("status = 'captured'")
@@ -164,7 +171,7 @@ fn passwords_never_reach_messages() {
 fn read_model_query_groups_by_position_and_names_come_from_aliases() {
     let rm = ReadModel {
         name: "daily".into(),
-        from: "payments".into(),
+        from: TableName::parse("payments").unwrap(),
         filter: Some("status = 'captured'".into()),
         group_by: vec![
             "merchant_id".into(),
@@ -175,7 +182,7 @@ fn read_model_query_groups_by_position_and_names_come_from_aliases() {
     };
     assert_eq!(
         rm.query(),
-        "SELECT merchant_id, date_trunc('day', created_at) AS day, count(*) AS n FROM \"payments\" WHERE status = 'captured' GROUP BY 1, 2"
+        "SELECT merchant_id, date_trunc('day', created_at) AS day, count(*) AS n FROM \"public\".\"payments\" WHERE status = 'captured' GROUP BY 1, 2"
     );
     assert_eq!(rm.group_columns(), ["merchant_id", "day"]);
     assert_eq!(output_name("sum(amount) as volume"), "volume");
@@ -292,4 +299,54 @@ fn ddl_capture_is_the_default_and_stop_turns_it_off() {
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].key, "source.ddl");
     assert!(p[0].message.contains("\"capture\""), "{}", p[0].message);
+}
+
+#[test]
+fn table_names_are_read_as_sql_reads_them() {
+    let text = GOOD.replace(
+        "tables = [\"payments\", \"refunds\"]",
+        r#"tables = ['"Payments"', 'billing."Ledger"', '"odd.name with space"', "Refunds"]"#,
+    );
+    let t = parse(&text).unwrap();
+    let tx = t.context("transactions").unwrap();
+    assert_eq!(
+        tx.tables,
+        [
+            TableName::new("public", "Payments"),
+            TableName::new("billing", "Ledger"),
+            TableName::new("public", "odd.name with space"),
+            TableName::new("public", "refunds"),
+        ]
+    );
+    assert_eq!(
+        t.context_of_table(&TableName::parse("REFUNDS").unwrap())
+            .unwrap()
+            .name,
+        "transactions"
+    );
+    assert!(t
+        .context_of_table(&TableName::parse("payments").unwrap())
+        .is_none());
+}
+
+#[test]
+fn bad_and_repeated_table_names_name_their_key() {
+    let text = GOOD.replace(
+        "tables = [\"payments\", \"refunds\"]",
+        r#"tables = ["odd name", "Refunds", "public.refunds"]"#,
+    );
+    let found = problems(&text);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.key == "contexts.transactions.tables[0]" && p.message.contains("quote it")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.key == "contexts.transactions.tables[2]"
+                && p.message.contains("public.refunds is already listed")),
+        "{found:?}"
+    );
 }
