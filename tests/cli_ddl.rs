@@ -390,3 +390,69 @@ fn a_change_the_targets_cannot_follow_stops_cdc_with_the_statement_the_target_an
         text(&out)
     );
 }
+
+#[test]
+fn a_new_partition_reaches_targets_that_keep_the_partitioning_and_a_dropped_one_stops_the_others() {
+    let f = fleet("", ", \"orders\"");
+    let partitioned = "CREATE TABLE orders (merchant_id bigint NOT NULL, id bigint NOT NULL, created date NOT NULL, amount int,
+                                           PRIMARY KEY (merchant_id, id, created)) PARTITION BY RANGE (created);
+                       CREATE TABLE orders_2024 PARTITION OF orders FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');";
+    // Shard 0 keeps the source's partitioning; shard 1 holds one table.
+    f.source.psql("postgres", partitioned).unwrap();
+    f.shards[0].psql("postgres", partitioned).unwrap();
+    f.shards[1]
+        .psql("postgres", "CREATE TABLE orders (merchant_id bigint NOT NULL, id bigint NOT NULL, created date NOT NULL, amount int, PRIMARY KEY (merchant_id, id, created))")
+        .unwrap();
+    let cdc = f.cdc();
+    f.sql("INSERT INTO orders SELECT g % 37, g, date '2024-03-01' + g % 200, g FROM generate_series(1, 300) g");
+    f.sql("CREATE TABLE orders_2025 PARTITION OF orders FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')");
+    f.sql("INSERT INTO orders SELECT g % 37, g, date '2025-02-01' + g % 200, g FROM generate_series(301, 600) g;
+           UPDATE orders SET created = created + 365 WHERE id % 10 = 0 AND created < '2025-01-01'");
+    let caught_up = f.wait_caught_up();
+    let out = stop(cdc);
+    assert!(caught_up && out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "keeps public.orders as one table: partition public.orders_2025 is not created there"
+        ),
+        "{}",
+        text(&out)
+    );
+    let partitions = "SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'orders'::regclass";
+    assert_eq!(
+        f.shards[0].psql("postgres", partitions).unwrap().trim(),
+        "orders_2024,orders_2025"
+    );
+    assert_eq!(f.shards[1].psql("postgres", partitions).unwrap().trim(), "");
+    assert_eq!(
+        f.shards[0]
+            .psql("postgres", "SELECT count(*) > 0 FROM orders_2025")
+            .unwrap()
+            .trim(),
+        "t"
+    );
+    let out = f.run(&["verify", "--tables", "orders"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Retention: the source drops a partition, its rows go without deletes
+    // in the stream. Shard 0 drops it too; shard 1 would keep the rows, so
+    // cdc stops there, naming it.
+    let cdc = f.cdc();
+    f.sql("DROP TABLE orders_2024");
+    let out = wait_exit(cdc);
+    let message = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{message}");
+    assert!(message.contains("`DROP TABLE orders_2024`"), "{message}");
+    assert!(
+        message.contains(&format!("127.0.0.1:{}/postgres", f.shards[1].port())),
+        "{message}"
+    );
+    assert!(
+        message.contains("keeps public.orders as one table and still holds those rows"),
+        "{message}"
+    );
+    assert!(
+        message.contains("hint: delete those rows on this target"),
+        "{message}"
+    );
+}

@@ -111,6 +111,8 @@ pub struct Tables {
     by_id: HashMap<u32, Table>,
     /// Column names of each table as last described, to notice DDL.
     first_columns: HashMap<String, Vec<String>>,
+    /// Relations described that the topology does not list, by id.
+    unlisted: HashMap<u32, String>,
     /// Tables a carried schema change touched: their next description
     /// may change their columns.
     expected: std::collections::HashSet<String>,
@@ -151,12 +153,14 @@ impl Tables {
     pub fn describe(&mut self, relation: Relation, routes: &Routes) -> Result<(), ChangeError> {
         let table_name = TableName::new(&relation.namespace, &relation.name);
         let name = table_name.to_string();
-        let route = routes
-            .route(&relation.namespace, &relation.name)
-            .cloned()
-            .ok_or_else(|| ChangeError::Unlisted {
-                table: name.clone(),
-            })?;
+        let Some(route) = routes.route(&relation.namespace, &relation.name).cloned() else {
+            // pgoutput describes a partition next to the partitioned table
+            // its changes are published as: only a change of an unlisted
+            // table is an error.
+            self.unlisted.insert(relation.id, name);
+            return Ok(());
+        };
+        self.unlisted.remove(&relation.id);
         let columns: Vec<String> = relation.columns.iter().map(|c| c.name.clone()).collect();
         let expected = self.expected.remove(&name);
         let first = self
@@ -246,6 +250,11 @@ impl Tables {
     }
 
     pub fn get(&self, id: u32) -> Result<&Table, ChangeError> {
+        if let Some(table) = self.unlisted.get(&id) {
+            return Err(ChangeError::Unlisted {
+                table: table.clone(),
+            });
+        }
         self.by_id.get(&id).ok_or(ChangeError::UnknownRelation(id))
     }
 
