@@ -481,6 +481,11 @@ fn emit(
     let message = pgoutput::decode(data)?;
     if let Some(captured) = schema.log_row(&message)? {
         report.changes += 1;
+        // The sink passes the change on; the tables' next descriptions
+        // follow it.
+        for t in captured.touched_tables() {
+            tables.expect_change(&t);
+        }
         return sink
             .ddl(&txn.info, &captured)
             .map_err(|e| CdcError::Sink(e.to_string()));
