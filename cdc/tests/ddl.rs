@@ -118,3 +118,65 @@ async fn renaming_a_column_a_read_model_names_stops_cdc_with_the_reason() {
         assert_eq!(columns.trim(), "merchant_id,id,amount,note,meta,memo");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_capture_needs_a_superuser_and_stop_mode_runs_without_it() {
+    let f = fleet();
+    f.source
+        .psql(
+            "postgres",
+            "CREATE ROLE app LOGIN REPLICATION;
+             ALTER TABLE payments OWNER TO app; ALTER TABLE payouts OWNER TO app;",
+        )
+        .unwrap();
+    let topology = |source_extra: &str| {
+        let text = format!(
+            "[source]\nurl = \"postgres://app@127.0.0.1:{}/postgres\"\n{source_extra}\n[contexts.transactions]\ntables = [\"payments\"]\nshard_key = \"merchant_id\"\nshards = [\"{}\", \"{}\"]\n[contexts.settlements]\ntables = [\"payouts\"]\nurl = \"{}\"\n",
+            f.source.port(),
+            f.shards[0].url("postgres"),
+            f.shards[1].url("postgres"),
+            f.settlements.url("postgres")
+        );
+        Topology::parse(&text, Path::new("t.toml")).unwrap()
+    };
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let (_stop, cdc) = spawn_cdc(&topology(""), &options);
+    let result = cdc.await.unwrap();
+    let message = result.expect_err("a role that cannot install the capture is refused").to_string();
+    assert!(
+        message.contains("role app cannot install the DDL capture on the source: event triggers need a superuser"),
+        "{message}"
+    );
+    assert!(message.contains("ddl = \"stop\""), "{message}");
+
+    // Without the capture: nothing installed, and a column change stops
+    // cdc naming the columns.
+    let (_stop, cdc) = spawn_cdc(&topology("ddl = \"stop\""), &options);
+    wait_streaming(&f.source).await;
+    assert_eq!(
+        f.source
+            .psql("postgres", "SELECT count(*) FROM pg_event_trigger")
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    for sql in [
+        "INSERT INTO payments VALUES (7, 1, 2.50, NULL, NULL)",
+        "ALTER TABLE payments ADD COLUMN risk int",
+        "INSERT INTO payments VALUES (7, 2, 1, NULL, NULL, 3)",
+    ] {
+        f.source.psql("postgres", sql).unwrap();
+    }
+    let result = tokio::time::timeout(Duration::from_secs(120), cdc)
+        .await
+        .expect("cdc stops by itself")
+        .unwrap();
+    let message = result.expect_err("an uncaptured column change stops cdc").to_string();
+    assert!(
+        message.contains("table public.payments: the source's columns changed (added [\"risk\"]"),
+        "{message}"
+    );
+}
