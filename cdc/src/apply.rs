@@ -53,6 +53,18 @@ CREATE TABLE IF NOT EXISTS shardline.cdc_progress (
     -- when the source committed the last transaction applied here
     commit_time timestamptz,
     updated_at timestamptz NOT NULL DEFAULT now()
+);
+-- Schema changes that cannot run in a transaction (CONCURRENTLY), recorded
+-- with the progress mark and run right after it commits.
+CREATE TABLE IF NOT EXISTS shardline.ddl_pending (
+    slot_name   text NOT NULL,
+    ddl_id      bigint NOT NULL,
+    step        int NOT NULL,
+    sql         text NOT NULL,
+    guard       text,
+    search_path text NOT NULL,
+    index_name  text,
+    PRIMARY KEY (slot_name, ddl_id, step)
 );";
 
 /// Serialises the creation of the progress table by streams sharing a
@@ -99,6 +111,8 @@ pub enum Command {
         sql: String,
         reply: oneshot::Sender<Result<Option<Vec<Option<String>>>, ApplyError>>,
     },
+    /// A schema change, at its position in the source transaction.
+    Ddl(Box<crate::ddl::TargetDdl>),
     /// The source transaction ending here is complete.
     Commit {
         commit_lsn: Lsn,
@@ -124,6 +138,14 @@ pub enum ApplyError {
     },
     #[error("target {target}: {what}: the target diverged from the source before this change; nothing of its target transaction was committed")]
     Diverged { target: String, what: String },
+    #[error("schema change {id} (`{statement}`) cannot be applied on {target}: {cause}")]
+    Ddl {
+        target: String,
+        id: i64,
+        statement: String,
+        cause: String,
+        fix: String,
+    },
 }
 
 /// What an applier counts for the run's report, metrics and status.
@@ -246,6 +268,11 @@ struct Pending {
     model_diverged: u64,
     /// The open transaction wrote a read-model `MERGE`.
     merged: bool,
+    /// The open group holds a schema change: it commits at the end of that
+    /// source transaction (a new enum label is usable only after it).
+    ends_group: bool,
+    /// Schema changes wait in `shardline.ddl_pending` for the commit.
+    pending_ddl: bool,
 }
 
 impl Pending {
@@ -312,11 +339,16 @@ impl Applier {
             diverged: Vec::new(),
             model_diverged: 0,
             merged: false,
+            ends_group: false,
+            pending_ddl: false,
         };
         let guard = MergeGuard {
             slot: self.slot.clone(),
             stop: self.on_divergence == OnDivergence::Stop,
         };
+        // Left by a run that stopped between a commit and its concurrent
+        // schema changes.
+        self.run_pending_ddl().await?;
         let mut last_commit = tokio::time::Instant::now();
         loop {
             // Complete transactions wait for the interval to end, or for
@@ -400,6 +432,16 @@ impl Applier {
                     p.rows.flush(&mut p.batch);
                     p.batch.statement(&spec.delete_sql());
                 }
+                Command::Ddl(ddl) => {
+                    p.begin();
+                    p.partial = true;
+                    p.ends_group |= ddl.ends_group;
+                    p.rows.flush(&mut p.batch);
+                    // What came before runs first, so an error is the
+                    // schema change's own.
+                    self.send(&mut p).await?;
+                    p.pending_ddl |= self.ddl(&ddl).await?;
+                }
                 Command::Fetch { sql, reply } => {
                     p.rows.flush(&mut p.batch);
                     self.send(&mut p).await?;
@@ -432,6 +474,7 @@ impl Applier {
                         .group_started
                         .get_or_insert_with(tokio::time::Instant::now);
                     let due = match self.apply_interval {
+                        _ if p.ends_group => true,
                         Some(interval) => last_commit.elapsed() >= interval,
                         None => {
                             let waits = more && started.elapsed() < MAX_GROUP_WAIT;
@@ -519,6 +562,10 @@ impl Applier {
         p.model_diverged = 0;
         p.merged = false;
         p.in_transaction = false;
+        p.ends_group = false;
+        if std::mem::take(&mut p.pending_ddl) {
+            self.run_pending_ddl().await?;
+        }
         p.grouped = 0;
         p.last = None;
         p.group_started = None;
@@ -627,7 +674,7 @@ impl Applier {
         Ok(())
     }
 
-    fn error(&self, e: tokio_postgres::Error) -> ApplyError {
+    pub(crate) fn error(&self, e: tokio_postgres::Error) -> ApplyError {
         if shardline_topology::pgerror::sqlstate(&e) == Some(divergence::SQLSTATE) {
             let what = e
                 .as_db_error()

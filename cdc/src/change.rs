@@ -90,7 +90,7 @@ pub enum ChangeError {
     NotUtf8 { table: String, column: String },
     #[error("table {table}: an update gave the GENERATED ALWAYS identity column {column} a new value, which an UPDATE cannot write on the targets; update the row on every target by hand (with OVERRIDING SYSTEM VALUE via DELETE and INSERT), then start cdc again")]
     IdentityChanged { table: String, column: String },
-    #[error("table {table}: the source's columns changed ({detail}); apply the same change to every target, then start cdc again")]
+    #[error("table {table}: the source's columns changed ({detail}) without a captured schema change (the DDL capture is off, `[source] ddl = \"stop\"`, or was removed); apply the same change to every target, then start cdc again")]
     ColumnsChanged { table: String, detail: String },
 }
 
@@ -114,8 +114,13 @@ pub struct Table {
 #[derive(Debug, Default)]
 pub struct Tables {
     by_id: HashMap<u32, Table>,
-    /// Column names of each table when first described, to notice DDL.
+    /// Column names of each table as last described, to notice DDL.
     first_columns: HashMap<String, Vec<String>>,
+    /// Relations described that the topology does not list, by id.
+    unlisted: HashMap<u32, String>,
+    /// Tables a carried schema change touched: their next description
+    /// may change their columns.
+    expected: std::collections::HashSet<String>,
     /// Primary key columns of tables, by `schema.name`: under REPLICA
     /// IDENTITY FULL every column is flagged as identity, but the primary
     /// key alone finds the row on a target (by index, whatever the types).
@@ -144,20 +149,44 @@ impl Tables {
         self
     }
 
-    /// Records a Relation message. A table whose column list changed since
-    /// it was first described stops the stream (see [`ChangeError::ColumnsChanged`]).
+    /// A carried schema change touched `table` (`schema.name`): its next
+    /// description may change its columns.
+    pub fn expect_change(&mut self, table: &str) {
+        self.expected.insert(table.to_string());
+    }
+
+    /// The primary key of `table` after a schema change.
+    pub fn set_primary_key(&mut self, table: &str, columns: Vec<String>) {
+        if columns.is_empty() {
+            self.primary_keys.remove(table);
+        } else {
+            self.primary_keys.insert(table.to_string(), columns);
+        }
+    }
+
+    /// Records a Relation message. A table whose column list changed
+    /// without a carried schema change before it stops the stream (see
+    /// [`ChangeError::ColumnsChanged`]).
     pub fn describe(&mut self, relation: Relation, routes: &Routes) -> Result<(), ChangeError> {
         let table_name = TableName::new(&relation.namespace, &relation.name);
         let name = table_name.to_string();
         let Some(route) = routes.route(&relation.namespace, &relation.name).cloned() else {
+            // pgoutput describes a partition next to the partitioned table
+            // its changes are published as: only a change of an unlisted
+            // table is an error.
             self.unlisted.insert(relation.id, name);
             return Ok(());
         };
+        self.unlisted.remove(&relation.id);
         let columns: Vec<String> = relation.columns.iter().map(|c| c.name.clone()).collect();
+        let expected = self.expected.remove(&name);
         let first = self
             .first_columns
             .entry(name.clone())
             .or_insert_with(|| columns.clone());
+        if expected {
+            first.clone_from(&columns);
+        }
         if *first != columns {
             let added: Vec<&String> = columns.iter().filter(|c| !first.contains(c)).collect();
             let dropped: Vec<&String> = first.iter().filter(|c| !columns.contains(c)).collect();
@@ -248,15 +277,12 @@ impl Tables {
     }
 
     pub fn get(&self, id: u32) -> Result<&Table, ChangeError> {
-        match self.by_id.get(&id) {
-            Some(t) => Ok(t),
-            None => Err(match self.unlisted.get(&id) {
-                Some(table) => ChangeError::Unlisted {
-                    table: table.clone(),
-                },
-                None => ChangeError::UnknownRelation(id),
-            }),
+        if let Some(table) = self.unlisted.get(&id) {
+            return Err(ChangeError::Unlisted {
+                table: table.clone(),
+            });
         }
+        self.by_id.get(&id).ok_or(ChangeError::UnknownRelation(id))
     }
 
     /// The statements that apply one insert, update or delete.

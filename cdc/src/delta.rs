@@ -151,8 +151,8 @@ pub struct DeltaModel {
     pub spec: Arc<DeltaSpec>,
     pending: Vec<(i8, DeltaRow)>,
     /// The relation last recorded and where each of the spec's columns is
-    /// in its rows (a relation's columns never change within a run: see
-    /// [`crate::change::ChangeError::ColumnsChanged`]).
+    /// in its rows (until a schema change describes the relation again:
+    /// [`DeltaModel::relation_changed`]).
     positions: Option<(u32, Vec<Option<usize>>)>,
 }
 
@@ -242,6 +242,11 @@ impl DeltaModel {
 
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// The source table was described again (its columns may have moved).
+    pub fn relation_changed(&mut self) {
+        self.positions = None;
     }
 
     /// Buffers the delta rows of one insert, update or delete of the

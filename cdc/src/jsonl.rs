@@ -89,6 +89,30 @@ impl JsonlSink {
         out.write_all(b"\n")
     }
 
+    /// Writes one schema change: `op` is `ddl`, `table` the first table it
+    /// touched, and `ddl` what the capture recorded.
+    pub fn ddl(&self, txn: &TxnInfo, captured: &shardline_ddl::Captured) -> std::io::Result<()> {
+        let line = json!({
+            "lsn": txn.commit_lsn.to_string(),
+            "xid": txn.xid,
+            "commit_time": commit_time(txn.commit_time),
+            "table": captured.touched_tables().first(),
+            "op": "ddl",
+            "ddl": {
+                "id": captured.id,
+                "tag": captured.tag,
+                "event": captured.event,
+                "statement": crate::ddl::statement_of(captured),
+                "search_path": captured.search_path,
+                "role": captured.role,
+                "objects": captured.objects,
+            },
+        });
+        let mut out = self.out.lock().expect("sink lock");
+        serde_json::to_writer(&mut *out, &line)?;
+        out.write_all(b"\n")
+    }
+
     /// Makes a committed transaction's lines leave the process.
     pub fn commit(&self) -> std::io::Result<()> {
         self.out.lock().expect("sink lock").flush()

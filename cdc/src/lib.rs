@@ -21,6 +21,9 @@
 //! recomputes the others from the source, per touched group where it can.
 //! [`metrics`] serves Prometheus metrics of a run.
 //!
+//! [`ddl`] carries the source's schema changes: a row of the DDL log met
+//! in the stream becomes statements the appliers run at that position.
+//!
 //! [`jsonl`] writes the decoded stream as JSON lines instead of applying it.
 //!
 //! [`sequence`] keeps the targets' sequences ahead of the source's (the
@@ -32,6 +35,7 @@
 pub mod apply;
 pub mod change;
 pub mod confirm;
+pub mod ddl;
 pub mod delta;
 pub mod divergence;
 pub mod jsonl;

@@ -127,6 +127,15 @@ impl Refresher {
         }
     }
 
+    /// `table` was described again: its columns may have moved.
+    pub fn relation_changed(&mut self, table: &str) {
+        for m in self.models.iter_mut().filter(|m| m.from == table) {
+            if let Some(t) = &mut m.touched {
+                t.relation_changed();
+            }
+        }
+    }
+
     /// An insert, update or delete of `table` makes the groups of its row
     /// images stale.
     pub fn touch_row(&mut self, table: &str, relation: &Relation, message: &LogicalMessage) {

@@ -53,6 +53,9 @@ pub fn reverse_topology(topology: &Topology, shard: usize) -> Option<Topology> {
         router: topology.router.clone(),
         cutover: CutoverConfig::default(),
         cdc: topology.cdc,
+        // Schema changes after the cutover run on every database
+        // (`shardline schema apply`), not through the way back.
+        ddl: shardline_topology::DdlMode::Stop,
     })
 }
 

@@ -39,6 +39,9 @@ pub struct Routes {
     /// The context each target belongs to.
     pub target_context: Vec<String>,
     tables: HashMap<TableName, TableRoute>,
+    /// Schema changes are captured on the source and carried
+    /// (`[source] ddl = "capture"`).
+    pub ddl_capture: bool,
 }
 
 impl Routes {
@@ -47,6 +50,7 @@ impl Routes {
             targets: Vec::new(),
             target_context: Vec::new(),
             tables: HashMap::new(),
+            ddl_capture: topology.ddl == shardline_topology::DdlMode::Capture,
         };
         for context in &topology.contexts {
             let ids: Vec<usize> = context

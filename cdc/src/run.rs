@@ -156,6 +156,15 @@ pub enum CdcError {
         /// The connection went away (worth a reconnect).
         lost: bool,
     },
+    #[error(
+        "schema change {id} on the source, `{statement}`, cannot be carried to the targets: {why}"
+    )]
+    Ddl {
+        id: i64,
+        statement: String,
+        why: String,
+        fix: String,
+    },
     #[error("read model {read_model}: a change of {table} did not carry its whole old row, so the read model cannot be adjusted (fix: ALTER TABLE {table} REPLICA IDENTITY FULL; then `shardline backfill --restart` to copy the read model again)")]
     IncompleteChange { read_model: String, table: String },
 }
@@ -412,6 +421,9 @@ async fn stream_once(
             .await
             .map_err(|e| query_error(&topology.source, e))?;
     }
+    let mut schema = crate::ddl::SchemaStream::new(&source, topology, &routes, &incremental)
+        .await
+        .map_err(|e| query_error(&topology.source, e))?;
     let mut refresh = tokio::time::interval(options.read_model_refresh);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat = tokio::time::interval(options.heartbeat);
@@ -455,11 +467,11 @@ async fn stream_once(
                         ReplicationEvent::XLogData { data, .. } => {
                             let Some(t) = txn.as_mut() else { continue };
                             if let Some(sink) = &jsonl {
-                                emit(data, t, &mut tables, &routes, sink, report)?;
+                                emit(data, t, &mut tables, &routes, &mut schema, sink, report)?;
                                 continue;
                             }
-                            let mut upkeep = Upkeep { refresher: &mut read_models, deltas: &mut deltas };
-                            let known = Known { routes: &routes, source: &topology.source, copied_at: &copied_at, skip_origin: &options.skip_origin };
+                            let mut upkeep = Upkeep { refresher: &mut read_models, deltas: &mut deltas, schema: &mut schema };
+                            let known = Known { routes: &routes, source: &topology.source, client: &source, copied_at: &copied_at, skip_origin: &options.skip_origin };
                             handle(data, t, &mut tables, &known, &targets, &mut upkeep, report).await?;
                         }
                         ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
@@ -590,11 +602,24 @@ fn emit(
     txn: &mut Txn,
     tables: &mut Tables,
     routes: &Routes,
+    schema: &mut crate::ddl::SchemaStream,
     sink: &crate::jsonl::JsonlSink,
     report: &mut RunReport,
 ) -> Result<(), CdcError> {
     let message = pgoutput::decode(data)?;
+    if let Some(captured) = schema.log_row(&message)? {
+        report.changes += 1;
+        // The sink passes the change on; the tables' next descriptions
+        // follow it.
+        for t in captured.touched_tables() {
+            tables.expect_change(&t);
+        }
+        return sink
+            .ddl(&txn.info, &captured)
+            .map_err(|e| CdcError::Sink(e.to_string()));
+    }
     let relations = match &message {
+        LogicalMessage::Relation(r) if schema.describe(r) => return Ok(()),
         LogicalMessage::Relation(r) => return Ok(tables.describe(r.clone(), routes)?),
         LogicalMessage::Insert { relation, .. }
         | LogicalMessage::Update { relation, .. }
@@ -604,7 +629,7 @@ fn emit(
         LogicalMessage::Truncate { relations, .. } => relations.clone(),
         _ => return Ok(()),
     };
-    for id in relations {
+    for id in relations.into_iter().filter(|id| !schema.is_log(*id)) {
         report.changes += 1;
         sink.change(&txn.info, tables.get(id)?, &message)
             .map_err(|e| CdcError::Sink(e.to_string()))?;
@@ -649,8 +674,37 @@ async fn handle(
             .and_then(|t| copied_at.get(t.name()))
             .is_some_and(|lsn| commit_lsn <= *lsn)
     };
+    if let Some(captured) = upkeep.schema.log_row(&message)? {
+        report.changes += 1;
+        let copied_after = |table: &str| copied_at.get(table).is_some_and(|lsn| commit_lsn <= *lsn);
+        let at = crate::ddl::Context {
+            routes,
+            source: known.client,
+            wanted: &wanted,
+            copied_after: &copied_after,
+        };
+        let ddl = upkeep
+            .schema
+            .meet(&captured, at, tables, upkeep.refresher)
+            .await?;
+        for (target, d) in ddl {
+            txn.touched.insert(target);
+            send(&targets[target], Command::Ddl(Box::new(d))).await?;
+        }
+        return Ok(());
+    }
     match &message {
-        LogicalMessage::Relation(r) => tables.describe(r.clone(), routes)?,
+        LogicalMessage::Relation(r) if upkeep.schema.describe(r) => {}
+        LogicalMessage::Relation(r) => {
+            tables.describe(r.clone(), routes)?;
+            let name = shardline_topology::TableName::new(&r.namespace, &r.name).to_string();
+            upkeep.refresher.relation_changed(&name);
+            for m in upkeep.deltas.iter_mut().filter(|m| m.from == name) {
+                m.relation_changed();
+            }
+        }
+        LogicalMessage::Update { relation, .. } | LogicalMessage::Delete { relation, .. }
+            if upkeep.schema.is_log(*relation) => {}
         LogicalMessage::Insert { relation, .. }
         | LogicalMessage::Update { relation, .. }
         | LogicalMessage::Delete { relation, .. } => {
@@ -745,7 +799,7 @@ async fn handle(
             }
         }
         LogicalMessage::Truncate { relations, .. } => {
-            for id in relations {
+            for id in relations.iter().filter(|id| !upkeep.schema.is_log(**id)) {
                 let name = tables.get(*id)?.name().to_string();
                 upkeep.refresher.touch(&name);
                 for m in upkeep.deltas.iter_mut().filter(|m| m.from == name) {
@@ -784,6 +838,8 @@ async fn handle(
 struct Known<'a> {
     routes: &'a Routes,
     source: &'a ConnString,
+    /// The coordinator's own connection to the source.
+    client: &'a tokio_postgres::Client,
     /// Where backfill copied each table and read model (see `source::backfill_points`).
     copied_at: &'a HashMap<String, Lsn>,
     skip_origin: &'a str,
@@ -793,6 +849,7 @@ struct Known<'a> {
 struct Upkeep<'a> {
     refresher: &'a mut crate::readmodel::Refresher,
     deltas: &'a mut Vec<crate::delta::DeltaModel>,
+    schema: &'a mut crate::ddl::SchemaStream,
 }
 
 /// Sends one read model's buffered adjustments to its database's applier,

@@ -42,6 +42,8 @@ pub enum SourceError {
     },
     #[error("slot {slot} is in use by process {pid} (another `shardline cdc run`?)")]
     SlotInUse { slot: String, pid: i32 },
+    #[error("role {0} cannot install the DDL capture on the source: event triggers need a superuser (fix: run `shardline backfill` or `shardline cdc run` once as a superuser, which installs it; or set ddl = \"stop\" under [source] in the topology, and cdc stops when a table's columns change)")]
+    DdlCaptureNeedsSuperuser(String),
     #[error("source query failed: {}", shardline_topology::describe_pg_error(.0))]
     Query(#[from] tokio_postgres::Error),
 }
@@ -74,6 +76,11 @@ pub async fn check(
         .await?;
     if !row.get::<_, bool>(1) {
         problems.push(SourceError::NoReplicationPrivilege(row.get(0)));
+    }
+    if routes.ddl_capture {
+        if let Some(role) = shardline_ddl::capture::missing_privilege(client).await? {
+            problems.push(SourceError::DdlCaptureNeedsSuperuser(role));
+        }
     }
     let mut tables: Vec<(&TableName, &TableRoute)> = routes.tables().collect();
     tables.sort_by_key(|(name, _)| *name);
@@ -123,7 +130,8 @@ pub async fn check(
 }
 
 /// Creates the publication for the listed tables, or adds tables missing
-/// from an existing one. It publishes a partitioned table's changes under
+/// from an existing one. With DDL capture on, installs it first and
+/// publishes its log, so schema changes stream at their position. It publishes a partitioned table's changes under
 /// the table the topology names (`publish_via_partition_root`): rows of
 /// every partition arrive as the parent's, and a row moving between
 /// partitions is an update, not a delete and an insert of two tables.
@@ -135,7 +143,15 @@ pub async fn ensure_publication(
     name: &str,
     routes: &Routes,
 ) -> Result<(), SourceError> {
+    let log = TableName::new(
+        shardline_ddl::capture::LOG_SCHEMA,
+        shardline_ddl::capture::LOG_NAME,
+    );
     let mut wanted: Vec<&TableName> = routes.tables().map(|(t, _)| t).collect();
+    if routes.ddl_capture {
+        shardline_ddl::capture::install(client).await?;
+        wanted.push(&log);
+    }
     wanted.sort();
     let publication = shardline_topology::quote_ident(name);
     let row = client

@@ -228,12 +228,16 @@ pub async fn drop_all(topology: &Topology, slot: &str, publication: &str) -> Res
         ))
         .await
         .map_err(q)?;
+    // The DDL capture goes with the stream it fed; its log stays as history.
+    shardline_ddl::capture::remove(&source).await.map_err(q)?;
     for conn in &Routes::from_topology(topology).targets {
         let client = crate::sql::connect(conn).await?;
         client
             .batch_execute(&format!(
                 "DO $$ BEGIN IF to_regclass('shardline.cdc_progress') IS NOT NULL THEN
-                     DELETE FROM shardline.cdc_progress WHERE slot_name = '{}'; END IF; END $$",
+                     DELETE FROM shardline.cdc_progress WHERE slot_name = '{0}'; END IF;
+                     IF to_regclass('shardline.ddl_pending') IS NOT NULL THEN
+                     DELETE FROM shardline.ddl_pending WHERE slot_name = '{0}'; END IF; END $$",
                 slot.replace('\'', "''")
             ))
             .await

@@ -1,5 +1,6 @@
 //! Integration tests against real PostgreSQL servers.
 
+mod ddl;
 mod decode;
 mod divergence;
 mod origin;

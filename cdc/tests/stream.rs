@@ -340,7 +340,7 @@ async fn a_move_replayed_after_a_crash_between_shards_keeps_unchanged_toast() {
 
 /// A writer the test can read back.
 #[derive(Clone, Default)]
-struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+pub struct Shared(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl std::io::Write for Shared {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

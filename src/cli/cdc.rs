@@ -13,6 +13,22 @@ pub enum CdcCommand {
     Run(RunArgs),
     Status(StatusArgs),
     Drop(DropArgs),
+    SkipDdl(SkipDdlArgs),
+}
+
+/// Pass over a schema change cdc stopped at, once you made it on the targets yourself
+///
+/// cdc stops at a schema change it cannot carry (or that failed on a
+/// target) and names it by its id in `shardline.ddl_log` on the source.
+/// Make the change (or what the targets need instead) on every target,
+/// then record it here: cdc passes over it from then on.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  shardline cdc skip-ddl 42
+  psql \"$SOURCE\" -c 'SELECT id, command_tag, query FROM shardline.ddl_log ORDER BY id DESC LIMIT 5'")]
+pub struct SkipDdlArgs {
+    /// The schema change's id (`shardline.ddl_log.id` on the source)
+    id: i64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -186,6 +202,24 @@ pub async fn run(cmd: CdcCommand, g: &Global) -> anyhow::Result<u8> {
                 }
             }
         }
+        CdcCommand::SkipDdl(args) => {
+            let source = topology.source.connect().await?;
+            let found = shardline_ddl::capture::skip(&source, args.id)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("{}: {}", topology.source, shardline_ddl::pg_cause(&e))
+                })?;
+            if !found {
+                return Err(Hint::error(
+                    format!("the source's DDL log holds no schema change {}", args.id),
+                    "the id is the one cdc's error named; see SELECT id, command_tag, query FROM shardline.ddl_log ORDER BY id DESC on the source",
+                ));
+            }
+            match g.format {
+                Format::Json => print_json(&serde_json::json!({ "skipped": args.id }))?,
+                _ => println!("cdc will pass over schema change {}", args.id),
+            }
+        }
         CdcCommand::Drop(args) => {
             shardline_cdc::status::drop_all(&topology, &args.slot.slot, &args.publication)
                 .await
@@ -273,6 +307,8 @@ fn hinted(e: CdcError) -> anyhow::Error {
         CdcError::Metrics { .. } => {
             "choose a free address for --metrics-listen, such as 127.0.0.1:9187".into()
         }
+        CdcError::Ddl { fix, .. } => fix.clone(),
+        CdcError::Apply(shardline_cdc::apply::ApplyError::Ddl { fix, .. }) => fix.clone(),
         CdcError::Apply(_) | CdcError::Stream(_) => {
             "start `shardline cdc run` again: it resumes where each target stopped".into()
         }

@@ -16,6 +16,7 @@ mod progress;
 mod route;
 mod router;
 mod schema;
+mod schema_apply;
 mod signals;
 mod verify;
 
@@ -100,10 +101,10 @@ pub enum Command {
         after_help = "Examples:\n  shardline cutover plan --cohort 5\n  shardline cutover start --cohort 5\n  shardline cutover status"
     )]
     Cutover(cutover::CutoverCommand),
-    /// Table definitions: compare the targets with the source
+    /// Table definitions: compare the targets with the source, run a migration on them
     #[command(
         subcommand,
-        after_help = "Examples:\n  shardline schema diff\n  shardline --format json schema diff"
+        after_help = "Examples:\n  shardline schema diff\n  shardline --format json schema diff\n  shardline schema apply migrations/0042_risk_score.sql --dry-run"
     )]
     Schema(schema::SchemaCommand),
 }

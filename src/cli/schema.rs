@@ -5,10 +5,11 @@ use shardline_schema::drift::{self, DriftRequest};
 use super::output::{print_json, Hint};
 use super::{exit, Format, Global};
 
-/// Table definitions: compare the targets with the source
+/// Table definitions: compare the targets with the source, run a migration on them
 #[derive(clap::Subcommand, Debug)]
 pub enum SchemaCommand {
     Diff(DiffArgs),
+    Apply(super::schema_apply::ApplyArgs),
 }
 
 /// Compare every target's table definitions with the source's
@@ -36,6 +37,7 @@ pub struct DiffArgs {
 pub async fn run(cmd: SchemaCommand, g: &Global) -> anyhow::Result<u8> {
     match cmd {
         SchemaCommand::Diff(args) => diff(args, g).await,
+        SchemaCommand::Apply(args) => super::schema_apply::apply(args, g).await,
     }
 }
 

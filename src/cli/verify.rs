@@ -124,6 +124,8 @@ pub fn text(report: &Report) -> String {
     for t in &report.tables {
         let state = if t.equal {
             "equal".to_string()
+        } else if t.differing_buckets == 0 && t.counts.is_empty() {
+            "SCHEMA DRIFT".to_string()
         } else {
             format!("DIFFERS in {} buckets", t.differing_buckets)
         };
@@ -131,6 +133,12 @@ pub fn text(report: &Report) -> String {
             "{:<32} {:>10} rows source, {:>10} rows targets   {state}\n",
             t.table, t.source_rows, t.target_rows
         ));
+        for d in &t.schema_drift {
+            out.push_str(&format!(
+                "    schema drift: column {} only on the {} ({})\n",
+                d.column, d.only_on, d.database
+            ));
+        }
         for (kind, n) in &t.counts {
             out.push_str(&format!("    {n} {}\n", kind.name()));
         }
@@ -178,9 +186,15 @@ fn markdown(report: &Report) -> String {
         let result = if t.equal {
             "equal".to_string()
         } else {
-            t.counts
+            t.schema_drift
                 .iter()
-                .map(|(k, n)| format!("{n} {}", k.name()))
+                .map(|d| {
+                    format!(
+                        "schema drift: {} only on the {} ({})",
+                        d.column, d.only_on, d.database
+                    )
+                })
+                .chain(t.counts.iter().map(|(k, n)| format!("{n} {}", k.name())))
                 .collect::<Vec<_>>()
                 .join(", ")
         };

@@ -38,9 +38,9 @@ pub use pgerror::describe as describe_pg_error;
 pub use placement::{Placement, PlacementError, ShardKey, ShardKeyType};
 pub use tls::{SslMode, TlsFailure, Verification};
 pub use topology::{
-    output_name, parse_interval, CdcConfig, Context, ContextKind, CutoverConfig, OnDivergence,
-    Partitioning, PoolMode, Problem, ReadModel, RouterConfig, RouterLimits, RouterTls, RouterUser,
-    Secret, Topology, TopologyError,
-    DEFAULT_APPLY_INTERVAL, MAX_APPLY_INTERVAL,
+    output_name, parse_interval, CdcConfig, Context, ContextKind, CutoverConfig, DdlMode,
+    OnDivergence, Partitioning, PoolMode, Problem, ReadModel, RouterConfig, RouterLimits,
+    RouterTls, RouterUser, Secret, Topology, TopologyError, DEFAULT_APPLY_INTERVAL,
+    MAX_APPLY_INTERVAL,
 };
 pub use transport::DbStream;

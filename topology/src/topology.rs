@@ -52,6 +52,19 @@ pub struct Topology {
     pub router: RouterConfig,
     pub cutover: CutoverConfig,
     pub cdc: CdcConfig,
+    /// What cdc does with the source's schema changes (`[source] ddl`).
+    pub ddl: DdlMode,
+}
+
+/// `[source] ddl`: schema changes on the source while cdc streams.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DdlMode {
+    /// An event trigger captures each DDL command into the stream and cdc
+    /// applies it on the targets (needs a superuser to install).
+    #[default]
+    Capture,
+    /// Nothing is installed; cdc stops when a table's columns change.
+    Stop,
 }
 
 /// `[cdc]`: how CDC treats a target that is not as the source had it.
@@ -273,6 +286,7 @@ struct RawCutover {
 #[serde(deny_unknown_fields)]
 struct RawSource {
     url: String,
+    ddl: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -430,6 +444,19 @@ impl Validator<'_> {
                 None
             }
         };
+        let ddl = match raw.source.as_ref().and_then(|s| s.ddl.as_deref()) {
+            None | Some("capture") => DdlMode::Capture,
+            Some("stop") => DdlMode::Stop,
+            Some(other) => {
+                self.problem(
+                    &[Seg::Key("source"), Seg::Key("ddl")],
+                    format!(
+                        "{other:?} is not a DDL mode; use \"capture\" (the default) or \"stop\""
+                    ),
+                );
+                DdlMode::Capture
+            }
+        };
         if raw.contexts.is_empty() {
             self.problem(
                 &[Seg::Key("contexts")],
@@ -461,6 +488,7 @@ impl Validator<'_> {
             cdc: CdcConfig {
                 on_divergence: raw.cdc.map(|c| c.on_divergence).unwrap_or_default(),
             },
+            ddl,
         })
     }
 

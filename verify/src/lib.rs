@@ -22,7 +22,7 @@ use shardline_topology::{ConnectError, Topology};
 
 pub use checksum::RowHash;
 pub use compare::Level;
-pub use report::{Report, TableReport};
+pub use report::{ColumnDrift, Report, TableReport};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -147,7 +147,18 @@ pub async fn verify(
         for t in &targets {
             tables::check_exists(t, spec).await?;
         }
-        let mut report = compare::compare(spec, &source, &targets, &options).await?;
+        // After a schema change not on every side yet, rows compare on
+        // the columns all sides have; the rest is drift.
+        let (shared, drift) = tables::shared_columns(spec, &targets).await?;
+        let key_lost = spec.key.iter().any(|k| !shared.columns.contains(k));
+        let mut report = if key_lost {
+            let mut r = TableReport::new(&spec.name);
+            r.equal = false;
+            r
+        } else {
+            compare::compare(&shared, &source, &targets, &options).await?
+        };
+        report.schema_drift = drift;
         report.finish();
         on_table(&report);
         reports.push(report);

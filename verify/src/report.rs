@@ -63,6 +63,18 @@ impl Difference {
     }
 }
 
+/// A column one side has and the other lacks (a schema change not on
+/// every side yet): reported apart from row differences, and the rows are
+/// compared on the columns both sides have.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ColumnDrift {
+    /// The target database.
+    pub database: String,
+    pub column: String,
+    /// `source` (the target lacks it) or `target` (the source lacks it).
+    pub only_on: &'static str,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct TableReport {
     pub table: String,
@@ -82,6 +94,9 @@ pub struct TableReport {
     pub counts: BTreeMap<DifferenceKind, u64>,
     /// The first differences, up to the report's row limit.
     pub differences: Vec<Difference>,
+    /// Columns on one side only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schema_drift: Vec<ColumnDrift>,
 }
 
 impl TableReport {
@@ -97,6 +112,7 @@ impl TableReport {
             converged: 0,
             counts: BTreeMap::new(),
             differences: Vec::new(),
+            schema_drift: Vec::new(),
         }
     }
 
@@ -112,7 +128,8 @@ impl TableReport {
     }
 
     pub fn finish(&mut self) {
-        self.equal = self.differing_buckets == 0 && self.counts.is_empty();
+        self.equal =
+            self.differing_buckets == 0 && self.counts.is_empty() && self.schema_drift.is_empty();
     }
 }
 

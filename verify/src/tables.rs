@@ -47,6 +47,45 @@ pub async fn check_exists(side: &Side, spec: &TableSpec) -> Result<(), VerifyErr
     }
 }
 
+/// The spec restricted to the columns every target has too, and the
+/// columns one side has that another lacks. Read models keep their spec:
+/// their columns come from the target table itself.
+pub async fn shared_columns(
+    spec: &TableSpec,
+    targets: &[Side],
+) -> Result<(TableSpec, Vec<crate::report::ColumnDrift>), VerifyError> {
+    let mut shared = spec.clone();
+    let mut drift = Vec::new();
+    if spec.source_relation.starts_with('(') {
+        return Ok((shared, drift));
+    }
+    let relation = spec.target_relation.replace('"', "");
+    for t in targets {
+        let (columns, _) = shape(t, &relation).await?;
+        let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+        for c in &spec.columns {
+            if !names.contains(&c.name.as_str()) {
+                drift.push(crate::report::ColumnDrift {
+                    database: t.name.clone(),
+                    column: c.name.clone(),
+                    only_on: "source",
+                });
+            }
+        }
+        for c in &columns {
+            if !spec.columns.iter().any(|s| s.name == c.name) {
+                drift.push(crate::report::ColumnDrift {
+                    database: t.name.clone(),
+                    column: c.name.clone(),
+                    only_on: "target",
+                });
+            }
+        }
+        shared.columns.retain(|c| names.contains(&c.name.as_str()));
+    }
+    Ok((shared, drift))
+}
+
 /// Columns (in order) and primary key of a table.
 async fn shape(side: &Side, table: &str) -> Result<(Vec<Column>, Vec<Column>), VerifyError> {
     let rows = side

@@ -415,3 +415,45 @@ async fn max_rows_per_sec_paces_within_a_table_scan_and_still_finds_faults() {
     let (_, d) = only_difference(&report);
     assert_eq!((d.kind, d.key.as_str()), (DifferenceKind::Changed, "(7,7)"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_on_one_side_only_is_schema_drift_and_rows_compare_on_the_rest() {
+    let f = fleet().await;
+    // A schema change the source has and the targets do not yet, one a
+    // shard has and the source does not, and a row change besides.
+    f.source
+        .psql(
+            "postgres",
+            "ALTER TABLE accounts ADD COLUMN region text DEFAULT 'eu'",
+        )
+        .unwrap();
+    f.shards[1]
+        .psql("postgres", "ALTER TABLE ledger ADD COLUMN extra int")
+        .unwrap();
+    f.single
+        .psql(
+            "postgres",
+            "UPDATE accounts SET name = 'changed' WHERE id = 7",
+        )
+        .unwrap();
+    let report = run(&f, RowHash::Auto).await;
+    assert!(!report.equal);
+    let accounts = table(&report, "accounts");
+    assert_eq!(accounts.schema_drift.len(), 1, "{accounts:#?}");
+    assert_eq!(accounts.schema_drift[0].column, "region");
+    assert_eq!(accounts.schema_drift[0].only_on, "source");
+    assert_eq!(
+        accounts.counts.get(&DifferenceKind::Changed),
+        Some(&1),
+        "{accounts:#?}"
+    );
+    assert_eq!(accounts.differences[0].columns[0].column, "name");
+    let ledger = table(&report, "ledger");
+    assert_eq!(ledger.schema_drift.len(), 1, "{ledger:#?}");
+    assert_eq!(ledger.schema_drift[0].column, "extra");
+    assert_eq!(ledger.schema_drift[0].only_on, "target");
+    assert!(ledger.schema_drift[0]
+        .database
+        .contains(&f.shards[1].port().to_string()));
+    assert!(ledger.counts.is_empty() && !ledger.equal, "{ledger:#?}");
+}

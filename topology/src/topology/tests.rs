@@ -378,6 +378,21 @@ fn router_pooling_mistakes_name_their_key() {
 }
 
 #[test]
+fn ddl_capture_is_the_default_and_stop_turns_it_off() {
+    assert_eq!(parse(GOOD).unwrap().ddl, DdlMode::Capture);
+    let stop = GOOD.replace(
+        "[source]\nurl = \"postgres://postgres:topsecret@127.0.0.1:54320/monolith\"",
+        "[source]\nurl = \"postgres://postgres:topsecret@127.0.0.1:54320/monolith\"\nddl = \"stop\"",
+    );
+    assert_eq!(parse(&stop).unwrap().ddl, DdlMode::Stop);
+    let bad = stop.replace("ddl = \"stop\"", "ddl = \"replicate\"");
+    let p = problems(&bad);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "source.ddl");
+    assert!(p[0].message.contains("\"capture\""), "{}", p[0].message);
+}
+
+#[test]
 fn table_names_are_read_as_sql_reads_them() {
     let text = GOOD.replace(
         "tables = [\"payments\", \"refunds\"]",
