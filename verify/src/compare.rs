@@ -4,9 +4,10 @@
 //! Every row has a bucket on both sides. For a sharded table it is the
 //! placement bucket, so the same pass proves placement: a shard holding rows
 //! of a bucket it does not own has misplaced rows. Unsharded tables bucket
-//! by a hash of the primary key. Buckets are hashes, not key ranges, so no
-//! collation or key type can make the two sides disagree on which bucket a
-//! row is in.
+//! by ranges of the primary key where every side orders it alike
+//! (`keyrange.rs`: a differing range is then re-checked and read
+//! through the key's index, never by a second scan), else by a hash of the
+//! key, which no collation or key type can make two sides disagree on.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -17,6 +18,7 @@ use shardline_topology::{ConnString, Placement};
 use tokio_postgres::Client;
 
 use crate::checksum::{key_bucket, key_match, key_text, key_values, row_hash, Column, RowHash};
+use crate::keyrange::{KeyRanges, MAX_INDEXED_RANGES, WINDOW_ROWS};
 use crate::report::{Difference, DifferenceKind, TableReport};
 use crate::{Progress, VerifyError};
 
@@ -94,6 +96,8 @@ struct Job<'a> {
     /// `--max-rows-per-sec`, per side.
     rate: Option<u64>,
     progress: &'a Progress,
+    /// Buckets as ranges of the key, where every side orders it alike.
+    ranges: Option<KeyRanges>,
 }
 
 impl TableSpec {
@@ -112,7 +116,10 @@ impl Job<'_> {
                 placement,
                 shard_key,
             } => placement.bucket_sql(&format!("t.{}", shardline_topology::quote_ident(shard_key))),
-            Layout::Single => key_bucket(&self.spec.key, "t", self.hash),
+            Layout::Single => match &self.ranges {
+                Some(r) => r.bucket_sql("t"),
+                None => key_bucket(&self.spec.key, "t", self.hash),
+            },
         }
     }
 
@@ -136,6 +143,11 @@ async fn buckets(
         format!("sum({})", job.row_hash())
     };
     let filter = match only {
+        // A few key ranges are read through the key's index.
+        Some(set) if set.len() <= MAX_INDEXED_RANGES && job.ranges.is_some() => {
+            let ranges = job.ranges.as_ref().expect("checked");
+            format!(" WHERE {}", ranges.ranges_sql(set, "t"))
+        }
         Some(set) => format!(
             " WHERE {} IN ({})",
             job.bucket_expr(),
@@ -316,12 +328,57 @@ pub async fn compare(
         .chain(targets)
         .map(|s| s.version)
         .collect();
+    let ranges = match spec.layout {
+        Layout::Single if options.level != Level::Counts => {
+            let on: Vec<(&Side, &str)> = targets
+                .iter()
+                .map(|t| (t, spec.target_relation.as_str()))
+                .collect();
+            KeyRanges::plan(&spec.name, &spec.key, (source, &spec.source_relation), &on).await?
+        }
+        _ => None,
+    };
+    let jit = ranges.as_ref().is_some_and(KeyRanges::is_tree);
+    if jit {
+        set_all(source, targets, spec, "SET jit = off").await?;
+    }
     let job = &Job {
         spec,
         hash: options.row_hash.resolve(&versions),
         rate: options.max_rows_per_sec.filter(|r| *r > 0),
         progress: &options.progress,
+        ranges,
     };
+    let report = compare_job(job, source, targets, options).await;
+    if jit {
+        set_all(source, targets, spec, "RESET jit").await?;
+    }
+    report
+}
+
+/// Runs one setting on every side.
+async fn set_all(
+    source: &Side,
+    targets: &[Side],
+    spec: &TableSpec,
+    sql: &str,
+) -> Result<(), VerifyError> {
+    for side in std::iter::once(source).chain(targets) {
+        side.client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| VerifyError::query(&side.name, &spec.name, e))?;
+    }
+    Ok(())
+}
+
+async fn compare_job(
+    job: &Job<'_>,
+    source: &Side,
+    targets: &[Side],
+    options: &Options,
+) -> Result<TableReport, VerifyError> {
+    let spec = job.spec;
     *job.progress.table.lock().expect("progress lock") = spec.name.clone();
     job.progress
         .rows_estimated
@@ -470,17 +527,7 @@ async fn keyed_rows(
             key_text(&spec.key, "t"),
             key_values(&spec.key, "t"),
         );
-        let rows = side
-            .client
-            .query(&sql, &[])
-            .await
-            .map_err(|e| VerifyError::query(&side.name, &spec.name, e))?;
-        out.extend(rows.iter().map(|r| KeyedRow {
-            bucket: r.get(0),
-            hash: r.get(1),
-            key: r.get(2),
-            key_values: (3..3 + spec.key.len()).map(|i| r.get(i)).collect(),
-        }));
+        out.extend(fetch_keyed(side, job, &sql).await?);
     }
     Ok(out)
 }
@@ -497,6 +544,15 @@ async fn rows_of_buckets(
     max_rows: usize,
 ) -> Result<(), VerifyError> {
     let spec = job.spec;
+    if let (Some(ranges), [target]) = (&job.ranges, targets) {
+        if buckets.len() <= MAX_INDEXED_RANGES {
+            let sides = Sides { source, targets };
+            for &bucket in buckets {
+                rows_of_range(job, ranges, &sides, target, bucket, report, max_rows).await?;
+            }
+            return Ok(());
+        }
+    }
     let list: Vec<i64> = buckets.iter().copied().collect();
     let rows_in = |side: &Buckets| {
         list.iter()
@@ -548,6 +604,97 @@ async fn rows_of_buckets(
         rows_of_bucket(spec, &sides, bucket, (e, f), &key_values, report, max_rows).await?;
     }
     Ok(())
+}
+
+/// Names every differing row of one key range, read through the key's
+/// index on both sides, window by window in key order: each window is the
+/// source's next `WINDOW_ROWS` keys and the target's keys up to the last
+/// of them, so the two always cover the same keys.
+async fn rows_of_range(
+    job: &Job<'_>,
+    ranges: &KeyRanges,
+    sides: &Sides<'_>,
+    target: &Side,
+    bucket: i64,
+    report: &mut TableReport,
+    max_rows: usize,
+) -> Result<(), VerifyError> {
+    let spec = job.spec;
+    let select = |relation: &str, window: String, limit: &str| {
+        format!(
+            "SELECT {bucket}::int8, {}, {}, {} FROM {relation} t WHERE {window} ORDER BY {}{limit}",
+            job.row_hash(),
+            key_text(&spec.key, "t"),
+            key_values(&spec.key, "t"),
+            ranges.order_sql("t"),
+        )
+    };
+    let mut after: Option<Vec<String>> = None;
+    loop {
+        let window = ranges.window_sql(bucket, "t", after.as_deref(), None);
+        let limit = format!(" LIMIT {WINDOW_ROWS}");
+        let src = fetch_keyed(
+            sides.source,
+            job,
+            &select(&spec.source_relation, window, &limit),
+        )
+        .await?;
+        let last = (src.len() as i64 == WINDOW_ROWS).then(|| {
+            let values = &src.last().expect("a full window").key_values;
+            values
+                .iter()
+                .map(|v| v.clone().unwrap_or_default())
+                .collect::<Vec<_>>()
+        });
+        let window = ranges.window_sql(bucket, "t", after.as_deref(), last.as_deref());
+        let tgt = fetch_keyed(target, job, &select(&spec.target_relation, window, "")).await?;
+        let mut key_values = HashMap::new();
+        let mut expected: HashMap<String, Vec<i64>> = HashMap::new();
+        for row in src {
+            expected.entry(row.key.clone()).or_default().push(row.hash);
+            key_values.entry(row.key).or_insert(row.key_values);
+        }
+        let mut found: HashMap<String, Vec<(usize, i64)>> = HashMap::new();
+        for row in tgt {
+            found
+                .entry(row.key.clone())
+                .or_default()
+                .push((0, row.hash));
+            key_values.entry(row.key).or_insert(row.key_values);
+        }
+        rows_of_bucket(
+            spec,
+            sides,
+            bucket,
+            (expected, found),
+            &key_values,
+            report,
+            max_rows,
+        )
+        .await?;
+        match last {
+            Some(l) => after = Some(l),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Rows as `keyed_rows` selects them: bucket, row hash, key text, key values.
+async fn fetch_keyed(side: &Side, job: &Job<'_>, sql: &str) -> Result<Vec<KeyedRow>, VerifyError> {
+    let rows = side
+        .client
+        .query(sql, &[])
+        .await
+        .map_err(|e| VerifyError::query(&side.name, &job.spec.name, e))?;
+    Ok(rows
+        .iter()
+        .map(|r| KeyedRow {
+            bucket: r.get(0),
+            hash: r.get(1),
+            key: r.get(2),
+            key_values: (3..3 + job.spec.key.len()).map(|i| r.get(i)).collect(),
+        })
+        .collect())
 }
 
 struct Sides<'a> {
