@@ -14,6 +14,7 @@ pub mod checksum;
 pub mod compare;
 mod keyrange;
 pub mod report;
+mod rows;
 mod tables;
 
 use std::sync::atomic::AtomicU64;
