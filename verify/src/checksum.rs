@@ -28,7 +28,8 @@ use shardline_topology::quote_ident;
 /// Settings every verify session runs with, on every side.
 pub const SESSION_SETTINGS: &str =
     "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; \
-     SET extra_float_digits = 3; SET bytea_output = 'hex'; SET statement_timeout = 0";
+     SET extra_float_digits = 3; SET bytea_output = 'hex'; SET statement_timeout = 0; \
+     SET standard_conforming_strings = on";
 
 /// The first server version with `hash_record_extended`.
 const NATIVE_SINCE: i32 = 140_000;
@@ -64,13 +65,13 @@ pub struct Column {
 }
 
 impl Column {
-    fn qualified(&self, alias: &str) -> String {
+    pub(crate) fn qualified(&self, alias: &str) -> String {
         format!("{alias}.{}", quote_ident(&self.name))
     }
 
     /// The type without its modifiers: `numeric(18,2)` → `numeric`,
     /// `timestamp(3) with time zone` → `timestamp with time zone`.
-    fn base_type(&self) -> String {
+    pub(crate) fn base_type(&self) -> String {
         let mut out = String::new();
         let mut depth = 0;
         for ch in self.sql_type.chars() {

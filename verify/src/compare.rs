@@ -4,11 +4,12 @@
 //! Every row has a bucket on both sides. For a sharded table it is the
 //! placement bucket, so the same pass proves placement: a shard holding rows
 //! of a bucket it does not own has misplaced rows. Unsharded tables bucket
-//! by a hash of the primary key. Buckets are hashes, not key ranges, so no
-//! collation or key type can make the two sides disagree on which bucket a
-//! row is in.
+//! by ranges of the primary key where every side orders it alike
+//! (`keyrange.rs`: a differing range is then re-checked and read
+//! through the key's index, never by a second scan), else by a hash of the
+//! key, which no collation or key type can make two sides disagree on.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,13 +17,11 @@ use std::time::Duration;
 use shardline_topology::{ConnString, Placement};
 use tokio_postgres::Client;
 
-use crate::checksum::{key_bucket, key_match, key_text, key_values, row_hash, Column, RowHash};
-use crate::report::{Difference, DifferenceKind, TableReport};
+use crate::checksum::{key_bucket, row_hash, Column, RowHash};
+use crate::keyrange::{KeyRanges, MAX_INDEXED_RANGES};
+use crate::report::TableReport;
+use crate::rows::rows_of_buckets;
 use crate::{Progress, VerifyError};
-
-/// A bucket drilled into holds at most this many rows per side before its
-/// rows are fetched (key and hash only).
-const ROWS_PER_FETCH: i64 = 20_000;
 
 /// How a table's rows should be spread over its targets.
 #[derive(Clone, Debug)]
@@ -72,12 +71,12 @@ pub struct Options {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Sum {
-    rows: i64,
+pub(crate) struct Sum {
+    pub(crate) rows: i64,
     hash: i128,
 }
 
-type Buckets = BTreeMap<i64, Sum>;
+pub(crate) type Buckets = BTreeMap<i64, Sum>;
 
 /// A side's connection, name and server version (`server_version_num`).
 pub struct Side {
@@ -88,16 +87,18 @@ pub struct Side {
 
 /// One table's comparison: what to compare, and how rows are hashed on
 /// every side of it.
-struct Job<'a> {
-    spec: &'a TableSpec,
+pub(crate) struct Job<'a> {
+    pub(crate) spec: &'a TableSpec,
     hash: RowHash,
     /// `--max-rows-per-sec`, per side.
     rate: Option<u64>,
     progress: &'a Progress,
+    /// Buckets as ranges of the key, where every side orders it alike.
+    pub(crate) ranges: Option<KeyRanges>,
 }
 
 impl TableSpec {
-    fn owner(&self, bucket: i64) -> usize {
+    pub(crate) fn owner(&self, bucket: i64) -> usize {
         match &self.layout {
             Layout::Sharded { placement, .. } => placement.shard_of_bucket(bucket as u32),
             Layout::Single => 0,
@@ -106,17 +107,20 @@ impl TableSpec {
 }
 
 impl Job<'_> {
-    fn bucket_expr(&self) -> String {
+    pub(crate) fn bucket_expr(&self) -> String {
         match &self.spec.layout {
             Layout::Sharded {
                 placement,
                 shard_key,
             } => placement.bucket_sql(&format!("t.{}", shardline_topology::quote_ident(shard_key))),
-            Layout::Single => key_bucket(&self.spec.key, "t", self.hash),
+            Layout::Single => match &self.ranges {
+                Some(r) => r.bucket_sql("t"),
+                None => key_bucket(&self.spec.key, "t", self.hash),
+            },
         }
     }
 
-    fn row_hash(&self) -> String {
+    pub(crate) fn row_hash(&self) -> String {
         row_hash(&self.spec.columns, "t", self.hash)
     }
 }
@@ -136,6 +140,11 @@ async fn buckets(
         format!("sum({})", job.row_hash())
     };
     let filter = match only {
+        // A few key ranges are read through the key's index.
+        Some(set) if set.len() <= MAX_INDEXED_RANGES && job.ranges.is_some() => {
+            let ranges = job.ranges.as_ref().expect("checked");
+            format!(" WHERE {}", ranges.ranges_sql(set, "t"))
+        }
         Some(set) => format!(
             " WHERE {} IN ({})",
             job.bucket_expr(),
@@ -316,12 +325,57 @@ pub async fn compare(
         .chain(targets)
         .map(|s| s.version)
         .collect();
+    let ranges = match spec.layout {
+        Layout::Single if options.level != Level::Counts => {
+            let on: Vec<(&Side, &str)> = targets
+                .iter()
+                .map(|t| (t, spec.target_relation.as_str()))
+                .collect();
+            KeyRanges::plan(&spec.name, &spec.key, (source, &spec.source_relation), &on).await?
+        }
+        _ => None,
+    };
+    let jit = ranges.as_ref().is_some_and(KeyRanges::is_tree);
+    if jit {
+        set_all(source, targets, spec, "SET jit = off").await?;
+    }
     let job = &Job {
         spec,
         hash: options.row_hash.resolve(&versions),
         rate: options.max_rows_per_sec.filter(|r| *r > 0),
         progress: &options.progress,
+        ranges,
     };
+    let report = compare_job(job, source, targets, options).await;
+    if jit {
+        set_all(source, targets, spec, "RESET jit").await?;
+    }
+    report
+}
+
+/// Runs one setting on every side.
+async fn set_all(
+    source: &Side,
+    targets: &[Side],
+    spec: &TableSpec,
+    sql: &str,
+) -> Result<(), VerifyError> {
+    for side in std::iter::once(source).chain(targets) {
+        side.client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| VerifyError::query(&side.name, &spec.name, e))?;
+    }
+    Ok(())
+}
+
+async fn compare_job(
+    job: &Job<'_>,
+    source: &Side,
+    targets: &[Side],
+    options: &Options,
+) -> Result<TableReport, VerifyError> {
+    let spec = job.spec;
     *job.progress.table.lock().expect("progress lock") = spec.name.clone();
     job.progress
         .rows_estimated
@@ -422,259 +476,4 @@ fn update(buckets: &mut Buckets, b: i64, fresh: Option<&Sum>) {
             buckets.remove(&b);
         }
     }
-}
-
-/// A row of a differing bucket as one side holds it.
-struct KeyedRow {
-    bucket: i64,
-    /// The primary key as PostgreSQL renders a row: `(1001,42)`.
-    key: String,
-    /// Each key column's text, to find the row again through its index.
-    key_values: Vec<Option<String>>,
-    hash: i64,
-}
-
-/// Every row of `buckets` on one side, in one scan (in slices, by a further
-/// hash of the key, when there are many rows).
-async fn keyed_rows(
-    side: &Side,
-    job: &Job<'_>,
-    relation: &str,
-    buckets: &[i64],
-    expected_rows: i64,
-) -> Result<Vec<KeyedRow>, VerifyError> {
-    let spec = job.spec;
-    if buckets.is_empty() || expected_rows == 0 {
-        return Ok(Vec::new());
-    }
-    let list: Vec<String> = buckets.iter().map(|b| b.to_string()).collect();
-    let base = format!("({})::int8 IN ({})", job.bucket_expr(), list.join(","));
-    let parts = ((expected_rows / ROWS_PER_FETCH + 1) as u64)
-        .next_power_of_two()
-        .min(1 << 16) as i64;
-    let mut out = Vec::new();
-    for part in 0..parts {
-        let sub = if parts > 1 {
-            format!(
-                " AND ((hashtext({}) >> 10) & {}) = {part}",
-                key_text(&spec.key, "t"),
-                parts - 1
-            )
-        } else {
-            String::new()
-        };
-        let sql = format!(
-            "SELECT ({})::int8, {}, {}, {} FROM {relation} t WHERE {base}{sub}",
-            job.bucket_expr(),
-            job.row_hash(),
-            key_text(&spec.key, "t"),
-            key_values(&spec.key, "t"),
-        );
-        let rows = side
-            .client
-            .query(&sql, &[])
-            .await
-            .map_err(|e| VerifyError::query(&side.name, &spec.name, e))?;
-        out.extend(rows.iter().map(|r| KeyedRow {
-            bucket: r.get(0),
-            hash: r.get(1),
-            key: r.get(2),
-            key_values: (3..3 + spec.key.len()).map(|i| r.get(i)).collect(),
-        }));
-    }
-    Ok(out)
-}
-
-/// Names every differing row of `buckets`: one scan per side for all of
-/// them, every side at once.
-async fn rows_of_buckets(
-    job: &Job<'_>,
-    source: &Side,
-    targets: &[Side],
-    buckets: &BTreeSet<i64>,
-    counts: (&Buckets, &[Buckets]),
-    report: &mut TableReport,
-    max_rows: usize,
-) -> Result<(), VerifyError> {
-    let spec = job.spec;
-    let list: Vec<i64> = buckets.iter().copied().collect();
-    let rows_in = |side: &Buckets| {
-        list.iter()
-            .filter_map(|b| side.get(b))
-            .map(|s| s.rows)
-            .sum::<i64>()
-    };
-    let (src_rows, tgt_rows) = tokio::try_join!(
-        keyed_rows(source, job, &spec.source_relation, &list, rows_in(counts.0)),
-        futures_util::future::try_join_all(
-            targets.iter().zip(counts.1).map(|(side, c)| keyed_rows(
-                side,
-                job,
-                &spec.target_relation,
-                &list,
-                rows_in(c)
-            ))
-        )
-    )?;
-    let mut key_values: HashMap<String, Vec<Option<String>>> = HashMap::new();
-    let mut expected: HashMap<i64, HashMap<String, Vec<i64>>> = HashMap::new();
-    for row in src_rows {
-        expected
-            .entry(row.bucket)
-            .or_default()
-            .entry(row.key.clone())
-            .or_default()
-            .push(row.hash);
-        key_values.entry(row.key).or_insert(row.key_values);
-    }
-    let mut found: HashMap<i64, HashMap<String, Vec<(usize, i64)>>> = HashMap::new();
-    for (i, rows) in tgt_rows.into_iter().enumerate() {
-        for row in rows {
-            found
-                .entry(row.bucket)
-                .or_default()
-                .entry(row.key.clone())
-                .or_default()
-                .push((i, row.hash));
-            key_values.entry(row.key).or_insert(row.key_values);
-        }
-    }
-    let sides = Sides { source, targets };
-    for bucket in list {
-        let (e, f) = (
-            expected.remove(&bucket).unwrap_or_default(),
-            found.remove(&bucket).unwrap_or_default(),
-        );
-        rows_of_bucket(spec, &sides, bucket, (e, f), &key_values, report, max_rows).await?;
-    }
-    Ok(())
-}
-
-struct Sides<'a> {
-    source: &'a Side,
-    targets: &'a [Side],
-}
-
-/// Each side's rows of one bucket: the source's hashes by key, the targets'
-/// (target, hash) by key.
-type BucketRows = (
-    HashMap<String, Vec<i64>>,
-    HashMap<String, Vec<(usize, i64)>>,
-);
-
-async fn rows_of_bucket(
-    spec: &TableSpec,
-    sides: &Sides<'_>,
-    bucket: i64,
-    (expected, found): BucketRows,
-    key_values: &HashMap<String, Vec<Option<String>>>,
-    report: &mut TableReport,
-    max_rows: usize,
-) -> Result<(), VerifyError> {
-    let Sides { source, targets } = *sides;
-    let owner = spec.owner(bucket);
-    let keys: BTreeSet<&String> = expected.keys().chain(found.keys()).collect();
-    for key in keys {
-        let src = expected.get(key).cloned().unwrap_or_default();
-        let tgt = found.get(key).cloned().unwrap_or_default();
-        let on_owner: Vec<i64> = tgt
-            .iter()
-            .filter(|(i, _)| *i == owner)
-            .map(|(_, h)| *h)
-            .collect();
-        for (i, _) in tgt.iter().filter(|(i, _)| *i != owner) {
-            report.add(
-                Difference::new(DifferenceKind::Misplaced, &targets[*i].name, key),
-                max_rows,
-            );
-        }
-        if src.len() > 1 {
-            report.add(
-                Difference::new(DifferenceKind::Duplicated, &source.name, key),
-                max_rows,
-            );
-        }
-        match (src.first(), on_owner.as_slice()) {
-            (Some(_), []) if tgt.is_empty() => report.add(
-                Difference::new(DifferenceKind::Missing, &targets[owner].name, key),
-                max_rows,
-            ),
-            (Some(_), []) => {}
-            (None, [_, ..]) => report.add(
-                Difference::new(DifferenceKind::Extra, &targets[owner].name, key),
-                max_rows,
-            ),
-            (Some(h), found) => {
-                if found.len() > 1 {
-                    report.add(
-                        Difference::new(DifferenceKind::Duplicated, &targets[owner].name, key),
-                        max_rows,
-                    );
-                }
-                if found[0] != *h {
-                    let mut d = Difference::new(DifferenceKind::Changed, &targets[owner].name, key);
-                    if report.listed() < max_rows {
-                        let values = key_values.get(key).map(Vec::as_slice).unwrap_or(&[]);
-                        d.columns = changed_columns(spec, source, &targets[owner], values).await?;
-                    }
-                    report.add(d, max_rows);
-                }
-            }
-            (None, []) => {}
-        }
-    }
-    Ok(())
-}
-
-/// Which columns differ for the row whose key columns hold `key_values`,
-/// with both values. The row is found through the primary key index.
-async fn changed_columns(
-    spec: &TableSpec,
-    source: &Side,
-    target: &Side,
-    key_values: &[Option<String>],
-) -> Result<Vec<crate::report::ColumnChange>, VerifyError> {
-    let fetch = |relation: &str| {
-        let values: Vec<String> = spec
-            .columns
-            .iter()
-            .map(|c| format!("({})::text", crate::checksum::column_expr(c, "t")))
-            .collect();
-        format!(
-            "SELECT {} FROM {relation} t WHERE {} LIMIT 1",
-            values.join(", "),
-            key_match(&spec.key, "t", key_values)
-        )
-    };
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = key_values
-        .iter()
-        .flatten()
-        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
-    let a = source
-        .client
-        .query_opt(&fetch(&spec.source_relation), &params)
-        .await
-        .map_err(|e| VerifyError::query(&source.name, &spec.name, e))?;
-    let b = target
-        .client
-        .query_opt(&fetch(&spec.target_relation), &params)
-        .await
-        .map_err(|e| VerifyError::query(&target.name, &spec.name, e))?;
-    let (Some(a), Some(b)) = (a, b) else {
-        return Ok(Vec::new());
-    };
-    Ok(spec
-        .columns
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| {
-            let (x, y): (Option<String>, Option<String>) = (a.get(i), b.get(i));
-            (x != y).then(|| crate::report::ColumnChange {
-                column: c.name.clone(),
-                source: x,
-                target: y,
-            })
-        })
-        .collect())
 }

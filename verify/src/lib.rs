@@ -3,7 +3,8 @@
 //! For each table ([`compare::TableSpec`]) every side computes, inside
 //! PostgreSQL, a row count and a checksum per bucket ([`checksum`]); for a
 //! sharded table the bucket is the placement bucket, so the same pass finds
-//! rows on the wrong shard. Differing buckets are compared again (changes
+//! rows on the wrong shard; for an unsharded table, a range of its primary
+//! key where every side orders the key alike (`keyrange`). Differing buckets are compared again (changes
 //! still being applied settle), then bisected down to rows: each row is
 //! reported as missing, extra, duplicated, changed (with the columns and
 //! both values) or misplaced ([`report`]). Read models are compared with
@@ -11,7 +12,9 @@
 
 pub mod checksum;
 pub mod compare;
+mod keyrange;
 pub mod report;
+mod rows;
 mod tables;
 
 use std::sync::atomic::AtomicU64;

@@ -1,6 +1,8 @@
 //! Verify against real servers: equal data with awkward equality reports
 //! clean; each injected fault is found precisely.
 
+mod ranges;
+
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
