@@ -127,7 +127,7 @@ fn export_failures_exit_2_with_a_hint_and_leave_nothing_complete() {
         "json",
     ];
     // --overwrite replaces an earlier export, never someone's files.
-    let r = shardline(&cfg, &overwrite[..7]);
+    let r = shardline(&cfg, &overwrite[..6]);
     assert_fails(
         &r,
         "which no earlier export wrote there",

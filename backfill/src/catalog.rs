@@ -149,9 +149,14 @@ pub async fn describe(client: &Client, table: &TableName) -> Result<Option<Table
 
 /// A catalog read that failed, naming the database.
 pub fn schema_error(db: &str, e: SchemaError) -> BackfillError {
+    let lost = match &e {
+        SchemaError::Query(e) => shardline_topology::pgerror::is_connection_lost(e),
+        _ => false,
+    };
     BackfillError::Query {
         database: db.to_string(),
         cause: e.to_string(),
+        lost,
     }
 }
 

@@ -101,6 +101,7 @@ pub(crate) async fn worker(
             Some(r) => Some(TableName::parse(&r).map_err(|e| BackfillError::Query {
                 database: source_name.clone(),
                 cause: format!("shardline.backfill_chunk: {e}"),
+                lost: false,
             })?),
         };
         let chunk = Chunk {

@@ -116,7 +116,9 @@ pub struct Tables {
     by_id: HashMap<u32, Table>,
     /// Column names of each table as last described, to notice DDL.
     first_columns: HashMap<String, Vec<String>>,
-    /// Relations described that the topology does not list, by id.
+    /// Relations described but not listed, by id: the partitions of a
+    /// listed table (pgoutput describes a partition as well as the root it
+    /// publishes the partition's rows as), refused only if a change names one.
     unlisted: HashMap<u32, String>,
     /// Tables a carried schema change touched: their next description
     /// may change their columns.
@@ -127,10 +129,6 @@ pub struct Tables {
     primary_keys: HashMap<String, Vec<String>>,
     /// `GENERATED ALWAYS` identity columns of tables, by canonical name.
     identity_always: HashMap<String, Vec<String>>,
-    /// Relations described but not listed, by id: the partitions of a
-    /// listed table (pgoutput describes a partition as well as the root it
-    /// publishes the partition's rows as), refused only if a change names one.
-    unlisted: HashMap<u32, String>,
 }
 
 impl Tables {

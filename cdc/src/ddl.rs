@@ -319,7 +319,8 @@ impl SchemaStream {
             .await
             .map_err(|e| CdcError::Query {
                 target: "source".into(),
-                cause: e.to_string(),
+                cause: shardline_topology::describe_pg_error(&e),
+                lost: shardline_topology::pgerror::is_connection_lost(&e),
             })?;
         if skipped {
             tracing::warn!(ddl = c.id, tag = %c.tag, "schema change passed over: an operator carried it by hand (cdc skip-ddl)");

@@ -36,8 +36,8 @@ pub fn is_transient(e: &CdcError) -> bool {
     match e {
         CdcError::Connect(ConnectError::Unreachable { .. }) => true,
         // The database system is starting up or shutting down.
-        CdcError::Connect(ConnectError::Refused { cause, .. }) => {
-            cause.contains("SQLSTATE 57P0") || cause.contains("SQLSTATE 53300")
+        CdcError::Connect(ConnectError::Refused { code, .. }) => {
+            code.starts_with("57P0") || code == "53300"
         }
         CdcError::Stream(_) => true,
         CdcError::Apply(ApplyError::Target { lost, .. }) => *lost,
@@ -182,7 +182,13 @@ mod tests {
         assert!(is_transient(&CdcError::Stream("io error".into())));
         assert!(is_transient(&CdcError::Connect(ConnectError::Refused {
             target: "t".into(),
+            code: "57P03".into(),
             cause: "the database system is starting up (SQLSTATE 57P03)".into()
+        })));
+        assert!(!is_transient(&CdcError::Connect(ConnectError::Refused {
+            target: "t".into(),
+            code: "42501".into(),
+            cause: "permission denied for database postgres (SQLSTATE 42501)".into()
         })));
 
         let options = RunOptions {

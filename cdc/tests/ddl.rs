@@ -125,7 +125,7 @@ async fn the_capture_needs_a_superuser_and_stop_mode_runs_without_it() {
     f.source
         .psql(
             "postgres",
-            "CREATE ROLE app LOGIN REPLICATION;
+            "CREATE ROLE app LOGIN REPLICATION; GRANT CREATE ON DATABASE postgres TO app;
              ALTER TABLE payments OWNER TO app; ALTER TABLE payouts OWNER TO app;",
         )
         .unwrap();
@@ -145,7 +145,9 @@ async fn the_capture_needs_a_superuser_and_stop_mode_runs_without_it() {
     };
     let (_stop, cdc) = spawn_cdc(&topology(""), &options);
     let result = cdc.await.unwrap();
-    let message = result.expect_err("a role that cannot install the capture is refused").to_string();
+    let message = result
+        .expect_err("a role that cannot install the capture is refused")
+        .to_string();
     assert!(
         message.contains("role app cannot install the DDL capture on the source: event triggers need a superuser"),
         "{message}"
@@ -154,8 +156,11 @@ async fn the_capture_needs_a_superuser_and_stop_mode_runs_without_it() {
 
     // Without the capture: nothing installed, and a column change stops
     // cdc naming the columns.
-    let (_stop, cdc) = spawn_cdc(&topology("ddl = \"stop\""), &options);
-    wait_streaming(&f.source).await;
+    let (_stop, mut cdc) = spawn_cdc(&topology("ddl = \"stop\""), &options);
+    tokio::select! {
+        _ = wait_streaming(&f.source) => {}
+        r = &mut cdc => panic!("cdc stopped before streaming: {:?}", r.unwrap().map_err(|e| e.to_string())),
+    }
     assert_eq!(
         f.source
             .psql("postgres", "SELECT count(*) FROM pg_event_trigger")
@@ -174,7 +179,9 @@ async fn the_capture_needs_a_superuser_and_stop_mode_runs_without_it() {
         .await
         .expect("cdc stops by itself")
         .unwrap();
-    let message = result.expect_err("an uncaptured column change stops cdc").to_string();
+    let message = result
+        .expect_err("an uncaptured column change stops cdc")
+        .to_string();
     assert!(
         message.contains("table public.payments: the source's columns changed (added [\"risk\"]"),
         "{message}"

@@ -72,17 +72,3 @@ pub enum DdlError {
         id: String,
     },
 }
-
-/// PostgreSQL's message, SQLSTATE and detail of an error, on one line.
-pub fn pg_cause(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-            if let Some(detail) = db.detail() {
-                s.push_str(&format!("; detail: {detail}"));
-            }
-            s
-        }
-        None => e.to_string(),
-    }
-}

@@ -31,7 +31,8 @@ use shardline_topology::ConnString;
 use tokio_postgres::Client;
 
 use crate::statement::{self, Statement};
-use crate::{pg_cause, DdlError};
+use crate::DdlError;
+use shardline_topology::describe_pg_error as pg_cause;
 
 /// The record of migrations on each database.
 const RECORD_DDL: &str = "CREATE SCHEMA IF NOT EXISTS shardline;

@@ -49,7 +49,9 @@ pub fn keepalive(stream: &DbStream, conn: &ConnString) {
         .with_retries(KEEPALIVE_PROBES);
     // SAFETY: the descriptor belongs to `stream`, open for this borrow.
     let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
-    socket2::SockRef::from(&fd).set_tcp_keepalive(&keepalive).ok();
+    socket2::SockRef::from(&fd)
+        .set_tcp_keepalive(&keepalive)
+        .ok();
 }
 
 /// One database's liveness check.

@@ -43,7 +43,7 @@ pub use table::{
 pub enum SchemaError {
     #[error(transparent)]
     Connect(#[from] shardline_topology::ConnectError),
-    #[error("catalog query failed: {}", describe(.0))]
+    #[error("catalog query failed: {}", shardline_topology::describe_pg_error(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("{database}: {cause}")]
     On {
@@ -86,19 +86,5 @@ impl SchemaError {
             Self::Unlisted { .. } => "name a table listed in the topology (as SQL writes it: payments, billing.\"Ledger\")".into(),
             Self::Query(_) => "check that the role may read the catalog (pg_catalog) on that database".into(),
         }
-    }
-}
-
-/// PostgreSQL's message with its SQLSTATE and detail, or the client's error.
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(d) => {
-            let mut s = format!("{} (SQLSTATE {})", d.message(), d.code().code());
-            if let Some(detail) = d.detail() {
-                s.push_str(&format!("; {detail}"));
-            }
-            s
-        }
-        None => e.to_string(),
     }
 }

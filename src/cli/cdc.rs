@@ -207,7 +207,11 @@ pub async fn run(cmd: CdcCommand, g: &Global) -> anyhow::Result<u8> {
             let found = shardline_ddl::capture::skip(&source, args.id)
                 .await
                 .map_err(|e| {
-                    anyhow::anyhow!("{}: {}", topology.source, shardline_ddl::pg_cause(&e))
+                    anyhow::anyhow!(
+                        "{}: {}",
+                        topology.source,
+                        shardline_topology::describe_pg_error(&e)
+                    )
                 })?;
             if !found {
                 return Err(Hint::error(

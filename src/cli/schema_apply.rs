@@ -8,7 +8,6 @@ use shardline_ddl::DdlError;
 use super::output::{print_json, Hint};
 use super::{Format, Global};
 
-
 /// Run one SQL migration on every database of a context (all-or-nothing where it can)
 ///
 /// When every statement can run in a transaction, each database runs the

@@ -59,9 +59,8 @@ pub async fn shared_columns(
     if spec.source_relation.starts_with('(') {
         return Ok((shared, drift));
     }
-    let relation = spec.target_relation.replace('"', "");
     for t in targets {
-        let (columns, _) = shape(t, &relation).await?;
+        let (columns, _) = shape(t, &spec.target_relation).await?;
         let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
         for c in &spec.columns {
             if !names.contains(&c.name.as_str()) {

@@ -10,7 +10,8 @@
 //! next try; `IF NOT EXISTS` makes the try idempotent.
 
 use shardline_ddl::plan::{by_hand, literal};
-use shardline_ddl::{pg_cause, Step};
+use shardline_ddl::Step;
+use shardline_topology::describe_pg_error as pg_cause;
 
 use super::TargetDdl;
 use crate::apply::{Applier, ApplyError};
