@@ -166,3 +166,68 @@ fn the_reverse_slots_created_at_start_are_no_warning() {
         "{forward}"
     );
 }
+
+#[test]
+fn a_source_role_without_create_on_the_database_is_told_the_grant_that_works() {
+    let source = PgServer::start().unwrap();
+    let shard = PgServer::start().unwrap();
+    source
+        .psql(
+            "postgres",
+            &format!(
+                "{SCHEMA} CREATE ROLE app LOGIN REPLICATION; ALTER TABLE events OWNER TO app;"
+            ),
+        )
+        .unwrap();
+    shard.psql("postgres", SCHEMA).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("shardline.toml");
+    // No DDL capture: it would need a superuser before anything else.
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"postgres://app@127.0.0.1:{}/postgres\"\nddl = \"stop\"\n[contexts.transactions]\ntables = [\"events\"]\nshard_key = \"merchant_id\"\nshards = [\"{}\"]\n",
+            source.port(),
+            shard.url("postgres")
+        ),
+    )
+    .unwrap();
+    let cdc = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardline"));
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["-q", "cdc", "run", "--heartbeat-secs", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let out = cdc().output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("permission denied for database postgres (SQLSTATE 42501)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: as a superuser, GRANT CREATE ON DATABASE postgres TO the role shardline connects as"),
+        "{stderr}"
+    );
+
+    // The grant the hint names is enough: cdc streams.
+    source
+        .psql("postgres", "GRANT CREATE ON DATABASE postgres TO app")
+        .unwrap();
+    let mut child = cdc().spawn().unwrap();
+    let streaming = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        source
+            .psql("postgres", "SELECT count(*) FROM pg_stat_replication")
+            .unwrap()
+            .trim()
+            == "1"
+    });
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(streaming, "{}", String::from_utf8_lossy(&out.stderr));
+}
