@@ -231,3 +231,62 @@ fn a_source_role_without_create_on_the_database_is_told_the_grant_that_works() {
     let out = child.wait_with_output().unwrap();
     assert!(streaming, "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn backfill_as_a_source_role_without_create_on_the_database_is_told_the_grant_that_works() {
+    let source = PgServer::start().unwrap();
+    let shard = PgServer::start().unwrap();
+    source
+        .psql(
+            "postgres",
+            &format!(
+                "{SCHEMA} CREATE ROLE app LOGIN REPLICATION; ALTER TABLE events OWNER TO app;
+                      INSERT INTO events SELECT g % 7, g, 'x' FROM generate_series(1, 50) g;"
+            ),
+        )
+        .unwrap();
+    shard.psql("postgres", SCHEMA).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("shardline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"postgres://app@127.0.0.1:{}/postgres\"\nddl = \"stop\"\n[contexts.transactions]\ntables = [\"events\"]\nshard_key = \"merchant_id\"\nshards = [\"{}\"]\n",
+            source.port(),
+            shard.url("postgres")
+        ),
+    )
+    .unwrap();
+    let backfill = || {
+        Command::new(env!("CARGO_BIN_EXE_shardline"))
+            .arg("--config")
+            .arg(&config)
+            .args(["-q", "backfill"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = backfill();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("hint: as a superuser, GRANT CREATE ON DATABASE postgres TO the role shardline connects as"),
+        "{stderr}"
+    );
+    source
+        .psql("postgres", "GRANT CREATE ON DATABASE postgres TO app")
+        .unwrap();
+    let out = backfill();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        shard
+            .psql("postgres", "SELECT count(*) FROM events")
+            .unwrap()
+            .trim(),
+        "50"
+    );
+}

@@ -57,6 +57,11 @@ pub enum BackfillError {
 
 impl BackfillError {
     pub fn hint(&self) -> Option<String> {
+        if let Self::Query { cause, .. } = self {
+            if let Some(grant) = shardline_topology::pgerror::create_grant_hint(cause) {
+                return Some(grant);
+            }
+        }
         Some(match self {
             Self::Connect(e) => e.hint(),
             Self::MissingTable { .. } => "fix the table lists in the topology".into(),

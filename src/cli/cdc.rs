@@ -327,15 +327,11 @@ fn hinted(e: CdcError) -> anyhow::Error {
 }
 
 /// What to grant when a set-up statement on the source was refused: the
-/// database's CREATE (shardline keeps its state in a schema of its own
-/// there) when that is what PostgreSQL named, else the privileges cdc needs.
+/// database's CREATE when that is what PostgreSQL named, else the
+/// privileges cdc needs.
 fn privilege_hint(e: &tokio_postgres::Error) -> String {
     let message = e.as_db_error().map(|d| d.message()).unwrap_or_default();
-    match message.strip_prefix("permission denied for database ") {
-        Some(db) => format!(
-            "as a superuser, GRANT CREATE ON DATABASE {} TO the role shardline connects as (shardline keeps its progress in a schema shardline there), or connect as a superuser; then start cdc again",
-            shardline_topology::display_ident(db)
-        ),
-        None => "connect as a role that may do this (cdc needs REPLICATION, CREATE on the source database and ownership of the listed tables), or as a superuser; then start cdc again".into(),
-    }
+    shardline_topology::pgerror::create_grant_hint(message).unwrap_or_else(|| {
+        "connect as a role that may do this (cdc needs REPLICATION, CREATE on the source database and ownership of the listed tables), or as a superuser; then start cdc again".into()
+    })
 }

@@ -71,3 +71,39 @@ pub fn is_connection_lost(e: &tokio_postgres::Error) -> bool {
         }
     }
 }
+
+/// The grant that lets shardline set itself up on a database that refused
+/// it `CREATE` (shardline keeps its state in a schema `shardline` there),
+/// read from PostgreSQL's message (`permission denied for database D`,
+/// alone or as [`describe`] renders it); `None` for any other refusal.
+pub fn create_grant_hint(message: &str) -> Option<String> {
+    let rest = message.split("permission denied for database ").nth(1)?;
+    let db = rest.split(" (SQLSTATE").next()?.trim();
+    Some(format!(
+        "as a superuser, GRANT CREATE ON DATABASE {} TO the role shardline connects as (shardline keeps its progress in a schema shardline there), or connect as a superuser; then run the same command again",
+        crate::display_ident(db)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::create_grant_hint;
+
+    #[test]
+    fn the_create_grant_names_the_database_as_sql_writes_it() {
+        let plain = create_grant_hint("permission denied for database postgres").unwrap();
+        assert!(plain.starts_with("as a superuser, GRANT CREATE ON DATABASE postgres TO"));
+        let rendered = create_grant_hint(
+            "db: permission denied for database Pay Ments (SQLSTATE 42501); detail: x",
+        )
+        .unwrap();
+        assert!(
+            rendered.contains("GRANT CREATE ON DATABASE \"Pay Ments\" TO"),
+            "{rendered}"
+        );
+        assert_eq!(
+            create_grant_hint("permission denied for table payments"),
+            None
+        );
+    }
+}
