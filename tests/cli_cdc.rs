@@ -167,61 +167,82 @@ fn the_reverse_slots_created_at_start_are_no_warning() {
     );
 }
 
-#[test]
-fn a_source_role_without_create_on_the_database_is_told_the_grant_that_works() {
-    let source = PgServer::start().unwrap();
-    let shard = PgServer::start().unwrap();
-    source
-        .psql(
-            "postgres",
-            &format!(
-                "{SCHEMA} CREATE ROLE app LOGIN REPLICATION; ALTER TABLE events OWNER TO app;"
+/// A source whose role `app` owns `events` and may replicate, but may not
+/// create shardline's schema in the database, beside one shard; the
+/// topology skips the DDL capture (it would need a superuser first).
+struct Unprivileged {
+    source: PgServer,
+    shard: PgServer,
+    dir: tempfile::TempDir,
+}
+
+impl Unprivileged {
+    fn start(rows: u32) -> Self {
+        let source = PgServer::start().unwrap();
+        let shard = PgServer::start().unwrap();
+        source
+            .psql(
+                "postgres",
+                &format!(
+                    "{SCHEMA} CREATE ROLE app LOGIN REPLICATION; ALTER TABLE events OWNER TO app;
+                     INSERT INTO events SELECT g % 7, g, 'x' FROM generate_series(1, {rows}) g;"
+                ),
+            )
+            .unwrap();
+        shard.psql("postgres", SCHEMA).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("shardline.toml"),
+            format!(
+                "[source]\nurl = \"postgres://app@127.0.0.1:{}/postgres\"\nddl = \"stop\"\n[contexts.transactions]\ntables = [\"events\"]\nshard_key = \"merchant_id\"\nshards = [\"{}\"]\n",
+                source.port(),
+                shard.url("postgres")
             ),
         )
         .unwrap();
-    shard.psql("postgres", SCHEMA).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("shardline.toml");
-    // No DDL capture: it would need a superuser before anything else.
-    std::fs::write(
-        &config,
-        format!(
-            "[source]\nurl = \"postgres://app@127.0.0.1:{}/postgres\"\nddl = \"stop\"\n[contexts.transactions]\ntables = [\"events\"]\nshard_key = \"merchant_id\"\nshards = [\"{}\"]\n",
-            source.port(),
-            shard.url("postgres")
-        ),
-    )
-    .unwrap();
-    let cdc = || {
+        Self { source, shard, dir }
+    }
+
+    fn shardline(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardline"));
         cmd.arg("--config")
-            .arg(&config)
-            .args(["-q", "cdc", "run", "--heartbeat-secs", "1"])
+            .arg(self.dir.path().join("shardline.toml"))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         cmd
-    };
-    let out = cdc().output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("permission denied for database postgres (SQLSTATE 42501)"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("hint: as a superuser, GRANT CREATE ON DATABASE postgres TO the role shardline connects as"),
-        "{stderr}"
-    );
+    }
 
+    /// Runs `args`, expects exit 2 with the grant as the hint, then grants it.
+    fn refused_then_granted(&self, args: &[&str]) {
+        let out = self.shardline(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("permission denied for database postgres (SQLSTATE 42501)"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("hint: as a superuser, GRANT CREATE ON DATABASE postgres TO the role shardline connects as"),
+            "{stderr}"
+        );
+        self.source
+            .psql("postgres", "GRANT CREATE ON DATABASE postgres TO app")
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_source_role_without_create_on_the_database_is_told_the_grant_that_works() {
+    let f = Unprivileged::start(0);
+    let cdc = ["-q", "cdc", "run", "--heartbeat-secs", "1"];
+    f.refused_then_granted(&cdc);
     // The grant the hint names is enough: cdc streams.
-    source
-        .psql("postgres", "GRANT CREATE ON DATABASE postgres TO app")
-        .unwrap();
-    let mut child = cdc().spawn().unwrap();
+    let mut child = f.shardline(&cdc).spawn().unwrap();
     let streaming = (0..300).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
-        source
+        f.source
             .psql("postgres", "SELECT count(*) FROM pg_stat_replication")
             .unwrap()
             .trim()
@@ -234,56 +255,16 @@ fn a_source_role_without_create_on_the_database_is_told_the_grant_that_works() {
 
 #[test]
 fn backfill_as_a_source_role_without_create_on_the_database_is_told_the_grant_that_works() {
-    let source = PgServer::start().unwrap();
-    let shard = PgServer::start().unwrap();
-    source
-        .psql(
-            "postgres",
-            &format!(
-                "{SCHEMA} CREATE ROLE app LOGIN REPLICATION; ALTER TABLE events OWNER TO app;
-                      INSERT INTO events SELECT g % 7, g, 'x' FROM generate_series(1, 50) g;"
-            ),
-        )
-        .unwrap();
-    shard.psql("postgres", SCHEMA).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("shardline.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[source]\nurl = \"postgres://app@127.0.0.1:{}/postgres\"\nddl = \"stop\"\n[contexts.transactions]\ntables = [\"events\"]\nshard_key = \"merchant_id\"\nshards = [\"{}\"]\n",
-            source.port(),
-            shard.url("postgres")
-        ),
-    )
-    .unwrap();
-    let backfill = || {
-        Command::new(env!("CARGO_BIN_EXE_shardline"))
-            .arg("--config")
-            .arg(&config)
-            .args(["-q", "backfill"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
-    let out = backfill();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("hint: as a superuser, GRANT CREATE ON DATABASE postgres TO the role shardline connects as"),
-        "{stderr}"
-    );
-    source
-        .psql("postgres", "GRANT CREATE ON DATABASE postgres TO app")
-        .unwrap();
-    let out = backfill();
+    let f = Unprivileged::start(50);
+    f.refused_then_granted(&["-q", "backfill"]);
+    let out = f.shardline(&["-q", "backfill"]).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        shard
+        f.shard
             .psql("postgres", "SELECT count(*) FROM events")
             .unwrap()
             .trim(),
