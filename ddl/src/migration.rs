@@ -32,7 +32,7 @@ use tokio_postgres::Client;
 
 use crate::statement::{self, Statement};
 use crate::DdlError;
-use shardline_topology::describe_pg_error as pg_cause;
+use shardline_topology::describe_pg_error;
 
 /// The record of migrations on each database.
 const RECORD_DDL: &str = "CREATE SCHEMA IF NOT EXISTS shardline;
@@ -234,7 +234,7 @@ pub async fn apply(
 fn query(db: &Database, e: &tokio_postgres::Error) -> DdlError {
     DdlError::Query {
         database: db.name.clone(),
-        cause: pg_cause(e),
+        cause: describe_pg_error(e),
     }
 }
 
@@ -390,7 +390,7 @@ async fn run_statements(
                 index: i + 1,
                 sql: s.text.clone(),
                 database: db.name.clone(),
-                cause: pg_cause(&e),
+                cause: describe_pg_error(&e),
             })?;
     }
     Ok(())
@@ -462,7 +462,7 @@ async fn per_database(m: &Migration, db: &Database) -> Result<(), DdlError> {
                     index: at + 1,
                     sql: s.text.clone(),
                     database: db.name.clone(),
-                    cause: pg_cause(&e),
+                    cause: describe_pg_error(&e),
                 })?;
             at += 1;
             record(&client, db, m, at, at == n).await?;

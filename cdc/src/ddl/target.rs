@@ -11,7 +11,7 @@
 
 use shardline_ddl::plan::{by_hand, literal};
 use shardline_ddl::Step;
-use shardline_topology::describe_pg_error as pg_cause;
+use shardline_topology::describe_pg_error;
 
 use super::TargetDdl;
 use crate::apply::{Applier, ApplyError};
@@ -174,7 +174,7 @@ impl Applier {
             target: self.name.clone(),
             id: ddl.id,
             statement: ddl.statement.clone(),
-            cause: pg_cause(e),
+            cause: describe_pg_error(e),
             fix: by_hand(ddl.id),
         }
     }
