@@ -106,10 +106,36 @@ fn snapshot_hint(cause: &str) -> Option<String> {
         "the slot exists already: drop it (`shardline cdc drop`) or run with --restart"
     } else if cause.contains("SQLSTATE 42501") || cause.contains("SQLSTATE 28000") {
         "the role needs the REPLICATION attribute (ALTER ROLE … REPLICATION) and a replication line in pg_hba.conf"
-    } else if cause.starts_with("io error") {
+    } else if cause.starts_with("io error")
+        || ["57P01", "57P02", "57P03", "SQLSTATE 08"]
+            .iter()
+            .any(|code| cause.contains(code))
+    {
         "is the source reachable? run the same command again once it is: the job resumes"
     } else {
         return None;
     };
     Some(hint.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_going_away_while_the_snapshot_is_made_is_worth_a_rerun() {
+        for cause in [
+            "io error: connection reset by peer",
+            "server error: the database system is shutting down (SQLSTATE 57P03)",
+            "server error: terminating connection due to administrator command (SQLSTATE 57P01)",
+        ] {
+            let hint = BackfillError::Snapshot(cause.into()).hint().unwrap();
+            assert!(
+                hint.contains("run the same command again"),
+                "{cause}: {hint}"
+            );
+        }
+        let other = BackfillError::Snapshot("server error: syntax error (SQLSTATE 42601)".into());
+        assert_eq!(other.hint(), None);
+    }
 }

@@ -266,9 +266,18 @@ async fn establish(
             // publications as of each change's position in the WAL.
             shardline_cdc::source::ensure_publication(source, &request.job, &prepared.routes)
                 .await
-                .map_err(|e| BackfillError::Publication {
-                    publication: request.job.clone(),
-                    cause: e.to_string(),
+                .map_err(|e| match e {
+                    // The source went away (a restart): resumable, like
+                    // any other lost connection.
+                    shardline_cdc::source::SourceError::Query(e)
+                        if shardline_topology::pgerror::is_connection_lost(&e) =>
+                    {
+                        query_error(source_name, e)
+                    }
+                    e => BackfillError::Publication {
+                        publication: request.job.clone(),
+                        cause: e.to_string(),
+                    },
                 })?;
             let holder = snapshot::export(&prepared.source, &request.job, false).await?;
             source

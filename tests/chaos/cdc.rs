@@ -118,12 +118,17 @@ fn cdc_reconnects_through_cuts_and_restarts_and_ends_exact_after_a_kill() {
     // SIGKILL while the load's long runs of inserts are copied.
     std::thread::sleep(Duration::from_millis(rng.range(100, 900)));
     cdc.sigkill();
-    let cdc = f.spawn(&["-q", "cdc", "run", "--heartbeat-secs", "1"]);
+    let (mut cdc, log) = f.spawn_logged(&["cdc", "run", "--heartbeat-secs", "1"], "cdc-after-kill");
     std::thread::sleep(Duration::from_secs(2));
     let rounds = load.stop();
     assert!(rounds >= 20, "the load ran ({rounds} rounds)");
-    assert!(f.wait_caught_up("shardline", Duration::from_secs(120)));
+    assert!(
+        f.wait_caught_up("shardline", Duration::from_secs(120)),
+        "cdc catches up after a kill (running: {}): {}",
+        cdc.running(),
+        tail(&log)
+    );
     let out = cdc.sigterm_and_wait();
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", tail(&log));
     f.assert_exact("cdc through faults");
 }
