@@ -135,9 +135,11 @@ pub struct Backend {
     counting: bool,
     /// When the last ReadyForQuery arrived: the server was alive then.
     ready_at: Option<Instant>,
-    /// Which version of its client's settings the connection holds; 0:
-    /// none, as a pooled connection is (see [`crate::session`]).
-    pub settings: u64,
+    /// The settings script the connection last ran; empty: none, as a
+    /// new connection is (see [`crate::session`]). Clients with the same
+    /// settings (a fleet's pods log in alike) share connections as they
+    /// are, without running the script again.
+    pub settings: Arc<str>,
 }
 
 /// Messages a server sends unasked to a live session: a notification
@@ -228,7 +230,7 @@ impl Backend {
             sent_at: None,
             counting: true,
             ready_at: None,
-            settings: 0,
+            settings: Arc::from(""),
         };
         loop {
             let f = b.recv().await?;
@@ -510,26 +512,27 @@ impl Backend {
     }
 
     /// Runs a script of [`Backend::session_state`] (or startup
-    /// parameters), unless this connection holds that version already.
-    /// Version 0 is no settings: `RESET ALL` and the role (which `RESET
-    /// ALL` leaves alone) back to the connection's own.
-    pub async fn apply_settings(&mut self, script: &str, version: u64) -> Result<(), BackendError> {
-        if self.settings == version {
+    /// parameters), unless this connection ran the same script last: each
+    /// script begins with `RESET ALL`, so the same script leaves the same
+    /// settings. The empty script is no settings: `RESET ALL` and the role
+    /// (which `RESET ALL` leaves alone) back to the connection's own.
+    pub async fn apply_settings(&mut self, script: &Arc<str>) -> Result<(), BackendError> {
+        if Arc::ptr_eq(&self.settings, script) || self.settings == *script {
             return Ok(());
         }
-        let script = if version == 0 {
+        let sql = if script.is_empty() {
             "RESET ALL; RESET ROLE"
         } else {
             script
         };
-        if let Some((code, message)) = self.run(script).await? {
+        if let Some((code, message)) = self.run(sql).await? {
             return Err(BackendError::Settings {
                 target: self.target.clone(),
                 code,
                 message,
             });
         }
-        self.settings = version;
+        self.settings = script.clone();
         Ok(())
     }
 
@@ -573,7 +576,7 @@ impl Backend {
             });
         }
         self.prepared.clear();
-        self.settings = 0;
+        self.settings = Arc::from("");
         Ok(())
     }
 }

@@ -7,29 +7,21 @@
 //! a transaction, the router reads the resulting settings back from the
 //! backend that ran it ([`Backend::session_state`]): reading the outcome
 //! instead of replaying statements gets ROLLBACK, savepoints and failed
-//! statements right. Every other backend is brought to that version
-//! before its next statement.
+//! statements right. Every other backend is brought to those settings
+//! before its next statement, unless it holds them already.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::{Db, Fatal, Session};
 use crate::backend::{Backend, BackendError};
 use crate::message::FrameError;
 use crate::Kind;
 
-/// The next settings version; 0 means none set.
-static VERSIONS: AtomicU64 = AtomicU64::new(1);
-
-fn next_version() -> u64 {
-    VERSIONS.fetch_add(1, Ordering::Relaxed)
-}
-
 #[derive(Default)]
 pub(super) struct Settings {
-    /// A script that gives a fresh connection the client's settings.
-    script: String,
-    /// Its version; 0 while the client has set nothing.
-    version: u64,
+    /// A script that gives a fresh connection the client's settings;
+    /// empty while the client has set nothing.
+    script: Arc<str>,
     /// The backend that ran a statement changing them, not read back yet.
     changed: Option<Db>,
     /// Custom (dotted) parameters the client has set: pg_settings does not
@@ -44,10 +36,10 @@ pub(super) struct Settings {
 }
 
 impl Settings {
-    /// Brings a backend to the current settings (the defaults at
-    /// version 0).
+    /// Brings a backend to the current settings (the defaults while the
+    /// client has set nothing).
     pub async fn apply(&self, b: &mut Backend) -> Result<(), BackendError> {
-        b.apply_settings(&self.script, self.version).await
+        b.apply_settings(&self.script).await
     }
 
     /// Notes statements about to run on `db`: any setting among them may
@@ -121,9 +113,8 @@ impl Session {
         }
         match b.session_state(&self.settings.custom).await {
             Ok(script) => {
-                self.settings.version = next_version();
-                self.settings.script = script;
-                b.settings = self.settings.version;
+                self.settings.script = Arc::from(script);
+                b.settings = self.settings.script.clone();
                 Ok(())
             }
             Err(e) => {
@@ -160,8 +151,10 @@ impl Session {
             .iter()
             .map(|(n, v)| format!("set_config({}, {}, false)", literal(n), literal(v)))
             .collect();
-        self.settings.script = format!("RESET ALL; RESET ROLE; SELECT {}", calls.join(", "));
-        self.settings.version = next_version();
+        self.settings.script = Arc::from(format!(
+            "RESET ALL; RESET ROLE; SELECT {}",
+            calls.join(", ")
+        ));
         Ok(())
     }
 }

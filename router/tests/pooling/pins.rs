@@ -165,6 +165,57 @@ async fn listen_and_session_locks_pin_their_client_and_leave_with_it() {
     assert_eq!((row[4].as_deref(), row[5].as_deref()), (Some("0"), None));
 }
 
+/// Settings scripts the shard's server has run (`log_statement = all`).
+fn settings_runs(f: &Fleet) -> usize {
+    let log = std::fs::read_to_string(f.server.dir().join("server.log")).unwrap();
+    log.lines()
+        .filter(|l| l.contains("statement: RESET ALL"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_with_the_same_settings_share_a_backend_without_setting_it_again() {
+    let f = fleet("pool_size = 1").await;
+    for sql in [
+        "ALTER SYSTEM SET log_statement = 'all'",
+        "SELECT pg_reload_conf()",
+    ] {
+        f.server.psql("postgres", sql).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let login = |app: &str| format!("{} application_name={app}", f.conn_string());
+    let mut fleet_pods = Vec::new();
+    for _ in 0..3 {
+        let (c, connection) = tokio_postgres::connect(&login("pod"), NoTls).await.unwrap();
+        tokio::spawn(connection);
+        fleet_pods.push(c);
+    }
+    let m = f.merchant_on(0);
+    let sql = format!(
+        "SELECT current_setting('application_name'), count(*) FROM payments WHERE merchant_id = {m}"
+    );
+    for round in 0..5 {
+        for c in &fleet_pods {
+            let row = c.query_one(&sql, &[]).await.unwrap();
+            assert_eq!(row.get::<_, String>(0), "pod", "round {round}");
+        }
+    }
+    // One backend served fifteen transactions of three clients alike: it
+    // was given their settings once.
+    assert_eq!(settings_runs(&f), 1);
+    // A client with other settings takes the backend, and the next pod
+    // gets its own back: two more runs, and each sees its own.
+    let (other, connection) = tokio_postgres::connect(&login("other"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row = other.query_one(&sql, &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "other");
+    let row = fleet_pods[0].query_one(&sql, &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "pod");
+    assert_eq!(settings_runs(&f), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_pooling_keeps_backends_for_the_session() {
     let f = fleet("pool_mode = \"session\"").await;
