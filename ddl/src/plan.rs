@@ -20,6 +20,7 @@ use crate::event::{Captured, Event};
 use crate::statement::{self, Statement};
 
 mod alter;
+mod partition;
 mod objects;
 
 /// What the topology lists, as the planner asks it.
@@ -141,6 +142,23 @@ impl Effect {
     }
 }
 
+/// Rows that joined or left a listed table with a partition (`ATTACH`,
+/// `DETACH PARTITION`). The capture sends them right after the command as
+/// logical messages; cdc applies them as inserts or deletes of the listed
+/// table, routed as any row of it, in the same target transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replay {
+    /// Which of the capture's partition changes (`part` of each message).
+    pub part: usize,
+    /// The listed table (`schema.name`) the rows belong to.
+    pub table: String,
+    /// Deletes (the rows left), else inserts (they joined).
+    pub delete: bool,
+    /// A boolean SQL expression evaluated on each target first: the rows
+    /// apply only where it holds.
+    pub only_where: Option<String>,
+}
+
 /// The statements to run, and what they change.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -153,6 +171,8 @@ pub struct Changes {
     pub ends_group: bool,
     /// The tables whose definition changed, `schema.name`.
     pub tables: Vec<String>,
+    /// Rows that follow the command in the stream.
+    pub replays: Vec<Replay>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
