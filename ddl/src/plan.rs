@@ -20,8 +20,8 @@ use crate::event::{Captured, Event};
 use crate::statement::{self, Statement};
 
 mod alter;
-mod partition;
 mod objects;
+mod partition;
 
 /// What the topology lists, as the planner asks it.
 pub struct Scope<'a> {
@@ -55,8 +55,8 @@ pub struct Step {
     pub guard: Option<String>,
     /// Said in the log where the guard does not hold.
     pub skipped: Option<String>,
-    /// What must hold on the target, else cdc stops there (the target
-    /// cannot follow the source).
+    /// What must hold on the target where the guard holds, else cdc stops
+    /// there (the target cannot follow the source).
     pub require: Option<Requirement>,
     /// Cannot run in a transaction (`CONCURRENTLY`): runs after the
     /// target transaction that carries the progress mark commits.

@@ -78,7 +78,8 @@ impl Ctx<'_> {
         // The target runs it in its transaction: the rows left the source's
         // table at this position.
         let mut cmd = cmd.clone();
-        if let Some(NodeEnum::PartitionCmd(p)) = cmd.def.as_deref_mut().and_then(|d| d.node.as_mut())
+        if let Some(NodeEnum::PartitionCmd(p)) =
+            cmd.def.as_deref_mut().and_then(|d| d.node.as_mut())
         {
             p.concurrent = false;
         }
@@ -103,6 +104,8 @@ impl Ctx<'_> {
                     .and_then(|p| p.name.as_ref())
                     .map(|rv| super::statement::qualified(rv, &schema_of(table)))
                     .unwrap_or_default();
+                // Checked on every target, the partition there or not.
+                step.guard = None;
                 step.require = Some(Requirement {
                     check: partitioned_sql(table),
                     why: format!("the source detached partition {child} from {table} and the capture did not record its rows (the source's capture is older than this shardline), but this target keeps {table} as one table and still holds those rows"),
@@ -128,7 +131,8 @@ impl Ctx<'_> {
             c.op == op
                 && c.parent == table
                 && rv.is_some_and(|rv| {
-                    rv.relname == name.name && (rv.schemaname.is_empty() || rv.schemaname == name.schema)
+                    rv.relname == name.name
+                        && (rv.schemaname.is_empty() || rv.schemaname == name.schema)
                 })
         });
         found.ok_or_else(|| Plan::Refuse {
