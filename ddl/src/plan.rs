@@ -179,7 +179,7 @@ pub struct Changes {
 pub enum Plan {
     /// Nothing to do on the targets; why, for the log.
     Ignore(String),
-    Apply(Changes),
+    Apply(Box<Changes>),
     /// Cannot be applied safely: why, and what the operator can do.
     Refuse {
         why: String,
@@ -397,7 +397,7 @@ pub fn plan(c: &Captured, scope: &Scope) -> Plan {
         } else {
             changes.notes.join("; ")
         }),
-        Ok(changes) => Plan::Apply(changes),
+        Ok(changes) => Plan::Apply(Box::new(changes)),
         Err(plan) => plan,
     }
 }

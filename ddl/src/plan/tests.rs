@@ -350,7 +350,7 @@ fn partition_change(op: &str, partition: &str, parent: &str) -> crate::event::Pa
 
 fn changes(p: Plan) -> Changes {
     match p {
-        Plan::Apply(c) => c,
+        Plan::Apply(c) => *c,
         other => panic!("expected changes, got {other:?}"),
     }
 }
