@@ -201,7 +201,7 @@ fn schema_changes_under_load_reach_every_target_and_verify_is_clean() {
     // Backfill's set-up installed the capture.
     assert_eq!(
         f.sql("SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'shardline_ddl_%'"),
-        "2"
+        "3"
     );
     let cdc = f.cdc();
     let (stop_load, done) = (
@@ -444,6 +444,44 @@ fn a_new_partition_reaches_targets_that_keep_the_partitioning_and_a_dropped_one_
         "{report}"
     );
 
+    // A partition detached: shard 0 detaches it too (and keeps the table),
+    // shard 1 deletes its rows. Attached again, shard 0's own copy of the
+    // table still holds the rows, which the ATTACH would add to the ones
+    // the stream brings: cdc stops there, and the hint's TRUNCATE is the
+    // way on.
+    let cdc = f.cdc();
+    f.sql("ALTER TABLE orders DETACH PARTITION orders_2025");
+    f.sql("ALTER TABLE orders ATTACH PARTITION orders_2025 FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')");
+    let out = wait_exit(cdc);
+    let message = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{message}");
+    assert!(
+        message.contains("ATTACH PARTITION orders_2025"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("127.0.0.1:{}/postgres", f.shards[0].port())),
+        "{message}"
+    );
+    let hint = message
+        .split("hint: empty it on this target (`")
+        .nth(1)
+        .and_then(|h| h.split('`').next())
+        .unwrap_or_else(|| panic!("no TRUNCATE hint: {message}"));
+    assert_eq!(hint, r#"TRUNCATE "public"."orders_2025""#);
+    f.shards[0].psql("postgres", hint).unwrap();
+    let cdc = f.cdc();
+    let caught_up = f.wait_caught_up();
+    let out = stop(cdc);
+    assert!(caught_up && out.status.success(), "{}", text(&out));
+    assert_eq!(
+        f.shards[0].psql("postgres", partitions).unwrap().trim(),
+        "orders_2024,orders_2025"
+    );
+    let out = f.run(&["verify", "--tables", "orders"]);
+    let report = text(&out);
+    assert!(report.contains("verified orders: equal"), "{report}");
+
     // Retention: the source drops a partition, its rows go without deletes
     // in the stream. Shard 0 drops it too; shard 1 would keep the rows, so
     // cdc stops there, naming it.
@@ -465,4 +503,118 @@ fn a_new_partition_reaches_targets_that_keep_the_partitioning_and_a_dropped_one_
         message.contains("hint: delete those rows on this target"),
         "{message}"
     );
+}
+
+/// The shard each merchant of `0..37` lives on, by the topology's placement.
+fn shard_of_merchants(f: &Fleet) -> Vec<usize> {
+    let topology =
+        shardline_topology::Topology::load(&f.config.path().join("shardline.toml")).unwrap();
+    let shardline_topology::ContextKind::Sharded { placement, .. } =
+        &topology.sharded_context().unwrap().kind
+    else {
+        panic!("no sharded context")
+    };
+    (0..37)
+        .map(|m| placement.shard(&shardline_topology::ShardKey::Int(m)))
+        .collect()
+}
+
+#[test]
+fn a_partition_attached_with_its_rows_and_one_detached_reach_targets_that_keep_the_table_whole() {
+    let f = fleet("", ", \"orders\"");
+    // Only the source has it: backfill creates plain tables on the shards.
+    f.source
+        .psql(
+            "postgres",
+            r#"CREATE TABLE orders (merchant_id bigint NOT NULL, "Order Id" bigint NOT NULL, created date NOT NULL,
+                                    "Amount €" numeric(12,3), tags text[], raw bytea, note text,
+                                    doubled numeric GENERATED ALWAYS AS ("Amount €" * 2) STORED,
+                                    PRIMARY KEY (merchant_id, "Order Id", created)) PARTITION BY RANGE (created);
+               CREATE TABLE orders_2024 PARTITION OF orders FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+               CREATE TABLE orders_2025 PARTITION OF orders FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+               INSERT INTO orders (merchant_id, "Order Id", created, "Amount €", tags, note)
+               SELECT g % 37, g, date '2024-01-01' + g % 700, g / 7.0, ARRAY['t' || g], 'n' || g FROM generate_series(1, 2000) g"#,
+        )
+        .unwrap();
+    let out = f.run(&["backfill"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let cdc = f.cdc();
+    let (stop_load, done) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let load = write_load(&f.source, stop_load.clone(), done.clone());
+    // A month loaded in advance, its columns in another order, with NULLs,
+    // arrays, bytea, odd text and numerics, then attached.
+    f.sql(r#"CREATE TABLE orders_2026 (note text, raw bytea, tags text[], "Amount €" numeric(12,3), created date NOT NULL,
+                                       "Order Id" bigint NOT NULL, merchant_id bigint NOT NULL,
+                                       doubled numeric GENERATED ALWAYS AS ("Amount €" * 2) STORED);
+             INSERT INTO orders_2026 (merchant_id, "Order Id", created, "Amount €", tags, raw, note)
+             SELECT g % 37, g, date '2026-01-01' + g % 300,
+                    CASE WHEN g % 5 = 0 THEN NULL ELSE g * 1.125 END,
+                    CASE WHEN g % 3 = 0 THEN NULL ELSE ARRAY['a b', NULL, 'q"u''o\te,{}'] END,
+                    CASE WHEN g % 4 = 0 THEN NULL ELSE decode(md5(g::text), 'hex') END,
+                    CASE WHEN g % 6 = 0 THEN NULL ELSE E'line\nnext\\ ' || g END
+               FROM generate_series(5001, 6500) g"#);
+    std::thread::sleep(Duration::from_millis(200));
+    f.sql("ALTER TABLE orders ATTACH PARTITION orders_2026 FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')");
+    f.sql(r#"INSERT INTO orders (merchant_id, "Order Id", created, "Amount €") SELECT g % 37, g, date '2026-06-01', 1 FROM generate_series(7001, 7100) g;
+             UPDATE orders SET note = 'moved on' WHERE "Order Id" % 10 = 1 AND created >= '2026-01-01'"#);
+    // A partition detached: its rows leave the table; DETACH … CONCURRENTLY
+    // ends in a transaction of its own on the source.
+    f.sql("ALTER TABLE orders DETACH PARTITION orders_2024 CONCURRENTLY");
+    f.sql(
+        r#"INSERT INTO orders (merchant_id, "Order Id", created) VALUES (3, 9001, '2025-05-05')"#,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop_load.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert!(done.load(Ordering::Relaxed) > 5, "the load did not run");
+    let caught_up = f.wait_caught_up();
+    let out = stop(cdc);
+    let log = text(&out);
+    assert!(caught_up && out.status.success(), "{log}");
+    assert!(
+        log.contains("keeps public.orders as one table: the rows of attached partition public.orders_2026 are inserted into it"),
+        "{log}"
+    );
+    assert_eq!(
+        f.sql("SELECT count(*) FROM orders WHERE created >= '2026-01-01'"),
+        "1600"
+    );
+    assert_eq!(
+        f.sql("SELECT count(*) FROM orders WHERE created < '2025-01-01'"),
+        "0"
+    );
+
+    // Each shard holds exactly the rows of its merchants, byte for byte
+    // in PostgreSQL's text form (the generated column computed there).
+    let shard_of = shard_of_merchants(&f);
+    let digest = |merchants: &str| {
+        format!(
+            r#"SELECT count(*) || ':' || coalesce(md5(string_agg(format('%s|%s|%s|%s|%s|%s|%s|%s', merchant_id, "Order Id", created,
+                      "Amount €", tags, raw, note, doubled), E'\n' ORDER BY merchant_id, "Order Id", created)), '')
+                 FROM orders WHERE merchant_id IN ({merchants})"#
+        )
+    };
+    for (i, shard) in f.shards.iter().enumerate() {
+        let mine: Vec<String> = (0..37)
+            .filter(|&m| shard_of[m as usize] == i)
+            .map(|m| m.to_string())
+            .collect();
+        assert!(!mine.is_empty());
+        let all: Vec<String> = (0..37).map(|m| m.to_string()).collect();
+        assert_eq!(
+            shard
+                .psql("postgres", &digest(&all.join(",")))
+                .unwrap()
+                .trim(),
+            f.sql(&digest(&mine.join(","))),
+            "orders on shard {i}"
+        );
+    }
+    let out = f.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = f.run(&["schema", "diff"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

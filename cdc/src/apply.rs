@@ -113,6 +113,13 @@ pub enum Command {
     },
     /// A schema change, at its position in the source transaction.
     Ddl(Box<crate::ddl::TargetDdl>),
+    /// A row of a partition the schema change before it attached or
+    /// detached: applied where that change's rows apply
+    /// ([`crate::ddl::TargetDdl::replays`]).
+    ReplayRow {
+        part: usize,
+        op: RowOp,
+    },
     /// The source transaction ending here is complete.
     Commit {
         commit_lsn: Lsn,
@@ -273,6 +280,9 @@ struct Pending {
     ends_group: bool,
     /// Schema changes wait in `shardline.ddl_pending` for the commit.
     pending_ddl: bool,
+    /// The partition changes of the last schema change whose rows this
+    /// target takes.
+    replays: Vec<usize>,
 }
 
 impl Pending {
@@ -341,6 +351,7 @@ impl Applier {
             merged: false,
             ends_group: false,
             pending_ddl: false,
+            replays: Vec::new(),
         };
         let guard = MergeGuard {
             slot: self.slot.clone(),
@@ -440,7 +451,18 @@ impl Applier {
                     // What came before runs first, so an error is the
                     // schema change's own.
                     self.send(&mut p).await?;
+                    p.replays = self.replays_here(&ddl).await?;
                     p.pending_ddl |= self.ddl(&ddl).await?;
+                }
+                Command::ReplayRow { part, op } => {
+                    if p.replays.contains(&part) {
+                        p.begin();
+                        p.rows.push(op, &mut p.batch);
+                        p.partial = true;
+                        if p.batch.len() >= MAX_BATCH_BYTES {
+                            self.send(&mut p).await?;
+                        }
+                    }
                 }
                 Command::Fetch { sql, reply } => {
                     p.rows.flush(&mut p.batch);

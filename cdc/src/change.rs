@@ -147,6 +147,22 @@ impl Tables {
         self
     }
 
+    /// An empty cache that knows what this one knows of `table`'s keys: for
+    /// rows described apart from the stream's relations.
+    pub fn alone(&self, table: &str) -> Self {
+        let only = |m: &HashMap<String, Vec<String>>| -> HashMap<String, Vec<String>> {
+            m.get(table)
+                .map(|v| (table.to_string(), v.clone()))
+                .into_iter()
+                .collect()
+        };
+        Self {
+            primary_keys: only(&self.primary_keys),
+            identity_always: only(&self.identity_always),
+            ..Self::default()
+        }
+    }
+
     /// A carried schema change touched `table` (`schema.name`): its next
     /// description may change its columns.
     pub fn expect_change(&mut self, table: &str) {

@@ -23,6 +23,7 @@ use crate::readmodel::Refresher;
 use crate::route::{Routes, TableRoute};
 use crate::run::CdcError;
 
+mod replay;
 mod target;
 
 /// What one target runs for one captured command.
@@ -37,6 +38,9 @@ pub struct TargetDdl {
     pub steps: Vec<Step>,
     /// Commit the target transaction at the end of this source transaction.
     pub ends_group: bool,
+    /// The partition changes whose rows follow (`part`), each with the
+    /// condition a target must meet to take them.
+    pub replays: Vec<(usize, Option<String>)>,
 }
 
 /// The source's schema as far as the stream has shown it.
@@ -51,6 +55,8 @@ pub struct SchemaStream {
     incremental: Vec<String>,
     /// The log table as this stream described it.
     log_relation: Option<Relation>,
+    /// The rows the last carried command said follow it.
+    expected: Option<replay::Expected>,
 }
 
 /// Lists the partitions of partitioned tables on the source.
@@ -88,6 +94,7 @@ impl SchemaStream {
             read_models: topology.read_models.clone(),
             incremental: incremental.iter().map(|s| s.to_string()).collect(),
             log_relation: None,
+            expected: None,
         })
     }
 
@@ -135,6 +142,7 @@ impl SchemaStream {
         tables: &mut Tables,
         refresher: &mut Refresher,
     ) -> Result<Vec<(usize, TargetDdl)>, CdcError> {
+        self.expected = None;
         if !self.capture {
             return Ok(Vec::new());
         }
@@ -226,13 +234,120 @@ impl SchemaStream {
                             search_path: c.search_path.clone(),
                             steps: vec![step.clone()],
                             ends_group: changes.ends_group,
+                            replays: Vec::new(),
                         },
                     )),
                 }
             }
         }
+        self.expect_rows(c, &changes.replays, &at, tables, &mut per_target)?;
         tracing::info!(ddl = c.id, %statement, targets = per_target.len(), "schema change carried");
         Ok(per_target)
+    }
+
+    /// Notes the rows that follow the command (a partition attached or
+    /// detached), and tells every target of their table whether it takes
+    /// them; partitions attached become known as the table's.
+    fn expect_rows(
+        &mut self,
+        c: &Captured,
+        replays: &[shardline_ddl::Replay],
+        at: &Context<'_>,
+        tables: &Tables,
+        per_target: &mut Vec<(usize, TargetDdl)>,
+    ) -> Result<(), CdcError> {
+        if replays.is_empty() {
+            return Ok(());
+        }
+        for r in replays {
+            if let Some(change) = c.partitions.get(r.part) {
+                if r.delete {
+                    self.partitions.remove(&change.partition);
+                } else {
+                    self.partitions
+                        .insert(change.partition.clone(), r.table.clone());
+                }
+            }
+            let route = TableName::parse(&r.table)
+                .ok()
+                .and_then(|t| at.routes.route_of(&t));
+            if (at.copied_after)(&r.table) {
+                continue;
+            }
+            let targets = route.map(TableRoute::targets).unwrap_or_default();
+            for target in targets.into_iter().filter(|t| (at.wanted)(*t)) {
+                let replay = (r.part, r.only_where.clone());
+                match per_target.iter_mut().find(|(t, _)| *t == target) {
+                    Some((_, d)) => d.replays.push(replay),
+                    None => per_target.push((
+                        target,
+                        TargetDdl {
+                            id: c.id,
+                            statement: statement_of(c),
+                            search_path: c.search_path.clone(),
+                            steps: Vec::new(),
+                            ends_group: false,
+                            replays: vec![replay],
+                        },
+                    )),
+                }
+            }
+        }
+        self.expected = Some(replay::Expected::new(c, replays, tables, at.routes)?);
+        Ok(())
+    }
+
+    /// The row change a partition's row message stands for, and the one
+    /// table it is planned on; `None` when no carried command expects it.
+    pub fn replayed_row(
+        &self,
+        content: &bytes::Bytes,
+    ) -> Result<Option<replay::Replayed<'_>>, CdcError> {
+        match &self.expected {
+            Some(e) => e.row(content),
+            None => Ok(None),
+        }
+    }
+
+    /// For a sink that passes changes on as they are (no targets): the
+    /// rows of every partition the command attached to or detached from a
+    /// listed table follow as its inserts or deletes.
+    pub fn expect_all(
+        &mut self,
+        c: &Captured,
+        tables: &Tables,
+        routes: &Routes,
+    ) -> Result<(), CdcError> {
+        self.expected = None;
+        let listed = |t: &str| {
+            TableName::parse(t)
+                .ok()
+                .and_then(|t| routes.route_of(&t))
+                .is_some()
+        };
+        let replays: Vec<shardline_ddl::Replay> = c
+            .partitions
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.op == "attach" || p.op == "detach")
+            .filter_map(|(part, p)| {
+                let table = if listed(&p.parent) {
+                    p.parent.clone()
+                } else {
+                    self.partitions.get(&p.parent).cloned()?
+                };
+                Some(shardline_ddl::Replay {
+                    part,
+                    table,
+                    delete: p.op == "detach",
+                    only_where: None,
+                })
+            })
+            .collect();
+        if !replays.is_empty() {
+            self.expected = Some(replay::Expected::new(c, &replays, tables, routes)?);
+        }
+        Ok(())
     }
 
     /// Stops cdc when a change takes away what the shard key or a read

@@ -501,6 +501,19 @@ async fn stream_once(
                         ReplicationEvent::KeepAlive { wal_end, .. } => {
                             source_seen = source_seen.max(Lsn(wal_end.0));
                         }
+                        ReplicationEvent::Message { transactional: true, prefix, content, .. } if prefix == shardline_ddl::capture::ROWS_PREFIX => {
+                            let Some(t) = txn.as_mut() else { continue };
+                            let Some(row) = schema.replayed_row(&content)? else { continue };
+                            if let Some(sink) = &jsonl {
+                                report.changes += 1;
+                                sink.change(&t.info, row.tables.get(row.relation)?, &row.message)
+                                    .map_err(|e| CdcError::Sink(e.to_string()))?;
+                                continue;
+                            }
+                            let known = Known { routes: &routes, source: &topology.source, client: &source, copied_at: &copied_at, skip_origin: &options.skip_origin };
+                            let change = RowChange { message: &row.message, relation: row.relation, replayed: Some(row.part) };
+                            row_change(change, row.tables, t, &known, &targets, &mut read_models, &mut deltas, report).await?;
+                        }
                         ReplicationEvent::Message { .. } => {}
                         ReplicationEvent::StoppedAt { .. } => return Ok(()),
                     }
@@ -614,6 +627,7 @@ fn emit(
         for t in captured.touched_tables() {
             tables.expect_change(&t);
         }
+        schema.expect_all(&captured, tables, routes)?;
         return sink
             .ddl(&txn.info, &captured)
             .map_err(|e| CdcError::Sink(e.to_string()));
@@ -658,10 +672,7 @@ async fn handle(
         }
     }
     let Known {
-        routes,
-        source,
-        copied_at,
-        ..
+        routes, copied_at, ..
     } = *known;
     let commit_lsn = txn.info.commit_lsn;
     let wanted = |target: usize| commit_lsn > targets[target].recorded;
@@ -708,95 +719,22 @@ async fn handle(
         LogicalMessage::Insert { relation, .. }
         | LogicalMessage::Update { relation, .. }
         | LogicalMessage::Delete { relation, .. } => {
-            report.changes += 1;
-            let table = tables.get(*relation)?;
-            upkeep
-                .refresher
-                .touch_row(table.name(), &table.relation, &message);
-            for m in upkeep.deltas.iter_mut().filter(|m| m.from == table.name()) {
-                let copied = copied_at
-                    .get(&format!("public.{}", m.name))
-                    .is_some_and(|lsn| commit_lsn <= *lsn);
-                if copied || !wanted(m.target) {
-                    continue;
-                }
-                if m.record(&table.relation, &message) == crate::delta::Recorded::Incomplete {
-                    return Err(CdcError::IncompleteChange {
-                        read_model: m.name.clone(),
-                        table: table.name().to_string(),
-                    });
-                }
-                if m.pending() >= crate::delta::MAX_PENDING_ROWS {
-                    flush_delta(m, txn, targets).await?;
-                }
-            }
-            if txn.echo {
-                return Ok(());
-            }
-            if already_copied(tables, *relation) {
-                report.skipped += 1;
-                return Ok(());
-            }
-            for plan in tables.plan_rows(&message)? {
-                match plan {
-                    RowPlan::Row { target, op } => {
-                        if wanted(target) {
-                            txn.touched.insert(target);
-                            send(&targets[target], Command::Row(op)).await?;
-                        } else {
-                            report.skipped += 1;
-                        }
-                    }
-                    RowPlan::Move {
-                        from,
-                        to,
-                        table,
-                        columns,
-                        values,
-                        key,
-                        unique,
-                    } => {
-                        let filled = fill_unchanged(
-                            &targets[from],
-                            wanted(from),
-                            source,
-                            &table,
-                            &columns,
-                            values,
-                            &key,
-                        )
-                        .await?;
-                        let key_ref: Vec<(&str, sql::Value)> = key
-                            .iter()
-                            .map(|(c, v)| (c.as_str(), v.as_deref()))
-                            .collect();
-                        if wanted(from) {
-                            txn.touched.insert(from);
-                            let sql = if unique {
-                                sql::delete(&table, &key_ref)
-                            } else {
-                                sql::delete_one(&table, &key_ref)
-                            };
-                            let what = crate::divergence::Divergence {
-                                relation: table.clone(),
-                                operation: "move",
-                                key: crate::divergence::render_key(key_ref.iter().copied()),
-                            };
-                            send(&targets[from], Command::ExecOne { sql, what }).await?;
-                        }
-                        if let (true, Some(row)) = (wanted(to), filled) {
-                            let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
-                            txn.touched.insert(to);
-                            let insert = sql::insert(
-                                &table,
-                                &cols,
-                                [row.iter().map(|v| v.as_deref()).collect()],
-                            );
-                            send(&targets[to], Command::Exec(insert)).await?;
-                        }
-                    }
-                }
-            }
+            let change = RowChange {
+                message: &message,
+                relation: *relation,
+                replayed: None,
+            };
+            row_change(
+                change,
+                tables,
+                txn,
+                known,
+                targets,
+                upkeep.refresher,
+                upkeep.deltas,
+                report,
+            )
+            .await?;
         }
         LogicalMessage::Truncate { relations, .. } => {
             for id in relations.iter().filter(|id| !upkeep.schema.is_log(**id)) {
@@ -829,6 +767,135 @@ async fn handle(
             }
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// A row change to apply: one of the stream's, or a row of a partition a
+/// schema change attached or detached (`replayed`: which of its changes).
+struct RowChange<'a> {
+    message: &'a LogicalMessage,
+    relation: u32,
+    replayed: Option<usize>,
+}
+
+/// Plans one insert, update or delete of a listed table and queues it
+/// for its targets and read models.
+#[allow(clippy::too_many_arguments)]
+async fn row_change(
+    change: RowChange<'_>,
+    tables: &Tables,
+    txn: &mut Txn,
+    known: &Known<'_>,
+    targets: &[Target],
+    refresher: &mut crate::readmodel::Refresher,
+    deltas: &mut [crate::delta::DeltaModel],
+    report: &mut RunReport,
+) -> Result<(), CdcError> {
+    let RowChange {
+        message,
+        relation,
+        replayed,
+    } = change;
+    let Known {
+        source, copied_at, ..
+    } = *known;
+    let commit_lsn = txn.info.commit_lsn;
+    let wanted = |target: usize| commit_lsn > targets[target].recorded;
+    let already_copied = |tables: &Tables, relation: u32| {
+        tables
+            .get(relation)
+            .ok()
+            .and_then(|t| copied_at.get(t.name()))
+            .is_some_and(|lsn| commit_lsn <= *lsn)
+    };
+    report.changes += 1;
+    let table = tables.get(relation)?;
+    refresher.touch_row(table.name(), &table.relation, message);
+    for m in deltas.iter_mut().filter(|m| m.from == table.name()) {
+        let copied = copied_at
+            .get(&format!("public.{}", m.name))
+            .is_some_and(|lsn| commit_lsn <= *lsn);
+        if copied || !wanted(m.target) {
+            continue;
+        }
+        if m.record(&table.relation, message) == crate::delta::Recorded::Incomplete {
+            return Err(CdcError::IncompleteChange {
+                read_model: m.name.clone(),
+                table: table.name().to_string(),
+            });
+        }
+        if m.pending() >= crate::delta::MAX_PENDING_ROWS {
+            flush_delta(m, txn, targets).await?;
+        }
+    }
+    if txn.echo {
+        return Ok(());
+    }
+    if already_copied(tables, relation) {
+        report.skipped += 1;
+        return Ok(());
+    }
+    for plan in tables.plan_rows(message)? {
+        match plan {
+            RowPlan::Row { target, op } => {
+                if wanted(target) {
+                    txn.touched.insert(target);
+                    let command = match replayed {
+                        Some(part) => Command::ReplayRow { part, op },
+                        None => Command::Row(op),
+                    };
+                    send(&targets[target], command).await?;
+                } else {
+                    report.skipped += 1;
+                }
+            }
+            RowPlan::Move {
+                from,
+                to,
+                table,
+                columns,
+                values,
+                key,
+                unique,
+            } => {
+                let filled = fill_unchanged(
+                    &targets[from],
+                    wanted(from),
+                    source,
+                    &table,
+                    &columns,
+                    values,
+                    &key,
+                )
+                .await?;
+                let key_ref: Vec<(&str, sql::Value)> = key
+                    .iter()
+                    .map(|(c, v)| (c.as_str(), v.as_deref()))
+                    .collect();
+                if wanted(from) {
+                    txn.touched.insert(from);
+                    let sql = if unique {
+                        sql::delete(&table, &key_ref)
+                    } else {
+                        sql::delete_one(&table, &key_ref)
+                    };
+                    let what = crate::divergence::Divergence {
+                        relation: table.clone(),
+                        operation: "move",
+                        key: crate::divergence::render_key(key_ref.iter().copied()),
+                    };
+                    send(&targets[from], Command::ExecOne { sql, what }).await?;
+                }
+                if let (true, Some(row)) = (wanted(to), filled) {
+                    let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
+                    txn.touched.insert(to);
+                    let insert =
+                        sql::insert(&table, &cols, [row.iter().map(|v| v.as_deref()).collect()]);
+                    send(&targets[to], Command::Exec(insert)).await?;
+                }
+            }
+        }
     }
     Ok(())
 }

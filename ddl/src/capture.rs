@@ -1,7 +1,10 @@
 //! The capture on the source: an event trigger on `ddl_command_end` and
 //! `sql_drop` writes each DDL command into [`LOG_TABLE`], which is in the
 //! publication, so the command reaches cdc at its exact position in the
-//! stream (see `capture.sql` for what a row holds).
+//! stream (see `capture.sql` for what a row holds). The rows of a
+//! partition an `ALTER TABLE` attached or detached follow their log row as
+//! transactional logical messages ([`ROWS_PREFIX`]), so they too arrive
+//! at that position, with no table to grow or clean.
 //!
 //! Event triggers can only be created by a superuser; [`missing_privilege`]
 //! says so before anything is created.
@@ -13,6 +16,9 @@ pub const LOG_SCHEMA: &str = "shardline";
 pub const LOG_NAME: &str = "ddl_log";
 /// `shardline.ddl_log`.
 pub const LOG_TABLE: &str = "shardline.ddl_log";
+/// The prefix of the logical messages that carry, one each, the rows of a
+/// partition an `ALTER TABLE` attached or detached (see `capture.sql`).
+pub const ROWS_PREFIX: &str = "shardline.ddl_rows";
 
 /// The schema, table, functions and event triggers of the capture.
 const INSTALL_SQL: &str = include_str!("capture.sql");
@@ -22,17 +28,22 @@ const INSTALL_LOCK: i64 = 0x7368_6c64_646c_0001;
 
 const REMOVE_SQL: &str = "DROP EVENT TRIGGER IF EXISTS shardline_ddl_end;
 DROP EVENT TRIGGER IF EXISTS shardline_ddl_drop;
+DROP EVENT TRIGGER IF EXISTS shardline_ddl_start;
 DROP FUNCTION IF EXISTS shardline.ddl_capture();
+DROP FUNCTION IF EXISTS shardline.ddl_start();
+DROP FUNCTION IF EXISTS shardline.ddl_partition_rows(bigint, int, jsonb);
+DROP FUNCTION IF EXISTS shardline.ddl_partition_changes(text);
+DROP FUNCTION IF EXISTS shardline.ddl_partitions();
 DROP FUNCTION IF EXISTS shardline.ddl_record(text, text, text, text);
 DROP FUNCTION IF EXISTS shardline.ddl_table(oid);
 DROP FUNCTION IF EXISTS shardline.ddl_missing_value(oid, int2);";
 
-/// Whether both event triggers exist and fire.
+/// Whether the event triggers exist and fire.
 pub async fn installed(client: &Client) -> Result<bool, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT count(*) = 2 FROM pg_event_trigger
-              WHERE evtname IN ('shardline_ddl_end', 'shardline_ddl_drop') AND evtenabled IN ('O', 'A')",
+            "SELECT count(*) = 3 FROM pg_event_trigger
+              WHERE evtname IN ('shardline_ddl_end', 'shardline_ddl_drop', 'shardline_ddl_start') AND evtenabled IN ('O', 'A')",
             &[],
         )
         .await?;

@@ -75,6 +75,32 @@ impl TableState {
     }
 }
 
+/// What an `ALTER TABLE` did to a partitioned table's partitions, as the
+/// capture saw it: the rows of `partition` joined or left `parent` (and its
+/// root, whose rows the stream publishes) without row changes in the
+/// stream, so they follow the log row as logical messages.
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+pub struct PartitionChange {
+    /// `attach`, `detach`, or `unknown` (the capture could not tell).
+    pub op: String,
+    /// [`TableName`]'s display form, as the others.
+    #[serde(default)]
+    pub partition: String,
+    #[serde(default)]
+    pub parent: String,
+    #[serde(default)]
+    pub root: String,
+    /// The root's columns as each row message lists their values.
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// The root's `relreplident`.
+    #[serde(default)]
+    pub replica_identity: String,
+    /// The columns of the root's replica identity (primary key or index).
+    #[serde(default)]
+    pub identity: Vec<String>,
+}
+
 /// One captured DDL command.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Captured {
@@ -92,6 +118,9 @@ pub struct Captured {
     pub role: String,
     pub objects: Vec<Object>,
     pub tables: Vec<TableState>,
+    /// Partitions an `ALTER TABLE` attached or detached; their rows follow
+    /// as logical messages, `part` naming the index here.
+    pub partitions: Vec<PartitionChange>,
     /// The capture failed: the command is unknown.
     pub error: Option<String>,
 }
@@ -117,7 +146,14 @@ impl Captured {
             serde_json::from_str(json("objects")).map_err(|e| bad("objects", e.to_string()))?;
         let mut tables: Vec<TableState> =
             serde_json::from_str(json("tables")).map_err(|e| bad("tables", e.to_string()))?;
+        let mut partitions: Vec<PartitionChange> = serde_json::from_str(json("partition_rows"))
+            .map_err(|e| bad("partition_rows", e.to_string()))?;
         // Names arrive as the source quoted them; one spelling from here on.
+        for p in &mut partitions {
+            for name in [&mut p.partition, &mut p.parent, &mut p.root] {
+                *name = canonical(name);
+            }
+        }
         for o in &mut objects {
             o.table = o.table.take().map(|t| canonical(&t));
         }
@@ -134,6 +170,7 @@ impl Captured {
             role: text("role"),
             objects,
             tables,
+            partitions,
             error: value("error").map(str::to_string),
         })
     }

@@ -22,8 +22,8 @@ pub mod migration;
 pub mod plan;
 pub mod statement;
 
-pub use event::{Captured, Event};
-pub use plan::{plan, Changes, Effect, Plan, Requirement, Scope, Step, Where};
+pub use event::{Captured, Event, PartitionChange};
+pub use plan::{plan, Changes, Effect, Plan, Replay, Requirement, Scope, Step, Where};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

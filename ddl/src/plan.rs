@@ -21,6 +21,7 @@ use crate::statement::{self, Statement};
 
 mod alter;
 mod objects;
+mod partition;
 
 /// What the topology lists, as the planner asks it.
 pub struct Scope<'a> {
@@ -54,8 +55,8 @@ pub struct Step {
     pub guard: Option<String>,
     /// Said in the log where the guard does not hold.
     pub skipped: Option<String>,
-    /// What must hold on the target, else cdc stops there (the target
-    /// cannot follow the source).
+    /// What must hold on the target where the guard holds, else cdc stops
+    /// there (the target cannot follow the source).
     pub require: Option<Requirement>,
     /// Cannot run in a transaction (`CONCURRENTLY`): runs after the
     /// target transaction that carries the progress mark commits.
@@ -141,6 +142,23 @@ impl Effect {
     }
 }
 
+/// Rows that joined or left a listed table with a partition (`ATTACH`,
+/// `DETACH PARTITION`). The capture sends them right after the command as
+/// logical messages; cdc applies them as inserts or deletes of the listed
+/// table, routed as any row of it, in the same target transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replay {
+    /// Which of the capture's partition changes (`part` of each message).
+    pub part: usize,
+    /// The listed table (`schema.name`) the rows belong to.
+    pub table: String,
+    /// Deletes (the rows left), else inserts (they joined).
+    pub delete: bool,
+    /// A boolean SQL expression evaluated on each target first: the rows
+    /// apply only where it holds.
+    pub only_where: Option<String>,
+}
+
 /// The statements to run, and what they change.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -153,13 +171,15 @@ pub struct Changes {
     pub ends_group: bool,
     /// The tables whose definition changed, `schema.name`.
     pub tables: Vec<String>,
+    /// Rows that follow the command in the stream.
+    pub replays: Vec<Replay>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {
     /// Nothing to do on the targets; why, for the log.
     Ignore(String),
-    Apply(Changes),
+    Apply(Box<Changes>),
     /// Cannot be applied safely: why, and what the operator can do.
     Refuse {
         why: String,
@@ -377,7 +397,7 @@ pub fn plan(c: &Captured, scope: &Scope) -> Plan {
         } else {
             changes.notes.join("; ")
         }),
-        Ok(changes) => Plan::Apply(changes),
+        Ok(changes) => Plan::Apply(Box::new(changes)),
         Err(plan) => plan,
     }
 }

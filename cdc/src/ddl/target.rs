@@ -57,7 +57,35 @@ impl Applier {
         Ok(pending)
     }
 
+    /// The partition changes whose rows this target takes: those whose
+    /// condition holds here (a DETACH's rows are deleted only where the
+    /// table is kept whole).
+    pub(crate) async fn replays_here(&self, ddl: &TargetDdl) -> Result<Vec<usize>, ApplyError> {
+        let mut here = Vec::new();
+        for (part, condition) in &ddl.replays {
+            let holds = match condition {
+                Some(c) => self.holds(ddl, c).await?,
+                None => true,
+            };
+            if holds {
+                here.push(*part);
+            } else {
+                tracing::info!(target = %self.name, ddl = ddl.id, "the rows of the partition change stay: this target keeps the partitioning and ran the command itself");
+            }
+        }
+        Ok(here)
+    }
+
     async fn step(&self, ddl: &TargetDdl, step: &Step) -> Result<(), ApplyError> {
+        // The requirement holds where the step runs at all.
+        if let Some(guard) = &step.guard {
+            if !self.holds(ddl, guard).await? {
+                if let Some(why) = &step.skipped {
+                    tracing::info!(target = %self.name, ddl = ddl.id, "{why}");
+                }
+                return Ok(());
+            }
+        }
         if let Some(r) = &step.require {
             if !self.holds(ddl, &r.check).await? {
                 return Err(ApplyError::Ddl {
@@ -67,14 +95,6 @@ impl Applier {
                     cause: r.why.clone(),
                     fix: r.fix.clone(),
                 });
-            }
-        }
-        if let Some(guard) = &step.guard {
-            if !self.holds(ddl, guard).await? {
-                if let Some(why) = &step.skipped {
-                    tracing::info!(target = %self.name, ddl = ddl.id, "{why}");
-                }
-                return Ok(());
             }
         }
         if !step.sql.is_empty() {
@@ -118,6 +138,7 @@ impl Applier {
                 search_path: search_path.clone(),
                 steps: Vec::new(),
                 ends_group: false,
+                replays: Vec::new(),
             };
             self.client
                 .execute(

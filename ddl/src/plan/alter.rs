@@ -5,7 +5,7 @@
 use pg_query::protobuf::{self, AlterTableType as At, ConstrType};
 use pg_query::NodeEnum;
 
-use super::{constant, constraint_type, literal, partitioned_sql, quoted, short, subtype};
+use super::{constant, constraint_type, literal, quoted, short, subtype};
 use super::{Changes, Ctx, Effect, Plan, Requirement, Step};
 
 /// Serial pseudo-types: a column of one gets a sequence default.
@@ -163,39 +163,16 @@ impl Ctx<'_> {
                     edited = true;
                 }
                 At::AtDetachPartition | At::AtDetachPartitionFinalize => {
-                    let child = match cmd.def.as_deref().and_then(|d| d.node.as_ref()) {
-                        Some(NodeEnum::PartitionCmd(p)) => p.name.clone(),
-                        _ => None,
-                    };
-                    let child = child
-                        .map(|rv| super::statement::qualified(&rv, &super::schema_of(table)))
-                        .unwrap_or_default();
-                    // Rows of the partition leave the table without deletes
-                    // in the stream: only a target that keeps the
-                    // partitioning can follow.
-                    if let Some(NodeEnum::PartitionCmd(p)) =
-                        cmd.def.as_deref_mut().and_then(|d| d.node.as_mut())
-                    {
-                        p.concurrent = false;
-                    }
-                    let mut one = s.clone();
-                    one.cmds = vec![protobuf::Node {
-                        node: Some(NodeEnum::AlterTableCmd(cmd.clone())),
-                    }];
-                    let mut step = Step::on(table, self.deparsed(NodeEnum::AlterTableStmt(one))?);
-                    step.require = Some(Requirement {
-                        check: partitioned_sql(table),
-                        why: format!("the source detached partition {child} from {table} (its rows left the table without deletes in the stream), but this target keeps {table} as one table and still holds those rows"),
-                        fix: format!("delete those rows on this target, then run `shardline cdc skip-ddl {}` and start cdc again", self.c.id),
-                    });
+                    let (step, replay) = self.detach_partition(s, &cmd, table)?;
                     after.push(step);
+                    changes.replays.extend(replay);
                     edited = true;
                 }
                 At::AtAttachPartition => {
-                    return Err(self.refuse(format!(
-                        "`{}` makes the rows of an existing table part of listed table {table}; cdc never streamed them (create partitions with CREATE TABLE … PARTITION OF, which cdc carries)",
-                        short(&self.statement.text)
-                    )));
+                    let (steps, replay) = self.attach_partition(s, &cmd, table)?;
+                    after.extend(steps);
+                    changes.replays.push(replay);
+                    edited = true;
                 }
                 At::AtAddInherit | At::AtDropInherit | At::AtAddOf | At::AtDropOf => {
                     return Err(self.refuse(format!(

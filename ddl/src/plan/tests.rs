@@ -66,6 +66,7 @@ fn captured(tag: &str, query: &str, objects: Vec<Object>) -> Captured {
         role: "app".into(),
         objects,
         tables: vec![payments(&[("id", None)])],
+        partitions: vec![],
         error: None,
     }
 }
@@ -333,6 +334,175 @@ fn a_partition_is_created_only_where_the_parent_is_partitioned() {
     assert_eq!(s[0].at, Where::Table("public.orders".into()));
     assert!(s[0].guard.as_ref().unwrap().contains("relkind = 'p'"));
     assert!(s[0].skipped.as_ref().unwrap().contains("one table"));
+}
+
+fn partition_change(op: &str, partition: &str, parent: &str) -> crate::event::PartitionChange {
+    crate::event::PartitionChange {
+        op: op.into(),
+        partition: partition.into(),
+        parent: parent.into(),
+        root: "public.orders".into(),
+        columns: vec!["merchant_id".into(), "id".into(), "created".into()],
+        replica_identity: "d".into(),
+        identity: vec!["merchant_id".into(), "id".into(), "created".into()],
+    }
+}
+
+fn changes(p: Plan) -> Changes {
+    match p {
+        Plan::Apply(c) => *c,
+        other => panic!("expected changes, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_attached_partition_is_created_empty_where_partitioned_and_its_rows_follow_as_inserts() {
+    let statement = "ALTER TABLE orders ATTACH PARTITION orders_2025 FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')";
+    let mut c = captured(
+        "ALTER TABLE",
+        statement,
+        vec![table_object("table", "public.orders")],
+    );
+    // Another partition's change in the same record is not this one.
+    c.partitions = vec![
+        partition_change("detach", "public.orders_2025", "public.orders"),
+        partition_change("attach", "public.orders_2025", "public.orders"),
+    ];
+    let c = changes(run(&c));
+    assert_eq!(
+        c.replays,
+        vec![Replay {
+            part: 1,
+            table: "public.orders".into(),
+            delete: false,
+            only_where: None
+        }]
+    );
+    let [create, attach] = c.steps.as_slice() else {
+        panic!("two steps: {:?}", c.steps)
+    };
+    assert_eq!(
+        create.sql,
+        "CREATE TABLE public.orders_2025 PARTITION OF public.orders FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')"
+    );
+    assert_eq!(create.at, Where::Table("public.orders".into()));
+    let guard = create.guard.as_deref().unwrap();
+    assert!(
+        guard.contains("relkind = 'p'")
+            && guard.contains("to_regclass('\"public\".\"orders_2025\"') IS NULL"),
+        "{guard}"
+    );
+    assert!(create.skipped.as_ref().unwrap().contains("inserted"));
+    assert!(create.require.is_none());
+    // A table of that name on the target is attached only when empty.
+    assert_eq!(attach.sql, statement);
+    assert!(attach.guard.as_deref().unwrap().contains("pg_inherits"));
+    let require = attach.require.as_ref().unwrap();
+    assert_eq!(
+        require.check,
+        r#"NOT EXISTS (SELECT 1 FROM "public"."orders_2025" LIMIT 1)"#
+    );
+    assert!(
+        require.fix.contains(r#"TRUNCATE "public"."orders_2025""#),
+        "{}",
+        require.fix
+    );
+}
+
+#[test]
+fn an_attach_to_a_partition_of_a_listed_table_inserts_into_the_listed_table() {
+    let statement = "ALTER TABLE orders_2024 ATTACH PARTITION orders_2024_q4 FOR VALUES FROM ('2024-10-01') TO ('2025-01-01')";
+    let mut c = captured(
+        "ALTER TABLE",
+        statement,
+        vec![table_object("table", "public.orders_2024")],
+    );
+    c.tables = vec![];
+    c.partitions = vec![partition_change(
+        "attach",
+        "public.orders_2024_q4",
+        "public.orders_2024",
+    )];
+    let c = changes(run(&c));
+    assert_eq!(c.replays[0].table, "public.orders");
+    assert_eq!(c.steps[0].at, Where::Table("public.orders".into()));
+    assert!(
+        c.steps[0].sql.contains("PARTITION OF public.orders_2024 "),
+        "{}",
+        c.steps[0].sql
+    );
+}
+
+#[test]
+fn an_attach_the_capture_did_not_record_is_refused_with_the_way_out() {
+    let statement = "ALTER TABLE orders ATTACH PARTITION orders_2025 FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')";
+    let mut c = captured(
+        "ALTER TABLE",
+        statement,
+        vec![table_object("table", "public.orders")],
+    );
+    c.partitions = vec![crate::event::PartitionChange {
+        op: "unknown".into(),
+        ..Default::default()
+    }];
+    match run(&c) {
+        Plan::Refuse { why, fix } => {
+            assert!(
+                why.contains(statement) && why.contains("did not record"),
+                "{why}"
+            );
+            assert!(fix.contains("cdc skip-ddl 7"), "{fix}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_detached_partition_is_detached_where_partitioned_and_deleted_where_whole() {
+    let mut c = captured(
+        "ALTER TABLE",
+        "ALTER TABLE orders DETACH PARTITION orders_2024 CONCURRENTLY",
+        vec![table_object("table", "public.orders")],
+    );
+    c.partitions = vec![partition_change(
+        "detach",
+        "public.orders_2024",
+        "public.orders",
+    )];
+    let c = changes(run(&c));
+    assert_eq!(c.steps.len(), 1);
+    // In the target's transaction: the rows left at this position.
+    assert_eq!(
+        c.steps[0].sql,
+        "ALTER TABLE orders DETACH PARTITION orders_2024"
+    );
+    assert!(!c.steps[0].concurrent);
+    let guard = c.steps[0].guard.clone().unwrap();
+    assert!(guard.contains("relkind = 'p'"));
+    assert!(c.steps[0].require.is_none());
+    assert_eq!(
+        c.replays,
+        vec![Replay {
+            part: 0,
+            table: "public.orders".into(),
+            delete: true,
+            only_where: Some(format!("NOT {guard}")),
+        }]
+    );
+}
+
+#[test]
+fn a_detach_the_capture_did_not_record_stops_only_targets_that_keep_the_table_whole() {
+    let c = captured(
+        "ALTER TABLE",
+        "ALTER TABLE orders DETACH PARTITION orders_2024",
+        vec![table_object("table", "public.orders")],
+    );
+    let c = changes(run(&c));
+    assert!(c.replays.is_empty());
+    let require = c.steps[0].require.as_ref().unwrap();
+    assert!(require.check.contains("relkind = 'p'"));
+    assert!(require.fix.contains("delete those rows on this target"));
 }
 
 #[test]
