@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use shardline_topology::login::login;
+use shardline_topology::transport::Attempt;
 use shardline_topology::{ConnString, ConnectError, DbStream};
 use tokio::io::AsyncWriteExt;
 
@@ -126,7 +127,8 @@ pub struct Backend {
     /// by the pool's manager.
     liveness: Option<Arc<crate::liveness::Liveness>>,
     /// Host and port, where a CancelRequest for this backend goes.
-    pub addr: (String, u16),
+    /// Where and how a cancel of this connection's statements goes.
+    pub cancel_route: Arc<crate::cancel::CancelRoute>,
     stats: Arc<DbStats>,
     /// When the round trip in flight began; client statements only.
     sent_at: Option<Instant>,
@@ -211,6 +213,7 @@ impl Backend {
             .await
             .map_err(|e| BackendError::from_connect(&target, e))?;
         crate::liveness::keepalive(&stream, conn);
+        let tls = stream.is_tls();
         let mut b = Self {
             stream,
             buf: BytesMut::with_capacity(8192),
@@ -225,7 +228,14 @@ impl Backend {
             running: Arc::new(AtomicBool::new(false)),
             cancelling: Arc::default(),
             liveness: None,
-            addr: (conn.host(), conn.port()),
+            cancel_route: Arc::new(crate::cancel::CancelRoute {
+                conn: conn.clone(),
+                attempt: if tls {
+                    Attempt::Tls { or_plain: false }
+                } else {
+                    Attempt::Plain
+                },
+            }),
             stats,
             sent_at: None,
             counting: true,
@@ -277,8 +287,9 @@ impl Backend {
     pub fn backend_key(&self) -> Option<crate::cancel::BackendKey> {
         self.cancel_key
             .map(|(pid, secret)| crate::cancel::BackendKey {
-                host: self.addr.0.clone(),
-                port: self.addr.1,
+                host: self.cancel_route.conn.host(),
+                port: self.cancel_route.conn.port(),
+                route: self.cancel_route.clone(),
                 pid,
                 secret,
                 running: self.running.clone(),

@@ -20,19 +20,30 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
+use shardline_topology::transport::{self, Attempt};
+use shardline_topology::ConnString;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::message::CANCEL_REQUEST;
 
 /// How long forwarding a cancel to one backend may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How a cancel reaches a backend's server: the way its connection was
+/// opened (TLS where it used TLS, a Unix socket where it used one), so a
+/// server that accepts only TLS (`hostssl`) takes the cancel too.
+#[derive(Debug)]
+pub struct CancelRoute {
+    pub conn: ConnString,
+    pub attempt: Attempt,
+}
+
 /// A backend connection's address and BackendKeyData.
 #[derive(Clone, Debug)]
 pub struct BackendKey {
     pub host: String,
     pub port: u16,
+    pub route: Arc<CancelRoute>,
     pub pid: i32,
     pub secret: i32,
     /// On from a message sent until its ReadyForQuery: only a backend
@@ -150,8 +161,11 @@ pub(crate) async fn forward(b: &BackendKey) -> std::io::Result<()> {
     out.put_i32(b.pid);
     out.put_i32(b.secret);
     let send = async {
-        let mut s = TcpStream::connect((b.host.as_str(), b.port)).await?;
+        let mut s = transport::open(&b.route.conn, b.route.attempt)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         s.write_all(&out).await?;
+        s.flush().await?;
         let mut end = [0u8; 1];
         // EOF (or a reset): the server is done with the request.
         let _ = tokio::io::AsyncReadExt::read(&mut s, &mut end).await;
@@ -206,6 +220,10 @@ mod tests {
         let key = BackendKey {
             host: "127.0.0.1".into(),
             port: 5432,
+            route: Arc::new(CancelRoute {
+                conn: ConnString::parse("postgres://u@127.0.0.1:5432/db").unwrap(),
+                attempt: Attempt::Plain,
+            }),
             pid: 4242,
             secret: 7,
             running: Arc::new(AtomicBool::new(false)),

@@ -1,7 +1,8 @@
 //! The router's backends under the shards' connection strings: TLS with
 //! verify-full, and a shard asking for a clear-text password over plain
 //! TCP refused (the reason in the client's error) unless the
-//! string's require_auth allows it.
+//! string's require_auth allows it; cancels sent the way each backend
+//! connected.
 
 use std::path::Path;
 
@@ -91,4 +92,83 @@ async fn backends_use_tls_and_never_send_a_password_in_clear() {
 
     let (port, _task) = router(&server, "sslmode=disable&require_auth=password").await;
     assert_eq!(count(port).await.unwrap(), 2);
+}
+
+/// A client's cancel reaches its backend the way that backend connected:
+/// over TLS to a shard reached with verify-full, over the Unix socket to a
+/// shard reached through one (which a TCP connection to the socket's
+/// directory name never reaches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_reach_backends_over_tls_and_unix_sockets() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::generate(dir.path()).unwrap();
+    let sockets = dir.path().join("sockets");
+    std::fs::create_dir(&sockets).unwrap();
+    // The server may run as another user (tests run as root start it as
+    // postgres): it must reach and write the socket directory.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let server = PgServer::builder()
+        .tls(&certs)
+        .hba(&format!("local all all trust\n{HBA}"))
+        .setting(
+            "unix_socket_directories",
+            &format!("'{}'", sockets.display()),
+        )
+        .start()
+        .unwrap();
+    server
+        .psql("postgres", "CREATE ROLE pwuser LOGIN PASSWORD 'pw'")
+        .unwrap();
+    for db in ["tx0", "tx1"] {
+        server.create_database(db).unwrap();
+        server
+            .psql(db, "CREATE TABLE payments (merchant_id bigint, id bigint, PRIMARY KEY (merchant_id, id)); GRANT ALL ON payments TO pwuser")
+            .unwrap();
+    }
+    let verified = format!("sslmode=verify-full&sslrootcert={}", certs.ca.display());
+    let (tls_port, _tls) = router(&server, &verified).await;
+    let toml = format!(
+        "[source]\nurl = \"{}\"\n[contexts.transactions]\ntables = [\"payments\"]\nshard_key = \"merchant_id\"\nshards = [\"postgres://postgres@/tx0?host={s}&port={p}\", \"postgres://postgres@/tx1?host={s}&port={p}\"]\n[[router.users]]\nname = \"app\"\npassword = \"pw-app\"\n",
+        server.url("postgres"),
+        s = sockets.display(),
+        p = server.port(),
+    );
+    let topology = Topology::parse(&toml, Path::new("test.toml")).unwrap();
+    let proxy = Proxy::with_pool_size(&topology, 2).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let unix_port = listener.local_addr().unwrap().port();
+    let _unix = tokio::spawn(async move { proxy.serve(listener).await.unwrap() });
+
+    for (way, port) in [("tls", tls_port), ("unix socket", unix_port)] {
+        let (client, connection) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={port} user=app password=pw-app dbname=shardline"),
+            NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let token = client.cancel_token();
+        let canceller = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            token.cancel_query(NoTls).await.unwrap();
+        });
+        let started = std::time::Instant::now();
+        let e = client
+            .simple_query("SELECT pg_sleep(30), count(*) FROM payments WHERE merchant_id = 1")
+            .await
+            .map(drop)
+            .unwrap_err();
+        assert_eq!(
+            e.as_db_error().map(|d| d.code().code()),
+            Some("57014"),
+            "{way}: {e}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{way}"
+        );
+        canceller.await.unwrap();
+    }
 }
