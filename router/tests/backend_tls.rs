@@ -21,12 +21,21 @@ host all postgres 127.0.0.1/32 trust
 /// A router whose shards are `server`'s tx0 and tx1 as pwuser, with
 /// `params` on each shard URL; its port.
 async fn router(server: &PgServer, params: &str) -> (u16, tokio::task::JoinHandle<()>) {
-    let shard = |db: &str| {
+    router_to(server, |db| {
         format!(
             "postgres://pwuser:pw@127.0.0.1:{}/{db}?{params}",
             server.port()
         )
-    };
+    })
+    .await
+}
+
+/// A router whose shards are `server`'s tx0 and tx1 at the URLs `shard`
+/// gives for each; its port.
+async fn router_to(
+    server: &PgServer,
+    shard: impl Fn(&str) -> String,
+) -> (u16, tokio::task::JoinHandle<()>) {
     let toml = format!(
         "[source]\nurl = \"{}\"\n[contexts.transactions]\ntables = [\"payments\"]\nshard_key = \"merchant_id\"\nshards = [\"{}\", \"{}\"]\n[[router.users]]\nname = \"app\"\npassword = \"pw-app\"\n",
         server.url("postgres"),
@@ -39,6 +48,20 @@ async fn router(server: &PgServer, params: &str) -> (u16, tokio::task::JoinHandl
     let port = listener.local_addr().unwrap().port();
     let task = tokio::spawn(async move { proxy.serve(listener).await.unwrap() });
     (port, task)
+}
+
+/// The role pwuser, and databases tx0 and tx1 with a payments table it
+/// may write.
+fn shard_databases(server: &PgServer) {
+    server
+        .psql("postgres", "CREATE ROLE pwuser LOGIN PASSWORD 'pw'")
+        .unwrap();
+    for db in ["tx0", "tx1"] {
+        server.create_database(db).unwrap();
+        server
+            .psql(db, "CREATE TABLE payments (merchant_id bigint, id bigint, PRIMARY KEY (merchant_id, id)); GRANT ALL ON payments TO pwuser")
+            .unwrap();
+    }
 }
 
 async fn count(port: u16) -> Result<i64, tokio_postgres::Error> {
@@ -59,13 +82,10 @@ async fn backends_use_tls_and_never_send_a_password_in_clear() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCerts::generate(dir.path()).unwrap();
     let server = PgServer::builder().tls(&certs).hba(HBA).start().unwrap();
-    server
-        .psql("postgres", "CREATE ROLE pwuser LOGIN PASSWORD 'pw'")
-        .unwrap();
+    shard_databases(&server);
     for db in ["tx0", "tx1"] {
-        server.create_database(db).unwrap();
         server
-            .psql(db, "CREATE TABLE payments (merchant_id bigint, id bigint, PRIMARY KEY (merchant_id, id)); GRANT ALL ON payments TO pwuser; INSERT INTO payments VALUES (1, 1), (1, 2)")
+            .psql(db, "INSERT INTO payments VALUES (1, 1), (1, 2)")
             .unwrap();
     }
     let verified = format!("sslmode=verify-full&sslrootcert={}", certs.ca.display());
@@ -118,28 +138,17 @@ async fn cancels_reach_backends_over_tls_and_unix_sockets() {
         )
         .start()
         .unwrap();
-    server
-        .psql("postgres", "CREATE ROLE pwuser LOGIN PASSWORD 'pw'")
-        .unwrap();
-    for db in ["tx0", "tx1"] {
-        server.create_database(db).unwrap();
-        server
-            .psql(db, "CREATE TABLE payments (merchant_id bigint, id bigint, PRIMARY KEY (merchant_id, id)); GRANT ALL ON payments TO pwuser")
-            .unwrap();
-    }
+    shard_databases(&server);
     let verified = format!("sslmode=verify-full&sslrootcert={}", certs.ca.display());
     let (tls_port, _tls) = router(&server, &verified).await;
-    let toml = format!(
-        "[source]\nurl = \"{}\"\n[contexts.transactions]\ntables = [\"payments\"]\nshard_key = \"merchant_id\"\nshards = [\"postgres://postgres@/tx0?host={s}&port={p}\", \"postgres://postgres@/tx1?host={s}&port={p}\"]\n[[router.users]]\nname = \"app\"\npassword = \"pw-app\"\n",
-        server.url("postgres"),
-        s = sockets.display(),
-        p = server.port(),
-    );
-    let topology = Topology::parse(&toml, Path::new("test.toml")).unwrap();
-    let proxy = Proxy::with_pool_size(&topology, 2).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let unix_port = listener.local_addr().unwrap().port();
-    let _unix = tokio::spawn(async move { proxy.serve(listener).await.unwrap() });
+    let (unix_port, _unix) = router_to(&server, |db| {
+        format!(
+            "postgres://postgres@/{db}?host={}&port={}",
+            sockets.display(),
+            server.port()
+        )
+    })
+    .await;
 
     for (way, port) in [("tls", tls_port), ("unix socket", unix_port)] {
         let (client, connection) = tokio_postgres::connect(
