@@ -428,7 +428,13 @@ async fn stream_once(
     let mut schema = crate::ddl::SchemaStream::new(&source, topology, &routes, &incremental)
         .await
         .map_err(|e| query_error(&topology.source, e))?;
-    let mut refresh = tokio::time::interval(options.read_model_refresh);
+    // First after one period: nothing is stale yet at start, and a tick
+    // that waited behind the stream's first events would recompute what
+    // they touched at a moment that depends on timing.
+    let mut refresh = tokio::time::interval_at(
+        tokio::time::Instant::now() + options.read_model_refresh,
+        options.read_model_refresh,
+    );
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat = tokio::time::interval(options.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
