@@ -1,6 +1,7 @@
 //! When a target's group of source transactions commits: on a quiet
-//! stream, as soon as the server says the stream caught up, not after
-//! `[cdc] group_wait`. (Groups forming under a slow walsender, and
+//! stream and at the end of a backlog as soon as the server says the
+//! stream caught up, within a backlog when it is full, never after
+//! `[cdc] group_wait` there. (Groups forming under a slow walsender, and
 //! exactly-once through a kill, are in the chaos suite: `tests/chaos/group.rs`.)
 
 use std::time::{Duration, Instant};
@@ -96,4 +97,67 @@ async fn at_a_steady_low_rate_a_change_commits_when_the_stream_caught_up_not_aft
     // Each probe is its own group: nothing else was on its way.
     assert_eq!(report.transactions, probes as u64);
     assert_eq!(report.target_commits, probes as u64, "{report:?}");
+}
+
+/// Writes `n` source transactions, each inserting a row for merchants 1 to
+/// 8 (on both shards), numbered from `from`.
+fn backlog(f: &crate::stream::Fleet, from: u32, n: u32) {
+    f.source
+        .psql(
+            "postgres",
+            &format!(
+                "DO $$ BEGIN
+                   FOR t IN {from}..{} LOOP
+                     INSERT INTO payments SELECT m, t, 1 FROM generate_series(1, 8) m;
+                     COMMIT;
+                   END LOOP;
+                 END $$",
+                from + n - 1
+            ),
+        )
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_commits_when_the_stream_caught_up_or_its_group_is_full_not_after_group_wait() {
+    let mut f = fleet();
+    // Never reached here: every commit below is on size or caught up.
+    let wait = Duration::from_secs(20);
+    f.topology.cdc.group_wait = wait;
+    let options = RunOptions {
+        heartbeat: Duration::from_millis(500),
+        ..RunOptions::default()
+    };
+    crate::stream::start_and_stop_cdc(&f.topology, &f.source, &options).await;
+
+    // The whole backlog is one group per shard, committed once the
+    // walsender has sent it all and says so.
+    backlog(&f, 1, 30);
+    let started = Instant::now();
+    let (stop_tx, cdc) = spawn_cdc(&f.topology, &options);
+    wait_caught_up(&f.source, &options.slot).await;
+    let took = started.elapsed();
+    stop_tx.send(true).unwrap();
+    let report = cdc.await.unwrap().unwrap();
+    assert!(
+        took < wait / 2,
+        "the backlog waited for group_wait: {took:?}"
+    );
+    assert_eq!(report.transactions, 30);
+    assert_eq!(report.target_commits, 2, "one group per shard: {report:?}");
+
+    // Each shard takes rows of every source transaction: with
+    // group_changes = 1 a group is full after one.
+    f.topology.cdc.group_changes = 1;
+    backlog(&f, 31, 30);
+    let (stop_tx, cdc) = spawn_cdc(&f.topology, &options);
+    wait_caught_up(&f.source, &options.slot).await;
+    stop_tx.send(true).unwrap();
+    let report = cdc.await.unwrap().unwrap();
+    assert_eq!(report.transactions, 30);
+    assert_eq!(
+        report.target_commits, 60,
+        "each source transaction its own group on each shard: {report:?}"
+    );
+    crate::stream::assert_converged(&f);
 }
