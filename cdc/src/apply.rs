@@ -5,10 +5,14 @@
 //! source position they reach (`shardline.cdc_progress`), in one target
 //! transaction: after a crash the target's recorded position says exactly
 //! which source transactions it has, so none is lost or applied twice.
-//! Source transactions queued back to back are grouped into one target
-//! commit (group commit); while the stream holds a backlog a group also
-//! waits up to [`MAX_GROUP_WAIT`] for the transactions already on their way.
-//! Statements travel in batches of one round trip ([`crate::script`]).
+//! Source transactions are grouped into one target commit (group commit):
+//! a group commits when it holds [`Grouping::changes`] row changes, when its
+//! first complete transaction has waited [`Grouping::wait`], or when the
+//! coordinator says the stream has caught up with the server
+//! ([`Command::CaughtUp`]): a backlog commits in few large groups whoever
+//! is faster, the walsender or the appliers, and a quiet stream's change
+//! commits as soon as it is complete. Statements travel in batches of one
+//! round trip ([`crate::script`]).
 //!
 //! Row changes arrive as data ([`crate::rows::RowOp`]): runs of inserts
 //! into one table become one multi-row `INSERT` (or `COPY`, for long
@@ -74,16 +78,28 @@ const PROGRESS_DDL_LOCK: i64 = 0x7368_6c63_6463_0001;
 /// Flush a batch once it holds this much SQL: one round trip carries a lot,
 /// and the target parses it as one simple query.
 const MAX_BATCH_BYTES: usize = 1 << 20;
-/// Commit a group of source transactions at this size even when more are
-/// queued, so locks and the durable position do not lag far behind.
-const MAX_GROUPED_TRANSACTIONS: usize = 2_000;
-/// How long a group may stay open for transactions the stream already
-/// holds (see [`Command::Commit`]'s `more`). While the stream catches up
-/// on a backlog, the coordinator hands each target a few transactions at
-/// a time; committing whenever the queue runs empty would make every
-/// group tiny, and each commit costs the target a flush, a progress upsert
-/// and its statements' parse and plan. Bounds the latency this adds.
-pub const MAX_GROUP_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// When a target's group of source transactions commits (`[cdc]
+/// group_wait` and `group_changes`). Each commit costs the target a flush,
+/// a progress upsert and its statements' parse and plan, so a backlog
+/// wants few large groups; a quiet stream wants each change committed at
+/// once.
+#[derive(Clone, Copy, Debug)]
+pub struct Grouping {
+    /// The longest the group's first complete source transaction waits.
+    pub wait: std::time::Duration,
+    /// Commit once the group holds this many changes.
+    pub changes: usize,
+}
+
+impl From<&shardline_topology::CdcConfig> for Grouping {
+    fn from(c: &shardline_topology::CdcConfig) -> Self {
+        Self {
+            wait: c.group_wait,
+            changes: c.group_changes,
+        }
+    }
+}
 
 /// What the coordinator asks of an applier.
 #[derive(Debug)]
@@ -126,11 +142,12 @@ pub enum Command {
         end_lsn: Lsn,
         /// Microseconds since 2000-01-01, as the source stamped the commit.
         commit_time: i64,
-        /// The stream already holds further transactions: the group may
-        /// wait for them (up to [`MAX_GROUP_WAIT`]) instead of committing
-        /// when the queue runs empty.
-        more: bool,
     },
+    /// The server reported that it has sent everything up to and past the
+    /// last transaction: nothing more is on its way, so the open group
+    /// commits now instead of waiting out [`Grouping::wait`]. Sent only
+    /// between source transactions.
+    CaughtUp,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +178,9 @@ pub struct Tally {
     /// Changes that found the target diverged (under `on_divergence =
     /// "count"`), committed.
     pub divergences: AtomicU64,
+    /// Target transactions committed since the coordinator last took
+    /// the count.
+    pub commits: AtomicU64,
 }
 
 /// The advisory lock class of a slot's applier on a target (the key is
@@ -242,8 +262,9 @@ pub struct Applier {
     /// The source's TimeZone: read-model group expressions such as
     /// `date_trunc('day', created_at)` evaluate here as they do there.
     pub time_zone: String,
-    /// Commit at most this often (`None`: as soon as the queue is empty).
+    /// Commit at most this often (`None`: in groups, see [`Grouping`]).
     pub apply_interval: Option<std::time::Duration>,
+    pub grouping: Grouping,
     /// The replication origin of the transactions committed here.
     pub origin: String,
     pub on_divergence: OnDivergence,
@@ -256,8 +277,8 @@ struct Pending {
     copy_statements: HashMap<String, tokio_postgres::Statement>,
     /// When the open group's first source transaction completed.
     group_started: Option<tokio::time::Instant>,
-    /// The last complete transaction said more were on their way.
-    more: bool,
+    /// Changes in the open group.
+    changes: usize,
     /// Target transactions committed, for the log.
     commits: u64,
     rows: Batcher,
@@ -338,7 +359,7 @@ impl Applier {
             batch: Script::new(),
             copy_statements: HashMap::new(),
             group_started: None,
-            more: false,
+            changes: 0,
             commits: 0,
             rows: Batcher::new(),
             deltas: Vec::new(),
@@ -363,12 +384,11 @@ impl Applier {
         let mut last_commit = tokio::time::Instant::now();
         loop {
             // Complete transactions wait for the interval to end, or for
-            // the transactions the stream said were coming.
+            // the group's wait to end (unless the stream catches up first).
             let deadline = match (self.apply_interval, p.group_started) {
                 _ if p.grouped == 0 || p.partial => None,
                 (Some(interval), _) => Some(last_commit + interval),
-                (None, Some(started)) if p.more => Some(started + MAX_GROUP_WAIT),
-                (None, Some(_)) => Some(tokio::time::Instant::now()),
+                (None, Some(started)) => Some(started + self.grouping.wait),
                 (None, None) => None,
             };
             let command = match deadline {
@@ -388,6 +408,7 @@ impl Applier {
             match command {
                 Command::Exec(sql) => {
                     p.begin();
+                    p.changes += 1;
                     p.rows.flush(&mut p.batch);
                     p.batch.statement(&sql);
                     p.partial = true;
@@ -397,6 +418,7 @@ impl Applier {
                 }
                 Command::ExecOne { sql, what } => {
                     p.begin();
+                    p.changes += 1;
                     p.rows.flush(&mut p.batch);
                     p.batch.checked(&sql, Check::OneRow(what));
                     p.partial = true;
@@ -406,6 +428,7 @@ impl Applier {
                 }
                 Command::Row(op) => {
                     p.begin();
+                    p.changes += 1;
                     p.rows.push(op, &mut p.batch);
                     p.partial = true;
                     if p.batch.len() >= MAX_BATCH_BYTES {
@@ -414,6 +437,7 @@ impl Applier {
                 }
                 Command::Delta { spec, rows } => {
                     p.begin();
+                    p.changes += rows.len();
                     p.partial = true;
                     let at = match p.deltas.iter().position(|n| Arc::ptr_eq(&n.spec, &spec)) {
                         Some(at) => at,
@@ -457,6 +481,7 @@ impl Applier {
                 Command::ReplayRow { part, op } => {
                     if p.replays.contains(&part) {
                         p.begin();
+                        p.changes += 1;
                         p.rows.push(op, &mut p.batch);
                         p.partial = true;
                         if p.batch.len() >= MAX_BATCH_BYTES {
@@ -485,27 +510,31 @@ impl Applier {
                     commit_lsn,
                     end_lsn,
                     commit_time,
-                    more,
                 } => {
                     p.begin();
                     p.last = Some((commit_lsn, end_lsn, commit_time));
                     p.grouped += 1;
                     p.partial = false;
-                    p.more = more;
                     let started = *p
                         .group_started
                         .get_or_insert_with(tokio::time::Instant::now);
+                    // Never on whether the queue happens to be empty: that
+                    // says only who is faster, the stream or this applier.
                     let due = match self.apply_interval {
                         _ if p.ends_group => true,
                         Some(interval) => last_commit.elapsed() >= interval,
                         None => {
-                            let waits = more && started.elapsed() < MAX_GROUP_WAIT;
-                            (commands.is_empty() && !waits)
-                                || p.grouped >= MAX_GROUPED_TRANSACTIONS
-                                || p.batch.len() >= MAX_BATCH_BYTES
+                            started.elapsed() >= self.grouping.wait
+                                || p.changes >= self.grouping.changes
                         }
                     };
                     if due {
+                        self.commit(&mut p, &durable, &guard).await?;
+                        last_commit = tokio::time::Instant::now();
+                    }
+                }
+                Command::CaughtUp => {
+                    if self.apply_interval.is_none() && p.grouped > 0 && !p.partial {
                         self.commit(&mut p, &durable, &guard).await?;
                         last_commit = tokio::time::Instant::now();
                     }
@@ -589,9 +618,11 @@ impl Applier {
             self.run_pending_ddl().await?;
         }
         p.grouped = 0;
+        p.changes = 0;
         p.last = None;
         p.group_started = None;
         p.commits += 1;
+        self.tally.commits.fetch_add(1, Ordering::Relaxed);
         let _ = durable.send((self.target, end_lsn));
         Ok(())
     }

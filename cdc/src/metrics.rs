@@ -26,6 +26,7 @@ struct TargetGauges {
     lag_bytes: u64,
     lag_seconds: f64,
     divergences: u64,
+    commits: u64,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +89,15 @@ impl Metrics {
         let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = targets.get_mut(target) {
             t.divergences = t.divergences.max(total);
+        }
+    }
+
+    /// `n` more target transactions committed (one per group of source
+    /// transactions).
+    pub fn commits(&self, target: usize, n: u64) {
+        let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = targets.get_mut(target) {
+            t.commits += n;
         }
     }
 
@@ -208,6 +218,11 @@ impl Metrics {
                 t.divergences
             );
         }
+        let name = "shardline_cdc_target_commits_total";
+        let _ = writeln!(out, "# HELP {name} Target transactions committed, each holding a group of source transactions and its progress mark.\n# TYPE {name} counter");
+        for t in &targets {
+            let _ = writeln!(out, "{name}{{target=\"{}\"}} {}", label(&t.name), t.commits);
+        }
         for (name, help, field) in per_target {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
             for t in &targets {
@@ -254,6 +269,8 @@ mod tests {
         m.applied(0.02);
         m.applied(3.0);
         m.divergences(1, 4);
+        m.commits(0, 3);
+        m.commits(0, 4);
         m.reconnected();
         m.retried();
         m.retried();
@@ -267,6 +284,8 @@ mod tests {
             "shardline_cdc_retries_total 2",
             "shardline_cdc_divergences_total{target=\"postgres@h:1/tx\"} 0",
             "shardline_cdc_divergences_total{target=\"say \\\"hi\\\"\"} 4",
+            "# TYPE shardline_cdc_target_commits_total counter",
+            "shardline_cdc_target_commits_total{target=\"postgres@h:1/tx\"} 7",
             "shardline_cdc_confirmed_lsn 100",
             "shardline_cdc_source_lsn 250",
             "shardline_cdc_lag_bytes{target=\"postgres@h:1/tx\"} 50",

@@ -100,6 +100,9 @@ pub struct RunReport {
     pub changes: u64,
     /// Source transactions a target skipped because it already had them.
     pub skipped: u64,
+    /// Target transactions committed, summed over the targets: each holds
+    /// a group of source transactions (see `[cdc] group_wait`).
+    pub target_commits: u64,
     /// Read models recomputed because their source table changed.
     pub read_model_refreshes: u64,
     /// Of those, recomputed for the groups the changes touched only.
@@ -323,6 +326,7 @@ async fn stream_once(
                 .and_then(|c| c.apply_interval),
             origin: crate::apply::origin_name(&options.origin, &options.slot, &conn.to_string()),
             on_divergence: topology.cdc.on_divergence,
+            grouping: apply::Grouping::from(&topology.cdc),
             tally: tally.clone(),
         };
         let (durable, failed) = (durable_tx.clone(), failed_tx.clone());
@@ -396,10 +400,10 @@ async fn stream_once(
     *streaming = true;
     episode.recovered(report, metrics);
     crate::retry::record(&source, &options.slot, report, episode).await;
-    // Events the stream's reader has queued that the loop has not taken
-    // yet: a backlog, so a target's group may wait for what follows.
-    let stream_metrics = stream.metrics();
-    let mut received: u64 = 0;
+    // Targets sent a commit since the stream last caught up, and where the
+    // last dispatched transaction ended (see `Command::CaughtUp`).
+    let mut open_groups: BTreeSet<usize> = BTreeSet::new();
+    let mut dispatched_end = Lsn::ZERO;
 
     let mut confirmations = Confirmations::new(slot.confirmed_flush);
     let primary_keys = source::primary_keys(&source, &routes).await?;
@@ -424,7 +428,13 @@ async fn stream_once(
     let mut schema = crate::ddl::SchemaStream::new(&source, topology, &routes, &incremental)
         .await
         .map_err(|e| query_error(&topology.source, e))?;
-    let mut refresh = tokio::time::interval(options.read_model_refresh);
+    // First after one period: nothing is stale yet at start, and a tick
+    // that waited behind the stream's first events would recompute what
+    // they touched at a moment that depends on timing.
+    let mut refresh = tokio::time::interval_at(
+        tokio::time::Instant::now() + options.read_model_refresh,
+        options.read_model_refresh,
+    );
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat = tokio::time::interval(options.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -455,7 +465,6 @@ async fn stream_once(
                 }
                 event = stream.recv() => {
                     let event = event.map_err(|e| CdcError::Stream(e.to_string()))?;
-                    received += 1;
                     let Some(event) = event else {
                         return Err(CdcError::Stream("the source ended the stream".into()));
                     };
@@ -481,11 +490,12 @@ async fn stream_once(
                             }
                             let mut t = t;
                             flush_deltas(&mut deltas, &mut t, &targets).await?;
-                            let more = stream_metrics.events_forwarded() > received;
                             for &target in &t.touched {
-                                let commit = Command::Commit { commit_lsn: Lsn(lsn.0), end_lsn: Lsn(end_lsn.0), commit_time: commit_time_micros, more };
+                                let commit = Command::Commit { commit_lsn: Lsn(lsn.0), end_lsn: Lsn(end_lsn.0), commit_time: commit_time_micros };
                                 send(&targets[target], commit).await?;
                             }
+                            open_groups.extend(t.touched.iter().copied());
+                            dispatched_end = Lsn(end_lsn.0);
                             report.transactions += 1;
                             source_seen = source_seen.max(Lsn(end_lsn.0));
                             confirmations.dispatched_at(Lsn(end_lsn.0), t.touched, commit_time_micros);
@@ -500,6 +510,20 @@ async fn stream_once(
                         }
                         ReplicationEvent::KeepAlive { wal_end, .. } => {
                             source_seen = source_seen.max(Lsn(wal_end.0));
+                            // The walsender pings before it waits for WAL
+                            // (WalSndWaitForWal): it has sent everything up
+                            // to `wal_end`. At or past the last transaction,
+                            // nothing more is on its way; open groups commit
+                            // now instead of waiting out group_wait. While it
+                            // works through a backlog it does not ping, and
+                            // groups grow. (XLogData's wal_end is no such
+                            // signal: a logical walsender sets it to the
+                            // message's own position.)
+                            if txn.is_none() && Lsn(wal_end.0) >= dispatched_end {
+                                for target in std::mem::take(&mut open_groups) {
+                                    send(&targets[target], Command::CaughtUp).await?;
+                                }
+                            }
                         }
                         ReplicationEvent::Message { transactional: true, prefix, content, .. } if prefix == shardline_ddl::capture::ROWS_PREFIX => {
                             let Some(t) = txn.as_mut() else { continue };
@@ -530,6 +554,9 @@ async fn stream_once(
                     publish_metrics(metrics, &mut confirmations, &applied, source_seen, report);
                     for (i, t) in targets.iter().enumerate() {
                         metrics.divergences(i, t.tally.divergences.load(std::sync::atomic::Ordering::Relaxed));
+                        let commits = t.tally.commits.swap(0, std::sync::atomic::Ordering::Relaxed);
+                        metrics.commits(i, commits);
+                        report.target_commits += commits;
                     }
                 }
                 _ = refresh.tick() => {
@@ -572,6 +599,11 @@ async fn stream_once(
         .iter()
         .map(|t| t.divergences.load(std::sync::atomic::Ordering::Relaxed))
         .sum::<u64>();
+    for (i, t) in tallies.iter().enumerate() {
+        let commits = t.commits.swap(0, std::sync::atomic::Ordering::Relaxed);
+        metrics.commits(i, commits);
+        report.target_commits += commits;
+    }
     report.confirmed_lsn = confirmations.confirmed().to_string();
     // An applier's failure is the cause; the stream's error about that
     // applier having stopped is only its echo.

@@ -3,6 +3,7 @@
 mod ddl;
 mod decode;
 mod divergence;
+mod group;
 mod origin;
 mod privilege;
 mod readmodel;

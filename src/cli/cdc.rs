@@ -140,9 +140,9 @@ pub async fn run(cmd: CdcCommand, g: &Global) -> anyhow::Result<u8> {
                 Format::Json if to_stdout => print_json(&report)?,
                 Format::Json => eprintln!("{}", serde_json::to_string(&report)?),
                 Format::Text | Format::Markdown => eprintln!(
-                    "stopped: {} transactions, {} changes ({} already applied, skipped) in {:.1} s; slot confirmed at {}; {} reconnects, {} retries, {} divergences",
-                    report.transactions, report.changes, report.skipped, report.seconds, report.confirmed_lsn,
-                    report.reconnects, report.retries, report.divergences
+                    "stopped: {} transactions, {} changes ({} already applied, skipped) in {:.1} s, {} target commits; slot confirmed at {}; {} reconnects, {} retries, {} divergences",
+                    report.transactions, report.changes, report.skipped, report.seconds, report.target_commits,
+                    report.confirmed_lsn, report.reconnects, report.retries, report.divergences
                 ),
             }
         }

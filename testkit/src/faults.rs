@@ -25,7 +25,8 @@
 //! - **latency and jitter**: each chunk leaves `latency` ± up to `jitter`
 //!   after it arrived (never before an earlier chunk): a round trip costs
 //!   twice the latency;
-//! - **bandwidth**: each direction writes at most this many bytes a second;
+//! - **bandwidth**: each direction writes at most this many bytes a second,
+//!   evenly (about every 10 ms), as a slow link or a slow sender would;
 //! - **cut**: every open connection is closed now ([`Faults::cut_all`]), or
 //!   once `n` more bytes have passed ([`Faults::cut_after_bytes`]; the
 //!   chunk that reaches `n` is cut short, mid-message);
@@ -425,13 +426,27 @@ fn write_side(
             }
         }
         let bandwidth = shared.bandwidth.load(Ordering::SeqCst);
-        let started = Instant::now();
-        if to.write_all(&chunk).is_err() {
-            return;
+        // A throttled link delivers evenly, in pieces of about 10 ms, not
+        // a whole chunk at once and then nothing: a slow peer trickles.
+        let piece = match bandwidth {
+            0 => chunk.len().max(1),
+            b => (b as usize / 100).clamp(64, CHUNK),
+        };
+        for part in chunk.chunks(piece) {
+            let started = Instant::now();
+            if to.write_all(part).is_err() {
+                return;
+            }
+            shared
+                .forwarded
+                .fetch_add(part.len() as u64, Ordering::SeqCst);
+            if bandwidth > 0 {
+                let should = Duration::from_secs_f64(part.len() as f64 / bandwidth as f64);
+                if let Some(wait) = should.checked_sub(started.elapsed()) {
+                    thread::sleep(wait);
+                }
+            }
         }
-        shared
-            .forwarded
-            .fetch_add(chunk.len() as u64, Ordering::SeqCst);
         if cut {
             // The budget is spent: every connection goes, this one first.
             shared.cut_budget.store(-1, Ordering::SeqCst);
@@ -446,12 +461,6 @@ fn write_side(
                 close(&c);
             }
             return;
-        }
-        if bandwidth > 0 {
-            let should = Duration::from_secs_f64(chunk.len() as f64 / bandwidth as f64);
-            if let Some(wait) = should.checked_sub(started.elapsed()) {
-                thread::sleep(wait);
-            }
         }
         if gone(&closed) {
             return;

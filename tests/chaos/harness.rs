@@ -164,6 +164,11 @@ password = "{ROUTER_PASSWORD}"
         Topology::load(&self.config).unwrap()
     }
 
+    /// The faults of every connection to the source (the walsender's too).
+    pub fn source_faults(&self) -> Faults {
+        self._source_proxy.faults()
+    }
+
     pub fn shard_faults(&self, i: usize) -> Faults {
         self.shard_proxies[i].faults()
     }

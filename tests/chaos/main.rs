@@ -14,6 +14,7 @@
 mod backfill;
 mod cdc;
 mod cutover;
+mod group;
 mod harness;
 mod router;
 mod verify;

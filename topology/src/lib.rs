@@ -38,9 +38,9 @@ pub use pgerror::describe as describe_pg_error;
 pub use placement::{Placement, PlacementError, ShardKey, ShardKeyType};
 pub use tls::{SslMode, TlsFailure, Verification};
 pub use topology::{
-    output_name, parse_interval, CdcConfig, Context, ContextKind, CutoverConfig, DdlMode,
-    OnDivergence, Partitioning, PoolMode, Problem, ReadModel, RouterConfig, RouterLimits,
+    output_name, parse_group_wait, parse_interval, CdcConfig, Context, ContextKind, CutoverConfig,
+    DdlMode, OnDivergence, Partitioning, PoolMode, Problem, ReadModel, RouterConfig, RouterLimits,
     RouterTls, RouterUser, Secret, Topology, TopologyError, DEFAULT_APPLY_INTERVAL,
-    MAX_APPLY_INTERVAL,
+    DEFAULT_GROUP_CHANGES, DEFAULT_GROUP_WAIT, MAX_APPLY_INTERVAL, MAX_GROUP_WAIT,
 };
 pub use transport::DbStream;

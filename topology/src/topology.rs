@@ -67,10 +67,42 @@ pub enum DdlMode {
     Stop,
 }
 
-/// `[cdc]`: how CDC treats a target that is not as the source had it.
-#[derive(Clone, Copy, Debug, Default)]
+/// `[cdc]`: how CDC treats a target that is not as the source had it, and
+/// when a target's group of source transactions commits.
+#[derive(Clone, Copy, Debug)]
 pub struct CdcConfig {
     pub on_divergence: OnDivergence,
+    /// `group_wait`: the longest a complete source transaction waits in a
+    /// target's open group for more of the stream (a group commits sooner
+    /// when the server says the stream has caught up).
+    pub group_wait: std::time::Duration,
+    /// `group_changes`: a target's group commits once it holds this many
+    /// row changes.
+    pub group_changes: usize,
+}
+
+/// Long enough that a backlog commits in a few dozen groups a second per
+/// target instead of one per source transaction (each commit costs the
+/// target a flush and a progress mark); short enough that a stream whose
+/// server sends no "caught up" keepalive still lags only this much.
+pub const DEFAULT_GROUP_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The longest `group_wait`: a group holds its rows' locks on the target
+/// and the slot's confirmed position back while it waits.
+pub const MAX_GROUP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Large enough that size rarely closes a group before its wait ends,
+/// small enough that a group's locks and its redo on a crash stay modest.
+pub const DEFAULT_GROUP_CHANGES: usize = 20_000;
+
+impl Default for CdcConfig {
+    fn default() -> Self {
+        Self {
+            on_divergence: OnDivergence::default(),
+            group_wait: DEFAULT_GROUP_WAIT,
+            group_changes: DEFAULT_GROUP_CHANGES,
+        }
+    }
 }
 
 /// What CDC does when an UPDATE or DELETE matches no row on a target (or a
@@ -273,6 +305,8 @@ struct RawTopology {
 struct RawCdc {
     #[serde(default)]
     on_divergence: OnDivergence,
+    group_wait: Option<String>,
+    group_changes: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -485,11 +519,30 @@ impl Validator<'_> {
             cutover: CutoverConfig {
                 enabled: raw.cutover.is_some_and(|c| c.enabled),
             },
-            cdc: CdcConfig {
-                on_divergence: raw.cdc.map(|c| c.on_divergence).unwrap_or_default(),
-            },
+            cdc: self.cdc(raw.cdc),
             ddl,
         })
+    }
+
+    fn cdc(&mut self, raw: Option<RawCdc>) -> CdcConfig {
+        let mut cdc = CdcConfig::default();
+        let Some(raw) = raw else { return cdc };
+        cdc.on_divergence = raw.on_divergence;
+        if let Some(text) = raw.group_wait {
+            match parse_group_wait(&text) {
+                Ok(wait) => cdc.group_wait = wait,
+                Err(e) => self.problem(&[Seg::Key("cdc"), Seg::Key("group_wait")], e),
+            }
+        }
+        match raw.group_changes {
+            Some(n) if n >= 1 => cdc.group_changes = n as usize,
+            Some(n) => self.problem(
+                &[Seg::Key("cdc"), Seg::Key("group_changes")],
+                format!("{n} is not a group size: write a whole number of row changes, at least 1 (default {DEFAULT_GROUP_CHANGES})"),
+            ),
+            None => {}
+        }
+        cdc
     }
 
     fn context(
@@ -775,6 +828,28 @@ impl Validator<'_> {
 }
 
 /// `"continuous"` → `None`; `"500ms"`, `"30s"`, `"5m"`, `"1h"` → that long.
+/// `[cdc] group_wait`: a whole number of milliseconds or seconds, from
+/// zero (every source transaction commits on its own) to [`MAX_GROUP_WAIT`].
+pub fn parse_group_wait(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let bad =
+        || format!("{text:?} is not a wait: write a whole number with ms or s, such as \"50ms\"");
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let wait = match unit.trim() {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" => std::time::Duration::from_secs(n),
+        _ => return Err(bad()),
+    };
+    if wait > MAX_GROUP_WAIT {
+        return Err(format!(
+            "{text:?} is longer than 10s: a group holds its locks on the target and the slot's position that long"
+        ));
+    }
+    Ok(wait)
+}
+
 pub fn parse_interval(text: &str) -> Result<Option<std::time::Duration>, String> {
     let t = text.trim();
     if t == "continuous" {

@@ -441,3 +441,28 @@ fn bad_and_repeated_table_names_name_their_key() {
         "{found:?}"
     );
 }
+
+#[test]
+fn cdc_grouping_defaults_and_refuses_nonsense() {
+    let t = parse(GOOD).unwrap();
+    assert_eq!(t.cdc.group_wait, DEFAULT_GROUP_WAIT);
+    assert_eq!(t.cdc.group_changes, DEFAULT_GROUP_CHANGES);
+    let set = format!("{GOOD}\n[cdc]\ngroup_wait = \"5ms\"\ngroup_changes = 500\n");
+    let t = parse(&set).unwrap();
+    assert_eq!(t.cdc.group_wait, std::time::Duration::from_millis(5));
+    assert_eq!(t.cdc.group_changes, 500);
+    assert_eq!(parse_group_wait("0ms"), Ok(std::time::Duration::ZERO));
+    assert_eq!(
+        parse_group_wait("2s"),
+        Ok(std::time::Duration::from_secs(2))
+    );
+    for bad in ["11s", "5", "5m", "-1ms", "soon", ""] {
+        assert!(parse_group_wait(bad).is_err(), "{bad}");
+    }
+    let broken = format!("{GOOD}\n[cdc]\ngroup_wait = \"1m\"\ngroup_changes = 0\n");
+    let p = problems(&broken);
+    let wait = p.iter().find(|p| p.key == "cdc.group_wait").unwrap();
+    assert!(wait.message.contains("\"1m\" is not a wait"), "{wait:?}");
+    let size = p.iter().find(|p| p.key == "cdc.group_changes").unwrap();
+    assert!(size.message.contains("at least 1"), "{size:?}");
+}
