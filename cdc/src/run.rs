@@ -708,15 +708,8 @@ async fn handle(
     } = *known;
     let commit_lsn = txn.info.commit_lsn;
     let wanted = |target: usize| commit_lsn > targets[target].recorded;
-    // A table that backfill copied from a later snapshot than the slot's
-    // start (a resumed job) already holds the changes up to that point.
-    let already_copied = |tables: &Tables, relation: u32| {
-        tables
-            .get(relation)
-            .ok()
-            .and_then(|t| copied_at.get(t.name()))
-            .is_some_and(|lsn| commit_lsn <= *lsn)
-    };
+    let already_copied =
+        |tables: &Tables, relation: u32| copied_since(copied_at, tables, relation, commit_lsn);
     if let Some(captured) = upkeep.schema.log_row(&message)? {
         report.changes += 1;
         let copied_after = |table: &str| copied_at.get(table).is_some_and(|lsn| commit_lsn <= *lsn);
@@ -834,13 +827,8 @@ async fn row_change(
     } = *known;
     let commit_lsn = txn.info.commit_lsn;
     let wanted = |target: usize| commit_lsn > targets[target].recorded;
-    let already_copied = |tables: &Tables, relation: u32| {
-        tables
-            .get(relation)
-            .ok()
-            .and_then(|t| copied_at.get(t.name()))
-            .is_some_and(|lsn| commit_lsn <= *lsn)
-    };
+    let already_copied =
+        |tables: &Tables, relation: u32| copied_since(copied_at, tables, relation, commit_lsn);
     report.changes += 1;
     let table = tables.get(relation)?;
     refresher.touch_row(table.name(), &table.relation, message);
@@ -930,6 +918,22 @@ async fn row_change(
         }
     }
     Ok(())
+}
+
+/// Whether backfill copied `relation`'s table from a later snapshot than
+/// the slot's start (a resumed job): it already holds the changes of a
+/// transaction committed at `commit_lsn`.
+fn copied_since(
+    copied_at: &HashMap<String, Lsn>,
+    tables: &Tables,
+    relation: u32,
+    commit_lsn: Lsn,
+) -> bool {
+    tables
+        .get(relation)
+        .ok()
+        .and_then(|t| copied_at.get(t.name()))
+        .is_some_and(|lsn| commit_lsn <= *lsn)
 }
 
 /// What the stream's changes are placed with.
