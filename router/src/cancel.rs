@@ -30,8 +30,8 @@ use crate::message::CANCEL_REQUEST;
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a cancel reaches a backend's server: the way its connection was
-/// opened (TLS where it used TLS, a Unix socket where it used one), so a
-/// server that accepts only TLS (`hostssl`) takes the cancel too.
+/// opened, over TLS where it used TLS (the backend's key never crosses the
+/// network in clear) and through its Unix socket where it used one.
 #[derive(Debug)]
 pub struct CancelRoute {
     pub conn: ConnString,
