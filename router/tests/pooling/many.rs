@@ -21,7 +21,9 @@ const PGBENCH_CLIENTS: usize = 34;
 /// with `app.id = 'pgbench'`, which its script checks (a wrong value
 /// divides by zero, which pgbench counts as a failure).
 fn pgbench(f: &Fleet, dir: &std::path::Path, mode: &str, seconds: u64) -> tokio::process::Child {
-    let script = dir.join("pay.sql");
+    // One file per pgbench: rewriting a shared one could empty it under a
+    // pgbench that is reading it.
+    let script = dir.join(format!("pay-{mode}.sql"));
     std::fs::write(
         &script,
         "\\set m random(1, 1000)\n\\set id random(1, 1000000000)\n\
