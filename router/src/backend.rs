@@ -287,8 +287,6 @@ impl Backend {
     pub fn backend_key(&self) -> Option<crate::cancel::BackendKey> {
         self.cancel_key
             .map(|(pid, secret)| crate::cancel::BackendKey {
-                host: self.cancel_route.conn.host(),
-                port: self.cancel_route.conn.port(),
                 route: self.cancel_route.clone(),
                 pid,
                 secret,
@@ -606,7 +604,7 @@ impl Drop for Backend {
         };
         rt.spawn(async move {
             if let Err(e) = crate::cancel::forward(&key).await {
-                tracing::debug!(host = %key.host, port = key.port, error = %e, "cancelling an abandoned statement failed");
+                tracing::debug!(target = %key.route.conn, error = %e, "cancelling an abandoned statement failed");
             }
         });
     }

@@ -38,11 +38,9 @@ pub struct CancelRoute {
     pub attempt: Attempt,
 }
 
-/// A backend connection's address and BackendKeyData.
+/// A backend connection's way to its server and BackendKeyData.
 #[derive(Clone, Debug)]
 pub struct BackendKey {
-    pub host: String,
-    pub port: u16,
     pub route: Arc<CancelRoute>,
     pub pid: i32,
     pub secret: i32,
@@ -65,8 +63,9 @@ impl Drop for Forwarding {
 
 impl PartialEq for BackendKey {
     fn eq(&self, other: &Self) -> bool {
-        (&self.host, self.port, self.pid, self.secret)
-            == (&other.host, other.port, other.pid, other.secret)
+        (self.pid, self.secret) == (other.pid, other.secret)
+            && (Arc::ptr_eq(&self.route, &other.route)
+                || self.route.conn.to_string() == other.route.conn.to_string())
     }
 }
 
@@ -146,7 +145,7 @@ impl Registry {
         }
         for Forwarding(b) in &backends {
             if let Err(e) = forward(b).await {
-                tracing::warn!(host = %b.host, port = b.port, error = %e, "forwarding a cancel request failed");
+                tracing::warn!(target = %b.route.conn, error = %e, "forwarding a cancel request failed");
             }
         }
     }
@@ -218,8 +217,6 @@ mod tests {
         let b = registry.register();
         assert_ne!(a.pid, b.pid);
         let key = BackendKey {
-            host: "127.0.0.1".into(),
-            port: 5432,
             route: Arc::new(CancelRoute {
                 conn: ConnString::parse("postgres://u@127.0.0.1:5432/db").unwrap(),
                 attempt: Attempt::Plain,
