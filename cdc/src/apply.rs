@@ -426,7 +426,9 @@ impl Applier {
                         self.send(&mut p).await?;
                     }
                 }
-                Command::Row(op) => {
+                // A partition's row where that change's rows do not apply.
+                Command::ReplayRow { part, .. } if !p.replays.contains(&part) => {}
+                Command::Row(op) | Command::ReplayRow { op, .. } => {
                     p.begin();
                     p.changes += 1;
                     p.rows.push(op, &mut p.batch);
@@ -477,17 +479,6 @@ impl Applier {
                     self.send(&mut p).await?;
                     p.replays = self.replays_here(&ddl).await?;
                     p.pending_ddl |= self.ddl(&ddl).await?;
-                }
-                Command::ReplayRow { part, op } => {
-                    if p.replays.contains(&part) {
-                        p.begin();
-                        p.changes += 1;
-                        p.rows.push(op, &mut p.batch);
-                        p.partial = true;
-                        if p.batch.len() >= MAX_BATCH_BYTES {
-                            self.send(&mut p).await?;
-                        }
-                    }
                 }
                 Command::Fetch { sql, reply } => {
                     p.rows.flush(&mut p.batch);
